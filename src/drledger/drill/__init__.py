@@ -1,0 +1,1 @@
+"""Local PostgreSQL clusters and the disaster drill built on them."""

@@ -1,0 +1,193 @@
+"""A Kafka topic as the ledger (also any Kafka-protocol broker, and MirrorMaker 2 copies).
+
+Each event is one message: key = table + row key (so a row's history stays in one partition), the
+event id in a header, and the message timestamp set to the source commit time, so that a window is
+found with `offsets_for_times` on every partition instead of scanning the topic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from drledger.errors import DrledgerError, LedgerUnavailable
+from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
+from drledger.ledger.base import Ledger
+
+try:
+    from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+except ImportError:  # pragma: no cover - exercised only without the extra
+    Consumer = None  # type: ignore[assignment,misc]
+
+_TIMEOUT_S = 10.0
+_CONSUME_BATCH = 5000
+
+
+class KafkaLedger(Ledger):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        client_config: dict[str, str],
+        *,
+        create: bool = False,
+        partitions: int = 3,
+        replication_factor: int = 1,
+    ) -> None:
+        if Consumer is None:
+            raise DrledgerError("The Kafka ledger needs confluent-kafka: pip install 'drledger[kafka]'.")
+        self.topic = topic
+        self.display_url = f"kafka://{bootstrap}/{topic}"
+        self._common: dict[str, Any] = {"bootstrap.servers": bootstrap, **client_config}
+        self._producer: Any = None
+        self._check_topic(create, partitions, replication_factor)
+
+    def _check_topic(self, create: bool, partitions: int, replication_factor: int) -> None:
+        admin = AdminClient(self._common)
+        try:
+            metadata = admin.list_topics(timeout=_TIMEOUT_S)
+        except KafkaException as exc:
+            raise LedgerUnavailable(
+                f"Cannot reach the Kafka broker at {self._common['bootstrap.servers']}: {_reason(exc)}."
+            ) from None
+        if self.topic in metadata.topics and metadata.topics[self.topic].error is None:
+            return
+        if not create:
+            raise DrledgerError(
+                f"The Kafka topic '{self.topic}' does not exist; create it or pass --create."
+            )
+        futures = admin.create_topics([NewTopic(self.topic, partitions, replication_factor)])
+        try:
+            futures[self.topic].result(timeout=_TIMEOUT_S)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise LedgerUnavailable(f"Cannot create the Kafka topic '{self.topic}': {_reason(exc)}.") from None
+
+    def _producer_client(self) -> Any:
+        if self._producer is None:
+            self._producer = Producer(
+                {
+                    **self._common,
+                    # Idempotence keeps broker-side retries from writing a message twice; acks=all means
+                    # "durably acknowledged" is the in-sync replicas', not the leader's alone.
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 2,
+                    "compression.type": "lz4",
+                }
+            )
+        return self._producer
+
+    def publish(self, events: Sequence[LedgerEvent]) -> None:
+        producer = self._producer_client()
+        failures: list[str] = []
+
+        def on_delivery(error: Any, _message: Any) -> None:
+            if error is not None:
+                failures.append(str(error))
+
+        for event in events:
+            while True:
+                try:
+                    producer.produce(
+                        self.topic,
+                        value=event.to_wire(),
+                        key=event.partition_key.encode(),
+                        headers=[("event_id", event.event_id.encode())],
+                        timestamp=event.commit_ts_ms,
+                        on_delivery=on_delivery,
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        remaining = producer.flush(_TIMEOUT_S * 3)
+        if remaining:
+            raise LedgerUnavailable(
+                f"The Kafka broker did not acknowledge {remaining} events within {_TIMEOUT_S * 3:.0f}s."
+            )
+        if failures:
+            raise LedgerUnavailable(f"The Kafka broker refused {len(failures)} events: {failures[0]}.")
+
+    def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
+        consumer = Consumer(
+            {
+                **self._common,
+                "group.id": f"drledger-reader-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        try:
+            yield from self._read_window(consumer, since_ms, until_ms)
+        finally:
+            consumer.close()
+
+    def _read_window(self, consumer: Any, since_ms: int | None, until_ms: int | None) -> Iterator[LedgerRecord]:
+        try:
+            metadata = consumer.list_topics(self.topic, timeout=_TIMEOUT_S)
+            partitions = sorted(metadata.topics[self.topic].partitions)
+            starts = self._start_offsets(consumer, partitions, since_ms)
+            pending: dict[int, int] = {}
+            for partition, start in starts.items():
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), timeout=_TIMEOUT_S
+                )
+                if start < high:
+                    pending[partition] = high
+        except KafkaException as exc:
+            raise LedgerUnavailable(f"Cannot read the Kafka topic '{self.topic}': {_reason(exc)}.") from None
+        if not pending:
+            return
+        consumer.assign([TopicPartition(self.topic, p, starts[p]) for p in pending])
+        low = since_ms if since_ms is not None else -(2**62)
+        high_ts = until_ms if until_ms is not None else 2**62
+        while pending:
+            messages = consumer.consume(_CONSUME_BATCH, timeout=_TIMEOUT_S)
+            if not messages:
+                raise LedgerUnavailable(
+                    f"The Kafka topic '{self.topic}' stopped delivering before the end of the window."
+                )
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise LedgerUnavailable(f"Reading the Kafka topic '{self.topic}' failed: {error}.")
+                partition, offset = message.partition(), message.offset()
+                end = pending.get(partition)
+                if end is None or offset >= end:
+                    continue
+                if offset + 1 >= end:
+                    del pending[partition]
+                record = from_wire(message.value() or b"", f"partition {partition} offset {offset}")
+                if isinstance(record, MalformedRecord) or low <= record.commit_ts_ms <= high_ts:
+                    yield record
+
+    def _start_offsets(self, consumer: Any, partitions: list[int], since_ms: int | None) -> dict[int, int]:
+        if since_ms is None:
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=_TIMEOUT_S)[0]
+                for p in partitions
+            }
+        found = consumer.offsets_for_times(
+            [TopicPartition(self.topic, p, since_ms) for p in partitions], timeout=_TIMEOUT_S
+        )
+        starts = {}
+        for tp in found:
+            # -1: no message at or after since_ms in this partition; it contributes nothing.
+            starts[tp.partition] = tp.offset if tp.offset >= 0 else 2**62
+        return starts
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(_TIMEOUT_S)
+            self._producer = None
+
+
+def _reason(exc: Exception) -> str:
+    arg = exc.args[0] if exc.args else exc
+    text = arg.str() if hasattr(arg, "str") else str(arg)
+    return text.rstrip(".")

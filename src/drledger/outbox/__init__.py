@@ -1,0 +1,1 @@
+"""The outbox: schema and capture triggers installed in the source database."""

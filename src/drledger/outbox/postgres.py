@@ -1,0 +1,269 @@
+"""drledger's outbox in PostgreSQL: schema, capture triggers, checks, pruning, and window reads.
+
+The capture trigger is statement-level with a transition table, so an INSERT of many rows costs one
+extra INSERT … SELECT into the outbox rather than one trigger call per row. It writes the outbox row
+in the same transaction as the business row: either both commit or neither does.
+
+Setting `drledger.suppress_capture = on` in a transaction (SET LOCAL) makes the triggers write
+nothing; replay uses it so a recovered row does not mint a second event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from drledger.db import connect
+from drledger.errors import DrledgerError
+
+SCHEMA = "drledger"
+PUBLICATION = "drledger_pub"
+SUPPRESS_SETTING = "drledger.suppress_capture"
+
+_BASE_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {SCHEMA}.outbox (
+    id            uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    aggregatetype text        NOT NULL,
+    aggregateid   text        NOT NULL,
+    type          text        NOT NULL DEFAULT 'insert',
+    payload       jsonb       NOT NULL,
+    txid          bigint      NOT NULL DEFAULT txid_current(),
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS outbox_created_at_idx ON {SCHEMA}.outbox (created_at);
+-- Written by the relay's heartbeat so the replication slot advances while the outbox is idle.
+CREATE TABLE IF NOT EXISTS {SCHEMA}.heartbeat (
+    id       int PRIMARY KEY,
+    beat_at  timestamptz NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class TableName:
+    schema: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> TableName:
+        parts = text.split(".")
+        if len(parts) == 1 and parts[0]:
+            return cls("public", parts[0])
+        if len(parts) == 2 and all(parts):
+            return cls(parts[0], parts[1])
+        raise DrledgerError(f"'{text}' is not a table name; write it as schema.table.")
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def trigger_function(self) -> sql.Identifier:
+        # Table names may be long or odd; a digest keeps the function name short and unique.
+        digest = hashlib.sha1(self.qualified.encode()).hexdigest()[:12]
+        return sql.Identifier(SCHEMA, f"capture_{digest}")
+
+
+def primary_key_columns(conn: psycopg.Connection[Any], table: TableName) -> list[str]:
+    row = conn.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+        (table.schema, table.name),
+    ).fetchone()
+    if row is None:
+        raise DrledgerError(f"The table {table.qualified} does not exist in this database.")
+    columns = conn.execute(
+        "SELECT a.attname FROM pg_index i "
+        "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.ord",
+        (row[0],),
+    ).fetchall()
+    if not columns:
+        raise DrledgerError(
+            f"The table {table.qualified} has no primary key; drledger needs one to identify rows."
+        )
+    return [c[0] for c in columns]
+
+
+def _key_expression(columns: list[str]) -> sql.Composable:
+    """The row key as text: the value itself for one column, a JSON object for a composite key."""
+    if len(columns) == 1:
+        return sql.SQL("n.{}::text").format(sql.Identifier(columns[0]))
+    pairs = sql.SQL(", ").join(
+        sql.SQL("{}, n.{}").format(sql.Literal(c), sql.Identifier(c)) for c in columns
+    )
+    return sql.SQL("jsonb_build_object({})::text").format(pairs)
+
+
+def _capture_ddl(table: TableName, key_columns: list[str]) -> list[sql.Composable]:
+    function = table.trigger_function
+    body = sql.SQL(
+        "BEGIN\n"
+        "  IF current_setting({suppress}, true) = 'on' THEN RETURN NULL; END IF;\n"
+        "  INSERT INTO drledger.outbox (aggregatetype, aggregateid, type, payload)\n"
+        "  SELECT {table_literal}, {key}, 'insert', to_jsonb(n) FROM drledger_new_rows n;\n"
+        "  RETURN NULL;\n"
+        "END"
+    ).format(
+        suppress=sql.Literal(SUPPRESS_SETTING),
+        table_literal=sql.Literal(table.qualified),
+        key=_key_expression(key_columns),
+    )
+    return [
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body}"
+        ).format(function=function, body=sql.Literal(body.as_string(None))),
+        sql.SQL("DROP TRIGGER IF EXISTS drledger_capture ON {table}").format(table=table.ident),
+        sql.SQL(
+            "CREATE TRIGGER drledger_capture AFTER INSERT ON {table} "
+            "REFERENCING NEW TABLE AS drledger_new_rows "
+            "FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+        ).format(table=table.ident, function=function),
+    ]
+
+
+def install(dsn: str, tables: list[str]) -> list[str]:
+    """Create the outbox, the publication and a capture trigger per table; safe to run again.
+
+    Returns the schema-qualified names of the tables now captured.
+    """
+    names = [TableName.parse(t) for t in tables]
+    with connect(dsn) as conn:
+        for statement in _BASE_DDL.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        for table in names:
+            for statement in _capture_ddl(table, primary_key_columns(conn, table)):
+                conn.execute(statement)
+        exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION,)).fetchone()
+        if not exists:
+            conn.execute(
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE drledger.outbox, drledger.heartbeat").format(
+                    sql.Identifier(PUBLICATION)
+                )
+            )
+    return [t.qualified for t in names]
+
+
+@dataclass(frozen=True)
+class Finding:
+    ok: bool
+    what: str
+    fix: str | None = None
+
+
+def check(dsn: str, tables: list[str]) -> list[Finding]:
+    """What the relay needs from this database, each item said plainly with how to fix it."""
+    findings: list[Finding] = []
+    with connect(dsn) as conn:
+        wal_level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
+        findings.append(
+            Finding(
+                wal_level == "logical",
+                f"wal_level is '{wal_level}'" + ("" if wal_level == "logical" else ", not 'logical'"),
+                None if wal_level == "logical"
+                else "run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL "
+                "(on Aurora/RDS: set rds.logical_replication = 1 in the cluster parameter group)",
+            )
+        )
+        can_replicate = conn.execute(
+            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()[0]  # type: ignore[index]
+        findings.append(
+            Finding(
+                bool(can_replicate),
+                "this user " + ("may" if can_replicate else "may not") + " open a replication connection",
+                None if can_replicate else "run ALTER ROLE <user> WITH REPLICATION (on RDS: GRANT rds_replication)",
+            )
+        )
+        has_outbox = conn.execute("SELECT to_regclass('drledger.outbox') IS NOT NULL").fetchone()[0]  # type: ignore[index]
+        findings.append(
+            Finding(bool(has_outbox), "the drledger.outbox table " + ("exists" if has_outbox else "is missing"),
+                    None if has_outbox else "run drledger init")
+        )
+        has_pub = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION,)).fetchone()
+        findings.append(
+            Finding(has_pub is not None, f"the publication {PUBLICATION} " + ("exists" if has_pub else "is missing"),
+                    None if has_pub else "run drledger init")
+        )
+        for text in tables:
+            table = TableName.parse(text)
+            trigger = conn.execute(
+                "SELECT t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s AND t.tgname = 'drledger_capture'",
+                (table.schema, table.name),
+            ).fetchone()
+            ok = trigger is not None and trigger[0] != "D"
+            state = "is missing" if trigger is None else ("is disabled" if trigger[0] == "D" else "is installed")
+            findings.append(
+                Finding(ok, f"the capture trigger on {table.qualified} {state}",
+                        None if ok else f"run drledger init --table {table.qualified}")
+            )
+    return findings
+
+
+def require_logical_wal(dsn: str) -> None:
+    with connect(dsn) as conn:
+        wal_level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
+        has_outbox = conn.execute("SELECT to_regclass('drledger.outbox') IS NOT NULL").fetchone()[0]  # type: ignore[index]
+    if wal_level != "logical":
+        raise DrledgerError(
+            f"wal_level is '{wal_level}', but the relay needs 'logical': run ALTER SYSTEM SET wal_level = logical "
+            "and restart PostgreSQL (on Aurora/RDS set rds.logical_replication = 1)."
+        )
+    if not has_outbox:
+        raise DrledgerError("This database has no drledger.outbox; run drledger init first.")
+
+
+def prune(dsn: str, older_than_ms: int, *, apply: bool) -> int:
+    """Delete (or, without `apply`, count) outbox rows created before the cutoff."""
+    with connect(dsn) as conn:
+        if apply:
+            deleted = conn.execute(
+                "DELETE FROM drledger.outbox WHERE created_at < to_timestamp(%s / 1000.0)", (older_than_ms,)
+            ).rowcount
+            return int(deleted)
+        row = conn.execute(
+            "SELECT count(*) FROM drledger.outbox WHERE created_at < to_timestamp(%s / 1000.0)",
+            (older_than_ms,),
+        ).fetchone()
+        return int(row[0])  # type: ignore[index]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    event_id: str
+    table: str
+    key: str
+    op: str
+    row: dict[str, Any]
+    txid: int
+    created_at_ms: int
+
+
+def read_window(dsn: str, since_ms: int | None, until_ms: int | None) -> Iterator[OutboxRow]:
+    """The outbox rows created in the window, streamed with a server-side cursor."""
+    low = since_ms if since_ms is not None else 0
+    high = until_ms if until_ms is not None else 2**52
+    with connect(dsn) as conn, conn.cursor(name="drledger_window") as cursor:
+        cursor.itersize = 10_000
+        cursor.execute(
+            "SELECT id::text, aggregatetype, aggregateid, type, payload, txid, "
+            "(extract(epoch FROM created_at) * 1000)::bigint FROM drledger.outbox "
+            "WHERE created_at BETWEEN to_timestamp(%s / 1000.0) AND to_timestamp(%s / 1000.0)",
+            (low, high),
+        )
+        for row in cursor:
+            yield OutboxRow(*row)

@@ -1,0 +1,1 @@
+"""The relay: Debezium's embedded engine on the outbox, publishing each committed row to the ledger."""
