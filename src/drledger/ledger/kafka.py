@@ -7,6 +7,7 @@ found with `offsets_for_times` on every partition instead of scanning the topic.
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wir
 from drledger.ledger.base import Ledger
 
 try:
-    from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 except ImportError:  # pragma: no cover - exercised only without the extra
     Consumer = None  # type: ignore[assignment,misc]
@@ -40,11 +41,13 @@ class KafkaLedger(Ledger):
             raise DrledgerError("The Kafka ledger needs confluent-kafka: pip install 'drledger[kafka]'.")
         self.topic = topic
         self.display_url = f"kafka://{bootstrap}/{topic}"
-        self._common: dict[str, Any] = {"bootstrap.servers": bootstrap, **client_config}
+        # librdkafka's own log lines would bury the one-sentence error; log_level=7 brings them back.
+        self._common: dict[str, Any] = {"bootstrap.servers": bootstrap, "log_level": 0, **client_config}
         self._producer: Any = None
         self._check_topic(create, partitions, replication_factor)
 
     def _check_topic(self, create: bool, partitions: int, replication_factor: int) -> None:
+        _require_reachable(str(self._common["bootstrap.servers"]))
         admin = AdminClient(self._common)
         try:
             metadata = admin.list_topics(timeout=_TIMEOUT_S)
@@ -117,7 +120,9 @@ class KafkaLedger(Ledger):
                 "group.id": f"drledger-reader-{uuid.uuid4()}",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
+                "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 50,
             }
         )
         try:
@@ -126,24 +131,24 @@ class KafkaLedger(Ledger):
             consumer.close()
 
     def _read_window(self, consumer: Any, since_ms: int | None, until_ms: int | None) -> Iterator[LedgerRecord]:
+        """Read each partition from the first offset at or after `since_ms` to its end.
+
+        The end is where the broker reports end-of-partition, not a watermark fetched up front:
+        brokers that only speak the protocol (tansu) answer watermark and time lookups loosely, and
+        filtering every message by its commit time keeps the window exact whatever start was found.
+        """
         try:
             metadata = consumer.list_topics(self.topic, timeout=_TIMEOUT_S)
             partitions = sorted(metadata.topics[self.topic].partitions)
             starts = self._start_offsets(consumer, partitions, since_ms)
-            pending: dict[int, int] = {}
-            for partition, start in starts.items():
-                _low, high = consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, partition), timeout=_TIMEOUT_S
-                )
-                if start < high:
-                    pending[partition] = high
         except KafkaException as exc:
             raise LedgerUnavailable(f"Cannot read the Kafka topic '{self.topic}': {_reason(exc)}.") from None
-        if not pending:
+        if not starts:
             return
-        consumer.assign([TopicPartition(self.topic, p, starts[p]) for p in pending])
+        consumer.assign([TopicPartition(self.topic, p, offset) for p, offset in starts.items()])
+        pending = set(starts)
         low = since_ms if since_ms is not None else -(2**62)
-        high_ts = until_ms if until_ms is not None else 2**62
+        high = until_ms if until_ms is not None else 2**62
         while pending:
             messages = consumer.consume(_CONSUME_BATCH, timeout=_TIMEOUT_S)
             if not messages:
@@ -154,37 +159,40 @@ class KafkaLedger(Ledger):
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(message.partition())
                         continue
                     raise LedgerUnavailable(f"Reading the Kafka topic '{self.topic}' failed: {error}.")
-                partition, offset = message.partition(), message.offset()
-                end = pending.get(partition)
-                if end is None or offset >= end:
-                    continue
-                if offset + 1 >= end:
-                    del pending[partition]
-                record = from_wire(message.value() or b"", f"partition {partition} offset {offset}")
-                if isinstance(record, MalformedRecord) or low <= record.commit_ts_ms <= high_ts:
+                position = f"partition {message.partition()} offset {message.offset()}"
+                record = from_wire(message.value() or b"", position)
+                if isinstance(record, MalformedRecord) or low <= record.commit_ts_ms <= high:
                     yield record
 
     def _start_offsets(self, consumer: Any, partitions: list[int], since_ms: int | None) -> dict[int, int]:
+        """Partition → first offset to read; partitions with nothing at or after `since_ms` are left out."""
         if since_ms is None:
-            return {
-                p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=_TIMEOUT_S)[0]
-                for p in partitions
-            }
+            return {p: OFFSET_BEGINNING for p in partitions}
         found = consumer.offsets_for_times(
             [TopicPartition(self.topic, p, since_ms) for p in partitions], timeout=_TIMEOUT_S
         )
-        starts = {}
-        for tp in found:
-            # -1: no message at or after since_ms in this partition; it contributes nothing.
-            starts[tp.partition] = tp.offset if tp.offset >= 0 else 2**62
-        return starts
+        return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
 
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(_TIMEOUT_S)
             self._producer = None
+
+
+def _require_reachable(bootstrap: str) -> None:
+    """Fail in milliseconds, not after a metadata timeout, when no bootstrap broker accepts a connection."""
+    refusals = []
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=3):
+                return
+        except (OSError, ValueError) as exc:
+            refusals.append(f"{address.strip()} ({getattr(exc, 'strerror', None) or exc})")
+    raise LedgerUnavailable(f"Cannot reach the Kafka broker at {', '.join(refusals)}.")
 
 
 def _reason(exc: Exception) -> str:

@@ -1,0 +1,3 @@
+from drledger.cli import main
+
+main()

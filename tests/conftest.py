@@ -1,0 +1,145 @@
+"""Fixtures that start real services: PostgreSQL clusters, the Kafka-protocol broker, relay processes.
+
+Everything started here is stopped by PID and every temp directory removed when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from drledger.drill.cluster import ClusterSet, LocalCluster
+
+DRLEDGER = [sys.executable, "-m", "drledger"]
+
+
+@pytest.fixture(scope="session")
+def clusters() -> Iterator[ClusterSet]:
+    with ClusterSet() as cluster_set:
+        yield cluster_set
+
+
+@pytest.fixture(scope="session")
+def primary(clusters: ClusterSet) -> LocalCluster:
+    return clusters.primary("primary", {"track_functions": "'all'"})
+
+
+@pytest.fixture(scope="session")
+def physical_only(clusters: ClusterSet) -> LocalCluster:
+    """A cluster whose wal_level is 'replica': logical decoding is impossible there."""
+    return clusters.primary("physical", {"wal_level": "replica"})
+
+
+def dsn_for(cluster: LocalCluster, dbname: str) -> str:
+    return f"postgresql://postgres@127.0.0.1:{cluster.port}/{dbname}"
+
+
+@pytest.fixture
+def database(primary: LocalCluster) -> Iterator[str]:
+    """A fresh database on the shared primary, with a demo table; its DSN."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    dsn = dsn_for(primary, name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE orders (id bigserial PRIMARY KEY, customer text NOT NULL, amount numeric(12,2), "
+            "placed_at timestamptz NOT NULL DEFAULT now(), tags jsonb)"
+        )
+    yield dsn
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s", (name,)
+        )
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="drledger-test-") as path:
+        yield Path(path)
+
+
+def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*DRLEDGER, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+@dataclass
+class RelayProcess:
+    """`drledger relay` running as a child process, as an operator would run it."""
+
+    process: subprocess.Popen[str]
+    log: Path
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(60)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def relay_factory(workdir: Path) -> Iterator:
+    started: list[RelayProcess] = []
+
+    def start(dsn: str, ledger_url: str, *extra: str, slot: str = "drledger_slot") -> RelayProcess:
+        log = workdir / f"relay-{len(started)}.log"
+        handle = log.open("w")
+        process = subprocess.Popen(
+            [*DRLEDGER, "relay", "--db", dsn, "--ledger", ledger_url, "--slot", slot,
+             "--state-dir", str(workdir / "state"), *extra],
+            stdout=handle, stderr=subprocess.STDOUT, text=True,
+        )
+        relay = RelayProcess(process, log)
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in started:
+        relay.kill(signal.SIGKILL)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def slot_active(dsn: str, slot: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """A Kafka-protocol broker (tansu, memory only) on a free loopback port; its bootstrap address."""
+    from drledger.drill.broker import LocalBroker
+
+    with LocalBroker() as local:
+        yield local.bootstrap
+
+
+@pytest.fixture
+def kafka_url(broker: str) -> str:
+    """A URL naming a new topic on the test broker (created by the writer with create=True)."""
+    return f"kafka://{broker}/ledger-{uuid.uuid4().hex[:8]}"

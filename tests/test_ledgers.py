@@ -1,0 +1,112 @@
+"""Both ledger backends behind one interface: publish, read a window, count what is malformed."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from drledger.census import take_census
+from drledger.errors import DrledgerError, LedgerUnavailable
+from drledger.events import LedgerEvent, MalformedRecord
+from drledger.ledger import open_ledger, read_all
+
+
+def make_events(count: int, start_ms: int, step_ms: int = 10, table: str = "public.orders") -> list[LedgerEvent]:
+    return [
+        LedgerEvent.from_outbox(
+            event_id=f"00000000-0000-4000-8000-{i:012d}",
+            table=table,
+            key=str(i),
+            op="insert",
+            row={"id": i, "customer": f"c{i}", "note": "ünïcode"},
+            txid=1000 + i // 3,
+            lsn=50_000 + i,
+            commit_ts_ms=start_ms + i * step_ms,
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.fixture(params=["sqlite", "kafka"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/ledger.db"
+    return request.getfixturevalue("kafka_url")
+
+
+def test_publish_then_read_window(ledger_url: str) -> None:
+    events = make_events(3000, start_ms=1_700_000_000_000)
+    with open_ledger(ledger_url, writer=True, create=True) as ledger:
+        for i in range(0, len(events), 500):
+            ledger.publish(events[i : i + 500])
+    with open_ledger(ledger_url) as ledger:
+        everything = [r for r in ledger.read() if isinstance(r, LedgerEvent)]
+        assert sorted(e.event_id for e in everything) == sorted(e.event_id for e in events)
+        assert {e.event_id: e for e in everything} == {e.event_id: e for e in events}
+        window = list(ledger.read(events[1000].commit_ts_ms, events[1999].commit_ts_ms))
+        assert sorted(r.event_id for r in window if isinstance(r, LedgerEvent)) == sorted(
+            e.event_id for e in events[1000:2000]
+        )
+        assert list(ledger.read(events[-1].commit_ts_ms + 1, None)) == []
+
+
+def test_duplicates_and_several_ledgers_are_counted_not_lost(tmp_path: Path, kafka_url: str) -> None:
+    events = make_events(100, start_ms=1_700_000_000_000)
+    local = f"sqlite:///{tmp_path}/ledger.db"
+    with open_ledger(local, writer=True) as ledger:
+        ledger.publish(events[:60])
+        ledger.publish(events[50:60])  # a redelivered batch
+    with open_ledger(kafka_url, writer=True, create=True) as ledger:
+        ledger.publish(events[40:])  # the mirror holds an overlapping part
+    ledgers = [open_ledger(local), open_ledger(kafka_url)]
+    census = take_census(read_all(ledgers, None, None))
+    assert census.distinct == 100
+    assert census.events == 60 + 10 + 60
+    assert census.duplicates == 30
+    assert census.tables == {"public.orders": 100}
+
+
+def test_malformed_records_are_counted_not_fatal(tmp_path: Path, kafka_url: str) -> None:
+    local = f"sqlite:///{tmp_path}/ledger.db"
+    events = make_events(10, start_ms=1_700_000_000_000)
+    with open_ledger(local, writer=True) as ledger:
+        ledger.publish(events)
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        db.execute("INSERT INTO ledger_events (commit_ts_ms, event_id, body) VALUES (NULL, NULL, ?)", (b"\xff{not json",))
+        db.execute("INSERT INTO ledger_events (commit_ts_ms, event_id, body) VALUES (1, 'x', ?)", (b'{"v": 1}',))
+    records = list(open_ledger(local).read(1_700_000_000_000, None))
+    malformed = [r for r in records if isinstance(r, MalformedRecord)]
+    assert len(records) == 11 and len(malformed) == 1  # the NULL-time one; the other is outside the window
+    census = take_census(open_ledger(local).read())
+    assert (census.events, census.malformed) == (10, 2)
+    assert "missing" in census.malformed_samples[1].reason
+
+    from confluent_kafka import Producer
+
+    with open_ledger(kafka_url, writer=True, create=True) as ledger:
+        ledger.publish(events)
+    bootstrap, topic = kafka_url.removeprefix("kafka://").split("/")
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topic, value=b"garbage", key=b"k")
+    producer.produce(topic, value=b'{"v": 99, "event_id": "x"}', key=b"k")
+    producer.flush(10)
+    census = take_census(open_ledger(kafka_url).read())
+    assert (census.events, census.distinct, census.malformed) == (10, 10, 2)
+
+
+def test_bad_urls_and_unreachable_broker_say_so(tmp_path: Path) -> None:
+    with pytest.raises(DrledgerError, match="unknown scheme"):
+        open_ledger("redis://localhost/x")
+    with pytest.raises(DrledgerError, match="kafka://host:port/topic"):
+        open_ledger("kafka://127.0.0.1:9092")
+    with pytest.raises(DrledgerError, match="does not exist"):
+        open_ledger(f"sqlite:///{tmp_path}/absent.db")
+    with pytest.raises(LedgerUnavailable, match="Cannot reach the Kafka broker"):
+        open_ledger("kafka://127.0.0.1:1/topic")
+
+
+def test_reader_does_not_create_a_topic(kafka_url: str) -> None:
+    with pytest.raises(DrledgerError, match="does not exist"):
+        open_ledger(kafka_url)

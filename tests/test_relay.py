@@ -1,0 +1,150 @@
+"""The relay end to end: PostgreSQL → the real Debezium engine → a ledger, as an operator runs it."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conftest import slot_active, wait_for
+from drledger.census import take_census
+from drledger.events import LedgerEvent
+from drledger.ledger import open_ledger
+from drledger.outbox import postgres
+
+pytestmark = pytest.mark.debezium
+
+
+def ledger_events(url: str) -> list[LedgerEvent]:
+    with open_ledger(url) as ledger:
+        return [r for r in ledger.read() if isinstance(r, LedgerEvent)]
+
+
+def distinct_ids(url: str) -> set[str]:
+    try:
+        return {e.event_id for e in ledger_events(url)}
+    except Exception:
+        return set()
+
+
+def table_images(dsn: str) -> dict[str, dict]:
+    with psycopg.connect(dsn) as conn:
+        return {str(r[0]): r[1] for r in conn.execute("SELECT id, to_jsonb(o) FROM orders o").fetchall()}
+
+
+def insert_transactions(dsn: str) -> int:
+    """Single-row and multi-row transactions, plus one rolled back; returns rows committed."""
+    committed = 0
+    with psycopg.connect(dsn) as conn:
+        for i in range(20):
+            size = 1 if i % 2 == 0 else 7
+            conn.execute(
+                "INSERT INTO orders (customer, amount, tags) "
+                "SELECT 'c' || g, g * 1.25, jsonb_build_object('batch', %s::int) FROM generate_series(1, %s) g",
+                (i, size),
+            )
+            conn.commit()
+            committed += size
+        conn.execute("INSERT INTO orders (customer) SELECT 'rolled-back' FROM generate_series(1, 5)")
+        conn.rollback()
+    return committed
+
+
+def test_every_committed_row_reaches_the_ledger_and_nothing_rolled_back(
+    database: str, workdir: Path, relay_factory
+) -> None:
+    postgres.install(database, ["public.orders"])
+    url = f"sqlite:///{workdir}/ledger.db"
+    relay = relay_factory(database, url)
+    wait_for(lambda: slot_active(database, "drledger_slot"), 90, "the relay to open its slot")
+    committed = insert_transactions(database)
+    wait_for(lambda: len(distinct_ids(url)) >= committed, 60, "every event in the ledger")
+    time.sleep(1.5)  # anything extra (a rolled-back row) would have arrived by now
+    events = ledger_events(url)
+    images = table_images(database)
+    assert committed == 80
+    assert len({e.event_id for e in events}) == committed
+    assert {e.key for e in events} == set(images)
+    for event in events:
+        assert event.table == "public.orders"
+        assert event.row == images[event.key]
+        assert event.row["customer"] != "rolled-back"
+        assert event.lsn > 0 and event.txid > 0
+    # Source commit time, not the relay's clock: events of one transaction share it.
+    by_tx: dict[int, set[int]] = {}
+    for event in events:
+        by_tx.setdefault(event.txid, set()).add(event.commit_ts_ms)
+    assert len(by_tx) == 20 and all(len(stamps) == 1 for stamps in by_tx.values())
+    assert relay.kill(signal.SIGTERM) == 0
+
+
+def test_relay_killed_mid_stream_loses_nothing_after_restart(
+    database: str, workdir: Path, relay_factory
+) -> None:
+    postgres.install(database, ["public.orders"])
+    url = f"sqlite:///{workdir}/ledger.db"
+    relay = relay_factory(database, url)
+    wait_for(lambda: slot_active(database, "drledger_slot"), 90, "the relay to open its slot")
+
+    stop = threading.Event()
+    committed = [0]
+
+    def workload() -> None:
+        # ~1,000 rows/s: 10 rows per transaction, 100 transactions per second.
+        with psycopg.connect(database, autocommit=True) as conn:
+            while not stop.is_set():
+                started = time.monotonic()
+                conn.execute("INSERT INTO orders (customer) SELECT 'w' FROM generate_series(1, 10)")
+                committed[0] += 10
+                time.sleep(max(0.0, 0.01 - (time.monotonic() - started)))
+
+    writer = threading.Thread(target=workload)
+    writer.start()
+    try:
+        wait_for(lambda: len(distinct_ids(url)) > 500, 60, "the relay to be mid-stream")
+        assert relay.kill(signal.SIGKILL) == -signal.SIGKILL
+        in_ledger_at_kill = len(distinct_ids(url))
+        time.sleep(2)  # writes go on while the relay is down
+        restarted = relay_factory(database, url)
+        time.sleep(2)
+    finally:
+        stop.set()
+        writer.join()
+    total = committed[0]
+    assert total > in_ledger_at_kill
+    wait_for(lambda: len(distinct_ids(url)) >= total, 90, "the restarted relay to catch up")
+    with psycopg.connect(database) as conn:
+        outbox_ids = {r[0] for r in conn.execute("SELECT id::text FROM drledger.outbox").fetchall()}
+    assert len(outbox_ids) == total
+    assert distinct_ids(url) == outbox_ids
+    census = take_census(open_ledger(url).read())
+    assert census.distinct == total
+    assert census.events == total + census.duplicates
+    assert restarted.kill(signal.SIGTERM) == 0
+
+
+def test_idle_outbox_still_advances_the_slot(database: str, workdir: Path, relay_factory) -> None:
+    postgres.install(database, ["public.orders"])
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE uncaptured (id serial PRIMARY KEY, blob text)")
+    relay = relay_factory(database, f"sqlite:///{workdir}/ledger.db", "--heartbeat", "500ms")
+    wait_for(lambda: slot_active(database, "drledger_slot"), 90, "the relay to open its slot")
+
+    def confirmed() -> int:
+        with psycopg.connect(database, autocommit=True) as conn:
+            return int(conn.execute(
+                "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'drledger_slot'"
+            ).fetchone()[0])
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("INSERT INTO uncaptured (blob) SELECT repeat('x', 1000) FROM generate_series(1, 2000)")
+        wal_after_writes = int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
+    before = confirmed()
+    # No outbox row is written from here on; only the heartbeat can move the slot past that WAL.
+    wait_for(lambda: confirmed() >= wal_after_writes, 30, "the slot to confirm past the idle-time WAL")
+    assert confirmed() > before or before >= wal_after_writes
+    relay.kill(signal.SIGTERM)
