@@ -60,7 +60,8 @@ def database(primary: LocalCluster) -> Iterator[str]:
     yield dsn
     with psycopg.connect(primary.dsn, autocommit=True) as conn:
         conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s", (name,)
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
+            (name,),
         )
         conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
@@ -71,7 +72,9 @@ def workdir() -> Iterator[Path]:
         yield Path(path)
 
 
-def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*DRLEDGER, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
@@ -101,9 +104,22 @@ def relay_factory(workdir: Path) -> Iterator:
         log = workdir / f"relay-{len(started)}.log"
         handle = log.open("w")
         process = subprocess.Popen(
-            [*DRLEDGER, "relay", "--db", dsn, "--ledger", ledger_url, "--slot", slot,
-             "--state-dir", str(workdir / "state"), *extra],
-            stdout=handle, stderr=subprocess.STDOUT, text=True,
+            [
+                *DRLEDGER,
+                "relay",
+                "--db",
+                dsn,
+                "--ledger",
+                ledger_url,
+                "--slot",
+                slot,
+                "--state-dir",
+                str(workdir / "state"),
+                *extra,
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         relay = RelayProcess(process, log)
         started.append(relay)

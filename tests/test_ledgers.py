@@ -13,7 +13,9 @@ from drledger.events import LedgerEvent, MalformedRecord
 from drledger.ledger import open_ledger, read_all
 
 
-def make_events(count: int, start_ms: int, step_ms: int = 10, table: str = "public.orders") -> list[LedgerEvent]:
+def make_events(
+    count: int, start_ms: int, step_ms: int = 10, table: str = "public.orders"
+) -> list[LedgerEvent]:
     return [
         LedgerEvent.from_outbox(
             event_id=f"00000000-0000-4000-8000-{i:012d}",
@@ -74,8 +76,13 @@ def test_malformed_records_are_counted_not_fatal(tmp_path: Path, kafka_url: str)
     with open_ledger(local, writer=True) as ledger:
         ledger.publish(events)
     with sqlite3.connect(tmp_path / "ledger.db") as db:
-        db.execute("INSERT INTO ledger_events (commit_ts_ms, event_id, body) VALUES (NULL, NULL, ?)", (b"\xff{not json",))
-        db.execute("INSERT INTO ledger_events (commit_ts_ms, event_id, body) VALUES (1, 'x', ?)", (b'{"v": 1}',))
+        db.execute(
+            "INSERT INTO ledger_events (commit_ts_ms, event_id, body) VALUES (NULL, NULL, ?)",
+            (b"\xff{not json",),
+        )
+        db.execute(
+            "INSERT INTO ledger_events (commit_ts_ms, event_id, body) VALUES (1, 'x', ?)", (b'{"v": 1}',)
+        )
     records = list(open_ledger(local).read(1_700_000_000_000, None))
     malformed = [r for r in records if isinstance(r, MalformedRecord)]
     assert len(records) == 11 and len(malformed) == 1  # the NULL-time one; the other is outside the window

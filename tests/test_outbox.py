@@ -73,7 +73,9 @@ def test_suppressed_capture_writes_nothing(database: str) -> None:
 def test_composite_key_is_a_json_object(database: str) -> None:
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA sales")
-        conn.execute("CREATE TABLE sales.lines (order_id int, line int, sku text, PRIMARY KEY (order_id, line))")
+        conn.execute(
+            "CREATE TABLE sales.lines (order_id int, line int, sku text, PRIMARY KEY (order_id, line))"
+        )
     postgres.install(database, ["sales.lines"])
     with psycopg.connect(database) as conn:
         conn.execute("INSERT INTO sales.lines VALUES (7, 2, 'x')")
@@ -105,7 +107,9 @@ def test_prune_counts_then_deletes_old_rows(database: str) -> None:
     postgres.install(database, ["public.orders"])
     with psycopg.connect(database) as conn:
         conn.execute("INSERT INTO orders (customer) SELECT 'c' FROM generate_series(1, 5)")
-        conn.execute("UPDATE drledger.outbox SET created_at = now() - interval '10 days' WHERE aggregateid IN ('1','2')")
+        conn.execute(
+            "UPDATE drledger.outbox SET created_at = now() - interval '10 days' WHERE aggregateid IN ('1','2')"
+        )
     cutoff = int(__import__("time").time() * 1000) - 7 * 86400 * 1000
     assert postgres.prune(database, cutoff, apply=False) == 2
     assert len(outbox_rows(database)) == 5

@@ -54,12 +54,19 @@ def insert_transactions(dsn: str) -> int:
     return committed
 
 
+@pytest.fixture(params=["sqlite", "kafka"])
+def any_ledger_url(request: pytest.FixtureRequest, workdir: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{workdir}/ledger.db"
+    return request.getfixturevalue("kafka_url")
+
+
 def test_every_committed_row_reaches_the_ledger_and_nothing_rolled_back(
-    database: str, workdir: Path, relay_factory
+    database: str, any_ledger_url: str, relay_factory
 ) -> None:
     postgres.install(database, ["public.orders"])
-    url = f"sqlite:///{workdir}/ledger.db"
-    relay = relay_factory(database, url)
+    url = any_ledger_url
+    relay = relay_factory(database, url, "--create")
     wait_for(lambda: slot_active(database, "drledger_slot"), 90, "the relay to open its slot")
     committed = insert_transactions(database)
     wait_for(lambda: len(distinct_ids(url)) >= committed, 60, "every event in the ledger")
@@ -136,9 +143,11 @@ def test_idle_outbox_still_advances_the_slot(database: str, workdir: Path, relay
 
     def confirmed() -> int:
         with psycopg.connect(database, autocommit=True) as conn:
-            return int(conn.execute(
-                "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'drledger_slot'"
-            ).fetchone()[0])
+            return int(
+                conn.execute(
+                    "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'drledger_slot'"
+                ).fetchone()[0]
+            )
 
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute("INSERT INTO uncaptured (blob) SELECT repeat('x', 1000) FROM generate_series(1, 2000)")

@@ -37,7 +37,9 @@ class LedgerCensus:
         }
 
 
-def take_census(records: Iterable[LedgerRecord], on_record: Callable[[int], None] | None = None) -> LedgerCensus:
+def take_census(
+    records: Iterable[LedgerRecord], on_record: Callable[[int], None] | None = None
+) -> LedgerCensus:
     census = LedgerCensus()
     seen: set[str] = set()
     for count, record in enumerate(records, 1):

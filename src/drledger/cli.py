@@ -73,9 +73,12 @@ def _root(
 def init(
     db: DbOption,
     table: Annotated[
-        list[str] | None, typer.Option("--table", "-t", help="A table to capture, as schema.table; repeatable.")
+        list[str] | None,
+        typer.Option("--table", "-t", help="A table to capture, as schema.table; repeatable."),
     ] = None,
-    check: Annotated[bool, typer.Option("--check", help="Only report what is missing; change nothing.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only report what is missing; change nothing.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Install the outbox, the publication and a capture trigger on each table (safe to run twice).
@@ -98,8 +101,9 @@ def init(
         return
     findings = postgres.check(db, tables)
     if as_json:
-        out.print_json(json.dumps({"ok": all(f.ok for f in findings),
-                                   "findings": [f.__dict__ for f in findings]}))
+        out.print_json(
+            json.dumps({"ok": all(f.ok for f in findings), "findings": [f.__dict__ for f in findings]})
+        )
     else:
         for finding in findings:
             mark = "[green]✓[/]" if finding.ok else "[red]✗[/]"
@@ -111,19 +115,29 @@ def init(
 @app.command()
 def relay(
     db: DbOption,
-    ledger: Annotated[str, typer.Option("--ledger", envvar="DRLEDGER_LEDGER", help="Ledger URL to publish to.")],
+    ledger: Annotated[
+        str, typer.Option("--ledger", envvar="DRLEDGER_LEDGER", help="Ledger URL to publish to.")
+    ],
     ledger_config: LedgerConfigOption = None,
     ledger_config_file: LedgerConfigFileOption = None,
-    slot: Annotated[str, typer.Option(help="Replication slot name (created on first start).")] = "drledger_slot",
+    slot: Annotated[
+        str, typer.Option(help="Replication slot name (created on first start).")
+    ] = "drledger_slot",
     state_dir: Annotated[
         Path, typer.Option(help="Where Debezium's offsets are kept; keep it across restarts.")
     ] = Path(".drledger"),
     snapshot: Annotated[
         str,
-        typer.Option(help="On first start: 'initial' publishes the outbox rows already there; 'no_data' does not."),
+        typer.Option(
+            help="On first start: 'initial' publishes the outbox rows already there; 'no_data' does not."
+        ),
     ] = "initial",
-    create: Annotated[bool, typer.Option("--create", help="Create the Kafka topic if it does not exist.")] = False,
-    heartbeat: Annotated[str, typer.Option(help="Heartbeat interval, so an idle outbox never pins WAL.")] = "1s",
+    create: Annotated[
+        bool, typer.Option("--create", help="Create the Kafka topic if it does not exist.")
+    ] = False,
+    heartbeat: Annotated[
+        str, typer.Option(help="Heartbeat interval, so an idle outbox never pins WAL.")
+    ] = "1s",
 ) -> None:
     """Stream every committed outbox row to the ledger, at least once, until SIGINT/SIGTERM.
 
@@ -131,7 +145,7 @@ def relay(
     processed only after the ledger acknowledged it, so a crash loses nothing; a restart with the same
     --state-dir and --slot resumes where the ledger left off (duplicates possible, removed by event id).
     """
-    from drledger.ledger import open_ledger
+    from drledger.ledger import open_ledger, parse_ledger_url
     from drledger.outbox.postgres import require_logical_wal
     from drledger.relay.engine import Relay, RelayStats, run_until_signalled
     from drledger.relay.properties import RelaySettings
@@ -142,15 +156,20 @@ def relay(
     settings = RelaySettings(
         slot=slot, state_dir=state_dir, snapshot=snapshot, heartbeat_ms=int(parse_duration(heartbeat) * 1000)
     )
+    parse_ledger_url(ledger)
     require_logical_wal(db)
-    target = open_ledger(ledger, _client_config(ledger_config, ledger_config_file), writer=True, create=create)
+    target = open_ledger(
+        ledger, _client_config(ledger_config, ledger_config_file), writer=True, create=create
+    )
     progress = _RelayProgress()
 
     def on_batch(stats: RelayStats) -> None:
         progress.maybe_print(stats)
 
     the_relay = Relay(db, target, settings, on_batch=on_batch)
-    logging.getLogger("drledger.relay").info("relaying %s → %s (slot %s)", "drledger.outbox", target.display_url, slot)
+    logging.getLogger("drledger.relay").info(
+        "relaying %s → %s (slot %s)", "drledger.outbox", target.display_url, slot
+    )
     try:
         run_until_signalled(the_relay)
     finally:
@@ -202,7 +221,9 @@ def prune(
     elif apply:
         out.print(f"deleted {count} outbox rows created before {format_instant(cutoff)}")
     else:
-        out.print(f"would delete {count} outbox rows created before {format_instant(cutoff)} (dry run; add --apply)")
+        out.print(
+            f"would delete {count} outbox rows created before {format_instant(cutoff)} (dry run; add --apply)"
+        )
 
 
 @ledger_app.command("inspect")
@@ -251,12 +272,13 @@ def ledger_inspect(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
     try:
         app()
     except DrledgerError as exc:
-        err.print(f"drledger: {exc}", markup=False, highlight=False)
+        err.print(f"drledger: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("drledger: interrupted", markup=False)

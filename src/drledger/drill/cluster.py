@@ -107,8 +107,17 @@ class LocalCluster:
         log.touch()
         _hand_over(log)
         self._pg(
-            "pg_ctl", "-D", str(self.data_dir), "-l", str(log), "-w", "-t", "60",
-            "-o", f"-p {self.port} -k {self.data_dir.parent}", "start",
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {self.port} -k {self.data_dir.parent}",
+            "start",
         )
         self.pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
 
@@ -137,8 +146,21 @@ class LocalCluster:
         self._pg("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "promote")
 
     def psql(self, sql: str) -> str:
-        return self._pg("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
-                        "-v", "ON_ERROR_STOP=1", "-qAtc", sql).stdout
+        return self._pg(
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qAtc",
+            sql,
+        ).stdout
 
 
 class ClusterSet:
@@ -152,8 +174,18 @@ class ClusterSet:
 
     def primary(self, name: str = "primary", settings: dict[str, str] | None = None) -> LocalCluster:
         cluster = LocalCluster(self.base / name, free_port(), self.bin_dir, name)
-        cluster._pg("initdb", "-D", str(cluster.data_dir), "-U", "postgres", "--auth=trust",
-                    "--no-sync", "-E", "UTF8", "--locale=C")
+        cluster._pg(
+            "initdb",
+            "-D",
+            str(cluster.data_dir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        )
         cluster.configure({**_PRIMARY_SETTINGS, **(settings or {})})
         with (cluster.data_dir / "pg_hba.conf").open("a") as hba:
             hba.write("host replication all 127.0.0.1/32 trust\n")
@@ -161,12 +193,30 @@ class ClusterSet:
         cluster.start()
         return cluster
 
-    def replica(self, source: LocalCluster, name: str = "replica", *, source_port: int | None = None,
-                slot: str | None = None) -> LocalCluster:
+    def replica(
+        self,
+        source: LocalCluster,
+        name: str = "replica",
+        *,
+        source_port: int | None = None,
+        slot: str | None = None,
+    ) -> LocalCluster:
         """A streaming replica of `source`, connecting through `source_port` (a lag injector, say)."""
         cluster = LocalCluster(self.base / name, free_port(), self.bin_dir, name)
-        args = ["-h", "127.0.0.1", "-p", str(source_port or source.port), "-U", "postgres",
-                "-D", str(cluster.data_dir), "-R", "-X", "stream", "--no-sync"]
+        args = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(source_port or source.port),
+            "-U",
+            "postgres",
+            "-D",
+            str(cluster.data_dir),
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+        ]
         if slot:
             args += ["-S", slot, "-C"]
         cluster._pg("pg_basebackup", *args, timeout=300)

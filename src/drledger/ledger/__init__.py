@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -11,6 +12,46 @@ from drledger.events import LedgerRecord
 from drledger.ledger.base import Ledger
 
 SCHEMES = ("sqlite", "kafka")
+
+
+@dataclass(frozen=True)
+class LedgerAddress:
+    """A parsed, validated ledger URL; parsing touches nothing, so bad URLs fail before any connection."""
+
+    scheme: str
+    location: str  # the file path, or the bootstrap servers
+    name: str = ""  # the topic
+    partitions: int = 3
+    replication: int = 1
+
+
+def parse_ledger_url(url: str) -> LedgerAddress:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "sqlite":
+        # sqlite:///abs/path and sqlite://./relative both name a file.
+        raw_path = (parts.netloc + parts.path) if parts.netloc else parts.path
+        if not raw_path or raw_path == "/":
+            raise DrledgerError(f"The ledger URL '{url}' names no file; write sqlite:///path/ledger.db.")
+        return LedgerAddress("sqlite", raw_path)
+    if scheme == "kafka":
+        topic = parts.path.lstrip("/")
+        if not parts.netloc or not topic or "/" in topic:
+            raise DrledgerError(f"The ledger URL '{url}' is not of the form kafka://host:port/topic.")
+        query = parse_qs(parts.query)
+        try:
+            partitions = int(query.get("partitions", ["3"])[0])
+            replication = int(query.get("replication", ["1"])[0])
+        except ValueError:
+            raise DrledgerError(
+                f"The ledger URL '{url}' has a partitions or replication that is not a number."
+            ) from None
+        return LedgerAddress("kafka", parts.netloc, topic, partitions, replication)
+    raise DrledgerError(
+        f"The ledger URL '{url}' has an unknown scheme; use one of: "
+        + ", ".join(f"{s}://" for s in SCHEMES)
+        + "."
+    )
 
 
 def open_ledger(
@@ -25,36 +66,21 @@ def open_ledger(
     A reader never creates anything, so a typo in a URL is an error, not an empty ledger. A writer
     makes a missing local SQLite file; a remote resource (a Kafka topic) only with `create`.
     """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+    address = parse_ledger_url(url)
     config = dict(client_config or {})
-    if scheme == "sqlite":
+    if address.scheme == "sqlite":
         from drledger.ledger.sqlite import SqliteLedger
 
-        # sqlite:///abs/path and sqlite://./relative both name a file.
-        raw_path = (parts.netloc + parts.path) if parts.netloc else parts.path
-        if not raw_path or raw_path == "/":
-            raise DrledgerError(f"The ledger URL '{url}' names no file; write sqlite:///path/ledger.db.")
-        return SqliteLedger(Path(raw_path), create=writer)
-    if scheme == "kafka":
-        from drledger.ledger.kafka import KafkaLedger
+        return SqliteLedger(Path(address.location), create=writer)
+    from drledger.ledger.kafka import KafkaLedger
 
-        topic = parts.path.lstrip("/")
-        if not parts.netloc or not topic or "/" in topic:
-            raise DrledgerError(f"The ledger URL '{url}' is not of the form kafka://host:port/topic.")
-        query = parse_qs(parts.query)
-        try:
-            partitions = int(query.get("partitions", ["3"])[0])
-            replication = int(query.get("replication", ["1"])[0])
-        except ValueError:
-            raise DrledgerError(f"The ledger URL '{url}' has a partitions or replication that is not a number.") from None
-        return KafkaLedger(
-            parts.netloc, topic, config, create=writer and create, partitions=partitions, replication_factor=replication
-        )
-    raise DrledgerError(
-        f"The ledger URL '{url}' has an unknown scheme; use one of: "
-        + ", ".join(f"{s}://" for s in SCHEMES)
-        + "."
+    return KafkaLedger(
+        address.location,
+        address.name,
+        config,
+        create=writer and create,
+        partitions=address.partitions,
+        replication_factor=address.replication,
     )
 
 

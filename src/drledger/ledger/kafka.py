@@ -8,6 +8,7 @@ found with `offsets_for_times` on every partition instead of scanning the topic.
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -17,7 +18,14 @@ from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wir
 from drledger.ledger.base import Ledger
 
 try:
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+    from confluent_kafka import (
+        OFFSET_BEGINNING,
+        Consumer,
+        KafkaError,
+        KafkaException,
+        Producer,
+        TopicPartition,
+    )
     from confluent_kafka.admin import AdminClient, NewTopic
 except ImportError:  # pragma: no cover - exercised only without the extra
     Consumer = None  # type: ignore[assignment,misc]
@@ -58,15 +66,15 @@ class KafkaLedger(Ledger):
         if self.topic in metadata.topics and metadata.topics[self.topic].error is None:
             return
         if not create:
-            raise DrledgerError(
-                f"The Kafka topic '{self.topic}' does not exist; create it or pass --create."
-            )
+            raise DrledgerError(f"The Kafka topic '{self.topic}' does not exist; create it or pass --create.")
         futures = admin.create_topics([NewTopic(self.topic, partitions, replication_factor)])
         try:
             futures[self.topic].result(timeout=_TIMEOUT_S)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise LedgerUnavailable(f"Cannot create the Kafka topic '{self.topic}': {_reason(exc)}.") from None
+                raise LedgerUnavailable(
+                    f"Cannot create the Kafka topic '{self.topic}': {_reason(exc)}."
+                ) from None
 
     def _producer_client(self) -> Any:
         if self._producer is None:
@@ -130,7 +138,9 @@ class KafkaLedger(Ledger):
         finally:
             consumer.close()
 
-    def _read_window(self, consumer: Any, since_ms: int | None, until_ms: int | None) -> Iterator[LedgerRecord]:
+    def _read_window(
+        self, consumer: Any, since_ms: int | None, until_ms: int | None
+    ) -> Iterator[LedgerRecord]:
         """Read each partition from the first offset at or after `since_ms` to its end.
 
         The end is where the broker reports end-of-partition, not a watermark fetched up front:
@@ -149,12 +159,17 @@ class KafkaLedger(Ledger):
         pending = set(starts)
         low = since_ms if since_ms is not None else -(2**62)
         high = until_ms if until_ms is not None else 2**62
+        last_progress = time.monotonic()
         while pending:
-            messages = consumer.consume(_CONSUME_BATCH, timeout=_TIMEOUT_S)
+            # consume() waits for a full batch or the timeout, so keep the timeout short and count idleness.
+            messages = consumer.consume(_CONSUME_BATCH, timeout=0.1)
             if not messages:
-                raise LedgerUnavailable(
-                    f"The Kafka topic '{self.topic}' stopped delivering before the end of the window."
-                )
+                if time.monotonic() - last_progress > _TIMEOUT_S:
+                    raise LedgerUnavailable(
+                        f"The Kafka topic '{self.topic}' stopped delivering before the end of the window."
+                    )
+                continue
+            last_progress = time.monotonic()
             for message in messages:
                 error = message.error()
                 if error is not None:

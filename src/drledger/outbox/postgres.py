@@ -100,13 +100,11 @@ def _key_expression(columns: list[str]) -> sql.Composable:
     """The row key as text: the value itself for one column, a JSON object for a composite key."""
     if len(columns) == 1:
         return sql.SQL("n.{}::text").format(sql.Identifier(columns[0]))
-    pairs = sql.SQL(", ").join(
-        sql.SQL("{}, n.{}").format(sql.Literal(c), sql.Identifier(c)) for c in columns
-    )
+    pairs = sql.SQL(", ").join(sql.SQL("{}, n.{}").format(sql.Literal(c), sql.Identifier(c)) for c in columns)
     return sql.SQL("jsonb_build_object({})::text").format(pairs)
 
 
-def _capture_ddl(table: TableName, key_columns: list[str]) -> list[sql.Composable]:
+def _capture_ddl(table: TableName, key_columns: list[str]) -> list[sql.Composed]:
     function = table.trigger_function
     body = sql.SQL(
         "BEGIN\n"
@@ -121,9 +119,9 @@ def _capture_ddl(table: TableName, key_columns: list[str]) -> list[sql.Composabl
         key=_key_expression(key_columns),
     )
     return [
-        sql.SQL(
-            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body}"
-        ).format(function=function, body=sql.Literal(body.as_string(None))),
+        sql.SQL("CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body}").format(
+            function=function, body=sql.Literal(body.as_string(None))
+        ),
         sql.SQL("DROP TRIGGER IF EXISTS drledger_capture ON {table}").format(table=table.ident),
         sql.SQL(
             "CREATE TRIGGER drledger_capture AFTER INSERT ON {table} "
@@ -144,8 +142,8 @@ def install(dsn: str, tables: list[str]) -> list[str]:
             if statement.strip():
                 conn.execute(statement)
         for table in names:
-            for statement in _capture_ddl(table, primary_key_columns(conn, table)):
-                conn.execute(statement)
+            for ddl in _capture_ddl(table, primary_key_columns(conn, table)):
+                conn.execute(ddl)
         exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION,)).fetchone()
         if not exists:
             conn.execute(
@@ -172,7 +170,8 @@ def check(dsn: str, tables: list[str]) -> list[Finding]:
             Finding(
                 wal_level == "logical",
                 f"wal_level is '{wal_level}'" + ("" if wal_level == "logical" else ", not 'logical'"),
-                None if wal_level == "logical"
+                None
+                if wal_level == "logical"
                 else "run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL "
                 "(on Aurora/RDS: set rds.logical_replication = 1 in the cluster parameter group)",
             )
@@ -184,18 +183,26 @@ def check(dsn: str, tables: list[str]) -> list[Finding]:
             Finding(
                 bool(can_replicate),
                 "this user " + ("may" if can_replicate else "may not") + " open a replication connection",
-                None if can_replicate else "run ALTER ROLE <user> WITH REPLICATION (on RDS: GRANT rds_replication)",
+                None
+                if can_replicate
+                else "run ALTER ROLE <user> WITH REPLICATION (on RDS: GRANT rds_replication)",
             )
         )
         has_outbox = conn.execute("SELECT to_regclass('drledger.outbox') IS NOT NULL").fetchone()[0]  # type: ignore[index]
         findings.append(
-            Finding(bool(has_outbox), "the drledger.outbox table " + ("exists" if has_outbox else "is missing"),
-                    None if has_outbox else "run drledger init")
+            Finding(
+                bool(has_outbox),
+                "the drledger.outbox table " + ("exists" if has_outbox else "is missing"),
+                None if has_outbox else "run drledger init",
+            )
         )
         has_pub = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION,)).fetchone()
         findings.append(
-            Finding(has_pub is not None, f"the publication {PUBLICATION} " + ("exists" if has_pub else "is missing"),
-                    None if has_pub else "run drledger init")
+            Finding(
+                has_pub is not None,
+                f"the publication {PUBLICATION} " + ("exists" if has_pub else "is missing"),
+                None if has_pub else "run drledger init",
+            )
         )
         for text in tables:
             table = TableName.parse(text)
@@ -206,10 +213,15 @@ def check(dsn: str, tables: list[str]) -> list[Finding]:
                 (table.schema, table.name),
             ).fetchone()
             ok = trigger is not None and trigger[0] != "D"
-            state = "is missing" if trigger is None else ("is disabled" if trigger[0] == "D" else "is installed")
+            state = (
+                "is missing" if trigger is None else ("is disabled" if trigger[0] == "D" else "is installed")
+            )
             findings.append(
-                Finding(ok, f"the capture trigger on {table.qualified} {state}",
-                        None if ok else f"run drledger init --table {table.qualified}")
+                Finding(
+                    ok,
+                    f"the capture trigger on {table.qualified} {state}",
+                    None if ok else f"run drledger init --table {table.qualified}",
+                )
             )
     return findings
 

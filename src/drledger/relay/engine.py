@@ -64,7 +64,9 @@ def _start_jvm() -> None:
     )
 
 
-def publish_with_retry(ledger: Ledger, events: list[LedgerEvent], give_up_after_s: float = _PUBLISH_GIVE_UP_S) -> None:
+def publish_with_retry(
+    ledger: Ledger, events: list[LedgerEvent], give_up_after_s: float = _PUBLISH_GIVE_UP_S
+) -> None:
     """Publish, retrying the whole batch with backoff; the ledger dedupes nothing, readers do."""
     delay = 0.1
     deadline = time.monotonic() + give_up_after_s

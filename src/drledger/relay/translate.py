@@ -23,10 +23,7 @@ def outbox_change_to_event(value: str | bytes) -> LedgerEvent | None:
     source = change["source"]
     payload = after["payload"]
     row = json.loads(payload) if isinstance(payload, str) else payload
-    if change["op"] == "r":
-        commit_ts_ms = _iso_to_ms(after["created_at"])
-    else:
-        commit_ts_ms = int(source["ts_ms"])
+    commit_ts_ms = _iso_to_ms(after["created_at"]) if change["op"] == "r" else int(source["ts_ms"])
     return LedgerEvent.from_outbox(
         event_id=str(after["id"]),
         table=str(after["aggregatetype"]),

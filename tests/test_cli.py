@@ -1,0 +1,123 @@
+"""The command line as an operator meets it: one clear sentence and exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import psycopg
+
+from conftest import dsn_for, run_cli
+from drledger.drill.cluster import LocalCluster
+
+
+def assert_one_sentence(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_unreachable_database(workdir: Path) -> None:
+    result = run_cli("init", "--db", "postgresql://drl:s3cret@127.0.0.1:1/x", "--table", "public.orders")
+    assert_one_sentence(result, "Cannot connect to the database", "127.0.0.1:1")
+    assert "s3cret" not in result.stderr
+    result = run_cli(
+        "relay", "--db", "postgresql://drl:s3cret@127.0.0.1:1/x", "--ledger", f"sqlite:///{workdir}/l.db"
+    )
+    assert_one_sentence(result, "Cannot connect to the database")
+    assert "s3cret" not in result.stderr
+
+
+def test_wal_level_not_logical_says_how_to_fix_it(physical_only: LocalCluster, workdir: Path) -> None:
+    with psycopg.connect(physical_only.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY)")
+    assert run_cli("init", "--db", physical_only.dsn, "--table", "orders").returncode == 0
+    result = run_cli("relay", "--db", physical_only.dsn, "--ledger", f"sqlite:///{workdir}/l.db")
+    assert_one_sentence(result, "wal_level is 'replica'", "ALTER SYSTEM SET wal_level = logical")
+    check = run_cli("init", "--db", physical_only.dsn, "--table", "orders", "--check", "--json")
+    assert check.returncode == 1
+    report = json.loads(check.stdout)
+    assert report["ok"] is False
+    assert any("wal_level" in f["what"] and f["fix"] for f in report["findings"] if not f["ok"])
+
+
+def test_unknown_table(database: str) -> None:
+    assert_one_sentence(
+        run_cli("init", "--db", database, "--table", "public.nothing_here"),
+        "public.nothing_here does not exist",
+    )
+
+
+def test_malformed_ledger_url(database: str) -> None:
+    assert_one_sentence(run_cli("ledger", "inspect", "kafka:/nohost"), "kafka://host:port/topic")
+    assert_one_sentence(run_cli("relay", "--db", database, "--ledger", "ftp://x/y"), "unknown scheme")
+
+
+def test_unreachable_broker(database: str) -> None:
+    run_cli("init", "--db", database, "--table", "orders")
+    result = run_cli("relay", "--db", database, "--ledger", "kafka://127.0.0.1:1/ledger")
+    assert_one_sentence(result, "Cannot reach the Kafka broker", "127.0.0.1:1")
+
+
+def test_inspect_json_keys_and_malformed_records(workdir: Path) -> None:
+    from drledger.events import LedgerEvent
+    from drledger.ledger import open_ledger
+
+    url = f"sqlite:///{workdir}/ledger.db"
+    with open_ledger(url, writer=True) as ledger:
+        event = LedgerEvent.from_outbox(
+            event_id="e1",
+            table="public.t",
+            key="1",
+            op="insert",
+            row={"id": 1},
+            txid=5,
+            lsn=9,
+            commit_ts_ms=1_800_000_000_000,
+        )
+        ledger.publish([event, event])
+    with sqlite3.connect(workdir / "ledger.db") as db:
+        db.execute("INSERT INTO ledger_events (body) VALUES (?)", (b"{broken",))
+    result = run_cli("ledger", "inspect", url, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert set(summary) == {
+        "events",
+        "distinct",
+        "duplicates",
+        "malformed",
+        "first_commit",
+        "last_commit",
+        "tables",
+    }
+    assert (summary["events"], summary["distinct"], summary["duplicates"], summary["malformed"]) == (
+        2,
+        1,
+        1,
+        1,
+    )
+    assert summary["first_commit"].startswith("2027-01-15T08:00:00")
+    assert summary["tables"] == {"public.t": 1}
+    table_view = run_cli("ledger", "inspect", url)
+    assert table_view.returncode == 0 and "malformed" in table_view.stdout
+
+
+def test_prune_is_a_dry_run_unless_applied(database: str) -> None:
+    run_cli("init", "--db", database, "--table", "orders")
+    with psycopg.connect(database) as conn:
+        conn.execute("INSERT INTO orders (customer) VALUES ('a'), ('b')")
+        conn.execute("UPDATE drledger.outbox SET created_at = now() - interval '8 days'")
+    dry = json.loads(run_cli("prune", "--db", database, "--older-than", "7d", "--json").stdout)
+    assert (dry["rows"], dry["applied"]) == (2, False)
+    applied = json.loads(run_cli("prune", "--db", database, "--older-than", "7d", "--apply", "--json").stdout)
+    assert (applied["rows"], applied["applied"]) == (2, True)
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT count(*) FROM drledger.outbox").fetchone() == (0,)
+
+
+def test_dsn_helper_targets_the_test_cluster(primary: LocalCluster) -> None:
+    assert dsn_for(primary, "x").endswith(f":{primary.port}/x")

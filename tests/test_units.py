@@ -1,0 +1,156 @@
+"""The small pure pieces, tested directly: wire format, Debezium translation, times, config, DSN masking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from drledger.config import parse_client_config
+from drledger.db import mask_dsn
+from drledger.errors import DrledgerError
+from drledger.events import WIRE_VERSION, LedgerEvent, MalformedRecord, from_wire, row_digest
+from drledger.relay.properties import RelaySettings, debezium_properties
+from drledger.relay.translate import outbox_change_to_event
+from drledger.timeutil import parse_duration, parse_instant
+
+
+def test_wire_round_trip_and_version() -> None:
+    event = LedgerEvent.from_outbox(
+        event_id="id-1",
+        table="public.t",
+        key="7",
+        op="insert",
+        row={"b": 1, "a": "ü"},
+        txid=3,
+        lsn=99,
+        commit_ts_ms=1234,
+    )
+    wire = event.to_wire()
+    assert json.loads(wire)["v"] == WIRE_VERSION
+    assert from_wire(wire, "p") == event
+
+
+def test_row_digest_ignores_key_order_but_not_values() -> None:
+    assert row_digest({"a": 1, "b": [1, 2]}) == row_digest({"b": [1, 2], "a": 1})
+    assert row_digest({"a": 1}) != row_digest({"a": 2})
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"v": 2}', "unknown wire version"),
+        (b'{"v": 1, "event_id": "x"}', "missing"),
+        (
+            b'{"v": 1, "event_id": "x", "table": "t", "key": "k", "op": "insert", "row": 5, "txid": 1, "lsn": 1, '
+            b'"commit_ts_ms": 1, "row_sha256": "h"}',
+            "bad field",
+        ),
+        (
+            b'{"v": 1, "event_id": "x", "table": "t", "key": "k", "op": "insert", "row": {}, "txid": "n", "lsn": 1, '
+            b'"commit_ts_ms": 1, "row_sha256": "h"}',
+            "bad field",
+        ),
+    ],
+)
+def test_unreadable_records_become_malformed(data: bytes, reason: str) -> None:
+    record = from_wire(data, "row 9")
+    assert isinstance(record, MalformedRecord)
+    assert reason in record.reason and record.position == "row 9"
+
+
+def debezium_value(op: str, **source: object) -> str:
+    return json.dumps(
+        {
+            "before": None,
+            "after": {
+                "id": "9d3c0b4e-0000-4000-8000-000000000001",
+                "aggregatetype": "public.orders",
+                "aggregateid": "42",
+                "type": "insert",
+                "payload": '{"id": 42, "amount": "9.50"}',
+                "txid": 7781,
+                "created_at": "2026-11-27T15:00:00.250000Z",
+            },
+            "source": {
+                "ts_ms": 1795791600400,
+                "lsn": 123456,
+                "schema": "drledger",
+                "table": "outbox",
+                **source,
+            },
+            "op": op,
+            "ts_ms": 1795791609999,
+        }
+    )
+
+
+def test_streamed_change_uses_the_source_commit_time() -> None:
+    event = outbox_change_to_event(debezium_value("c"))
+    assert event is not None
+    assert event.commit_ts_ms == 1795791600400  # source.ts_ms, not the connector's ts_ms
+    assert (event.event_id, event.table, event.key, event.txid, event.lsn) == (
+        "9d3c0b4e-0000-4000-8000-000000000001",
+        "public.orders",
+        "42",
+        7781,
+        123456,
+    )
+    assert event.row == {"id": 42, "amount": "9.50"}
+    assert event.row_sha256 == row_digest({"amount": "9.50", "id": 42})
+
+
+def test_snapshot_read_uses_created_at_and_deletes_are_ignored() -> None:
+    event = outbox_change_to_event(debezium_value("r"))
+    assert event is not None and event.commit_ts_ms == 1795791600250
+    assert outbox_change_to_event(debezium_value("d")) is None
+
+
+def test_durations_and_instants() -> None:
+    assert parse_duration("7d") == 7 * 86400
+    assert parse_duration("250ms") == 0.25
+    assert parse_instant("15m", now=1_000_000_000) == 1_000_000_000 - 900_000
+    assert parse_instant("2026-11-27T15:00:00Z") == parse_instant("2026-11-27T15:00:00")
+    assert parse_instant("now", now=5) == 5
+    with pytest.raises(DrledgerError, match="not a time"):
+        parse_instant("yesterday-ish")
+    with pytest.raises(DrledgerError, match="not a duration"):
+        parse_duration("seven days")
+
+
+def test_client_config_from_file_and_flags(tmp_path: Path) -> None:
+    props = tmp_path / "kafka.properties"
+    props.write_text("# TLS\nsecurity.protocol=SASL_SSL\nsasl.mechanism = PLAIN\n")
+    assert parse_client_config(["sasl.mechanism=SCRAM-SHA-512"], [props]) == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+    }
+    with pytest.raises(DrledgerError, match="not key=value"):
+        parse_client_config(["novalue"], [])
+    with pytest.raises(DrledgerError, match="Cannot read"):
+        parse_client_config([], [tmp_path / "missing"])
+
+
+def test_dsn_passwords_are_masked() -> None:
+    assert mask_dsn("postgresql://app:hunter2@db:5432/x") == "postgresql://app:***@db:5432/x"
+    assert "hunter2" not in mask_dsn("host=db user=app password=hunter2 dbname=x")
+    assert "hunter2" not in mask_dsn("postgresql://app@db/x?password=hunter2")
+
+
+def test_debezium_properties_carry_the_dsn_and_durable_offsets(tmp_path: Path) -> None:
+    props = debezium_properties(
+        "postgresql://app:pw@db.example:6543/shop?sslmode=require",
+        RelaySettings(slot="s1", state_dir=tmp_path),
+    )
+    assert (props["database.hostname"], props["database.port"], props["database.dbname"]) == (
+        "db.example",
+        "6543",
+        "shop",
+    )
+    assert props["database.password"] == "pw" and props["database.sslmode"] == "require"
+    assert props["plugin.name"] == "pgoutput" and props["slot.name"] == "s1"
+    assert props["offset.storage.file.filename"] == str(tmp_path / "s1.offsets")
+    assert int(props["poll.interval.ms"]) < 500
