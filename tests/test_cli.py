@@ -74,7 +74,7 @@ def test_inspect_json_keys_and_malformed_records(workdir: Path) -> None:
             table="public.t",
             key="1",
             op="insert",
-            row={"id": 1},
+            row_json='{"id": 1}',
             txid=5,
             lsn=9,
             commit_ts_ms=1_800_000_000_000,

@@ -22,7 +22,7 @@ def make_events(
             table=table,
             key=str(i),
             op="insert",
-            row={"id": i, "customer": f"c{i}", "note": "ünïcode"},
+            row_json=f'{{"id": {i}, "note": "ünïcode", "customer": "c{i}"}}',
             txid=1000 + i // 3,
             lsn=50_000 + i,
             commit_ts_ms=start_ms + i * step_ms,

@@ -2,6 +2,11 @@
 
 A ledger event is the DR copy of one outbox row. Its identity is the outbox row's `id`, so the same
 insert relayed twice is the same event, and the DR database's own outbox row carries the same id.
+
+The row image is kept as the exact text PostgreSQL's jsonb output gives for the outbox `payload`.
+jsonb prints one value one way (keys ordered, spacing fixed), so that text is already canonical: its
+SHA-256 is the content hash, the DR copy of the outbox hashes to the same digest, and replay hands
+the text back to PostgreSQL unchanged. Parsing it into Python numbers would round large numerics.
 """
 
 from __future__ import annotations
@@ -9,24 +14,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
+
+import orjson
 
 WIRE_VERSION = 1
 
 _REQUIRED = ("event_id", "table", "key", "op", "row", "txid", "lsn", "commit_ts_ms", "row_sha256")
 
 
-def canonical_row(row: dict[str, Any]) -> bytes:
-    """The byte form a row image is hashed in: sorted keys, no whitespace, UTF-8.
-
-    jsonb already normalises the row on both sides (the ledger's copy and the DR outbox's), so two
-    images of the same row give the same bytes here whichever side they were read from.
-    """
-    return json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def row_digest(row: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_row(row)).hexdigest()
+def row_digest(row_json: str) -> str:
+    return hashlib.sha256(row_json.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +34,7 @@ class LedgerEvent:
     table: str
     key: str
     op: str
-    row: dict[str, Any]
+    row_json: str
     txid: int
     lsn: int
     commit_ts_ms: int
@@ -49,12 +48,18 @@ class LedgerEvent:
         table: str,
         key: str,
         op: str,
-        row: dict[str, Any],
+        row_json: str,
         txid: int,
         lsn: int,
         commit_ts_ms: int,
     ) -> LedgerEvent:
-        return cls(event_id, table, key, op, row, txid, lsn, commit_ts_ms, row_digest(row))
+        return cls(event_id, table, key, op, row_json, txid, lsn, commit_ts_ms, row_digest(row_json))
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The row image as Python values, numbers exact (Decimal), for display and tests."""
+        parsed: dict[str, Any] = json.loads(self.row_json, parse_float=Decimal)
+        return parsed
 
     @property
     def partition_key(self) -> str:
@@ -62,22 +67,20 @@ class LedgerEvent:
         return f"{self.table}:{self.key}"
 
     def to_wire(self) -> bytes:
-        return json.dumps(
+        return orjson.dumps(
             {
                 "v": WIRE_VERSION,
                 "event_id": self.event_id,
                 "table": self.table,
                 "key": self.key,
                 "op": self.op,
-                "row": self.row,
+                "row": self.row_json,
                 "txid": self.txid,
                 "lsn": self.lsn,
                 "commit_ts_ms": self.commit_ts_ms,
                 "row_sha256": self.row_sha256,
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode()
+            }
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +98,8 @@ LedgerRecord = LedgerEvent | MalformedRecord
 def from_wire(data: bytes | str, position: str) -> LedgerRecord:
     """Decode one stored record; anything unreadable becomes a MalformedRecord, not an exception."""
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         return MalformedRecord(position, f"not JSON ({exc.__class__.__name__})", _sample(data))
     if not isinstance(doc, dict):
         return MalformedRecord(position, "not a JSON object", _sample(data))
@@ -108,14 +111,14 @@ def from_wire(data: bytes | str, position: str) -> LedgerRecord:
         return MalformedRecord(position, f"missing {', '.join(missing)}", _sample(data))
     try:
         row = doc["row"]
-        if not isinstance(row, dict):
-            raise TypeError("row is not an object")
+        if not isinstance(row, str):
+            raise TypeError("row is not jsonb text")
         return LedgerEvent(
             event_id=str(doc["event_id"]),
             table=str(doc["table"]),
             key=str(doc["key"]),
             op=str(doc["op"]),
-            row=row,
+            row_json=row,
             txid=int(doc["txid"]),
             lsn=int(doc["lsn"]),
             commit_ts_ms=int(doc["commit_ts_ms"]),

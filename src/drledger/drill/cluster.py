@@ -141,6 +141,19 @@ class LocalCluster:
                 os.kill(pid, signal.SIGKILL)
         _wait_gone([self.pid, *children], 10)
         self.pid = None
+        self._release_shared_memory()
+
+    def _release_shared_memory(self) -> None:
+        """Free the SysV segment a SIGKILLed postmaster leaves behind.
+
+        PostgreSQL keeps it to detect orphaned backends, so nothing else ever frees it; its id is on
+        the seventh line of the postmaster.pid that a killed server leaves in place.
+        """
+        pid_file = self.data_dir / "postmaster.pid"
+        with contextlib.suppress(OSError, IndexError):
+            fields = pid_file.read_text().splitlines()[6].split()
+            if len(fields) == 2:
+                subprocess.run(["ipcrm", "-m", fields[1]], capture_output=True, check=False)
 
     def promote(self) -> None:
         self._pg("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "promote")
@@ -216,6 +229,9 @@ class ClusterSet:
             "-X",
             "stream",
             "--no-sync",
+            # An immediate checkpoint: the default spread one is most of the time a replica takes to make.
+            "-c",
+            "fast",
         ]
         if slot:
             args += ["-S", slot, "-C"]

@@ -31,9 +31,11 @@ def parse_ledger_url(url: str) -> LedgerAddress:
     if scheme == "sqlite":
         # sqlite:///abs/path and sqlite://./relative both name a file.
         raw_path = (parts.netloc + parts.path) if parts.netloc else parts.path
-        if not raw_path or raw_path == "/":
+        if not raw_path.strip("/"):
             raise DrledgerError(f"The ledger URL '{url}' names no file; write sqlite:///path/ledger.db.")
-        return LedgerAddress("sqlite", raw_path)
+        # sqlite:///tmp/l.db and sqlite:////tmp/l.db (SQLAlchemy's spelling) both mean /tmp/l.db.
+        path = "/" + raw_path.lstrip("/") if raw_path.startswith("/") else raw_path
+        return LedgerAddress("sqlite", path)
     if scheme == "kafka":
         topic = parts.path.lstrip("/")
         if not parts.netloc or not topic or "/" in topic:

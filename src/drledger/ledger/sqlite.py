@@ -29,7 +29,7 @@ _READ_CHUNK = 5000
 class SqliteLedger(Ledger):
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
-        self.display_url = f"sqlite:///{path}"
+        self.display_url = f"sqlite://{path}"  # absolute paths give sqlite:///abs/path
         if not create and not path.exists():
             raise DrledgerError(f"The ledger file {path} does not exist.")
         try:

@@ -260,7 +260,7 @@ class OutboxRow:
     table: str
     key: str
     op: str
-    row: dict[str, Any]
+    row_json: str
     txid: int
     created_at_ms: int
 
@@ -272,7 +272,7 @@ def read_window(dsn: str, since_ms: int | None, until_ms: int | None) -> Iterato
     with connect(dsn) as conn, conn.cursor(name="drledger_window") as cursor:
         cursor.itersize = 10_000
         cursor.execute(
-            "SELECT id::text, aggregatetype, aggregateid, type, payload, txid, "
+            "SELECT id::text, aggregatetype, aggregateid, type, payload::text, txid, "
             "(extract(epoch FROM created_at) * 1000)::bigint FROM drledger.outbox "
             "WHERE created_at BETWEEN to_timestamp(%s / 1000.0) AND to_timestamp(%s / 1000.0)",
             (low, high),

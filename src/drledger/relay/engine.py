@@ -20,7 +20,7 @@ from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.events import LedgerEvent
 from drledger.java import find_libjvm
 from drledger.ledger.base import Ledger
-from drledger.relay.properties import OUTBOX_DESTINATION, RelaySettings, debezium_properties
+from drledger.relay.properties import RelaySettings, debezium_properties
 from drledger.relay.translate import outbox_change_to_event
 from drledger.timeutil import now_ms
 
@@ -61,6 +61,7 @@ def _start_jvm() -> None:
         f"-Dlog4j2.configurationFile={log_config}",
         classpath=dbz_jvm.CLASS_PATHS,
         interrupt=False,
+        convertStrings=True,
     )
 
 
@@ -105,8 +106,7 @@ class Relay:
     def handle_batch(self, records: list[Any]) -> None:
         events: list[LedgerEvent] = []
         for record in records:
-            if str(record.destination()) != OUTBOX_DESTINATION:
-                continue  # heartbeats and the heartbeat table's own changes
+            # One call into Java per record: the value says itself whether it is an outbox insert.
             value = record.value()
             if value is None:
                 continue

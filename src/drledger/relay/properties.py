@@ -12,7 +12,6 @@ from drledger.errors import DrledgerError
 from drledger.outbox.postgres import PUBLICATION
 
 TOPIC_PREFIX = "drledger"
-OUTBOX_DESTINATION = f"{TOPIC_PREFIX}.drledger.outbox"
 HEARTBEAT_QUERY = (
     "INSERT INTO drledger.heartbeat (id, beat_at) VALUES (1, now()) "
     "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at"

@@ -2,34 +2,41 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from drledger.events import LedgerEvent
+
+OUTBOX_SOURCE = ("drledger", "outbox")
 
 
 def outbox_change_to_event(value: str | bytes) -> LedgerEvent | None:
     """One Debezium JSON change value (schemas disabled) → the ledger event it carries.
 
-    None for records that are not outbox inserts (tombstones, deletes made by pruning).
-    Commit time is Debezium's `source.ts_ms`, the source database's commit clock, never the
-    connector's; a snapshot read has no commit of its own, so the outbox row's created_at stands in.
+    None for anything else on the stream: heartbeats, the heartbeat table's own changes, tombstones,
+    deletes made by pruning. Commit time is Debezium's `source.ts_ms`, the source database's commit
+    clock, never the connector's; a snapshot read has no commit of its own, so the outbox row's
+    created_at stands in.
     """
-    change: dict[str, Any] = json.loads(value)
-    if change.get("op") not in ("c", "r"):
+    change: dict[str, Any] = orjson.loads(value)
+    op = change.get("op")
+    if op not in ("c", "r"):
+        return None
+    source = change["source"]
+    if (source.get("schema"), source.get("table")) != OUTBOX_SOURCE:
         return None
     after = change["after"]
-    source = change["source"]
     payload = after["payload"]
-    row = json.loads(payload) if isinstance(payload, str) else payload
-    commit_ts_ms = _iso_to_ms(after["created_at"]) if change["op"] == "r" else int(source["ts_ms"])
+    row_json = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
+    commit_ts_ms = _iso_to_ms(after["created_at"]) if op == "r" else int(source["ts_ms"])
     return LedgerEvent.from_outbox(
         event_id=str(after["id"]),
         table=str(after["aggregatetype"]),
         key=str(after["aggregateid"]),
         op=str(after["type"]),
-        row=row,
+        row_json=row_json,
         txid=int(after["txid"]),
         lsn=int(source.get("lsn") or 0),
         commit_ts_ms=commit_ts_ms,
