@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,6 +19,11 @@ from rich.table import Table
 
 from drledger import __version__
 from drledger.errors import DrledgerError
+
+if TYPE_CHECKING:
+    from drledger.reconcile import Report
+    from drledger.recovery import ReconcileRequest
+    from drledger.replay import SourceTransaction
 
 EXIT_HELP = (
     "Exit codes: 0 success; 1 a check failed or the relay stopped on an error; "
@@ -32,8 +37,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
-ledger_app = typer.Typer(help="Look into a ledger.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Look into a ledger.", no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(ledger_app, name="ledger")
 
 out = Console()
@@ -138,6 +144,15 @@ def relay(
     heartbeat: Annotated[
         str, typer.Option(help="Heartbeat interval, so an idle outbox never pins WAL.")
     ] = "1s",
+    backfill_since: Annotated[
+        str | None,
+        typer.Option(
+            "--backfill-since",
+            help="After failover: first publish the outbox rows committed since this time that the ledger lacks "
+            "(ISO time or how long ago), then stream. The slot is created before the backfill, so nothing falls "
+            "between the two.",
+        ),
+    ] = None,
 ) -> None:
     """Stream every committed outbox row to the ledger, at least once, until SIGINT/SIGTERM.
 
@@ -149,7 +164,7 @@ def relay(
     from drledger.outbox.postgres import require_logical_wal
     from drledger.relay.engine import Relay, RelayStats, run_until_signalled
     from drledger.relay.properties import RelaySettings
-    from drledger.timeutil import parse_duration
+    from drledger.timeutil import parse_duration, parse_instant
 
     if snapshot not in ("initial", "no_data"):
         raise DrledgerError("--snapshot must be 'initial' or 'no_data'.")
@@ -166,6 +181,17 @@ def relay(
     def on_batch(stats: RelayStats) -> None:
         progress.maybe_print(stats)
 
+    if backfill_since is not None:
+        from drledger.relay.backfill import backfill, ensure_slot
+
+        since_ms = parse_instant(backfill_since)
+        ensure_slot(db, slot)
+        published = backfill(db, target, since_ms)
+        logging.getLogger("drledger.relay").info("backfilled %d outbox rows the ledger lacked", published)
+        # The slot already marks where streaming starts; a snapshot would only re-send the outbox.
+        settings = RelaySettings(
+            slot=slot, state_dir=state_dir, snapshot="no_data", heartbeat_ms=settings.heartbeat_ms
+        )
     the_relay = Relay(db, target, settings, on_batch=on_batch)
     logging.getLogger("drledger.relay").info(
         "relaying %s → %s (slot %s)", "drledger.outbox", target.display_url, slot
@@ -224,6 +250,259 @@ def prune(
         out.print(
             f"would delete {count} outbox rows created before {format_instant(cutoff)} (dry run; add --apply)"
         )
+
+
+ReconcileLedgers = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--ledger", envvar="DRLEDGER_LEDGER", help="Ledger URL to read; repeat for a topic and its mirror."
+    ),
+]
+SinceOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Window start (ISO time or how long ago); default: the DR database's last commit minus --lookback."
+    ),
+]
+UntilOption = Annotated[
+    str | None, typer.Option(help="Window end (ISO time, 'now' or how long ago); default: now.")
+]
+SkewOption = Annotated[str, typer.Option(help="Clock-skew margin: both sides are read this much wider.")]
+LookbackOption = Annotated[
+    str, typer.Option(help="How far before the DR database's last commit the default window starts.")
+]
+
+
+def _reconcile_request(
+    ledger: list[str] | None,
+    db: str,
+    since: str | None,
+    until: str | None,
+    skew: str,
+    lookback: str,
+    ledger_config: list[str] | None,
+    ledger_config_file: list[Path] | None,
+) -> ReconcileRequest:
+    from drledger.recovery import ReconcileRequest
+    from drledger.timeutil import parse_duration, parse_instant
+
+    return ReconcileRequest(
+        ledger_urls=ledger or [],
+        dsn=db,
+        since_ms=parse_instant(since) if since else None,
+        until_ms=parse_instant(until) if until else None,
+        skew_ms=int(parse_duration(skew) * 1000),
+        lookback_ms=int(parse_duration(lookback) * 1000),
+        client_config=_client_config(ledger_config, ledger_config_file),
+    )
+
+
+def _run_reconcile(request: ReconcileRequest) -> Report:
+    from drledger.recovery import run_reconcile
+
+    with err.status("reconciling the ledger with the DR database…") as status:
+        return run_reconcile(
+            request, on_progress=lambda n: status.update(f"reconciling… {n:,} ledger records read")
+        )
+
+
+RECONCILE_EXIT = (
+    "Exit codes: 0 nothing missing; 1 recoverable loss found; 3 something needs a human (mismatches, "
+    "events missing from the ledger, malformed records); 2 bad input or a connection error."
+)
+
+
+@app.command(epilog=RECONCILE_EXIT)
+def reconcile(
+    db: DbOption,
+    ledger: ReconcileLedgers = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    skew: SkewOption = "5s",
+    lookback: LookbackOption = "10m",
+    ledger_config: LedgerConfigOption = None,
+    ledger_config_file: LedgerConfigFileOption = None,
+    as_json: JsonOption = False,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")
+    ] = None,
+    save: Annotated[
+        Path | None, typer.Option("--save", help="Save the report and the missing events for replay --from.")
+    ] = None,
+) -> None:
+    """After failover: compare a window of the ledger with the DR database's outbox, by event id.
+
+    Classifies events as missing_in_dr (recoverable loss), missing_in_ledger (never reached the ledger),
+    mismatched (same id, different content), duplicates (harmless redeliveries) and malformed (unreadable
+    ledger records), and reports the exposure: the last commit in each, and the gap between them.
+    """
+    from drledger.db import mask_dsn
+    from drledger.report import print_summary, report_json, save_report
+
+    request = _reconcile_request(ledger, db, since, until, skew, lookback, ledger_config, ledger_config_file)
+    report = _run_reconcile(request)
+    summary = report_json(report, ledgers=request.ledger_urls, db=mask_dsn(db))
+    if save is not None:
+        save_report(save, summary, report)
+    if html is not None:
+        from drledger.report_html import write_html
+
+        write_html(html, summary, report)
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        print_summary(out, summary)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command(
+    epilog="Exit codes: 0 done (or nothing to do); 3 conflicts were found; 2 bad input or a connection error."
+)
+def replay(
+    db: DbOption,
+    ledger: ReconcileLedgers = None,
+    from_file: Annotated[
+        Path | None, typer.Option("--from", help="A report saved by reconcile --save.")
+    ] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Apply; without it, only show what would be applied.")
+    ] = False,
+    on_conflict: Annotated[
+        str, typer.Option(help="'skip' (report and go on) or 'fail' (stop at the first).")
+    ] = "skip",
+    fence_margin: Annotated[
+        int, typer.Option(help="After applying, move sequences this far past the highest replayed key.")
+    ] = 1000,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    skew: SkewOption = "5s",
+    lookback: LookbackOption = "10m",
+    ledger_config: LedgerConfigOption = None,
+    ledger_config_file: LedgerConfigFileOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-insert what the DR database lost, transaction by transaction, idempotently (dry run unless --apply).
+
+    Reads the missing events from --from FILE, or reconciles first with the same inputs as reconcile. Each
+    source transaction is applied atomically, in commit order, with its original event id and capture
+    suppressed. A key that already holds different content is a conflict: reported with both versions and
+    skipped (or, with --on-conflict fail, replay stops). Running it again changes nothing.
+    """
+    from drledger.fence import fence
+    from drledger.replay import apply_replay, plan_replay
+
+    if on_conflict not in ("skip", "fail"):
+        raise DrledgerError("--on-conflict must be 'skip' or 'fail'.")
+    if from_file is not None:
+        from drledger.report import load_saved_events
+
+        events = load_saved_events(from_file)
+    else:
+        request = _reconcile_request(
+            ledger, db, since, until, skew, lookback, ledger_config, ledger_config_file
+        )
+        events = _run_reconcile(request).missing_in_dr
+    plan = plan_replay(events)
+    if not apply:
+        _print_replay_plan(plan, as_json)
+        return
+    with err.status("replaying…") as status:
+        result = apply_replay(
+            db, plan, on_conflict=on_conflict, on_progress=lambda n: status.update(f"replaying… {n:,} events")
+        )
+    fences = fence(db, result.restored, fence_margin) if result.restored else []
+    summary = {**result.as_json(), "fenced": [f.__dict__ for f in fences if f.moved]}
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        out.print(
+            f"replayed {result.transactions} transactions: {result.applied} rows applied, {result.present} already "
+            f"present, {result.already_replayed} replayed before, {len(result.conflicts)} conflicts"
+        )
+        for conflict in result.conflicts:
+            out.print(f"[red]conflict[/] {conflict.table} key {conflict.key} ({conflict.event_id})")
+            out.print(f"  ledger:  {conflict.ledger_row}", markup=False)
+            out.print(f"  current: {conflict.current_row or '(clash on another unique key)'}", markup=False)
+        for item in fences:
+            if item.moved:
+                out.print(f"fenced {item.sequence}: {item.before} → {item.after}")
+    if result.conflicts:
+        raise typer.Exit(3)
+
+
+def _print_replay_plan(plan: list[SourceTransaction], as_json: bool) -> None:
+    from collections import Counter
+
+    tables = Counter(e.table for t in plan for e in t.events)
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "dry_run": True,
+                    "transactions": len(plan),
+                    "events": sum(len(t.events) for t in plan),
+                    "by_table": dict(tables),
+                    "plan": [
+                        {"txid": t.txid, "commit": t.commit_ts_ms, "events": [e.event_id for e in t.events]}
+                        for t in plan
+                    ],
+                }
+            )
+        )
+        return
+    out.print(f"would replay {len(plan)} transactions, {sum(tables.values())} events (dry run; add --apply)")
+    for name, count in sorted(tables.items()):
+        out.print(f"  {name}: {count}")
+    for transaction in plan[:20]:
+        keys = ", ".join(e.key for e in transaction.events)
+        out.print(f"  txid {transaction.txid}: {len(transaction.events)} rows ({keys})", markup=False)
+    if len(plan) > 20:
+        out.print(f"  … and {len(plan) - 20} more transactions")
+
+
+@app.command()
+def fence(
+    db: DbOption,
+    ledger: ReconcileLedgers = None,
+    margin: Annotated[
+        int, typer.Option(help="How far past the highest known key to move each sequence.")
+    ] = 1000,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    lookback: LookbackOption = "10m",
+    ledger_config: LedgerConfigOption = None,
+    ledger_config_file: LedgerConfigFileOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Right after promotion, before the application writes: move sequences past every key the ledger knows.
+
+    New writes on the promoted primary then cannot take the keys of rows the failover lost (which replay
+    will restore). Idempotent: a sequence already far enough is left alone.
+    """
+    from drledger.events import LedgerEvent
+    from drledger.fence import fence as fence_sequences
+    from drledger.ledger import read_all
+    from drledger.recovery import choose_window, open_ledgers
+
+    request = _reconcile_request(ledger, db, since, until, "0s", lookback, ledger_config, ledger_config_file)
+    if not request.ledger_urls:
+        raise DrledgerError("Name at least one ledger with --ledger URL.")
+    window = choose_window(request)
+    ledgers = open_ledgers(request.ledger_urls, request.client_config)
+    try:
+        events = [
+            r for r in read_all(ledgers, window.since_ms, window.until_ms) if isinstance(r, LedgerEvent)
+        ]
+    finally:
+        for item in ledgers:
+            item.close()
+    fences = fence_sequences(db, events, margin)
+    if as_json:
+        out.print_json(json.dumps({"fenced": [f.__dict__ for f in fences]}))
+        return
+    for moved in fences:
+        state = f"{moved.before} → {moved.after}" if moved.moved else f"already at {moved.before}"
+        out.print(f"{moved.sequence} ({moved.table}.{moved.column}): {state}")
 
 
 @ledger_app.command("inspect")

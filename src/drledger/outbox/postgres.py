@@ -42,6 +42,14 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.heartbeat (
     id       int PRIMARY KEY,
     beat_at  timestamptz NOT NULL
 );
+-- Replay's audit trail: every event it applied or skipped, once per outcome.
+CREATE TABLE IF NOT EXISTS {SCHEMA}.replay_log (
+    event_id   uuid        NOT NULL,
+    outcome    text        NOT NULL,
+    detail     text,
+    logged_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (event_id, outcome)
+);
 """
 
 
@@ -96,11 +104,17 @@ def primary_key_columns(conn: psycopg.Connection[Any], table: TableName) -> list
     return [c[0] for c in columns]
 
 
-def _key_expression(columns: list[str]) -> sql.Composable:
-    """The row key as text: the value itself for one column, a JSON object for a composite key."""
+def key_expression(columns: list[str], alias: str = "n") -> sql.Composable:
+    """The row key as text: the value itself for one column, a JSON object for a composite key.
+
+    The capture trigger and replay both use this, so a replayed row's key reads exactly as captured.
+    """
+    row = sql.Identifier(alias)
     if len(columns) == 1:
-        return sql.SQL("n.{}::text").format(sql.Identifier(columns[0]))
-    pairs = sql.SQL(", ").join(sql.SQL("{}, n.{}").format(sql.Literal(c), sql.Identifier(c)) for c in columns)
+        return sql.SQL("{}.{}::text").format(row, sql.Identifier(columns[0]))
+    pairs = sql.SQL(", ").join(
+        sql.SQL("{}, {}.{}").format(sql.Literal(c), row, sql.Identifier(c)) for c in columns
+    )
     return sql.SQL("jsonb_build_object({})::text").format(pairs)
 
 
@@ -116,7 +130,7 @@ def _capture_ddl(table: TableName, key_columns: list[str]) -> list[sql.Composed]
     ).format(
         suppress=sql.Literal(SUPPRESS_SETTING),
         table_literal=sql.Literal(table.qualified),
-        key=_key_expression(key_columns),
+        key=key_expression(key_columns),
     )
     return [
         sql.SQL("CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body}").format(

@@ -1,0 +1,201 @@
+"""A failover rig: a primary, a replica trailing it through the lag injector, a relay into a ledger,
+an insert workload that records every acknowledged commit, and the disaster itself.
+
+The tests of reconcile and replay and the drill are built on it, so what they prove is proven on
+real servers: physical streaming replication, the Debezium relay as its own process, a SIGKILLed
+primary whose in-flight WAL is dropped, and a promoted replica.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from drledger.drill.cluster import ClusterSet, LocalCluster
+from drledger.drill.lag import LagInjector
+from drledger.errors import DrledgerError
+from drledger.outbox.postgres import install
+
+DEMO_TABLE_DDL = (
+    "CREATE TABLE public.orders (id bigserial PRIMARY KEY, customer text NOT NULL, "
+    "amount numeric(12,2) NOT NULL, placed_at timestamptz NOT NULL DEFAULT now())"
+)
+
+
+@dataclass
+class Commit:
+    """One acknowledged commit: the keys it inserted and when the client saw COMMIT return."""
+
+    keys: list[int]
+    acked_at_ms: int
+
+
+@dataclass
+class GroundTruth:
+    commits: list[Commit] = field(default_factory=list)
+
+    @property
+    def keys(self) -> set[int]:
+        return {k for c in self.commits for k in c.keys}
+
+
+def _wait(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psycopg.Error):
+            if predicate():  # type: ignore[operator]
+                return
+        time.sleep(0.1)
+    raise DrledgerError(f"Timed out waiting for {what}.")
+
+
+class FailoverRig:
+    def __init__(self, base: Path | None = None, lag_s: float = 2.0, ledger_url: str | None = None) -> None:
+        self.clusters = ClusterSet(base)
+        self.lag_s = lag_s
+        self.ledger_url = ledger_url or f"sqlite://{self.clusters.base}/ledger.db"
+        self.primary: LocalCluster | None = None
+        self.replica: LocalCluster | None = None
+        self.injector: LagInjector | None = None
+        self.relay: subprocess.Popen[bytes] | None = None
+        self.relay_log = self.clusters.base / "relay.log"
+        self.truth = GroundTruth()
+
+    @property
+    def primary_dsn(self) -> str:
+        assert self.primary is not None
+        return self.primary.dsn
+
+    @property
+    def dr_dsn(self) -> str:
+        assert self.replica is not None
+        return self.replica.dsn
+
+    def start(self, *, relay: bool = True) -> None:
+        self.primary = self.clusters.primary("primary")
+        with psycopg.connect(self.primary.dsn, autocommit=True) as conn:
+            conn.execute(DEMO_TABLE_DDL)
+        install(self.primary.dsn, ["public.orders"])
+        # The base backup takes dozens of round trips; the lag starts once the replica streams.
+        self.injector = LagInjector(self.primary.port, 0.0)
+        self.injector.start()
+        self.replica = self.clusters.replica(self.primary, "replica", source_port=self.injector.port)
+        _wait(lambda: self._replica_streaming(), 60, "the replica to stream")
+        self.injector.set_delay(self.lag_s)
+        if relay:
+            self.start_relay()
+
+    def _replica_streaming(self) -> bool:
+        with psycopg.connect(self.dr_dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
+        return bool(row and row[0] == "streaming")
+
+    def start_relay(self, *extra: str, dsn: str | None = None, slot: str = "drledger_slot") -> None:
+        target = dsn or self.primary_dsn
+        self.relay = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "drledger",
+                "relay",
+                "--db",
+                target,
+                "--ledger",
+                self.ledger_url,
+                "--slot",
+                slot,
+                "--state-dir",
+                str(self.clusters.base / f"state-{slot}"),
+                "--create",
+                *extra,
+            ],
+            stdout=self.relay_log.open("ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+        def active() -> bool:
+            if self.relay is not None and self.relay.poll() is not None:
+                raise DrledgerError(f"The relay exited at start: {self.relay_log.read_text()[-500:]}")
+            with psycopg.connect(target, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+                ).fetchone()
+            return bool(row and row[0])
+
+        _wait(active, 120, "the relay to open its replication slot")
+
+    def stop_relay(self, sig: int = signal.SIGTERM) -> None:
+        if self.relay is not None:
+            if self.relay.poll() is None:
+                self.relay.send_signal(sig)
+            try:
+                self.relay.wait(60)
+            except subprocess.TimeoutExpired:
+                self.relay.kill()
+                self.relay.wait()
+            self.relay = None
+
+    def run_workload(self, tps: float, seconds: float, *, dsn: str | None = None) -> GroundTruth:
+        """Insert at `tps` transactions per second; every 4th transaction inserts three rows."""
+        truth = GroundTruth()
+        with psycopg.connect(dsn or self.primary_dsn, autocommit=True) as conn:
+            started = time.monotonic()
+            for i in range(int(tps * seconds)):
+                pause = started + i / tps - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                rows = 3 if i % 4 == 3 else 1
+                keys = [
+                    r[0]
+                    for r in conn.execute(
+                        "INSERT INTO public.orders (customer, amount) "
+                        "SELECT 'customer-' || g, (g * 7.25)::numeric(12,2) FROM generate_series(1, %s) g RETURNING id",
+                        (rows,),
+                    ).fetchall()
+                ]
+                truth.commits.append(Commit(keys, time.time_ns() // 1_000_000))
+        self.truth.commits.extend(truth.commits)
+        return truth
+
+    def disaster(self, *, kill_relay: bool = True) -> int:
+        """The region dies: in-flight WAL is dropped, the primary (and its relay) SIGKILLed."""
+        assert self.injector is not None and self.primary is not None
+        dropped = self.injector.drop()
+        self.primary.kill()
+        if kill_relay:
+            self.stop_relay(signal.SIGKILL)
+        return dropped
+
+    def failover(self) -> None:
+        assert self.replica is not None
+        self.replica.promote()
+        _wait(lambda: self._promoted(), 60, "the replica to be promoted")
+
+    def _promoted(self) -> bool:
+        with psycopg.connect(self.dr_dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        return bool(row is not None and not row[0])
+
+    def keys_in(self, dsn: str) -> set[int]:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            return {r[0] for r in conn.execute("SELECT id FROM public.orders").fetchall()}
+
+    def close(self) -> None:
+        self.stop_relay(signal.SIGKILL)
+        if self.injector is not None:
+            self.injector.stop()
+        self.clusters.close()
+
+    def __enter__(self) -> FailoverRig:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

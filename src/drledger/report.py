@@ -1,0 +1,163 @@
+"""A reconcile Report as JSON, as a saved file for replay, and as a terminal summary.
+
+The HTML page lives in report_html.py; this module holds the shapes every output shares.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from drledger.errors import DrledgerError
+from drledger.events import LedgerEvent, MalformedRecord, from_wire
+from drledger.reconcile import Report
+from drledger.timeutil import format_instant
+
+SAVE_FORMAT = "drledger-reconcile/1"
+UNKNOWABLE = (
+    "Commits on the failed primary after the ledger's last commit reached neither the DR database nor the "
+    "ledger, if there were any: nothing here can count them."
+)
+
+
+def verdict(report: Report) -> str:
+    if report.ledger_events == 0 and report.dr_events > 0:
+        return (
+            "The ledger holds nothing in this window while the DR database does: the ledger is lost or was never "
+            "written, so recovery from it is impossible and the loss cannot be measured."
+        )
+    if report.exit_code == 3:
+        parts = []
+        if report.mismatched:
+            parts.append(f"{len(report.mismatched)} events differ between the ledger and the DR database")
+        if report.missing_in_ledger:
+            parts.append(
+                f"{len(report.missing_in_ledger)} DR rows never reached the ledger (relay lag or outage)"
+            )
+        if report.malformed:
+            parts.append(f"{report.malformed} ledger records are unreadable")
+        return "Needs a human: " + "; ".join(parts) + "."
+    if report.missing_in_dr:
+        return f"{len(report.missing_in_dr)} committed events are missing from the DR database and can be replayed."
+    return "Nothing is missing: every ledger event in the window is in the DR database."
+
+
+def report_json(report: Report, *, ledgers: list[str], db: str) -> dict[str, Any]:
+    window = report.window
+    by_table = Counter(e.table for e in report.missing_in_dr)
+    return {
+        "window": {
+            "since": format_instant(window.since_ms),
+            "until": format_instant(window.until_ms),
+            "skew_seconds": window.skew_ms / 1000,
+        },
+        "ledgers": ledgers,
+        "db": db,
+        "counts": {
+            "ledger_events": report.ledger_events,
+            "dr_events": report.dr_events,
+            "missing_in_dr": len(report.missing_in_dr),
+            "missing_in_ledger": len(report.missing_in_ledger),
+            "mismatched": len(report.mismatched),
+            "duplicates": report.duplicates,
+            "malformed": report.malformed,
+        },
+        "exposure": {
+            "dr_last_commit": format_instant(report.dr_last_commit_ms),
+            "ledger_last_commit": format_instant(report.ledger_last_commit_ms),
+            "gap_seconds": report.gap_seconds,
+            "gap_events": len(report.missing_in_dr),
+            "unknowable": UNKNOWABLE,
+        },
+        "missing_by_table": dict(sorted(by_table.items())),
+        "missing_event_ids": [e.event_id for e in report.missing_in_dr],
+        "missing_in_ledger_ids": [r.event_id for r in report.missing_in_ledger],
+        "mismatched": [
+            {
+                "event_id": m.event_id,
+                "table": m.table,
+                "key": m.key,
+                "ledger_row": m.ledger_row,
+                "dr_row": m.dr_row,
+            }
+            for m in report.mismatched
+        ],
+        "malformed_samples": [
+            {"position": s.position, "reason": s.reason, "sample": s.sample} for s in report.malformed_samples
+        ],
+        "verdict": verdict(report),
+        "exit_code": report.exit_code,
+    }
+
+
+def save_report(path: Path, summary: dict[str, Any], report: Report) -> None:
+    """Write the summary and every missing event (in wire format), for `replay --from`."""
+    body = {
+        "format": SAVE_FORMAT,
+        "summary": summary,
+        "events": [orjson.loads(e.to_wire()) for e in report.missing_in_dr],
+    }
+    try:
+        path.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2))
+    except OSError as exc:
+        raise DrledgerError(f"Cannot write the report to {path}: {exc.strerror}.") from None
+
+
+def load_saved_events(path: Path) -> list[LedgerEvent]:
+    try:
+        body = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise DrledgerError(f"Cannot read the saved report {path}: {exc.strerror}.") from None
+    except orjson.JSONDecodeError:
+        raise DrledgerError(f"The file {path} is not a saved reconcile report (not JSON).") from None
+    if (
+        not isinstance(body, dict)
+        or body.get("format") != SAVE_FORMAT
+        or not isinstance(body.get("events"), list)
+    ):
+        raise DrledgerError(
+            f"The file {path} is not a saved reconcile report; make one with reconcile --save."
+        )
+    events = []
+    for index, item in enumerate(body["events"]):
+        record = from_wire(json.dumps(item), f"event {index}")
+        if isinstance(record, MalformedRecord):
+            raise DrledgerError(f"Event {index} in {path} is unreadable ({record.reason}).")
+        events.append(record)
+    return events
+
+
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    counts = summary["counts"]
+    exposure = summary["exposure"]
+    table = Table(
+        title=f"reconcile {summary['window']['since']} → {summary['window']['until']}", show_header=False
+    )
+    for key, value in counts.items():
+        style = (
+            "bold red"
+            if key in ("missing_in_dr", "missing_in_ledger", "mismatched", "malformed") and value
+            else ""
+        )
+        table.add_row(key, f"[{style}]{value}[/]" if style else str(value))
+    table.add_section()
+    table.add_row("last commit in DR", str(exposure["dr_last_commit"]))
+    table.add_row("last commit in ledger", str(exposure["ledger_last_commit"]))
+    table.add_row("ledger ahead of DR by", f"{exposure['gap_seconds']} s, {exposure['gap_events']} events")
+    console.print(table)
+    for name, count in summary["missing_by_table"].items():
+        console.print(f"  missing in DR: {name}: {count}")
+    for sample in summary["malformed_samples"]:
+        console.print(f"  [yellow]malformed[/] {sample['position']}: {sample['reason']}")
+    for mismatch in summary["mismatched"][:10]:
+        console.print(
+            f"  [red]mismatch[/] {mismatch['table']} key {mismatch['key']} ({mismatch['event_id']})"
+        )
+    console.print(summary["verdict"])
+    console.print(f"[dim]{exposure['unknowable']}[/]")
