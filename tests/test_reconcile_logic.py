@@ -1,0 +1,104 @@
+"""Reconcile's comparison and replay's ordering: pure functions, tested directly."""
+
+from __future__ import annotations
+
+from drledger.events import LedgerEvent, MalformedRecord
+from drledger.fence import highest_keys
+from drledger.outbox.postgres import OutboxRow
+from drledger.reconcile import Window, reconcile
+from drledger.replay import chunk_transactions, plan_replay
+
+T0 = 1_800_000_000_000
+
+
+def event(
+    n: int, *, ts: int, txid: int | None = None, lsn: int | None = None, row: str | None = None
+) -> LedgerEvent:
+    return LedgerEvent.from_outbox(
+        event_id=f"e{n}",
+        table="public.orders",
+        key=str(n),
+        op="insert",
+        row_json=row or f'{{"id": {n}}}',
+        txid=txid if txid is not None else n,
+        lsn=lsn if lsn is not None else n,
+        commit_ts_ms=ts,
+    )
+
+
+def outbox(n: int, *, created: int, row: str | None = None) -> OutboxRow:
+    return OutboxRow(f"e{n}", "public.orders", str(n), "insert", row or f'{{"id": {n}}}', n, created)
+
+
+def test_classifies_every_kind_of_difference() -> None:
+    window = Window(T0, T0 + 10_000, 1_000)
+    ledger = [
+        event(1, ts=T0 + 100),
+        event(2, ts=T0 + 200),
+        event(2, ts=T0 + 200),  # a redelivery
+        event(3, ts=T0 + 300, row='{"id": 3, "v": "ledger"}'),
+        event(4, ts=T0 + 9_000),
+        event(5, ts=T0 + 9_500),  # lost by the DR database
+        MalformedRecord("row 9", "not JSON", "{x"),
+    ]
+    dr = [
+        outbox(1, created=T0 + 90),
+        outbox(2, created=T0 + 190),
+        outbox(3, created=T0 + 290, row='{"id": 3, "v": "dr"}'),
+        outbox(6, created=T0 + 5_000),
+    ]  # never reached the ledger
+    report = reconcile(ledger, dr, window)
+    assert (report.ledger_events, report.dr_events, report.duplicates, report.malformed) == (5, 4, 1, 1)
+    assert [e.event_id for e in report.missing_in_dr] == ["e4", "e5"]
+    assert [r.event_id for r in report.missing_in_ledger] == ["e6"]
+    assert [m.event_id for m in report.mismatched] == ["e3"]
+    assert report.exit_code == 3
+    assert report.ledger_last_commit_ms == T0 + 9_500
+    assert report.dr_last_commit_ms == T0 + 5_000
+    assert report.gap_seconds == 4.5
+
+
+def test_window_edges_never_make_false_losses() -> None:
+    window = Window(T0, T0 + 10_000, 2_000)
+    # Committed just inside the window, but its transaction began just before it (created_at earlier).
+    ledger = [event(1, ts=T0 + 500)]
+    dr = [outbox(1, created=T0 - 800)]
+    report = reconcile(ledger, dr, window)
+    assert report.missing_in_dr == [] and report.missing_in_ledger == []
+    # Outside the window on both sides: neither counted nor missing.
+    report = reconcile([event(2, ts=T0 + 15_000)], [], window)
+    assert report.ledger_events == 0 and report.missing_in_dr == []
+
+
+def test_exit_codes() -> None:
+    window = Window(T0, T0 + 10_000, 0)
+    assert reconcile([event(1, ts=T0 + 1)], [outbox(1, created=T0 + 1)], window).exit_code == 0
+    assert reconcile([event(1, ts=T0 + 1)], [], window).exit_code == 1
+    assert reconcile([event(1, ts=T0 + 1), MalformedRecord("p", "r", "s")], [], window).exit_code == 3
+
+
+def test_replay_orders_by_commit_and_groups_by_transaction() -> None:
+    # Transaction 7 started first (lower LSNs) but committed after transaction 8.
+    events = [
+        event(1, ts=T0 + 50, txid=7, lsn=100),
+        event(2, ts=T0 + 50, txid=7, lsn=130),
+        event(3, ts=T0 + 20, txid=8, lsn=120),
+        event(4, ts=T0 + 90, txid=9, lsn=200),
+        event(4, ts=T0 + 90, txid=9, lsn=200),  # duplicate
+    ]
+    plan = plan_replay(reversed(events))
+    assert [t.txid for t in plan] == [8, 7, 9]
+    assert [e.event_id for e in plan[1].events] == ["e1", "e2"]
+    assert len(plan[2].events) == 1
+
+
+def test_chunks_never_split_a_transaction() -> None:
+    events = [event(i, ts=T0 + i, txid=i // 3, lsn=i) for i in range(30)]
+    chunks = chunk_transactions(plan_replay(events), max_events=7)
+    assert all(sum(len(t.events) for t in chunk) <= 7 for chunk in chunks)
+    assert [t.txid for chunk in chunks for t in chunk] == list(range(10))
+
+
+def test_highest_keys_reads_exact_values() -> None:
+    events = [event(1, ts=T0, row='{"id": 99999999999999999}'), event(2, ts=T0, row='{"id": 5, "n": null}')]
+    assert highest_keys(events, {"public.orders": ["id"]}) == {("public.orders", "id"): 99999999999999999}
