@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class Commit:
 @dataclass
 class GroundTruth:
     commits: list[Commit] = field(default_factory=list)
+    rolled_back: set[int] = field(default_factory=set)
 
     @property
     def keys(self) -> set[int]:
@@ -132,10 +134,16 @@ class FailoverRig:
 
         _wait(active, 120, "the relay to open its replication slot")
 
+    @property
+    def relay_stats_file(self) -> Path:
+        return self.clusters.base / "state-drledger_slot" / "drledger_slot.stats.json"
+
     def stop_relay(self, sig: int = signal.SIGTERM) -> None:
         if self.relay is not None:
             if self.relay.poll() is None:
                 self.relay.send_signal(sig)
+                if sig != signal.SIGKILL:
+                    self.relay.send_signal(signal.SIGCONT)  # a paused relay cannot act on SIGTERM
             try:
                 self.relay.wait(60)
             except subprocess.TimeoutExpired:
@@ -143,27 +151,53 @@ class FailoverRig:
                 self.relay.wait()
             self.relay = None
 
-    def run_workload(self, tps: float, seconds: float, *, dsn: str | None = None) -> GroundTruth:
-        """Insert at `tps` transactions per second; every 4th transaction inserts three rows."""
+    def run_workload(
+        self,
+        tps: float,
+        seconds: float,
+        *,
+        dsn: str | None = None,
+        rollback_every: int = 0,
+        on_tick: Callable[[float], None] | None = None,
+    ) -> GroundTruth:
+        """Insert at `tps` transactions per second; every 4th transaction inserts three rows.
+
+        With `rollback_every=n`, every n-th transaction is rolled back instead of committed: its keys
+        are recorded as `rolled_back`, never as commits. Only what COMMIT acknowledged is ground truth.
+        """
         truth = GroundTruth()
-        with psycopg.connect(dsn or self.primary_dsn, autocommit=True) as conn:
+        with psycopg.connect(dsn or self.primary_dsn) as conn:
             started = time.monotonic()
             for i in range(int(tps * seconds)):
                 pause = started + i / tps - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
                 rows = 3 if i % 4 == 3 else 1
+                doomed = rollback_every > 0 and i % rollback_every == rollback_every - 1
                 keys = [
                     r[0]
                     for r in conn.execute(
-                        "INSERT INTO public.orders (customer, amount) "
-                        "SELECT 'customer-' || g, (g * 7.25)::numeric(12,2) FROM generate_series(1, %s) g RETURNING id",
-                        (rows,),
+                        "INSERT INTO public.orders (customer, amount) SELECT %s || g, (g * 7.25)::numeric(12,2) "
+                        "FROM generate_series(1, %s) g RETURNING id",
+                        ("rolled-back-" if doomed else "customer-", rows),
                     ).fetchall()
                 ]
+                if doomed:
+                    conn.rollback()
+                    truth.rolled_back.update(keys)
+                    continue
+                conn.commit()
                 truth.commits.append(Commit(keys, time.time_ns() // 1_000_000))
+                if on_tick is not None and i % 50 == 0:
+                    on_tick(min(1.0, (time.monotonic() - started) / seconds))
         self.truth.commits.extend(truth.commits)
+        self.truth.rolled_back.update(truth.rolled_back)
         return truth
+
+    def pause_relay(self) -> None:
+        """The relay falls behind: SIGSTOP, as a stalled process or a saturated link would."""
+        if self.relay is not None:
+            self.relay.send_signal(signal.SIGSTOP)
 
     def disaster(self, *, kill_relay: bool = True) -> int:
         """The region dies: in-flight WAL is dropped, the primary (and its relay) SIGKILLed."""

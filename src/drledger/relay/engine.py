@@ -7,13 +7,18 @@ returns, and only then does pydbzengine mark the records processed and Debezium 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from drledger.errors import DrledgerError, LedgerUnavailable
@@ -31,15 +36,62 @@ _PUBLISH_GIVE_UP_S = 120.0
 
 @dataclass
 class RelayStats:
+    """What the relay has done, and how long commits took to be durably in the ledger.
+
+    Ledger lag is measured per event as (ledger acknowledged the batch) minus (source commit time): the
+    time a committed insert was exposed, present in the database only. Written as JSON to the state
+    directory about once a second, for operators' monitoring and for the drill's figures.
+    """
+
     events: int = 0
     batches: int = 0
     last_commit_ms: int | None = None
     last_lag_ms: int | None = None
+    lag_ms_counts: Counter[int] = field(default_factory=Counter)
     started_at: float = field(default_factory=time.monotonic)
 
     def rate(self) -> float:
         elapsed = time.monotonic() - self.started_at
         return self.events / elapsed if elapsed > 0 else 0.0
+
+    def record(self, events: list[LedgerEvent], acked_ms: int) -> None:
+        self.events += len(events)
+        for event in events:
+            self.lag_ms_counts[max(0, acked_ms - event.commit_ts_ms)] += 1
+        self.last_commit_ms = events[-1].commit_ts_ms
+        self.last_lag_ms = acked_ms - events[-1].commit_ts_ms
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "events": self.events,
+            "batches": self.batches,
+            "last_commit_ms": self.last_commit_ms,
+            "last_lag_ms": self.last_lag_ms,
+            "lag_ms_counts": {str(k): v for k, v in sorted(self.lag_ms_counts.items())},
+        }
+
+
+def lag_percentile(lag_ms_counts: dict[int, int], q: float) -> float | None:
+    """The q-th percentile of a lag histogram (ms → count). Pure."""
+    total = sum(lag_ms_counts.values())
+    if total == 0:
+        return None
+    rank = q / 100 * (total - 1)
+    seen = 0
+    for lag, count in sorted(lag_ms_counts.items()):
+        seen += count
+        if seen > rank:
+            return float(lag)
+    return float(max(lag_ms_counts))
+
+
+def read_stats(path: Path) -> dict[int, int]:
+    """The lag histogram a relay wrote to its stats file; empty if there is none yet."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {int(k): int(v) for k, v in doc.get("lag_ms_counts", {}).items()}
 
 
 def _start_jvm() -> None:
@@ -102,6 +154,16 @@ class Relay:
         self._engine: Any = None
         self._stopping = threading.Event()
         self.streaming = threading.Event()
+        self._stats_written_at = 0.0
+
+    def write_stats(self) -> None:
+        """Replace the stats file atomically, so a reader never sees half of it."""
+        self._stats_written_at = time.monotonic()
+        path = self.settings.stats_file
+        temporary = path.with_suffix(".tmp")
+        with contextlib.suppress(OSError):
+            temporary.write_text(json.dumps(self.stats.as_json()))
+            os.replace(temporary, path)
 
     def handle_batch(self, records: list[Any]) -> None:
         events: list[LedgerEvent] = []
@@ -115,10 +177,10 @@ class Relay:
                 events.append(event)
         if events:
             publish_with_retry(self.ledger, events)
-            self.stats.events += len(events)
-            self.stats.last_commit_ms = events[-1].commit_ts_ms
-            self.stats.last_lag_ms = now_ms() - events[-1].commit_ts_ms
+            self.stats.record(events, now_ms())
         self.stats.batches += 1
+        if time.monotonic() - self._stats_written_at >= 1.0:
+            self.write_stats()
         if self.on_batch is not None:
             self.on_batch(self.stats)
 
@@ -180,6 +242,7 @@ class Relay:
         self._stopping.set()
         if self._engine is not None:
             self._engine.close()
+        self.write_stats()
 
 
 def run_until_signalled(relay: Relay) -> None:

@@ -33,6 +33,10 @@ class RelaySettings:
     def offsets_file(self) -> Path:
         return self.state_dir / f"{self.slot}.offsets"
 
+    @property
+    def stats_file(self) -> Path:
+        return self.state_dir / f"{self.slot}.stats.json"
+
 
 def debezium_properties(dsn: str, settings: RelaySettings) -> dict[str, str]:
     try:
