@@ -20,7 +20,21 @@ from rich.table import Table
 from drledger import __version__
 from drledger.errors import DrledgerError
 
+SCENARIO_NAMES = [
+    "db-lost-ledger-ok",
+    "ledger-lagging",
+    "not-committed",
+    "region-lost-with-ledger",
+    "ledger-up-relay-down",
+    "healthy",
+]
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from rich.status import Status
+
+    from drledger.drill.run import DrillSettings
     from drledger.reconcile import Report
     from drledger.recovery import ReconcileRequest
     from drledger.replay import SourceTransaction
@@ -503,6 +517,96 @@ def fence(
     for moved in fences:
         state = f"{moved.before} → {moved.after}" if moved.moved else f"already at {moved.before}"
         out.print(f"{moved.sequence} ({moved.table}.{moved.column}): {state}")
+
+
+DRILL_EXIT = "Exit codes: 0 the verdict is ok; 1 the drill ran and its verdict failed; 2 it could not run."
+
+
+@app.command(epilog=DRILL_EXIT)
+def drill(
+    tps: Annotated[float, typer.Option(help="Insert transactions per second.")] = 100,
+    duration: Annotated[str, typer.Option(help="How long the workload runs before the disaster.")] = "30s",
+    lag: Annotated[
+        str, typer.Option(help="Replication lag: a range draws a value (2-5s), or fixed (3s).")
+    ] = "2-5s",
+    ledger: Annotated[
+        str | None,
+        typer.Option(
+            "--ledger", help="Ledger URL; default: an embedded SQLite ledger in the drill's temp dir."
+        ),
+    ] = None,
+    scenario: Annotated[
+        str | None,
+        typer.Option(
+            help="Run a row of the spec's DR scenarios table instead, or 'all': " + ", ".join(SCENARIO_NAMES)
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the drawn lag, to repeat a run.")] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the clusters afterwards and print how to connect.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """The disaster, for real, on this machine: what replication alone loses and what drledger gets back.
+
+    Starts a primary and a replica trailing it by --lag, the relay into a ledger, and inserts at --tps with
+    every acknowledged commit recorded client-side. Then the primary region dies mid-workload (in-flight WAL
+    dropped, primary and relay killed), the replica is promoted, and reconcile, fence and replay run; the
+    promoted database is checked against the ground truth. Everything it starts is stopped and removed,
+    also on Ctrl-C, unless --keep.
+    """
+    from drledger.drill.run import DrillSettings
+    from drledger.timeutil import parse_duration
+
+    settings = DrillSettings(
+        tps=tps, duration_s=parse_duration(duration), lag=lag, ledger_url=ledger, seed=seed, keep=keep
+    )
+    if tps <= 0 or settings.duration_s <= 0:
+        raise DrledgerError("--tps and --duration must be positive.")
+    if scenario is not None:
+        _drill_scenarios(scenario, settings, as_json)
+        return
+    from drledger.drill.present import comparison_table
+    from drledger.drill.run import run_drill
+
+    with err.status("drill starting…") as status:
+        result = run_drill(settings, progress=_phases(status))
+    if as_json:
+        out.print_json(json.dumps(result.as_json()))
+    else:
+        out.print(comparison_table(result, tps))
+        out.print(f"verdict: [bold]{result.verdict}[/] (drill took {result.total_seconds:g} s)")
+        if result.keep:
+            out.print(f"kept: promoted DR at {result.keep['promoted_dr']}, ledger {result.keep['ledger']}")
+            out.print(f"stop it with: {result.keep['stop']}", markup=False)
+    if result.verdict != "ok":
+        raise typer.Exit(1)
+
+
+def _phases(status: Status) -> Callable[[str], None]:
+    """Each phase: the spinner's text, and a timestamped line that stays on screen."""
+
+    def show(phase: str) -> None:
+        status.update(phase)
+        err.log(phase)
+
+    return show
+
+
+def _drill_scenarios(name: str, settings: DrillSettings, as_json: bool) -> None:
+    from drledger.drill.scenarios import run_scenarios, scenario_table
+
+    names = SCENARIO_NAMES if name == "all" else [name]
+    if any(n not in SCENARIO_NAMES for n in names):
+        raise DrledgerError(f"Unknown scenario '{name}'; choose one of: {', '.join(SCENARIO_NAMES)}, all.")
+    with err.status("scenarios starting…") as status:
+        outcomes = run_scenarios(names, settings, progress=_phases(status))
+    if as_json:
+        out.print_json(json.dumps([o.as_json() for o in outcomes]))
+    else:
+        out.print(scenario_table(outcomes))
+    if not all(o.passed for o in outcomes):
+        raise typer.Exit(1)
 
 
 @ledger_app.command("inspect")

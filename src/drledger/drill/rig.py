@@ -12,6 +12,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,21 +159,46 @@ class FailoverRig:
         *,
         dsn: str | None = None,
         rollback_every: int = 0,
+        multi_row_every: int = 4,
         on_tick: Callable[[float], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> GroundTruth:
-        """Insert at `tps` transactions per second; every 4th transaction inserts three rows.
+        """Insert at `tps` transactions per second; every `multi_row_every`-th inserts three rows.
 
         With `rollback_every=n`, every n-th transaction is rolled back instead of committed: its keys
-        are recorded as `rolled_back`, never as commits. Only what COMMIT acknowledged is ground truth.
+        are recorded as `rolled_back`, never as commits. Only what COMMIT acknowledged is ground truth,
+        so when the primary dies mid-workload the transaction in flight simply ends the run.
         """
         truth = GroundTruth()
+        try:
+            self._insert_loop(truth, tps, seconds, dsn, rollback_every, multi_row_every, on_tick, stop)
+        except psycopg.OperationalError:
+            if stop is None or not stop.is_set():
+                raise
+        self.truth.commits.extend(truth.commits)
+        self.truth.rolled_back.update(truth.rolled_back)
+        return truth
+
+    def _insert_loop(
+        self,
+        truth: GroundTruth,
+        tps: float,
+        seconds: float,
+        dsn: str | None,
+        rollback_every: int,
+        multi_row_every: int,
+        on_tick: Callable[[float], None] | None,
+        stop: threading.Event | None,
+    ) -> None:
         with psycopg.connect(dsn or self.primary_dsn) as conn:
             started = time.monotonic()
             for i in range(int(tps * seconds)):
+                if stop is not None and stop.is_set():
+                    return
                 pause = started + i / tps - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
-                rows = 3 if i % 4 == 3 else 1
+                rows = 3 if multi_row_every and i % multi_row_every == multi_row_every - 1 else 1
                 doomed = rollback_every > 0 and i % rollback_every == rollback_every - 1
                 keys = [
                     r[0]
@@ -190,9 +216,6 @@ class FailoverRig:
                 truth.commits.append(Commit(keys, time.time_ns() // 1_000_000))
                 if on_tick is not None and i % 50 == 0:
                     on_tick(min(1.0, (time.monotonic() - started) / seconds))
-        self.truth.commits.extend(truth.commits)
-        self.truth.rolled_back.update(truth.rolled_back)
-        return truth
 
     def pause_relay(self) -> None:
         """The relay falls behind: SIGSTOP, as a stalled process or a saturated link would."""

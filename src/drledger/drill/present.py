@@ -1,0 +1,48 @@
+"""The drill's results as the spec's comparison tables, with the measured numbers."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from drledger.drill.run import DrillResult
+
+
+def comparison_table(result: DrillResult, tps: float) -> Table:
+    table = Table(
+        title=f"DR drill: {tps:g} TPS, replication lag {result.replication_lag_s:g} s, ledger {result.ledger}"
+    )
+    table.add_column("metric")
+    table.add_column("replication alone", justify="right")
+    table.add_column("replication + drledger", justify="right")
+    table.add_row(
+        "committed (acknowledged to the application)", f"{result.committed:,}", f"{result.committed:,}"
+    )
+    table.add_row(
+        "records lost at failover", f"{result.lost_without_ledger:,}", f"{result.lost_without_ledger:,}"
+    )
+    table.add_row("loss detected", "no", f"yes: {result.detected:,} records")
+    table.add_row("replay possible", "no", "yes")
+    table.add_row("records recovered", "0", f"{result.recovered:,}")
+    table.add_row(
+        "records unrecoverable (never reached the ledger)",
+        f"{result.lost_without_ledger:,}",
+        f"{result.unrecoverable:,}",
+    )
+    table.add_row(
+        "records still missing at the end",
+        f"{result.lost_without_ledger:,}",
+        f"{result.missing_after_replay:,}",
+    )
+    table.add_row("time to detect", "never", f"{result.detect_seconds:.2f} s")
+    table.add_row("time to recover", "—", f"{result.recover_seconds:.2f} s")
+    table.add_section()
+    p50 = "n/a" if result.ledger_lag_p50_ms is None else f"{result.ledger_lag_p50_ms:.0f} ms"
+    p99 = "n/a" if result.ledger_lag_p99_ms is None else f"{result.ledger_lag_p99_ms:.0f} ms"
+    measured = (
+        ""
+        if result.replication_lag_measured_s is None
+        else f" (measured {result.replication_lag_measured_s:g} s)"
+    )
+    table.add_row("ledger lag p50 / p99 (commit → durably in ledger)", "", f"{p50} / {p99}")
+    table.add_row("replication lag", f"{result.replication_lag_s:g} s{measured}", "")
+    return table

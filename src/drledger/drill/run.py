@@ -1,0 +1,306 @@
+"""`drledger drill`: the spec's disaster, for real, on this machine, measured against ground truth.
+
+A primary and a replica trailing it by a drawn lag, the relay into a ledger, inserts at a steady rate
+with every acknowledged commit recorded client-side; mid-workload the primary region dies (in-flight
+WAL dropped, primary and relay SIGKILLed), the replica is promoted, then reconcile, fence, replay and
+a final check of the promoted database against what the application was told was committed.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from drledger.drill.rig import FailoverRig, GroundTruth
+from drledger.errors import DrledgerError
+from drledger.events import LedgerEvent
+from drledger.fence import fence
+from drledger.ledger import open_ledger, parse_ledger_url
+from drledger.reconcile import Report
+from drledger.recovery import ReconcileRequest, run_reconcile
+from drledger.relay.engine import lag_percentile, read_stats
+from drledger.replay import apply_replay, plan_replay
+
+Progress = Callable[[str], None]
+
+_LAG = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:-\s*(\d+(?:\.\d+)?))?\s*s?\s*$")
+
+
+def draw_lag(text: str, rng: random.Random) -> float:
+    """'2-5s' draws uniformly from the range; '3s' is fixed."""
+    match = _LAG.match(text)
+    if not match:
+        raise DrledgerError(f"--lag '{text}' is not a lag; write it like 3s or 2-5s.")
+    low = float(match.group(1))
+    high = float(match.group(2)) if match.group(2) else low
+    if high < low:
+        raise DrledgerError(f"--lag '{text}' has its range backwards.")
+    return round(rng.uniform(low, high), 2)
+
+
+@dataclass
+class DrillSettings:
+    tps: float = 100
+    duration_s: float = 30
+    lag: str = "2-5s"
+    ledger_url: str | None = None
+    seed: int | None = None
+    keep: bool = False
+    multi_row_every: int = 0
+    rollback_every: int = 0
+
+
+@dataclass
+class DrillResult:
+    committed: int
+    on_replica_at_failover: int
+    lost_without_ledger: int
+    detected: int
+    recovered: int
+    unrecoverable: int
+    missing_after_replay: int
+    replication_lag_s: float
+    ledger_lag_p99_ms: float | None
+    detect_seconds: float
+    recover_seconds: float
+    verdict: str
+    ledger_lag_p50_ms: float | None = None
+    replication_lag_measured_s: float | None = None
+    conflicts: int = 0
+    phantom_rows: int = 0
+    rolled_back: int = 0
+    total_seconds: float = 0.0
+    ledger: str = ""
+    reconcile_exit_code: int = 0
+    reconcile_error: str | None = None
+    missing_in_ledger: int = 0
+    rolled_back_in_ledger: int = 0
+    keep: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _keys_of(events: list[LedgerEvent]) -> set[int]:
+    return {int(e.key) for e in events}
+
+
+def _ledger_keys(url: str) -> set[int]:
+    with open_ledger(url) as ledger:
+        return {int(r.key) for r in ledger.read() if isinstance(r, LedgerEvent)}
+
+
+def _phantoms(dsn: str, truth: GroundTruth) -> int:
+    """Rows in the promoted database that no acknowledged commit wrote."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        keys = {r[0] for r in conn.execute("SELECT id FROM public.orders").fetchall()}
+    return len(keys - truth.keys)
+
+
+def _replication_lag_sample(rig: FailoverRig) -> float | None:
+    try:
+        with psycopg.connect(rig.dr_dsn, autocommit=True, connect_timeout=3) as conn:
+            row = conn.execute(
+                "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())"
+            ).fetchone()
+    except psycopg.Error:
+        return None
+    return float(row[0]) if row and row[0] is not None else None
+
+
+class Drill:
+    """One drill run; `scenarios.py` reuses its phases with variations."""
+
+    def __init__(self, settings: DrillSettings, progress: Progress) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.rng = random.Random(settings.seed)
+        self.lag_s = draw_lag(settings.lag, self.rng)
+        self.rig = FailoverRig(lag_s=self.lag_s, ledger_url=settings.ledger_url)
+        self.started = time.monotonic()
+        self.lag_samples: list[float] = []
+
+    def setup(self) -> None:
+        self.progress(f"starting a primary and a replica {self.lag_s:g} s behind it, and the relay")
+        self.rig.start()
+
+    def workload_then_disaster(
+        self, before: dict[float, Callable[[FailoverRig], None]] | None = None
+    ) -> GroundTruth:
+        """Write for the set duration; the region dies while the application is still writing.
+
+        `before` maps seconds-before-the-disaster to something to do then (pause the relay, say).
+        """
+        settings = self.settings
+        stop = threading.Event()
+        outcome: list[GroundTruth] = []
+        pending = sorted((before or {}).items(), reverse=True)
+        self.progress(f"writing {settings.tps:g} transactions/s for {settings.duration_s:g} s")
+
+        def write() -> None:
+            outcome.append(
+                self.rig.run_workload(
+                    settings.tps,
+                    settings.duration_s + 60,
+                    rollback_every=settings.rollback_every,
+                    multi_row_every=settings.multi_row_every,
+                    stop=stop,
+                )
+            )
+
+        writer = threading.Thread(target=write, name="workload", daemon=True)
+        writer.start()
+        disaster_at = time.monotonic() + settings.duration_s
+        while (left := disaster_at - time.monotonic()) > 0:
+            if pending and left <= pending[0][0]:
+                pending.pop(0)[1](self.rig)
+                continue
+            time.sleep(min(0.5, left, max(0.01, left - pending[0][0]) if pending else left))
+            if left < settings.duration_s / 2 and (sample := _replication_lag_sample(self.rig)) is not None:
+                self.lag_samples.append(sample)
+        for _, action in pending:
+            action(self.rig)
+        self.progress("disaster: the primary region dies (in-flight WAL dropped, primary and relay killed)")
+        stop.set()
+        self.rig.disaster()
+        writer.join(30)
+        if not outcome:
+            raise DrledgerError("The workload did not finish; see the relay log.")
+        return outcome[0]
+
+    def failover(self) -> None:
+        self.progress("failover: promoting the replica")
+        self.rig.failover()
+
+    def reconcile(self) -> tuple[Report | None, float, str | None]:
+        self.progress("reconcile: the ledger against the promoted database")
+        started = time.monotonic()
+        try:
+            report = run_reconcile(ReconcileRequest([self.rig.ledger_url], self.rig.dr_dsn))
+        except DrledgerError as exc:
+            return None, time.monotonic() - started, str(exc)
+        return report, time.monotonic() - started, None
+
+    def recover(self, report: Report) -> tuple[int, int, float]:
+        self.progress(f"fence and replay: {len(report.missing_in_dr)} events")
+        started = time.monotonic()
+        fence(self.rig.dr_dsn, report.missing_in_dr)
+        result = apply_replay(self.rig.dr_dsn, plan_replay(report.missing_in_dr))
+        return result.applied + result.present, len(result.conflicts), time.monotonic() - started
+
+    def ledger_lag(self) -> tuple[float | None, float | None]:
+        histogram = read_stats(self.rig.relay_stats_file)
+        return lag_percentile(histogram, 50), lag_percentile(histogram, 99)
+
+    def close(self) -> None:
+        if not self.settings.keep:
+            self.rig.close()
+
+    def kept(self) -> dict[str, str]:
+        base = self.rig.clusters.base
+        replica = self.rig.replica
+        data_dir = replica.data_dir if replica is not None else base
+        run_as = "runuser -u postgres -- " if _is_root() else ""
+        return {
+            "promoted_dr": self.rig.dr_dsn,
+            "ledger": self.rig.ledger_url,
+            "directory": str(base),
+            "stop": f"{run_as}{self.rig.clusters.bin_dir}/pg_ctl -D {data_dir} stop && rm -rf {base}",
+        }
+
+
+def _is_root() -> bool:
+    import os
+
+    return os.geteuid() == 0
+
+
+def run_drill(
+    settings: DrillSettings,
+    progress: Progress,
+    *,
+    before: dict[float, Callable[[FailoverRig], None]] | None = None,
+    lose_ledger: bool = False,
+) -> DrillResult:
+    """The whole drill. `before` acts on the rig seconds before the disaster; `lose_ledger` makes the
+    ledger die with the region (the spec's "DB + Kafka down" row)."""
+    drill = Drill(settings, progress)
+    try:
+        drill.setup()
+        truth = drill.workload_then_disaster(before)
+        p50, p99 = drill.ledger_lag()
+        in_ledger = _ledger_keys(drill.rig.ledger_url)
+        if lose_ledger:
+            progress("the ledger lived in the failed region: it is gone too")
+            destroy_ledger(drill.rig.ledger_url)
+        drill.failover()
+        on_replica = drill.rig.keys_in(drill.rig.dr_dsn)
+        committed = truth.keys
+        lost = committed - on_replica
+        unrecoverable = len(lost - in_ledger) if not lose_ledger else len(lost)
+        report, detect_s, failure = drill.reconcile()
+        recovered = conflicts = 0
+        recover_s = 0.0
+        if report is not None and report.missing_in_dr:
+            recovered, conflicts, recover_s = drill.recover(report)
+        progress("verifying the promoted database against the ground truth")
+        missing_after = len(committed - drill.rig.keys_in(drill.rig.dr_dsn))
+        detected = len(_keys_of(report.missing_in_dr) & committed) if report is not None else 0
+        phantoms = _phantoms(drill.rig.dr_dsn, truth)
+        ok = (
+            missing_after == unrecoverable
+            and recovered == detected
+            and detected == len(lost) - unrecoverable
+            and conflicts == 0
+            and phantoms == 0
+        )
+        measured = round(sum(drill.lag_samples) / len(drill.lag_samples), 2) if drill.lag_samples else None
+        return DrillResult(
+            committed=len(committed),
+            on_replica_at_failover=len(committed & on_replica),
+            lost_without_ledger=len(lost),
+            detected=detected,
+            recovered=recovered,
+            unrecoverable=unrecoverable,
+            missing_after_replay=missing_after,
+            replication_lag_s=drill.lag_s,
+            ledger_lag_p99_ms=p99,
+            ledger_lag_p50_ms=p50,
+            replication_lag_measured_s=measured,
+            detect_seconds=round(detect_s, 3),
+            recover_seconds=round(recover_s, 3),
+            verdict="ok" if ok else "failed",
+            conflicts=conflicts,
+            phantom_rows=phantoms,
+            rolled_back=len(truth.rolled_back),
+            rolled_back_in_ledger=len(in_ledger & truth.rolled_back),
+            total_seconds=round(time.monotonic() - drill.started, 1),
+            ledger=drill.rig.ledger_url,
+            reconcile_exit_code=report.exit_code if report is not None else 2,
+            reconcile_error=failure,
+            missing_in_ledger=len(report.missing_in_ledger) if report is not None else 0,
+            keep=drill.kept() if settings.keep else {},
+        )
+    finally:
+        drill.close()
+
+
+def destroy_ledger(url: str) -> None:
+    """Make a drill's ledger vanish as if its region burned down (the drill knows what it runs on)."""
+    address = parse_ledger_url(url)
+    if address.scheme == "sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(address.location + suffix).unlink(missing_ok=True)
+    elif address.scheme == "kafka":
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": address.location, "log_level": 0})
+        admin.delete_topics([address.name])[address.name].result(timeout=30)
