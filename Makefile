@@ -1,10 +1,10 @@
-# make demo: the shortest real use of drledger on this machine (becomes `make drill`).
+# make drill: drledger's main job on this machine: the disaster, for real, measured (drledger drill).
 # make test: lint, type-check and run the tests against real services.
 # Both install first, idempotently; re-run `make install` after changing pyproject.toml.
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)
 
-.PHONY: install demo test bench clean
+.PHONY: install drill test clean
 
 install: $(STAMP)
 
@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-demo: install
-	$(VENV)/bin/python scripts/demo.py
+drill: install
+	$(VENV)/bin/drledger drill $(ARGS)
 
 test: install
 	VENV=$(VENV) bash scripts/test.sh

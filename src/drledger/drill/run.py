@@ -82,6 +82,8 @@ class DrillResult:
     reconcile_exit_code: int = 0
     reconcile_error: str | None = None
     missing_in_ledger: int = 0
+    # Seconds between the ledger's last event and the disaster: commits in there could not be known.
+    ledger_blind_seconds: float | None = None
     rolled_back_in_ledger: int = 0
     keep: dict[str, str] = field(default_factory=dict)
 
@@ -127,6 +129,8 @@ class Drill:
         self.rig = FailoverRig(lag_s=self.lag_s, ledger_url=settings.ledger_url)
         self.started = time.monotonic()
         self.lag_samples: list[float] = []
+        self.workload_stop = threading.Event()
+        self.disaster_at_ms: int | None = None
 
     def setup(self) -> None:
         self.progress(f"starting a primary and a replica {self.lag_s:g} s behind it, and the relay")
@@ -140,7 +144,7 @@ class Drill:
         `before` maps seconds-before-the-disaster to something to do then (pause the relay, say).
         """
         settings = self.settings
-        stop = threading.Event()
+        stop = self.workload_stop
         outcome: list[GroundTruth] = []
         pending = sorted((before or {}).items(), reverse=True)
         self.progress(f"writing {settings.tps:g} transactions/s for {settings.duration_s:g} s")
@@ -158,6 +162,21 @@ class Drill:
 
         writer = threading.Thread(target=write, name="workload", daemon=True)
         writer.start()
+        try:
+            self._until_disaster(settings, pending)
+        finally:
+            stop.set()  # also on Ctrl-C: the writer must not outlive the clusters it writes to
+        self.progress("disaster: the primary region dies (in-flight WAL dropped, primary and relay killed)")
+        self.disaster_at_ms = time.time_ns() // 1_000_000
+        self.rig.disaster()
+        writer.join(30)
+        if not outcome:
+            raise DrledgerError("The workload did not finish; see the relay log.")
+        return outcome[0]
+
+    def _until_disaster(
+        self, settings: DrillSettings, pending: list[tuple[float, Callable[[FailoverRig], None]]]
+    ) -> None:
         disaster_at = time.monotonic() + settings.duration_s
         while (left := disaster_at - time.monotonic()) > 0:
             if pending and left <= pending[0][0]:
@@ -168,13 +187,6 @@ class Drill:
                 self.lag_samples.append(sample)
         for _, action in pending:
             action(self.rig)
-        self.progress("disaster: the primary region dies (in-flight WAL dropped, primary and relay killed)")
-        stop.set()
-        self.rig.disaster()
-        writer.join(30)
-        if not outcome:
-            raise DrledgerError("The workload did not finish; see the relay log.")
-        return outcome[0]
 
     def failover(self) -> None:
         self.progress("failover: promoting the replica")
@@ -201,6 +213,7 @@ class Drill:
         return lag_percentile(histogram, 50), lag_percentile(histogram, 99)
 
     def close(self) -> None:
+        self.workload_stop.set()
         if not self.settings.keep:
             self.rig.close()
 
@@ -287,10 +300,17 @@ def run_drill(
             reconcile_exit_code=report.exit_code if report is not None else 2,
             reconcile_error=failure,
             missing_in_ledger=len(report.missing_in_ledger) if report is not None else 0,
+            ledger_blind_seconds=_blind_seconds(drill.disaster_at_ms, report),
             keep=drill.kept() if settings.keep else {},
         )
     finally:
         drill.close()
+
+
+def _blind_seconds(disaster_at_ms: int | None, report: Report | None) -> float | None:
+    if disaster_at_ms is None or report is None or report.ledger_last_commit_ms is None:
+        return None
+    return round(max(0, disaster_at_ms - report.ledger_last_commit_ms) / 1000, 3)
 
 
 def destroy_ledger(url: str) -> None:

@@ -50,7 +50,7 @@ def db_lost_ledger_ok(settings: DrillSettings, progress: Progress) -> ScenarioOu
 
 
 def ledger_lagging(settings: DrillSettings, progress: Progress) -> ScenarioOutcome:
-    pause_s = max(1.0, min(3.0, settings.duration_s / 3))
+    pause_s = round(max(1.0, min(3.0, settings.duration_s / 3)), 1)
 
     def stall(rig: FailoverRig) -> None:
         progress(f"the relay stalls {pause_s:g} s before the disaster")
@@ -62,8 +62,9 @@ def ledger_lagging(settings: DrillSettings, progress: Progress) -> ScenarioOutco
         "ledger-lagging",
         "The relay falls behind before the disaster: partial recovery, and the report says how much could not be known.",
         f"relay stalled {pause_s:g} s before the disaster: {result.lost_without_ledger} lost, {result.recovered} recovered, "
-        f"{result.unrecoverable} unrecoverable (committed after the ledger's last event); reconcile flagged "
-        f"{result.missing_in_ledger} DR rows missing from the ledger (exit {result.reconcile_exit_code}).",
+        f"{result.unrecoverable} unrecoverable. The report shows the ledger's last commit "
+        f"{result.ledger_blind_seconds} s before the disaster: commits in that time could not be known "
+        f"({result.missing_in_ledger} of them reached the DR database; reconcile exit {result.reconcile_exit_code}).",
         passed,
         result.as_json(),
     )

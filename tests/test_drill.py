@@ -1,0 +1,151 @@
+"""`drledger drill`, short, as a user runs it: its verdict against its ground truth, every scenario,
+the Kafka ledger, and nothing left behind (also after Ctrl-C)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DRLEDGER, run_cli
+
+pytestmark = pytest.mark.debezium
+
+DRILL_KEYS = {
+    "committed",
+    "on_replica_at_failover",
+    "lost_without_ledger",
+    "detected",
+    "recovered",
+    "unrecoverable",
+    "missing_after_replay",
+    "replication_lag_s",
+    "ledger_lag_p99_ms",
+    "detect_seconds",
+    "recover_seconds",
+    "verdict",
+}
+
+
+def leftovers() -> tuple[set[str], set[int]]:
+    """Drill temp dirs, and processes running from them (servers, brokers, relays)."""
+    tmp = Path(tempfile.gettempdir())
+    dirs = {p.name for p in tmp.glob("drledger-pg-*")}
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "drledger-pg-" in cmdline or (
+                "drledger" in cmdline and " relay " in cmdline.replace("\0", " ")
+            ):
+                pids.add(int(proc.name))
+    pids.discard(os.getpid())
+    return dirs, pids
+
+
+@pytest.fixture
+def clean_machine():  # type: ignore[no-untyped-def]
+    before = leftovers()
+    yield
+    deadline = time.monotonic() + 10
+    while leftovers() != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert leftovers() == before, "the drill left processes or temp directories behind"
+
+
+def check_drill(result: dict) -> None:
+    assert set(result) >= DRILL_KEYS
+    assert result["verdict"] == "ok", result
+    assert result["lost_without_ledger"] > 0, "replication alone lost nothing: the lag was not applied"
+    assert result["committed"] == result["on_replica_at_failover"] + result["lost_without_ledger"]
+    assert (
+        result["detected"] == result["recovered"] == result["lost_without_ledger"] - result["unrecoverable"]
+    )
+    assert result["missing_after_replay"] == result["unrecoverable"] <= 10
+    assert result["phantom_rows"] == 0 and result["conflicts"] == 0
+    assert 1.0 <= result["replication_lag_s"] <= 2.0
+    assert result["ledger_lag_p99_ms"] is not None
+
+
+def test_default_drill_recovers_everything_that_reached_the_ledger(clean_machine) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("drill", "--duration", "6s", "--lag", "1-2s", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    check_drill(json.loads(result.stdout))
+
+
+def test_every_scenario_of_the_spec(clean_machine) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("drill", "--scenario", "all", "--duration", "5s", "--lag", "1-2s", "--json", timeout=900)
+    outcomes = json.loads(result.stdout)
+    assert [o["scenario"] for o in outcomes] == [
+        "db-lost-ledger-ok",
+        "ledger-lagging",
+        "not-committed",
+        "region-lost-with-ledger",
+        "ledger-up-relay-down",
+        "healthy",
+    ]
+    assert {tuple(sorted(o)) for o in outcomes} == {("expected", "figures", "observed", "pass", "scenario")}
+    failed = [o for o in outcomes if not o["pass"]]
+    assert not failed, failed
+    assert result.returncode == 0
+    by_name = {o["scenario"]: o for o in outcomes}
+    assert by_name["ledger-lagging"]["figures"]["unrecoverable"] > 0
+    assert by_name["not-committed"]["figures"]["rolled_back_in_ledger"] == 0
+    assert by_name["region-lost-with-ledger"]["figures"]["recovered"] == 0
+    assert "ALERT" in by_name["ledger-up-relay-down"]["observed"]
+
+
+def test_drill_on_the_kafka_ledger(broker: str, clean_machine) -> None:  # type: ignore[no-untyped-def]
+    url = f"kafka://{broker}/drill-{int(time.time())}"
+    result = run_cli("drill", "--duration", "6s", "--lag", "1-2s", "--ledger", url, "--json", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    check_drill(json.loads(result.stdout))
+    scenarios = run_cli(
+        "drill",
+        "--scenario",
+        "all",
+        "--duration",
+        "4s",
+        "--lag",
+        "1-2s",
+        "--ledger",
+        url,
+        "--json",
+        timeout=900,
+    )
+    assert [o for o in json.loads(scenarios.stdout) if not o["pass"]] == []
+
+
+def test_ctrl_c_cleans_up(clean_machine) -> None:  # type: ignore[no-untyped-def]
+    process = subprocess.Popen(
+        [*DRLEDGER, "drill", "--duration", "60s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(
+        Path(tempfile.gettempdir()).glob("drledger-pg-*/relay.log")
+    ):
+        time.sleep(0.2)
+    time.sleep(4)  # well into the workload
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+
+
+def test_bad_drill_input() -> None:
+    for args, fragment in (
+        (["--lag", "fast"], "is not a lag"),
+        (["--scenario", "meteor"], "Unknown scenario"),
+        (["--duration", "0s"], "must be positive"),
+    ):
+        result = run_cli("drill", *args)
+        assert result.returncode == 2 and fragment in result.stderr, result.stderr
