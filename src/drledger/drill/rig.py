@@ -9,6 +9,7 @@ primary whose in-flight WAL is dropped, and a promoted replica.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from drledger.drill.lag import LagInjector
 from drledger.errors import DrledgerError
 from drledger.outbox.postgres import install
 
+WARMUP_TABLE_DDL = "CREATE TABLE public.drill_warmup (id bigserial PRIMARY KEY, note text NOT NULL)"
 DEMO_TABLE_DDL = (
     "CREATE TABLE public.orders (id bigserial PRIMARY KEY, customer text NOT NULL, "
     "amount numeric(12,2) NOT NULL, placed_at timestamptz NOT NULL DEFAULT now())"
@@ -85,7 +87,8 @@ class FailoverRig:
         self.primary = self.clusters.primary("primary")
         with psycopg.connect(self.primary.dsn, autocommit=True) as conn:
             conn.execute(DEMO_TABLE_DDL)
-        install(self.primary.dsn, ["public.orders"])
+            conn.execute(WARMUP_TABLE_DDL)
+        install(self.primary.dsn, ["public.orders", "public.drill_warmup"])
         # The base backup takes dozens of round trips; the lag starts once the replica streams.
         self.injector = LagInjector(self.primary.port, 0.0)
         self.injector.start()
@@ -138,6 +141,26 @@ class FailoverRig:
     @property
     def relay_stats_file(self) -> Path:
         return self.clusters.base / "state-drledger_slot" / "drledger_slot.stats.json"
+
+    def warm_up(self, rows: int = 20_000) -> None:
+        """Push rows of a side table through the relay until it has them all.
+
+        A relay that has run for days has its JVM's hot paths compiled; a freshly started one spends its
+        first seconds compiling. Measuring lag on a cold one would report the JIT, not the relay.
+        """
+        with psycopg.connect(self.primary_dsn, autocommit=True) as conn:
+            for _ in range(rows // 500):
+                conn.execute(
+                    "INSERT INTO public.drill_warmup (note) SELECT 'warm-up' FROM generate_series(1, 500)"
+                )
+
+        def relayed() -> bool:
+            try:
+                return int(json.loads(self.relay_stats_file.read_text())["events"]) >= rows
+            except (OSError, ValueError, KeyError):
+                return False
+
+        _wait(relayed, 120, "the relay to warm up")
 
     def stop_relay(self, sig: int = signal.SIGTERM) -> None:
         if self.relay is not None:

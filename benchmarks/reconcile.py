@@ -1,0 +1,112 @@
+"""Reconcile throughput: a 1,000,000-event window on the embedded and the Kafka ledger → events/s.
+
+The ledger holds 1,000,000 events; the DR outbox holds the same minus the last 2% (the loss) and
+with a few rows changed (mismatches). Reconcile reads both sides and compares them, exactly as
+`drledger reconcile` does. The ledger read alone and the DR read alone are timed too, so the figure
+says what limits it.
+
+    .venv/bin/python benchmarks/reconcile.py [--events 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import uuid
+
+import psycopg
+
+from drledger.drill.broker import LocalBroker
+from drledger.drill.cluster import ClusterSet
+from drledger.events import LedgerEvent
+from drledger.ledger import open_ledger
+from drledger.outbox.postgres import install, read_window
+from drledger.recovery import ReconcileRequest, run_reconcile
+
+START_MS = 1_800_000_000_000
+
+
+def make_events(count: int) -> list[LedgerEvent]:
+    return [
+        LedgerEvent.from_outbox(
+            event_id=str(uuid.UUID(int=i + 1)),
+            table="public.orders",
+            key=str(i + 1),
+            op="insert",
+            row_json=f'{{"id": {i + 1}, "amount": {(i % 1000) * 7.25:.2f}, "customer": "customer-{i}"}}',
+            txid=100_000 + i // 3,
+            lsn=1_000_000 + i,
+            commit_ts_ms=START_MS + i // 10,
+        )
+        for i in range(count)
+    ]
+
+
+def load_dr(dsn: str, events: list[LedgerEvent]) -> None:
+    kept = events[: int(len(events) * 0.98)]
+    with psycopg.connect(dsn) as conn, conn.cursor() as cursor:
+        with cursor.copy(
+            "COPY drledger.outbox (id, aggregatetype, aggregateid, type, payload, txid, created_at) FROM STDIN"
+        ) as copy:
+            for n, event in enumerate(kept):
+                payload = event.row_json if n % 100_000 else event.row_json.replace("customer-", "changed-")
+                copy.write_row(
+                    (
+                        event.event_id,
+                        event.table,
+                        event.key,
+                        event.op,
+                        payload,
+                        event.txid,
+                        f"{event.commit_ts_ms / 1000:.3f}",
+                    )
+                )
+        conn.execute("ANALYZE drledger.outbox")
+
+
+def timed(label: str, function, results: dict) -> object:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    value = function()
+    results[label] = round(time.perf_counter() - started, 2)
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=1_000_000)
+    args = parser.parse_args()
+    events = make_events(args.events)
+    until = events[-1].commit_ts_ms
+    results: dict[str, dict] = {}
+    with ClusterSet() as clusters, LocalBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        primary = clusters.primary()
+        with psycopg.connect(primary.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE public.orders (id bigint PRIMARY KEY, amount numeric, customer text)")
+        install(primary.dsn, ["public.orders"])
+        load_dr(primary.dsn, events)
+        urls = {"sqlite": f"sqlite://{tmp}/ledger.db", "kafka": f"kafka://{broker.bootstrap}/reconcile-bench"}
+        for kind, url in urls.items():
+            with open_ledger(url, writer=True, create=True) as ledger:
+                for i in range(0, len(events), 10_000):
+                    ledger.publish(events[i : i + 10_000])
+            figures: dict[str, object] = {}
+            with open_ledger(url) as ledger:
+                timed("ledger_read_s", lambda: sum(1 for _ in ledger.read(START_MS, until)), figures)
+            timed("dr_read_s", lambda: sum(1 for _ in read_window(primary.dsn, START_MS, until)), figures)
+            request = ReconcileRequest([url], primary.dsn, since_ms=START_MS, until_ms=until, skew_ms=0)
+            report = timed("reconcile_s", lambda: run_reconcile(request), figures)  # noqa: B023
+            figures["events_per_s"] = round(args.events / figures["reconcile_s"])  # type: ignore[operator]
+            figures["ledger_read_events_per_s"] = round(args.events / figures["ledger_read_s"])  # type: ignore[operator]
+            figures["missing_in_dr"] = len(report.missing_in_dr)  # type: ignore[attr-defined]
+            figures["mismatched"] = len(report.mismatched)  # type: ignore[attr-defined]
+            results[kind] = figures
+            print(kind, figures, flush=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
