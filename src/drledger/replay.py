@@ -16,30 +16,28 @@ replay changes nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 
 from drledger.db import connect
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent
-from drledger.outbox.postgres import SUPPRESS_SETTING, TableName, key_expression, primary_key_columns
+from drledger.outbox.postgres import (
+    REPLAY_LOG_DDL,
+    SUPPRESS_SETTING,
+    TableName,
+    key_expression,
+    primary_key_columns,
+)
+from drledger.timeutil import format_instant
 
 CHUNK_EVENTS = 5_000
-
-_REPLAY_LOG_DDL = """
-CREATE TABLE IF NOT EXISTS drledger.replay_log (
-    event_id   uuid        NOT NULL,
-    outcome    text        NOT NULL,
-    detail     text,
-    logged_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (event_id, outcome)
-)
-"""
+REPLAY_LOCK = 0x64726C6564676572  # "drledger"
 
 
 @dataclass(frozen=True)
@@ -153,7 +151,8 @@ def apply_replay(
         # Replay is idempotent, so a crash that loses its last commits costs only a re-run; not waiting
         # for each commit's flush is what lets it apply tens of thousands of rows a second.
         conn.execute("SET synchronous_commit = off")
-        conn.execute(_REPLAY_LOG_DDL)
+        for statement in REPLAY_LOG_DDL.split(";"):
+            conn.execute(statement)
         conn.commit()
         shapes: dict[str, _TableShape] = {}
         done = 0
@@ -184,11 +183,15 @@ def _apply_chunk(
 ) -> bool:
     """Apply one chunk inside the open transaction; True means stop (a conflict under 'fail')."""
     conn.execute("SELECT set_config(%s, 'on', true)", (SUPPRESS_SETTING,))
+    # One replay at a time per database: two would race between the check below and the COPY.
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (REPLAY_LOCK,))
     events = [e for t in chunk for e in t.events]
     replayed_before = {
         r[0]
         for r in conn.execute(
-            "SELECT id::text FROM drledger.outbox WHERE id = ANY(%s::uuid[])", ([e.event_id for e in events],)
+            "SELECT o.id::text FROM drledger.outbox o "
+            "WHERE o.id IN (SELECT value::uuid FROM jsonb_array_elements_text(%s::jsonb))",
+            (orjson.dumps([e.event_id for e in events]).decode(),),
         ).fetchall()
     }
     pending = [e for e in events if e.event_id not in replayed_before]
@@ -215,30 +218,24 @@ def _apply_chunk(
         return True
     restored = [e for e in pending if outcome[e.event_id] != "conflict"]
     if restored:
-        conn.execute(
-            "INSERT INTO drledger.outbox (id, aggregatetype, aggregateid, type, payload, txid, created_at) "
-            "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::bigint[], "
-            "%s::timestamptz[]) ON CONFLICT (id) DO NOTHING",
-            (
-                [e.event_id for e in restored],
-                [e.table for e in restored],
-                [e.key for e in restored],
-                [e.op for e in restored],
-                [e.row_json for e in restored],
-                [e.txid for e in restored],
-                [_timestamp(e.commit_ts_ms) for e in restored],
-            ),
-        )
+        # COPY is the cheapest way in; no row can clash, since the ids were checked above under the lock.
+        with (
+            conn.cursor() as cursor,
+            cursor.copy(
+                "COPY drledger.outbox (id, aggregatetype, aggregateid, type, payload, txid, created_at) FROM STDIN"
+            ) as copy,
+        ):
+            for e in restored:
+                copy.write_row(
+                    (e.event_id, e.table, e.key, e.op, e.row_json, e.txid, _timestamp(e.commit_ts_ms))
+                )
     if pending:
-        conn.execute(
-            "INSERT INTO drledger.replay_log (event_id, outcome, detail) "
-            "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING",
-            (
-                [e.event_id for e in pending],
-                [outcome[e.event_id] for e in pending],
-                [_detail(e, outcome[e.event_id]) for e in pending],
-            ),
-        )
+        with (
+            conn.cursor() as cursor,
+            cursor.copy("COPY drledger.replay_log (event_id, outcome, detail) FROM STDIN") as copy,
+        ):
+            for e in pending:
+                copy.write_row((e.event_id, outcome[e.event_id], _detail(e, outcome[e.event_id])))
     for event in pending:
         kind = outcome[event.event_id]
         if kind == "applied":
@@ -279,10 +276,8 @@ def _current_rows(
 
 
 def _timestamp(epoch_ms: int) -> str:
-    from drledger.timeutil import format_instant
-
     return format_instant(epoch_ms) or ""
 
 
 def _detail(event: LedgerEvent, outcome: str) -> str:
-    return json.dumps({"table": event.table, "key": event.key, "txid": event.txid, "outcome": outcome})
+    return f"{event.table} key {event.key} txid {event.txid}: {outcome}"

@@ -22,6 +22,18 @@ from drledger.db import connect
 from drledger.errors import DrledgerError
 
 SCHEMA = "drledger"
+
+# Replay's audit trail: one row per event per replay that applied it, found it present, or skipped it.
+# Append-only: a conflict skipped again by a later replay is logged again, with its own time.
+REPLAY_LOG_DDL = """
+CREATE TABLE IF NOT EXISTS drledger.replay_log (
+    event_id   uuid        NOT NULL,
+    outcome    text        NOT NULL,
+    detail     text,
+    logged_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS replay_log_event_id_idx ON drledger.replay_log (event_id)
+"""
 PUBLICATION = "drledger_pub"
 SUPPRESS_SETTING = "drledger.suppress_capture"
 
@@ -41,14 +53,6 @@ CREATE INDEX IF NOT EXISTS outbox_created_at_idx ON {SCHEMA}.outbox (created_at)
 CREATE TABLE IF NOT EXISTS {SCHEMA}.heartbeat (
     id       int PRIMARY KEY,
     beat_at  timestamptz NOT NULL
-);
--- Replay's audit trail: every event it applied or skipped, once per outcome.
-CREATE TABLE IF NOT EXISTS {SCHEMA}.replay_log (
-    event_id   uuid        NOT NULL,
-    outcome    text        NOT NULL,
-    detail     text,
-    logged_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (event_id, outcome)
 );
 """
 
@@ -152,7 +156,7 @@ def install(dsn: str, tables: list[str]) -> list[str]:
     """
     names = [TableName.parse(t) for t in tables]
     with connect(dsn) as conn:
-        for statement in _BASE_DDL.split(";"):
+        for statement in (_BASE_DDL + ";" + REPLAY_LOG_DDL).split(";"):
             if statement.strip():
                 conn.execute(statement)
         for table in names:
