@@ -16,6 +16,8 @@ replay changes nothing.
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +36,6 @@ from drledger.outbox.postgres import (
     key_expression,
     primary_key_columns,
 )
-from drledger.timeutil import format_instant
 
 CHUNK_EVENTS = 5_000
 REPLAY_LOCK = 0x64726C6564676572  # "drledger"
@@ -276,7 +277,14 @@ def _current_rows(
 
 
 def _timestamp(epoch_ms: int) -> str:
-    return format_instant(epoch_ms) or ""
+    """COPY text for a timestamptz; the second's part is cached, since a chunk's events share few seconds."""
+    seconds, millis = divmod(epoch_ms, 1000)
+    return f"{_utc_second(seconds)}.{millis:03d}+00"
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_second(epoch_s: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch_s))
 
 
 def _detail(event: LedgerEvent, outcome: str) -> str:
