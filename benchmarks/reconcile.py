@@ -24,6 +24,7 @@ from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from drledger.outbox.postgres import install, read_window
 from drledger.recovery import ReconcileRequest, run_reconcile
+from drledger.timeutil import format_instant
 
 START_MS = 1_800_000_000_000
 
@@ -44,6 +45,10 @@ def make_events(count: int) -> list[LedgerEvent]:
     ]
 
 
+def at(epoch_ms: int) -> str:
+    return format_instant(epoch_ms) or ""
+
+
 def load_dr(dsn: str, events: list[LedgerEvent]) -> None:
     kept = events[: int(len(events) * 0.98)]
     with psycopg.connect(dsn) as conn, conn.cursor() as cursor:
@@ -53,15 +58,7 @@ def load_dr(dsn: str, events: list[LedgerEvent]) -> None:
             for n, event in enumerate(kept):
                 payload = event.row_json if n % 100_000 else event.row_json.replace("customer-", "changed-")
                 copy.write_row(
-                    (
-                        event.event_id,
-                        event.table,
-                        event.key,
-                        event.op,
-                        payload,
-                        event.txid,
-                        f"{event.commit_ts_ms / 1000:.3f}",
-                    )
+                    (event.event_id, event.table, event.key, event.op, payload, event.txid, at(event.commit_ts_ms))
                 )
         conn.execute("ANALYZE drledger.outbox")
 

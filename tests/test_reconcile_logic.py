@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drledger.events import LedgerEvent, MalformedRecord
+from drledger.events import LedgerEvent, MalformedRecord, row_digest
 from drledger.fence import highest_keys
 from drledger.outbox.postgres import OutboxRow
 from drledger.reconcile import Window, reconcile
@@ -27,7 +27,8 @@ def event(
 
 
 def outbox(n: int, *, created: int, row: str | None = None) -> OutboxRow:
-    return OutboxRow(f"e{n}", "public.orders", str(n), "insert", row or f'{{"id": {n}}}', n, created)
+    text = row or f'{{"id": {n}}}'
+    return OutboxRow(f"e{n}", "public.orders", str(n), "insert", text, n, created, row_digest(text))
 
 
 def test_classifies_every_kind_of_difference() -> None:

@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from drledger.events import LedgerRecord, MalformedRecord
+from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord
 from drledger.timeutil import format_instant
 
 MALFORMED_SAMPLES = 5
+
+
+@dataclass
+class MalformedTally:
+    """Counts unreadable records, keeps a few as samples, and lets the readable events through."""
+
+    count: int = 0
+    samples: list[MalformedRecord] = field(default_factory=list)
+    keep: int = MALFORMED_SAMPLES
+
+    def events(
+        self,
+        records: Iterable[LedgerRecord],
+        on_progress: Callable[[int], None] | None = None,
+        every: int = 10_000,
+    ) -> Iterator[LedgerEvent]:
+        for count, record in enumerate(records, 1):
+            if on_progress is not None and count % every == 0:
+                on_progress(count)
+            if isinstance(record, MalformedRecord):
+                self.count += 1
+                if len(self.samples) < self.keep:
+                    self.samples.append(record)
+                continue
+            yield record
 
 
 @dataclass
@@ -42,14 +67,8 @@ def take_census(
 ) -> LedgerCensus:
     census = LedgerCensus()
     seen: set[str] = set()
-    for count, record in enumerate(records, 1):
-        if on_record is not None and count % 10_000 == 0:
-            on_record(count)
-        if isinstance(record, MalformedRecord):
-            census.malformed += 1
-            if len(census.malformed_samples) < MALFORMED_SAMPLES:
-                census.malformed_samples.append(record)
-            continue
+    tally = MalformedTally()
+    for record in tally.events(records, on_record):
         census.events += 1
         if record.event_id in seen:
             census.duplicates += 1
@@ -62,4 +81,5 @@ def take_census(
         if census.last_commit_ms is None or ts > census.last_commit_ms:
             census.last_commit_ms = ts
     census.distinct = len(seen)
+    census.malformed, census.malformed_samples = tally.count, tally.samples
     return census

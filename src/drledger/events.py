@@ -22,6 +22,7 @@ import orjson
 WIRE_VERSION = 1
 
 _REQUIRED = ("event_id", "table", "key", "op", "row", "txid", "lsn", "commit_ts_ms", "row_sha256")
+_REQUIRED_SET = frozenset(_REQUIRED)
 
 
 def row_digest(row_json: str) -> str:
@@ -106,8 +107,8 @@ def from_wire(data: bytes | str, position: str) -> LedgerRecord:
     version = doc.get("v")
     if version != WIRE_VERSION:
         return MalformedRecord(position, f"unknown wire version {version!r}", _sample(data))
-    missing = [name for name in _REQUIRED if name not in doc]
-    if missing:
+    if not doc.keys() >= _REQUIRED_SET:
+        missing = [name for name in _REQUIRED if name not in doc]
         return MalformedRecord(position, f"missing {', '.join(missing)}", _sample(data))
     try:
         row = doc["row"]

@@ -15,7 +15,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, row_digest
+from drledger.census import MalformedTally
+from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord
 from drledger.outbox.postgres import OutboxRow
 
 MALFORMED_SAMPLES = 10
@@ -47,7 +48,7 @@ class Mismatch:
     ledger_sha256: str
     dr_sha256: str
     ledger_row: str
-    dr_row: str
+    dr_row: str | None  # filled in by the caller when the window was read without payloads
 
 
 @dataclass
@@ -94,23 +95,18 @@ def reconcile(
 ) -> Report:
     report = Report(window)
     ledger: dict[str, LedgerEvent] = {}
-    for count, record in enumerate(ledger_records, 1):
-        if on_progress is not None and count % 50_000 == 0:
-            on_progress(count)
-        if isinstance(record, MalformedRecord):
-            report.malformed += 1
-            if len(report.malformed_samples) < MALFORMED_SAMPLES:
-                report.malformed_samples.append(record)
-            continue
+    tally = MalformedTally(keep=MALFORMED_SAMPLES)
+    for record in tally.events(ledger_records, on_progress, every=50_000):
         if record.event_id in ledger:
             if window.holds(record.commit_ts_ms):
                 report.duplicates += 1
             continue
         ledger[record.event_id] = record
+    report.malformed, report.malformed_samples = tally.count, tally.samples
 
     dr_digests: dict[str, str] = {}
     for row in dr_rows:
-        digest = row_digest(row.row_json)
+        digest = row.row_sha256
         dr_digests[row.event_id] = digest
         event = ledger.get(row.event_id)
         # The commit time is known when the ledger has the event; else created_at stands in for it.

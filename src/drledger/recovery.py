@@ -6,14 +6,15 @@ the drill. Backend-agnostic: ledgers are opened by URL and read through `Ledger.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from drledger.db import connect
 from drledger.errors import DrledgerError
 from drledger.ledger import open_ledger, parse_ledger_url, read_all
 from drledger.ledger.base import Ledger
-from drledger.outbox.postgres import read_window
+from drledger.outbox.postgres import payloads, read_window
 from drledger.reconcile import Report, Window, reconcile
 from drledger.timeutil import now_ms
 
@@ -74,16 +75,25 @@ def run_reconcile(request: ReconcileRequest, on_progress: Callable[[int], None] 
         parse_ledger_url(url)
     window = choose_window(request)
     ledgers = open_ledgers(request.ledger_urls, request.client_config)
+    # Millions of short-lived records and no cycles among them: the cyclic collector would only rescan
+    # the growing id maps again and again.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         report = reconcile(
             read_all(ledgers, window.read_since_ms, window.read_until_ms),
-            read_window(request.dsn, window.read_since_ms, window.read_until_ms),
+            read_window(request.dsn, window.read_since_ms, window.read_until_ms, with_payload=False),
             window,
             on_progress,
         )
     finally:
+        if collecting:
+            gc.enable()
         for ledger in ledgers:
             ledger.close()
+    if report.mismatched:
+        stored = payloads(request.dsn, [m.event_id for m in report.mismatched])
+        report.mismatched = [replace(m, dr_row=stored.get(m.event_id)) for m in report.mismatched]
     if report.ledger_events == 0 and report.dr_events == 0 and report.malformed == 0:
         raise DrledgerError(
             "The window holds no events in the ledger nor in the DR database; widen it with --since."

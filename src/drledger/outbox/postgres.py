@@ -278,22 +278,41 @@ class OutboxRow:
     table: str
     key: str
     op: str
-    row_json: str
+    row_json: str | None  # None when only the digest was read
     txid: int
     created_at_ms: int
+    row_sha256: str
 
 
-def read_window(dsn: str, since_ms: int | None, until_ms: int | None) -> Iterator[OutboxRow]:
+# The digest is computed by the database from the same jsonb text the relay hashed, so comparing needs
+# no payloads on the wire; the rare mismatch fetches its payload afterwards.
+_WINDOW_QUERY = (
+    "SELECT id::text, aggregatetype, aggregateid, type, {payload}, txid, "
+    "(extract(epoch FROM created_at) * 1000)::bigint, encode(sha256(convert_to(payload::text, 'UTF8')), 'hex') "
+    "FROM drledger.outbox WHERE created_at BETWEEN to_timestamp(%s / 1000.0) AND to_timestamp(%s / 1000.0)"
+)
+
+
+def read_window(
+    dsn: str, since_ms: int | None, until_ms: int | None, *, with_payload: bool = True
+) -> Iterator[OutboxRow]:
     """The outbox rows created in the window, streamed with a server-side cursor."""
     low = since_ms if since_ms is not None else 0
     high = until_ms if until_ms is not None else 2**52
+    query = _WINDOW_QUERY.format(payload="payload::text" if with_payload else "NULL::text")
     with connect(dsn) as conn, conn.cursor(name="drledger_window") as cursor:
-        cursor.itersize = 10_000
-        cursor.execute(
-            "SELECT id::text, aggregatetype, aggregateid, type, payload::text, txid, "
-            "(extract(epoch FROM created_at) * 1000)::bigint FROM drledger.outbox "
-            "WHERE created_at BETWEEN to_timestamp(%s / 1000.0) AND to_timestamp(%s / 1000.0)",
-            (low, high),
-        )
+        cursor.itersize = 20_000
+        cursor.execute(query, (low, high))
         for row in cursor:
             yield OutboxRow(*row)
+
+
+def payloads(dsn: str, event_ids: list[str]) -> dict[str, str]:
+    """event id → the outbox row's payload as jsonb text."""
+    if not event_ids:
+        return {}
+    with connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT id::text, payload::text FROM drledger.outbox WHERE id = ANY(%s::uuid[])", (event_ids,)
+        ).fetchall()
+    return {r[0]: r[1] for r in rows}
