@@ -24,8 +24,11 @@ import psycopg
 from drledger.drill.cluster import ClusterSet, LocalCluster
 from drledger.drill.lag import LagInjector
 from drledger.errors import DrledgerError
+from drledger.events import LedgerEvent
+from drledger.ledger import open_ledger
 from drledger.outbox.postgres import install
 
+DEMO_TABLE = "public.orders"
 WARMUP_TABLE_DDL = "CREATE TABLE public.drill_warmup (id bigserial PRIMARY KEY, note text NOT NULL)"
 DEMO_TABLE_DDL = (
     "CREATE TABLE public.orders (id bigserial PRIMARY KEY, customer text NOT NULL, "
@@ -263,6 +266,11 @@ class FailoverRig:
         with psycopg.connect(self.dr_dsn, autocommit=True) as conn:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
         return bool(row is not None and not row[0])
+
+    def keys_in_ledger(self) -> set[int]:
+        """Keys of the demo table's rows that the ledger holds (the warm-up table's are not counted)."""
+        with open_ledger(self.ledger_url) as ledger:
+            return {int(r.key) for r in ledger.read() if isinstance(r, LedgerEvent) and r.table == DEMO_TABLE}
 
     def keys_in(self, dsn: str) -> set[int]:
         with psycopg.connect(dsn, autocommit=True) as conn:

@@ -19,11 +19,11 @@ from typing import Any
 
 import psycopg
 
-from drledger.drill.rig import FailoverRig, GroundTruth
+from drledger.drill.rig import DEMO_TABLE, FailoverRig, GroundTruth
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent
 from drledger.fence import fence
-from drledger.ledger import open_ledger, parse_ledger_url
+from drledger.ledger import parse_ledger_url
 from drledger.reconcile import Report
 from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.relay.engine import lag_percentile, read_stats
@@ -92,12 +92,7 @@ class DrillResult:
 
 
 def _keys_of(events: list[LedgerEvent]) -> set[int]:
-    return {int(e.key) for e in events}
-
-
-def _ledger_keys(url: str) -> set[int]:
-    with open_ledger(url) as ledger:
-        return {int(r.key) for r in ledger.read() if isinstance(r, LedgerEvent)}
+    return {int(e.key) for e in events if e.table == DEMO_TABLE}
 
 
 def _phantoms(dsn: str, truth: GroundTruth) -> int:
@@ -258,7 +253,7 @@ def run_drill(
         drill.setup()
         truth = drill.workload_then_disaster(before)
         p50, p99 = drill.ledger_lag()
-        in_ledger = _ledger_keys(drill.rig.ledger_url)
+        in_ledger = drill.rig.keys_in_ledger()
         if lose_ledger:
             progress("the ledger lived in the failed region: it is gone too")
             destroy_ledger(drill.rig.ledger_url)

@@ -11,7 +11,7 @@ from typing import Any
 from rich.table import Table
 
 from drledger.drill.rig import FailoverRig
-from drledger.drill.run import Drill, DrillSettings, Progress, _ledger_keys, run_drill
+from drledger.drill.run import Drill, DrillSettings, Progress, run_drill
 from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.timeutil import format_instant
 
@@ -117,7 +117,7 @@ def ledger_up_relay_down(settings: DrillSettings, progress: Progress) -> Scenari
         drill.rig.stop_relay(signal.SIGKILL)
         down_since = format_instant(time.time_ns() // 1_000_000)
         truth_after = drill.rig.run_workload(settings.tps, half)
-        never_relayed = (truth.keys | truth_after.keys) - _ledger_keys(drill.rig.ledger_url)
+        never_relayed = (truth.keys | truth_after.keys) - drill.rig.keys_in_ledger()
         progress("reconcile: the ledger against the live primary (a routine check)")
         report = run_reconcile(ReconcileRequest([drill.rig.ledger_url], drill.rig.primary_dsn))
         flagged = len(report.missing_in_ledger)
