@@ -159,3 +159,58 @@ def broker() -> Iterator[str]:
 def kafka_url(broker: str) -> str:
     """A URL naming a new topic on the test broker (created by the writer with create=True)."""
     return f"kafka://{broker}/ledger-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def aws_endpoint() -> Iterator[str]:
+    """moto in server mode on a free loopback port, reached through boto3 exactly as AWS would be.
+
+    The endpoint, region and (dummy) credentials go into the environment, so the drledger processes the
+    tests start find them through boto3's own variables, unchanged.
+    """
+    import urllib.request
+
+    from drledger.drill.cluster import free_port
+
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="drledger-moto-", suffix=".log", delete=False)  # noqa: SIM115
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
+                                             "AWS_SECRET_ACCESS_KEY")}
+    try:
+        wait_for(lambda: _answers(urllib.request, f"{endpoint}/moto-api/"), 30, "moto to listen")
+        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+        yield endpoint
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.terminate()
+        server.wait(20)
+        log.close()
+        Path(log.name).unlink(missing_ok=True)
+
+
+def _answers(request_module, url: str) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        with request_module.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def sqs_url(aws_endpoint: str, tmp_path: Path) -> str:
+    return f"sqs://ledger-{uuid.uuid4().hex[:8]}.fifo?index={tmp_path}/sqs-index.db"
+
+
+@pytest.fixture
+def kinesis_url(aws_endpoint: str) -> str:
+    return f"kinesis://ledger-{uuid.uuid4().hex[:8]}?shards=2"

@@ -72,12 +72,24 @@ LedgerConfigFileOption = Annotated[
     typer.Option("--ledger-config-file", help="A properties file of ledger client settings; repeatable."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+EndpointOption = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint-url",
+        help="SQS/Kinesis: the AWS endpoint to talk to (a VPC endpoint, a local emulator); AWS_ENDPOINT_URL works too.",
+    ),
+]
 
 
-def _client_config(pairs: list[str] | None, files: list[Path] | None) -> dict[str, str]:
+def _client_config(
+    pairs: list[str] | None, files: list[Path] | None, endpoint_url: str | None = None
+) -> dict[str, str]:
     from drledger.config import parse_client_config
 
-    return parse_client_config(pairs or [], files or [])
+    config = parse_client_config(pairs or [], files or [])
+    if endpoint_url:
+        config["endpoint_url"] = endpoint_url
+    return config
 
 
 @app.callback(invoke_without_command=True)
@@ -140,6 +152,7 @@ def relay(
     ],
     ledger_config: LedgerConfigOption = None,
     ledger_config_file: LedgerConfigFileOption = None,
+    endpoint_url: EndpointOption = None,
     slot: Annotated[
         str, typer.Option(help="Replication slot name (created on first start).")
     ] = "drledger_slot",
@@ -153,7 +166,10 @@ def relay(
         ),
     ] = "initial",
     create: Annotated[
-        bool, typer.Option("--create", help="Create the Kafka topic if it does not exist.")
+        bool,
+        typer.Option(
+            "--create", help="Create the Kafka topic, SQS queue or Kinesis stream if it does not exist."
+        ),
     ] = False,
     heartbeat: Annotated[
         str, typer.Option(help="Heartbeat interval, so an idle outbox never pins WAL.")
@@ -188,7 +204,7 @@ def relay(
     parse_ledger_url(ledger)
     require_logical_wal(db)
     target = open_ledger(
-        ledger, _client_config(ledger_config, ledger_config_file), writer=True, create=create
+        ledger, _client_config(ledger_config, ledger_config_file, endpoint_url), writer=True, create=create
     )
     progress = _RelayProgress()
 
@@ -206,6 +222,8 @@ def relay(
         settings = RelaySettings(
             slot=slot, state_dir=state_dir, snapshot="no_data", heartbeat_ms=settings.heartbeat_ms
         )
+    if target.created:
+        logging.getLogger("drledger.relay").info("created the ledger %s", target.display_url)
     the_relay = Relay(db, target, settings, on_batch=on_batch)
     logging.getLogger("drledger.relay").info(
         "relaying %s → %s (slot %s)", "drledger.outbox", target.display_url, slot
@@ -296,6 +314,7 @@ def _reconcile_request(
     lookback: str,
     ledger_config: list[str] | None,
     ledger_config_file: list[Path] | None,
+    endpoint_url: str | None,
 ) -> ReconcileRequest:
     from drledger.recovery import ReconcileRequest
     from drledger.timeutil import parse_duration, parse_instant
@@ -307,7 +326,7 @@ def _reconcile_request(
         until_ms=parse_instant(until) if until else None,
         skew_ms=int(parse_duration(skew) * 1000),
         lookback_ms=int(parse_duration(lookback) * 1000),
-        client_config=_client_config(ledger_config, ledger_config_file),
+        client_config=_client_config(ledger_config, ledger_config_file, endpoint_url),
     )
 
 
@@ -336,6 +355,7 @@ def reconcile(
     lookback: LookbackOption = "10m",
     ledger_config: LedgerConfigOption = None,
     ledger_config_file: LedgerConfigFileOption = None,
+    endpoint_url: EndpointOption = None,
     as_json: JsonOption = False,
     html: Annotated[
         Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")
@@ -353,7 +373,9 @@ def reconcile(
     from drledger.db import mask_dsn
     from drledger.report import print_summary, report_json, save_report
 
-    request = _reconcile_request(ledger, db, since, until, skew, lookback, ledger_config, ledger_config_file)
+    request = _reconcile_request(
+        ledger, db, since, until, skew, lookback, ledger_config, ledger_config_file, endpoint_url
+    )
     report = _run_reconcile(request)
     summary = report_json(report, ledgers=request.ledger_urls, db=mask_dsn(db))
     if save is not None:
@@ -393,6 +415,7 @@ def replay(
     lookback: LookbackOption = "10m",
     ledger_config: LedgerConfigOption = None,
     ledger_config_file: LedgerConfigFileOption = None,
+    endpoint_url: EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Re-insert what the DR database lost, transaction by transaction, idempotently (dry run unless --apply).
@@ -413,7 +436,7 @@ def replay(
         events = load_saved_events(from_file)
     else:
         request = _reconcile_request(
-            ledger, db, since, until, skew, lookback, ledger_config, ledger_config_file
+            ledger, db, since, until, skew, lookback, ledger_config, ledger_config_file, endpoint_url
         )
         events = _run_reconcile(request).missing_in_dr
     plan = plan_replay(events)
@@ -486,6 +509,7 @@ def fence(
     lookback: LookbackOption = "10m",
     ledger_config: LedgerConfigOption = None,
     ledger_config_file: LedgerConfigFileOption = None,
+    endpoint_url: EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Right after promotion, before the application writes: move sequences past every key the ledger knows.
@@ -498,7 +522,9 @@ def fence(
     from drledger.ledger import read_all
     from drledger.recovery import choose_window, open_ledgers
 
-    request = _reconcile_request(ledger, db, since, until, "0s", lookback, ledger_config, ledger_config_file)
+    request = _reconcile_request(
+        ledger, db, since, until, "0s", lookback, ledger_config, ledger_config_file, endpoint_url
+    )
     if not request.ledger_urls:
         raise DrledgerError("Name at least one ledger with --ledger URL.")
     window = choose_window(request)
@@ -616,6 +642,7 @@ def ledger_inspect(
     until: Annotated[str | None, typer.Option(help="Window end: ISO time, 'now' or how long ago.")] = None,
     ledger_config: LedgerConfigOption = None,
     ledger_config_file: LedgerConfigFileOption = None,
+    endpoint_url: EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """What a ledger holds in a window: events, distinct ids, duplicates, malformed records, time span, tables.
@@ -627,7 +654,7 @@ def ledger_inspect(
     from drledger.ledger import open_ledger, read_all
     from drledger.timeutil import parse_instant
 
-    config = _client_config(ledger_config, ledger_config_file)
+    config = _client_config(ledger_config, ledger_config_file, endpoint_url)
     since_ms = parse_instant(since) if since else None
     until_ms = parse_instant(until) if until else None
     ledgers = [open_ledger(url, config) for url in urls]

@@ -64,11 +64,20 @@ def _wait(predicate: object, timeout: float, what: str) -> None:
     raise DrledgerError(f"Timed out waiting for {what}.")
 
 
+def _with_local_index(url: str | None, base: Path) -> str | None:
+    """An SQS ledger's local index goes in the rig's directory, so a drill leaves none behind."""
+    if url is None or not url.startswith("sqs://") or "index=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}index={base}/sqs-index.db"
+
+
 class FailoverRig:
     def __init__(self, base: Path | None = None, lag_s: float = 2.0, ledger_url: str | None = None) -> None:
         self.clusters = ClusterSet(base)
         self.lag_s = lag_s
-        self.ledger_url = ledger_url or f"sqlite://{self.clusters.base}/ledger.db"
+        self.ledger_url = (
+            _with_local_index(ledger_url, self.clusters.base) or f"sqlite://{self.clusters.base}/ledger.db"
+        )
         self.primary: LocalCluster | None = None
         self.replica: LocalCluster | None = None
         self.injector: LagInjector | None = None

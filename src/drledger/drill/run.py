@@ -23,7 +23,7 @@ from drledger.drill.rig import DEMO_TABLE, FailoverRig, GroundTruth
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent
 from drledger.fence import fence
-from drledger.ledger import parse_ledger_url
+from drledger.ledger import open_ledger, parse_ledger_url
 from drledger.reconcile import Report
 from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.relay.engine import lag_percentile, read_stats
@@ -129,6 +129,9 @@ class Drill:
         self.disaster_at_ms: int | None = None
 
     def setup(self) -> None:
+        with open_ledger(self.rig.ledger_url, writer=True, create=True) as ledger:
+            if ledger.created:
+                self.progress(f"created the ledger {ledger.display_url}, which did not exist")
         self.progress(f"starting a primary and a replica {self.lag_s:g} s behind it, and the relay")
         self.rig.start()
         self.progress("warming the relay up (20,000 rows of a side table)")

@@ -200,12 +200,16 @@ def _own_ledger(settings: DrillSettings, name: str) -> DrillSettings:
     url = settings.ledger_url
     if url is None:
         return replace(settings, keep=False)  # each rig makes its own embedded ledger
-    if url.startswith("sqlite:"):
-        stem, dot, suffix = url.rpartition(".")
-        own = f"{stem}-{name}.{suffix}" if dot else f"{url}-{name}"
+    base, question, query = url.partition("?")
+    tag = f"{name}-{int(time.time())}"
+    if base.startswith("sqlite:"):
+        stem, dot, suffix = base.rpartition(".")
+        own = f"{stem}-{name}.{suffix}" if dot else f"{base}-{name}"
+    elif base.endswith(".fifo"):
+        own = f"{base.removesuffix('.fifo')}-{tag}.fifo"
     else:
-        own = f"{url}-{name}-{int(time.time())}"
-    return replace(settings, ledger_url=own, keep=False)
+        own = f"{base}-{tag}"
+    return replace(settings, ledger_url=own + question + query, keep=False)
 
 
 def scenario_table(outcomes: list[ScenarioOutcome]) -> Table:

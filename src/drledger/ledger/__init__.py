@@ -11,7 +11,7 @@ from drledger.errors import DrledgerError
 from drledger.events import LedgerRecord
 from drledger.ledger.base import Ledger
 
-SCHEMES = ("sqlite", "kafka")
+SCHEMES = ("sqlite", "kafka", "sqs", "kinesis")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class LedgerAddress:
     name: str = ""  # the topic
     partitions: int = 3
     replication: int = 1
+    options: tuple[tuple[str, str], ...] = ()  # region, index, shards … from the query string
 
 
 def parse_ledger_url(url: str) -> LedgerAddress:
@@ -49,6 +50,17 @@ def parse_ledger_url(url: str) -> LedgerAddress:
                 f"The ledger URL '{url}' has a partitions or replication that is not a number."
             ) from None
         return LedgerAddress("kafka", parts.netloc, topic, partitions, replication)
+    if scheme in ("sqs", "kinesis"):
+        name = (parts.netloc + parts.path).strip("/")
+        if not name:
+            raise DrledgerError(
+                f"The ledger URL '{url}' names no {scheme} resource; write {scheme}://name?region=…."
+            )
+        options = tuple((k, v[0]) for k, v in sorted(parse_qs(parts.query).items()))
+        if scheme == "sqs" and "/" in name:
+            # sqs://sqs.eu-west-1.amazonaws.com/123456789012/name: a queue URL without its https://
+            name = f"https://{name}"
+        return LedgerAddress(scheme, name, options=options)
     raise DrledgerError(
         f"The ledger URL '{url}' has an unknown scheme; use one of: "
         + ", ".join(f"{s}://" for s in SCHEMES)
@@ -74,6 +86,8 @@ def open_ledger(
         from drledger.ledger.sqlite import SqliteLedger
 
         return SqliteLedger(Path(address.location), create=writer)
+    if address.scheme in ("sqs", "kinesis"):
+        return _open_aws(address, config, writer and create)
     from drledger.ledger.kafka import KafkaLedger
 
     return KafkaLedger(
@@ -84,6 +98,27 @@ def open_ledger(
         partitions=address.partitions,
         replication_factor=address.replication,
     )
+
+
+def _open_aws(address: LedgerAddress, config: dict[str, str], create: bool) -> Ledger:
+    options = dict(address.options)
+    aws_config = {
+        k: v for k, v in {**options, **config}.items() if k in ("region", "endpoint_url", "profile")
+    }
+    if address.scheme == "sqs":
+        from drledger.ledger.sqs import SqsLedger
+
+        index = options.get("index") or config.get("index")
+        return SqsLedger(address.location, aws_config, create=create, index=Path(index) if index else None)
+    from drledger.ledger.kinesis import KinesisLedger
+
+    try:
+        shards = int(options.get("shards", "2"))
+    except ValueError:
+        raise DrledgerError(
+            f"The ledger URL for kinesis://{address.location} has a shards that is not a number."
+        ) from None
+    return KinesisLedger(address.location, aws_config, create=create, shards=shards)
 
 
 def read_all(ledgers: list[Ledger], since_ms: int | None, until_ms: int | None) -> Iterator[LedgerRecord]:

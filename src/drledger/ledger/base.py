@@ -18,6 +18,8 @@ from drledger.events import LedgerEvent, LedgerRecord
 class Ledger(ABC):
     #: The URL the ledger was opened with, with any secret masked: safe to print.
     display_url: str
+    #: True when opening it created the topic, queue or stream (only a writer asked to create does).
+    created: bool = False
 
     @abstractmethod
     def publish(self, events: Sequence[LedgerEvent]) -> None:

@@ -70,6 +70,7 @@ class KafkaLedger(Ledger):
         futures = admin.create_topics([NewTopic(self.topic, partitions, replication_factor)])
         try:
             futures[self.topic].result(timeout=_TIMEOUT_S)
+            self.created = True
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise LedgerUnavailable(

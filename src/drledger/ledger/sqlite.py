@@ -43,7 +43,10 @@ class SqliteLedger(Ledger):
             raise LedgerUnavailable(f"Cannot open the ledger file {path}: {exc}.") from None
 
     def publish(self, events: Sequence[LedgerEvent]) -> None:
-        rows = [(e.commit_ts_ms, e.event_id, e.to_wire()) for e in events]
+        self.store([(e.commit_ts_ms, e.event_id, e.to_wire()) for e in events])
+
+    def store(self, rows: Sequence[tuple[int | None, str | None, bytes]]) -> None:
+        """Store records as they are, readable or not: (commit time, event id, body)."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(

@@ -1,0 +1,100 @@
+"""What the AWS ledgers share: a boto3 client from the standard chain, and errors said in one sentence."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from drledger.errors import DrledgerError, LedgerUnavailable
+
+T = TypeVar("T")
+
+# Throttling answers that mean "slow down and try again", not "this will never work".
+RETRYABLE = {
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "Throttling",
+    "RequestThrottled",
+    "KMSThrottlingException",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "InternalError",
+    "LimitExceededException",
+}
+ATTEMPTS = 8
+
+
+def aws_client(service: str, config: Mapping[str, str]) -> Any:
+    """A boto3 client: credentials and region from the standard chain (env, profile, role);
+    `region` and `endpoint_url` from the URL or --ledger-config, else boto3's own AWS_* variables."""
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise DrledgerError("The SQS and Kinesis ledgers need boto3: pip install 'drledger[aws]'.") from None
+    session = boto3.session.Session(profile_name=config.get("profile"))
+    region = config.get("region") or session.region_name
+    if not region:
+        raise DrledgerError(
+            f"No AWS region for the {service} ledger; add ?region=… to the URL or set AWS_DEFAULT_REGION."
+        )
+    return session.client(
+        service,
+        region_name=region,
+        endpoint_url=config.get("endpoint_url") or None,
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+    )
+
+
+def call(what: str, function: Callable[[], T]) -> T:
+    """Run one AWS call, turning the failures an operator can act on into one clear sentence."""
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        PartialCredentialsError,
+    )
+
+    try:
+        return function()
+    except (NoCredentialsError, PartialCredentialsError):
+        raise DrledgerError(
+            f"No AWS credentials for {what}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role."
+        ) from None
+    except NoRegionError:
+        raise DrledgerError(
+            f"No AWS region for {what}; set AWS_DEFAULT_REGION or add ?region=… to the URL."
+        ) from None
+    except EndpointConnectionError as exc:
+        raise LedgerUnavailable(f"Cannot reach {what}: {exc}.") from None
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        message = exc.response.get("Error", {}).get("Message", str(exc))
+        if code in (
+            "AccessDenied",
+            "AccessDeniedException",
+            "UnrecognizedClientException",
+            "InvalidClientTokenId",
+        ):
+            raise DrledgerError(f"AWS refused {what}: {message} ({code}).") from None
+        if code in RETRYABLE:
+            raise
+        raise LedgerUnavailable(f"{what} failed: {message} ({code}).") from None
+
+
+def with_backoff(what: str, function: Callable[[], T]) -> T:
+    """`call`, retrying throttling with exponential backoff before giving up."""
+    from botocore.exceptions import ClientError
+
+    delay = 0.1
+    for attempt in range(ATTEMPTS):
+        try:
+            return call(what, function)
+        except ClientError:
+            if attempt == ATTEMPTS - 1:
+                raise LedgerUnavailable(f"{what} was throttled {ATTEMPTS} times in a row.") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")

@@ -1,0 +1,162 @@
+"""An SQS queue as the ledger's transport, drained into a local index that is the ledger's copy.
+
+SQS cannot be read by time window, and a message read and deleted is gone; one read without deleting
+hides it for its visibility timeout, and a FIFO queue lets at most 20,000 messages be in flight. So
+reading never relies on the queue holding history: `read` first drains the queue into a local SQLite
+index (WAL mode, synchronous=FULL), deleting each batch only after the index has durably stored it,
+then reads the window from the index. Run `drledger ledger inspect sqs://…` (or any reader) on a
+schedule in the DR region so the queue never holds more than a few minutes: SQS keeps a message at
+most 14 days (4 by default), and anything that expires undrained is lost to the ledger.
+
+FIFO queues (names ending in .fifo) get the event id as deduplication id and table + key as message
+group, so a redelivery within SQS's five-minute window is dropped by SQS itself and one row's events
+stay in order. Standard queues work too, with SQS's weaker promises (duplicates, no order); readers
+drop duplicates by event id either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from drledger.errors import DrledgerError, LedgerUnavailable
+from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
+from drledger.ledger.aws import ATTEMPTS, aws_client, call, with_backoff
+from drledger.ledger.base import Ledger
+from drledger.ledger.sqlite import SqliteLedger
+
+_BATCH = 10  # SendMessageBatch / DeleteMessageBatch limit
+_VISIBILITY_S = 120
+
+
+def default_index(queue: str) -> Path:
+    state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "drledger"
+    return state / f"sqs-{queue.rsplit('/', 1)[-1]}.db"
+
+
+class SqsLedger(Ledger):
+    def __init__(
+        self, queue: str, config: Mapping[str, str], *, create: bool = False, index: Path | None = None
+    ) -> None:
+        self.client = aws_client("sqs", config)
+        self.queue_name = queue.rsplit("/", 1)[-1]
+        self.fifo = self.queue_name.endswith(".fifo")
+        self.display_url = f"sqs://{self.queue_name}"
+        self.queue_url = self._resolve(queue, create)
+        self.index_path = index or default_index(self.queue_name)
+        self._index: SqliteLedger | None = None
+
+    def _resolve(self, queue: str, create: bool) -> str:
+        if queue.startswith(("http://", "https://")):
+            return queue
+        try:
+            return str(
+                call(f"the SQS queue {queue}", lambda: self.client.get_queue_url(QueueName=queue))["QueueUrl"]
+            )
+        except LedgerUnavailable as exc:
+            if "NonExistentQueue" not in str(exc) and "QueueDoesNotExist" not in str(exc):
+                raise
+        if not create:
+            raise DrledgerError(f"The SQS queue '{queue}' does not exist; create it or pass --create.")
+        attributes = {"MessageRetentionPeriod": "1209600"}  # 14 days, SQS's most
+        if self.fifo:
+            attributes |= {"FifoQueue": "true", "ContentBasedDeduplication": "false"}
+        created = call(
+            f"creating the SQS queue {queue}",
+            lambda: self.client.create_queue(QueueName=queue, Attributes=attributes),
+        )
+        self.created = True
+        return str(created["QueueUrl"])
+
+    def publish(self, events: Sequence[LedgerEvent]) -> None:
+        for start in range(0, len(events), _BATCH):
+            self._send_batch(events[start : start + _BATCH])
+
+    def _send_batch(self, events: Sequence[LedgerEvent]) -> None:
+        pending = {str(i): self._entry(str(i), e) for i, e in enumerate(events)}
+        for _attempt in range(ATTEMPTS):
+            entries = list(pending.values())
+            answer = with_backoff(
+                "sending to SQS",
+                lambda: self.client.send_message_batch(QueueUrl=self.queue_url, Entries=entries),  # noqa: B023
+            )
+            for ok in answer.get("Successful", []):
+                pending.pop(ok["Id"], None)
+            failed = answer.get("Failed", [])
+            if any(f.get("SenderFault") for f in failed):
+                first = next(f for f in failed if f.get("SenderFault"))
+                raise LedgerUnavailable(
+                    f"SQS refused a message: {first.get('Message')} ({first.get('Code')})."
+                )
+            if not pending:
+                return
+        raise LedgerUnavailable(f"SQS did not accept {len(pending)} messages after {ATTEMPTS} attempts.")
+
+    def _entry(self, entry_id: str, event: LedgerEvent) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "Id": entry_id,
+            "MessageBody": event.to_wire().decode(),
+            "MessageAttributes": {"event_id": {"DataType": "String", "StringValue": event.event_id}},
+        }
+        if self.fifo:
+            entry["MessageDeduplicationId"] = event.event_id
+            # Group ids are at most 128 characters; a long table + key is hashed, keeping its order.
+            group = event.partition_key
+            entry["MessageGroupId"] = (
+                group if len(group) <= 128 else hashlib.sha256(group.encode()).hexdigest()
+            )
+        return entry
+
+    def index(self) -> SqliteLedger:
+        if self._index is None:
+            self._index = SqliteLedger(self.index_path, create=True)
+        return self._index
+
+    def drain(self) -> int:
+        """Move every message now in the queue into the local index; delete each only once stored."""
+        index = self.index()
+        moved = 0
+        empty_answers = 0
+        while empty_answers < 2:  # SQS may answer empty while messages remain on other hosts
+            answer = with_backoff(
+                "receiving from SQS",
+                lambda: self.client.receive_message(
+                    QueueUrl=self.queue_url,
+                    MaxNumberOfMessages=_BATCH,
+                    WaitTimeSeconds=1,
+                    VisibilityTimeout=_VISIBILITY_S,
+                    AttributeNames=["All"],
+                ),
+            )
+            messages = answer.get("Messages", [])
+            if not messages:
+                empty_answers += 1
+                continue
+            empty_answers = 0
+            rows: list[tuple[int | None, str | None, bytes]] = []
+            for message in messages:
+                record = from_wire(message["Body"], f"sqs message {message['MessageId']}")
+                if isinstance(record, MalformedRecord):
+                    rows.append((None, None, message["Body"].encode()))
+                else:
+                    rows.append((record.commit_ts_ms, record.event_id, message["Body"].encode()))
+            index.store(rows)
+            receipts = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+            with_backoff(
+                "deleting from SQS",
+                lambda: self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=receipts),  # noqa: B023
+            )
+            moved += len(messages)
+        return moved
+
+    def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
+        self.drain()
+        yield from self.index().read(since_ms, until_ms)
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
