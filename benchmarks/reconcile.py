@@ -58,7 +58,15 @@ def load_dr(dsn: str, events: list[LedgerEvent]) -> None:
             for n, event in enumerate(kept):
                 payload = event.row_json if n % 100_000 else event.row_json.replace("customer-", "changed-")
                 copy.write_row(
-                    (event.event_id, event.table, event.key, event.op, payload, event.txid, at(event.commit_ts_ms))
+                    (
+                        event.event_id,
+                        event.table,
+                        event.key,
+                        event.op,
+                        payload,
+                        event.txid,
+                        at(event.commit_ts_ms),
+                    )
                 )
         conn.execute("ANALYZE drledger.outbox")
 

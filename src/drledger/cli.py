@@ -568,6 +568,10 @@ def drill(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the drawn lag, to repeat a run.")] = None,
+    warmup: Annotated[
+        int,
+        typer.Option(help="Rows pushed through the relay before measuring, so its JVM is warm (0: none)."),
+    ] = 20_000,
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the clusters afterwards and print how to connect.")
     ] = False,
@@ -585,7 +589,13 @@ def drill(
     from drledger.timeutil import parse_duration
 
     settings = DrillSettings(
-        tps=tps, duration_s=parse_duration(duration), lag=lag, ledger_url=ledger, seed=seed, keep=keep
+        warmup_rows=warmup,
+        tps=tps,
+        duration_s=parse_duration(duration),
+        lag=lag,
+        ledger_url=ledger,
+        seed=seed,
+        keep=keep,
     )
     if tps <= 0 or settings.duration_s <= 0:
         raise DrledgerError("--tps and --duration must be positive.")
@@ -682,9 +692,14 @@ def ledger_inspect(
 
 
 def main() -> None:
+    # drledger's own progress lines at INFO; libraries (botocore, Debezium's bridge) only when they warn.
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+        level=logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
     )
+    logging.getLogger("drledger").setLevel(logging.INFO)
     try:
         app()
     except DrledgerError as exc:

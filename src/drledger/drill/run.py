@@ -56,6 +56,7 @@ class DrillSettings:
     keep: bool = False
     multi_row_every: int = 0
     rollback_every: int = 0
+    warmup_rows: int = 20_000
 
 
 @dataclass
@@ -134,8 +135,9 @@ class Drill:
                 self.progress(f"created the ledger {ledger.display_url}, which did not exist")
         self.progress(f"starting a primary and a replica {self.lag_s:g} s behind it, and the relay")
         self.rig.start()
-        self.progress("warming the relay up (20,000 rows of a side table)")
-        self.rig.warm_up()
+        if self.settings.warmup_rows:
+            self.progress(f"warming the relay up ({self.settings.warmup_rows:,} rows of a side table)")
+            self.rig.warm_up(self.settings.warmup_rows)
         self.lag_before_workload = read_stats(self.rig.relay_stats_file)
 
     def workload_then_disaster(
@@ -330,3 +332,17 @@ def destroy_ledger(url: str) -> None:
 
         admin = AdminClient({"bootstrap.servers": address.location, "log_level": 0})
         admin.delete_topics([address.name])[address.name].result(timeout=30)
+    else:
+        from drledger.ledger.kinesis import KinesisLedger
+        from drledger.ledger.sqs import SqsLedger
+
+        with open_ledger(url) as ledger:
+            if isinstance(ledger, KinesisLedger):
+                ledger.client.delete_stream(StreamName=ledger.stream, EnforceConsumerDeletion=True)
+                ledger.client.get_waiter("stream_not_exists").wait(
+                    StreamName=ledger.stream, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+                )
+            elif isinstance(ledger, SqsLedger):
+                ledger.client.delete_queue(QueueUrl=ledger.queue_url)
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{ledger.index_path}{suffix}").unlink(missing_ok=True)

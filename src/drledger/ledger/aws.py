@@ -51,11 +51,11 @@ def call(what: str, function: Callable[[], T]) -> T:
     """Run one AWS call, turning the failures an operator can act on into one clear sentence."""
     from botocore.exceptions import (
         ClientError,
-        EndpointConnectionError,
         NoCredentialsError,
         NoRegionError,
         PartialCredentialsError,
     )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     try:
         return function()
@@ -67,7 +67,7 @@ def call(what: str, function: Callable[[], T]) -> T:
         raise DrledgerError(
             f"No AWS region for {what}; set AWS_DEFAULT_REGION or add ?region=… to the URL."
         ) from None
-    except EndpointConnectionError as exc:
+    except BotoConnectionError as exc:  # refused, timed out, read timeout: the relay retries these
         raise LedgerUnavailable(f"Cannot reach {what}: {exc}.") from None
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")

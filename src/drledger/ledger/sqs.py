@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from drledger.ledger.sqlite import SqliteLedger
 
 _BATCH = 10  # SendMessageBatch / DeleteMessageBatch limit
 _VISIBILITY_S = 120
+_SENDERS = 8
 
 
 def default_index(queue: str) -> Path:
@@ -48,6 +50,7 @@ class SqsLedger(Ledger):
         self.queue_url = self._resolve(queue, create)
         self.index_path = index or default_index(self.queue_name)
         self._index: SqliteLedger | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def _resolve(self, queue: str, create: bool) -> str:
         if queue.startswith(("http://", "https://")):
@@ -72,8 +75,19 @@ class SqsLedger(Ledger):
         return str(created["QueueUrl"])
 
     def publish(self, events: Sequence[LedgerEvent]) -> None:
-        for start in range(0, len(events), _BATCH):
-            self._send_batch(events[start : start + _BATCH])
+        # SQS takes ten messages a call; calls in parallel keep a large relay batch from queueing behind
+        # one round trip after another. Order across calls does not matter: readers dedupe and replay
+        # orders by commit, and a FIFO queue still orders each message group's messages it was sent.
+        batches = [events[start : start + _BATCH] for start in range(0, len(events), _BATCH)]
+        if len(batches) == 1:
+            self._send_batch(batches[0])
+            return
+        list(self._senders().map(self._send_batch, batches))
+
+    def _senders(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=_SENDERS, thread_name_prefix="sqs-send")
+        return self._pool
 
     def _send_batch(self, events: Sequence[LedgerEvent]) -> None:
         pending = {str(i): self._entry(str(i), e) for i, e in enumerate(events)}
@@ -157,6 +171,9 @@ class SqsLedger(Ledger):
         yield from self.index().read(since_ms, until_ms)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self._index is not None:
             self._index.close()
             self._index = None
