@@ -7,6 +7,7 @@ stderr, no traceback); 130 interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from drledger.drill.run import DrillSettings
     from drledger.reconcile import Report
     from drledger.recovery import ReconcileRequest
+    from drledger.relay.engine import RelayStats
     from drledger.replay import SourceTransaction
 
 EXIT_HELP = (
@@ -192,7 +194,7 @@ def relay(
     """
     from drledger.ledger import open_ledger, parse_ledger_url
     from drledger.outbox.postgres import require_logical_wal
-    from drledger.relay.engine import Relay, RelayStats, run_until_signalled
+    from drledger.relay.engine import Relay, run_until_signalled
     from drledger.relay.properties import RelaySettings
     from drledger.timeutil import parse_duration, parse_instant
 
@@ -219,9 +221,7 @@ def relay(
         published = backfill(db, target, since_ms)
         logging.getLogger("drledger.relay").info("backfilled %d outbox rows the ledger lacked", published)
         # The slot already marks where streaming starts; a snapshot would only re-send the outbox.
-        settings = RelaySettings(
-            slot=slot, state_dir=state_dir, snapshot="no_data", heartbeat_ms=settings.heartbeat_ms
-        )
+        settings = dataclasses.replace(settings, snapshot="no_data")
     if target.created:
         logging.getLogger("drledger.relay").info("created the ledger %s", target.display_url)
     the_relay = Relay(db, target, settings, on_batch=on_batch)
@@ -242,18 +242,18 @@ class _RelayProgress:
         self.every_s = every_s
         self.last = 0.0
 
-    def maybe_print(self, stats: object) -> None:
+    def maybe_print(self, stats: RelayStats) -> None:
         import time
 
         now = time.monotonic()
         if now - self.last < self.every_s:
             return
         self.last = now
-        events = getattr(stats, "events", 0)
-        lag = getattr(stats, "last_lag_ms", None)
-        rate = stats.rate() if hasattr(stats, "rate") else 0.0
+        lag = stats.last_lag_ms
         lag_text = f", last commit→ledger {lag} ms" if lag is not None else ""
-        logging.getLogger("drledger.relay").info("relayed %d events (%.0f/s)%s", events, rate, lag_text)
+        logging.getLogger("drledger.relay").info(
+            "relayed %d events (%.0f/s)%s", stats.events, stats.rate(), lag_text
+        )
 
 
 @app.command()
