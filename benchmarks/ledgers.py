@@ -45,8 +45,9 @@ def make_events(count: int) -> list[LedgerEvent]:
 
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
+    launcher = Path(__file__).parents[1] / "tests" / "moto_fast.py"  # moto_server, SQS made depth-flat
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, str(launcher), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

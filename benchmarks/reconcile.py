@@ -2,8 +2,10 @@
 
 The ledger holds 1,000,000 events; the DR outbox holds the same minus the last 2% (the loss) and
 with a few rows changed (mismatches). Reconcile reads both sides and compares them, exactly as
-`drledger reconcile` does. The ledger read alone and the DR read alone are timed too, so the figure
-says what limits it.
+`drledger reconcile` does. Its parts are timed alone too, so the figure says what limits it: the
+ledger's fingerprint scan, the same window decoded event by event (what reconcile did before scans
+existed), the DR database's fingerprints, and for Kafka the bare consumer draining the topic with no
+per-message work at all, the floor for any reader in Python.
 
     .venv/bin/python benchmarks/reconcile.py [--events 1000000]
 """
@@ -22,7 +24,7 @@ from drledger.drill.broker import LocalBroker
 from drledger.drill.cluster import ClusterSet
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
-from drledger.outbox.postgres import install, read_window
+from drledger.outbox.postgres import install, read_fingerprints
 from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.timeutil import format_instant
 
@@ -71,6 +73,35 @@ def load_dr(dsn: str, events: list[LedgerEvent]) -> None:
         conn.execute("ANALYZE drledger.outbox")
 
 
+def bare_consume(bootstrap: str, topic: str) -> int:
+    """Drain the topic with the same client settings as the Kafka ledger, touching no message."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,
+            "queued.min.messages": 200_000,
+            "max.partition.fetch.bytes": 16 << 20,
+        }
+    )
+    partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    pending, count = set(partitions), 0
+    while pending:
+        for message in consumer.consume(5000, timeout=0.1):
+            error = message.error()
+            if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                pending.discard(message.partition())
+            else:
+                count += 1
+    consumer.close()
+    return count
+
+
 def timed(label: str, function, results: dict) -> object:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     value = function()
@@ -99,13 +130,17 @@ def main() -> None:
                 for i in range(0, len(events), 10_000):
                     ledger.publish(events[i : i + 10_000])
             figures: dict[str, object] = {}
+            if kind == "kafka":
+                timed("bare_consume_s", lambda: bare_consume(broker.bootstrap, "reconcile-bench"), figures)
             with open_ledger(url) as ledger:
-                timed("ledger_read_s", lambda: sum(1 for _ in ledger.read(START_MS, until)), figures)
-            timed("dr_read_s", lambda: sum(1 for _ in read_window(primary.dsn, START_MS, until)), figures)
+                timed("ledger_scan_s", lambda: ledger.scan(START_MS, until), figures)
+                timed("ledger_decode_s", lambda: sum(1 for _ in ledger.read(START_MS, until)), figures)
+            timed("dr_fingerprints_s", lambda: read_fingerprints(primary.dsn, START_MS, until), figures)
             request = ReconcileRequest([url], primary.dsn, since_ms=START_MS, until_ms=until, skew_ms=0)
             report = timed("reconcile_s", lambda: run_reconcile(request), figures)  # noqa: B023
-            figures["events_per_s"] = round(args.events / figures["reconcile_s"])  # type: ignore[operator]
-            figures["ledger_read_events_per_s"] = round(args.events / figures["ledger_read_s"])  # type: ignore[operator]
+            for part in ("reconcile", "ledger_scan", "ledger_decode", "dr_fingerprints", "bare_consume"):
+                if f"{part}_s" in figures:
+                    figures[f"{part}_events_per_s"] = round(args.events / figures[f"{part}_s"])  # type: ignore[operator]
             figures["missing_in_dr"] = len(report.missing_in_dr)  # type: ignore[attr-defined]
             figures["mismatched"] = len(report.mismatched)  # type: ignore[attr-defined]
             results[kind] = figures

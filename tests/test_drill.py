@@ -151,18 +151,32 @@ def test_bad_drill_input() -> None:
         assert result.returncode == 2 and fragment in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("kind", ["kinesis"])
+@pytest.mark.parametrize("kind", ["sqs", "kinesis"])
 def test_drill_scenarios_on_aws_ledgers(kind: str, aws_endpoint: str, clean_machine) -> None:  # type: ignore[no-untyped-def]
-    # The drill creates the queue or stream it is given, and says so. moto answers SQS slowly, so the
-    # workload is lighter there; the scenarios are the same.
+    # The drill creates the queue or stream it is given, and says so. moto answers SQS more slowly, so
+    # the warm-up is lighter there; the scenarios are the same.
     name = f"drill-{int(time.time())}" + (".fifo" if kind == "sqs" else "")
     url = f"{kind}://{name}"
-    light = ["--tps", "20", "--warmup", "0"] if kind == "sqs" else ["--warmup", "2000"]
-    result = run_cli("drill", "--duration", "5s", "--lag", "1-2s", "--ledger", url, *light, "--json", timeout=600)
+    light = ["--warmup", "500"] if kind == "sqs" else ["--warmup", "2000"]
+    result = run_cli(
+        "drill", "--duration", "5s", "--lag", "1-2s", "--ledger", url, *light, "--json", timeout=600
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "created the ledger" in result.stderr
     check_drill(json.loads(result.stdout))
-    scenarios = run_cli("drill", "--scenario", "all", "--duration", "4s", "--lag", "1-2s", "--ledger", url, *light,
-                        "--json", timeout=1200)
+    scenarios = run_cli(
+        "drill",
+        "--scenario",
+        "all",
+        "--duration",
+        "4s",
+        "--lag",
+        "1-2s",
+        "--ledger",
+        url,
+        *light,
+        "--json",
+        timeout=1200,
+    )
     assert scenarios.returncode == 0, scenarios.stderr[-2000:]
     assert [o for o in json.loads(scenarios.stdout) if not o["pass"]] == []

@@ -55,6 +55,15 @@ def test_publish_then_read_window(ledger_url: str) -> None:
             e.event_id for e in events[third : 2 * third]
         )
         assert list(ledger.read(events[-1].commit_ts_ms + 1, None)) == []
+        # The scan reconcile uses: the same window as fingerprints, and whole events back on demand.
+        inside = events[third : 2 * third]
+        scan = ledger.scan(inside[0].commit_ts_ms, inside[-1].commit_ts_ms)
+        assert sorted(zip(scan.fingerprints, scan.commit_ms, strict=True)) == sorted(
+            (e.fingerprint, e.commit_ts_ms) for e in inside
+        )
+        picked = [scan.fingerprints.index(e.fingerprint) for e in (inside[-1], inside[0], inside[5])]
+        assert scan.fetch(picked) == [inside[-1], inside[0], inside[5]]
+        assert ledger.scan(events[-1].commit_ts_ms + 1, None).fingerprints == []
 
 
 def test_duplicates_and_several_ledgers_are_counted_not_lost(tmp_path: Path, kafka_url: str) -> None:
@@ -92,6 +101,8 @@ def test_malformed_records_are_counted_not_fatal(tmp_path: Path, kafka_url: str)
     census = take_census(open_ledger(local).read())
     assert (census.events, census.malformed) == (10, 2)
     assert "missing" in census.malformed_samples[1].reason
+    scan = open_ledger(local).scan(1_700_000_000_000, None)
+    assert (len(scan.fingerprints), scan.malformed.count) == (10, 1)
 
     from confluent_kafka import Producer
 
@@ -102,8 +113,12 @@ def test_malformed_records_are_counted_not_fatal(tmp_path: Path, kafka_url: str)
     producer.produce(topic, value=b"garbage", key=b"k")
     producer.produce(topic, value=b'{"v": 99, "event_id": "x"}', key=b"k")
     producer.flush(10)
+    producer.produce(topic, value=events[0].to_wire(), key=b"k")  # a readable event without the digest header
+    producer.flush(10)
     census = take_census(open_ledger(kafka_url).read())
-    assert (census.events, census.distinct, census.malformed) == (10, 10, 2)
+    assert (census.events, census.distinct, census.malformed) == (11, 10, 2)
+    scan = open_ledger(kafka_url).scan()
+    assert (len(scan.fingerprints), len(set(scan.fingerprints)), scan.malformed.count) == (11, 10, 2)
 
 
 def test_bad_urls_and_unreachable_broker_say_so(tmp_path: Path) -> None:

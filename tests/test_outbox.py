@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from drledger.errors import DrledgerError
+from drledger.events import fingerprint, row_digest
 from drledger.outbox import postgres
 
 
@@ -52,7 +53,8 @@ def test_multi_row_insert_fires_the_trigger_once(database: str) -> None:
         conn.execute("INSERT INTO orders (customer) SELECT 'c' || g FROM generate_series(1, 500) g")
         conn.execute("SELECT pg_stat_force_next_flush()")
         calls = conn.execute(
-            "SELECT sum(calls) FROM pg_stat_user_functions WHERE schemaname = 'drledger'"
+            "SELECT sum(calls) FROM pg_stat_user_functions "
+            "WHERE schemaname = 'drledger' AND funcname LIKE 'capture%'"
         ).fetchone()[0]
     assert calls == 1
     assert len(outbox_rows(database)) == 500
@@ -115,3 +117,26 @@ def test_prune_counts_then_deletes_old_rows(database: str) -> None:
     assert len(outbox_rows(database)) == 5
     assert postgres.prune(database, cutoff, apply=True) == 2
     assert [r[1] for r in outbox_rows(database)] == ["3", "4", "5"]
+
+
+def test_the_database_fingerprints_rows_exactly_as_the_ledger_does(database: str) -> None:
+    postgres.install(database, ["public.orders"])
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO orders (customer, amount, tags) VALUES "
+            "('zoë', 1234567890.12, '{\"b\": [1, 2.50], \"a\": \"ünïcode\"}'), ('bob', 3, NULL)"
+        )
+        rows = conn.execute("SELECT id::text, payload::text, created_at FROM drledger.outbox").fetchall()
+        conn.execute("ALTER TABLE drledger.outbox DROP COLUMN fingerprint")  # an outbox from before it
+        unstored = postgres.read_fingerprints(database, None, None)
+    expected = {fingerprint(event_id, row_digest(payload)) for event_id, payload, _ in rows}
+    assert unstored and set(unstored) == expected
+    postgres.install(database, ["public.orders"])  # init again brings the stored fingerprint back
+    assert set(postgres.read_fingerprints(database, None, None)) == expected
+    created = postgres.created_at(database, {p[:16] for p in expected})
+    exact = sorted(r[2].timestamp() * 1000 for r in rows)
+    assert all(abs(a - b) <= 1 for a, b in zip(sorted(created.values()), exact, strict=True))
+    first = int(exact[0])  # the millisecond the first row was created in
+    assert postgres.read_fingerprints(database, first, first) != []
+    assert postgres.read_fingerprints(database, first + 1_000, None) == []
+    assert postgres.read_fingerprints(database, None, first - 1) == []

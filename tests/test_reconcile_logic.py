@@ -5,7 +5,7 @@ from __future__ import annotations
 from drledger.events import LedgerEvent, MalformedRecord, row_digest
 from drledger.fence import highest_keys
 from drledger.outbox.postgres import OutboxRow
-from drledger.reconcile import Window, reconcile
+from drledger.reconcile import Window, compare, reconcile
 from drledger.replay import chunk_transactions, plan_replay
 
 T0 = 1_800_000_000_000
@@ -103,3 +103,33 @@ def test_chunks_never_split_a_transaction() -> None:
 def test_highest_keys_reads_exact_values() -> None:
     events = [event(1, ts=T0, row='{"id": 99999999999999999}'), event(2, ts=T0, row='{"id": 5, "n": null}')]
     assert highest_keys(events, {"public.orders": ["id"]}) == {("public.orders", "id"): 99999999999999999}
+
+
+def test_two_versions_of_one_event_in_the_ledger_are_a_mismatch_not_a_loss() -> None:
+    window = Window(T0, T0 + 10_000, 0)
+    ledger = [
+        event(1, ts=T0 + 100),
+        event(1, ts=T0 + 100, row='{"id": 1, "v": "other"}'),
+        event(2, ts=T0 + 200),
+    ]
+    report = reconcile(ledger, [outbox(1, created=T0 + 90)], window)
+    assert [e.event_id for e in report.missing_in_dr] == ["e2"]
+    assert [m.event_id for m in report.mismatched] == ["e1"]
+    assert report.mismatched[0].ledger_row == '{"id": 1, "v": "other"}'
+
+
+def test_compare_on_columns_counts_each_side_by_its_own_clock() -> None:
+    window = Window(T0, T0 + 2_000, 500)
+    a, b, c, d = (bytes([n]) * 48 for n in range(1, 5))
+    created = {a: T0 - 300, d: T0 + 1_999}  # a's transaction began before the window, committed inside it
+    comparison = compare(
+        [a, b, b, c],  # b redelivered; c committed after the window
+        [T0 + 100, T0 + 1_500, T0 + 1_500, T0 + 2_300],
+        [a, d],  # d never reached the ledger
+        window,
+        lambda prints: {p: created[p] for p in prints},
+    )
+    assert (comparison.ledger_events, comparison.duplicates, comparison.dr_events) == (2, 1, 2)
+    assert comparison.missing_in_dr == [b] and comparison.missing_in_ledger == [d]
+    assert comparison.ledger_per_second == {T0 // 1000: 1, (T0 + 1_500) // 1000: 1}
+    assert comparison.dr_last_commit_ms == T0 + 1_999 and comparison.ledger_last_commit_ms == T0 + 1_500

@@ -92,9 +92,9 @@ def test_every_committed_row_reaches_the_ledger_and_nothing_rolled_back(
     assert relay.kill(signal.SIGTERM) == 0
 
 
-# Rows per second the writer aims at. SQS is not here yet: through moto its relay run took over ten
-# minutes (moto answers SQS calls slowly and ever slower as a FIFO queue grows); see the issue note.
-KILL_RATES = {"sqlite": 1000, "kinesis": 1000}
+# Rows per second the writer aims at. SQS runs against moto_fast.py (moto with its per-call cost no
+# longer growing with queue depth), at a rate its FIFO queue keeps up with.
+KILL_RATES = {"sqlite": 1000, "kinesis": 1000, "sqs": 300}
 
 
 @pytest.fixture(params=list(KILL_RATES))

@@ -1,21 +1,25 @@
 """The I/O around reconcile: choose the window, read the ledgers and the DR outbox, compare.
 
 Used by `drledger reconcile`, by `replay` when it is not handed a saved report, by `fence`, and by
-the drill. Backend-agnostic: ledgers are opened by URL and read through `Ledger.read` only.
+the drill. Backend-agnostic: ledgers are opened by URL and read through `Ledger.scan` only.
 """
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import compress
 
+from drledger.census import MalformedTally
 from drledger.db import connect
 from drledger.errors import DrledgerError
-from drledger.ledger import open_ledger, parse_ledger_url, read_all
-from drledger.ledger.base import Ledger
-from drledger.outbox.postgres import payloads, read_window
-from drledger.reconcile import Report, Window, reconcile
+from drledger.events import EVENT_ID_BYTES, LedgerEvent, event_id_text
+from drledger.ledger import open_ledger, parse_ledger_url
+from drledger.ledger.base import Ledger, LedgerScan
+from drledger.outbox.postgres import created_at, ids_present, outbox_rows, read_fingerprints
+from drledger.reconcile import MALFORMED_SAMPLES, Report, Window, build_report, compare
 from drledger.timeutil import now_ms
 
 
@@ -76,26 +80,82 @@ def run_reconcile(request: ReconcileRequest, on_progress: Callable[[int], None] 
     window = choose_window(request)
     ledgers = open_ledgers(request.ledger_urls, request.client_config)
     # Millions of short-lived records and no cycles among them: the cyclic collector would only rescan
-    # the growing id maps again and again.
+    # the growing sets again and again.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        report = reconcile(
-            read_all(ledgers, window.read_since_ms, window.read_until_ms),
-            read_window(request.dsn, window.read_since_ms, window.read_until_ms, with_payload=False),
-            window,
-            on_progress,
-        )
+        report = _reconcile(request, window, ledgers, on_progress)
     finally:
-        if collecting:
-            gc.enable()
         for ledger in ledgers:
             ledger.close()
-    if report.mismatched:
-        stored = payloads(request.dsn, [m.event_id for m in report.mismatched])
-        report.mismatched = [replace(m, dr_row=stored.get(m.event_id)) for m in report.mismatched]
+        if collecting:
+            gc.enable()
     if report.ledger_events == 0 and report.dr_events == 0 and report.malformed == 0:
         raise DrledgerError(
             "The window holds no events in the ledger nor in the DR database; widen it with --since."
         )
     return report
+
+
+def _reconcile(
+    request: ReconcileRequest,
+    window: Window,
+    ledgers: list[Ledger],
+    on_progress: Callable[[int], None] | None,
+) -> Report:
+    since, until = window.read_since_ms, window.read_until_ms
+    # The DR database works out its digests while the ledgers are scanned, and their set built, here.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dr-read") as pool:
+        dr_read = pool.submit(read_fingerprints, request.dsn, since, until)
+        try:
+            scans = [ledger.scan(since, until, on_progress) for ledger in ledgers]
+            prints = [p for s in scans for p in s.fingerprints] if len(scans) > 1 else scans[0].fingerprints
+            times = [t for s in scans for t in s.commit_ms] if len(scans) > 1 else scans[0].commit_ms
+            distinct = set(prints)
+        finally:
+            dr = dr_read.result()
+    comparison = compare(
+        prints,
+        times,
+        dr,
+        window,
+        lambda dr_only: _created_at(request.dsn, dr_only),
+        lambda ids: ids_present(request.dsn, ids, since, until),
+        distinct,
+    )
+    events = _fetch_events(scans, {*comparison.missing_in_dr, *(pair[0] for pair in comparison.mismatched)})
+    rows = outbox_rows(
+        request.dsn,
+        [event_id_text(p[:EVENT_ID_BYTES]) for p in comparison.missing_in_ledger]
+        + [event_id_text(pair[1][:EVENT_ID_BYTES]) for pair in comparison.mismatched],
+    )
+    malformed = MalformedTally(keep=MALFORMED_SAMPLES)
+    for scan in scans:
+        malformed.count += scan.malformed.count
+        malformed.samples.extend(scan.malformed.samples[: MALFORMED_SAMPLES - len(malformed.samples)])
+    return build_report(
+        window,
+        comparison,
+        [events[p] for p in comparison.missing_in_dr],
+        [rows[event_id_text(p[:EVENT_ID_BYTES])] for p in comparison.missing_in_ledger],
+        [(events[lp], rows[event_id_text(dp[:EVENT_ID_BYTES])]) for lp, dp in comparison.mismatched],
+        malformed,
+    )
+
+
+def _created_at(dsn: str, prints: set[bytes]) -> dict[bytes, int]:
+    by_id = created_at(dsn, {p[:EVENT_ID_BYTES] for p in prints})
+    return {p: by_id[p[:EVENT_ID_BYTES]] for p in prints if p[:EVENT_ID_BYTES] in by_id}
+
+
+def _fetch_events(scans: list[LedgerScan], wanted: set[bytes]) -> dict[bytes, LedgerEvent]:
+    """fingerprint → the whole event, decoded from the first ledger whose scan holds it."""
+    events: dict[bytes, LedgerEvent] = {}
+    for scan in scans:
+        looking = wanted - events.keys()
+        prints = scan.fingerprints
+        # The membership test runs in C over the whole column; the few found are then fetched whole.
+        positions = {prints[i]: i for i in compress(range(len(prints)), map(looking.__contains__, prints))}
+        if positions:
+            events.update(zip(positions, scan.fetch(list(positions.values())), strict=True))
+    return events

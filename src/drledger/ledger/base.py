@@ -4,15 +4,50 @@ A backend does three things: durably store a batch of events, read back the even
 commit time falls in a window, and release what it holds. Reading may return the same event more
 than once (delivery is at-least-once) and may return unreadable records as `MalformedRecord`s;
 callers dedupe by event id and count what is malformed.
+
+Reconcile reads a window through `scan`, which gives only each record's fingerprint and commit time,
+as columns, and decodes whole events only for the few it must report. A backend that stores
+fingerprints beside its records (the embedded ledger in blocks, Kafka in a header) answers without
+decoding a single body; any other gets the default, which decodes everything through `read`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 
+from drledger.census import MalformedTally
 from drledger.events import LedgerEvent, LedgerRecord
+
+ProgressCallback = Callable[[int], None] | None
+
+
+@dataclass
+class LedgerScan:
+    """A window as columns: per record, its fingerprint and commit time, position-aligned.
+
+    `fetch` turns positions in these columns back into whole events (the same order), reading the
+    backend again only where it must. Malformed records are tallied, never in the columns.
+    """
+
+    fingerprints: list[bytes] = field(default_factory=list)
+    commit_ms: list[int] = field(default_factory=list)
+    malformed: MalformedTally = field(default_factory=MalformedTally)
+    fetch: Callable[[Sequence[int]], list[LedgerEvent]] = lambda _positions: []
+
+
+def scan_records(records: Iterator[LedgerRecord], on_progress: ProgressCallback = None) -> LedgerScan:
+    """The columns built by decoding every record; the decoded events are kept for `fetch`."""
+    scan = LedgerScan()
+    events: list[LedgerEvent] = []
+    for event in scan.malformed.events(records, on_progress, every=50_000):
+        events.append(event)
+        scan.fingerprints.append(event.fingerprint)
+        scan.commit_ms.append(event.commit_ts_ms)
+    scan.fetch = lambda positions: [events[p] for p in positions]
+    return scan
 
 
 class Ledger(ABC):
@@ -35,6 +70,15 @@ class Ledger(ABC):
 
         Malformed records carry no trustworthy time, so they are returned by every read.
         """
+
+    def scan(
+        self,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        on_progress: ProgressCallback = None,
+    ) -> LedgerScan:
+        """The same window as `read`, as fingerprint and commit-time columns (see LedgerScan)."""
+        return scan_records(self.read(since_ms, until_ms), on_progress)
 
     def close(self) -> None:  # noqa: B027 - a backend with nothing to release need not override it
         """Release connections and flush client buffers."""

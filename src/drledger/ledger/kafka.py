@@ -2,7 +2,9 @@
 
 Each event is one message: key = table + row key (so a row's history stays in one partition), the
 event id in a header, and the message timestamp set to the source commit time, so that a window is
-found with `offsets_for_times` on every partition instead of scanning the topic.
+found with `offsets_for_times` on every partition instead of scanning the topic. A second header,
+`drledger-digest`, holds the event's fingerprint and commit time, so reconcile's scan settles a window
+from headers alone and decodes only the bodies of messages it must report (or that lack the header).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from drledger.errors import DrledgerError, LedgerUnavailable
-from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
-from drledger.ledger.base import Ledger
+from drledger.events import FINGERPRINT_BYTES, LedgerEvent, LedgerRecord, MalformedRecord, from_wire
+from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback
 
 try:
     from confluent_kafka import (
@@ -32,6 +34,9 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 _TIMEOUT_S = 10.0
 _CONSUME_BATCH = 5000
+DIGEST_HEADER = "drledger-digest"
+_DIGEST_BYTES = FINGERPRINT_BYTES + 8  # fingerprint, then the commit time (ms, big-endian)
+_OFFSET_BITS = 48  # a scan position is partition << 48 | offset
 
 
 class KafkaLedger(Ledger):
@@ -107,7 +112,10 @@ class KafkaLedger(Ledger):
                         self.topic,
                         value=event.to_wire(),
                         key=event.partition_key.encode(),
-                        headers=[("event_id", event.event_id.encode())],
+                        headers=[
+                            ("event_id", event.event_id.encode()),
+                            (DIGEST_HEADER, event.fingerprint + event.commit_ts_ms.to_bytes(8, "big")),
+                        ],
                         timestamp=event.commit_ts_ms,
                         on_delivery=on_delivery,
                     )
@@ -122,8 +130,8 @@ class KafkaLedger(Ledger):
         if failures:
             raise LedgerUnavailable(f"The Kafka broker refused {len(failures)} events: {failures[0]}.")
 
-    def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
-        consumer = Consumer(
+    def _consumer(self) -> Any:
+        return Consumer(
             {
                 **self._common,
                 "group.id": f"drledger-reader-{uuid.uuid4()}",
@@ -131,37 +139,124 @@ class KafkaLedger(Ledger):
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 50,
+                "fetch.wait.max.ms": 10,
+                # Reading a window is a bulk transfer: let the client prefetch far ahead of Python.
+                "queued.min.messages": 200_000,
+                "max.partition.fetch.bytes": 16 << 20,
             }
         )
+
+    def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
+        consumer = self._consumer()
         try:
-            yield from self._read_window(consumer, since_ms, until_ms)
+            low = since_ms if since_ms is not None else -(2**62)
+            high = until_ms if until_ms is not None else 2**62
+            for batch in self._batches(consumer, self._window_starts(consumer, since_ms)):
+                for message in batch:
+                    position = f"partition {message.partition()} offset {message.offset()}"
+                    record = from_wire(message.value() or b"", position)
+                    if isinstance(record, MalformedRecord) or low <= record.commit_ts_ms <= high:
+                        yield record
         finally:
             consumer.close()
 
-    def _read_window(
-        self, consumer: Any, since_ms: int | None, until_ms: int | None
-    ) -> Iterator[LedgerRecord]:
-        """Read each partition from the first offset at or after `since_ms` to its end.
+    def scan(
+        self,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        on_progress: ProgressCallback = None,
+    ) -> LedgerScan:
+        low = since_ms if since_ms is not None else -(2**62)
+        high = until_ms if until_ms is not None else 2**62
+        scan = LedgerScan()
+        prints, times, positions = scan.fingerprints, scan.commit_ms, []
+        width, digest_bytes, from_bytes = FINGERPRINT_BYTES, _DIGEST_BYTES, int.from_bytes
+        consumer = self._consumer()
+        try:
+            for batch in self._batches(consumer, self._window_starts(consumer, since_ms)):
+                for message in batch:
+                    headers = message.headers()
+                    digest = (
+                        headers[1][1]
+                        if headers and len(headers) > 1 and headers[1][0] == DIGEST_HEADER
+                        else None
+                    )
+                    if digest is not None and len(digest) == digest_bytes:
+                        ts = from_bytes(digest[width:], "big")
+                        if low <= ts <= high:
+                            prints.append(digest[:width])
+                            times.append(ts)
+                            positions.append(message.partition() << _OFFSET_BITS | message.offset())
+                        continue
+                    # No digest header (written by another producer): decode the body.
+                    position = f"partition {message.partition()} offset {message.offset()}"
+                    record = from_wire(message.value() or b"", position)
+                    if isinstance(record, MalformedRecord):
+                        scan.malformed.count += 1
+                        if len(scan.malformed.samples) < scan.malformed.keep:
+                            scan.malformed.samples.append(record)
+                    elif low <= record.commit_ts_ms <= high:
+                        prints.append(record.fingerprint)
+                        times.append(record.commit_ts_ms)
+                        positions.append(message.partition() << _OFFSET_BITS | message.offset())
+                if on_progress is not None:
+                    on_progress(len(prints))
+        finally:
+            consumer.close()
+        scan.fetch = lambda wanted: self._fetch([positions[p] for p in wanted])
+        return scan
 
-        The end is where the broker reports end-of-partition, not a watermark fetched up front:
-        brokers that only speak the protocol (tansu) answer watermark and time lookups loosely, and
-        filtering every message by its commit time keeps the window exact whatever start was found.
-        """
+    def _fetch(self, positions: list[int]) -> list[LedgerEvent]:
+        """The events at these positions: each partition read from its lowest wanted offset to its highest."""
+        if not positions:
+            return []
+        mask = (1 << _OFFSET_BITS) - 1
+        wanted = set(positions)
+        starts: dict[int, int] = {}
+        for position in positions:
+            partition, offset = position >> _OFFSET_BITS, position & mask
+            starts[partition] = min(offset, starts.get(partition, offset))
+        found: dict[int, LedgerEvent] = {}
+        consumer = self._consumer()
+        try:
+            for batch in self._batches(consumer, starts, stop_when=lambda: len(found) == len(wanted)):
+                for message in batch:
+                    position = message.partition() << _OFFSET_BITS | message.offset()
+                    if position in wanted:
+                        record = from_wire(message.value() or b"", str(position))
+                        if isinstance(record, LedgerEvent):
+                            found[position] = record
+        finally:
+            consumer.close()
+        missing = wanted - found.keys()
+        if missing:
+            raise LedgerUnavailable(
+                f"The Kafka topic '{self.topic}' no longer holds {len(missing)} events its scan found."
+            )
+        return [found[p] for p in positions]
+
+    def _window_starts(self, consumer: Any, since_ms: int | None) -> dict[int, int]:
         try:
             metadata = consumer.list_topics(self.topic, timeout=_TIMEOUT_S)
             partitions = sorted(metadata.topics[self.topic].partitions)
-            starts = self._start_offsets(consumer, partitions, since_ms)
+            return self._start_offsets(consumer, partitions, since_ms)
         except KafkaException as exc:
             raise LedgerUnavailable(f"Cannot read the Kafka topic '{self.topic}': {_reason(exc)}.") from None
+
+    def _batches(self, consumer: Any, starts: dict[int, int], stop_when: Any = None) -> Iterator[list[Any]]:
+        """Batches of messages from each partition's start offset to its end.
+
+        The end is where the broker reports end-of-partition, not a watermark fetched up front:
+        brokers that only speak the protocol (tansu) answer watermark and time lookups loosely, and
+        callers filter every message by its commit time, which keeps the window exact whatever start
+        was found.
+        """
         if not starts:
             return
         consumer.assign([TopicPartition(self.topic, p, offset) for p, offset in starts.items()])
         pending = set(starts)
-        low = since_ms if since_ms is not None else -(2**62)
-        high = until_ms if until_ms is not None else 2**62
         last_progress = time.monotonic()
-        while pending:
+        while pending and not (stop_when is not None and stop_when()):
             # consume() waits for a full batch or the timeout, so keep the timeout short and count idleness.
             messages = consumer.consume(_CONSUME_BATCH, timeout=0.1)
             if not messages:
@@ -171,17 +266,16 @@ class KafkaLedger(Ledger):
                     )
                 continue
             last_progress = time.monotonic()
+            batch = []
             for message in messages:
                 error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(message.partition())
-                        continue
+                if error is None:
+                    batch.append(message)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(message.partition())
+                else:
                     raise LedgerUnavailable(f"Reading the Kafka topic '{self.topic}' failed: {error}.")
-                position = f"partition {message.partition()} offset {message.offset()}"
-                record = from_wire(message.value() or b"", position)
-                if isinstance(record, MalformedRecord) or low <= record.commit_ts_ms <= high:
-                    yield record
+            yield batch
 
     def _start_offsets(self, consumer: Any, partitions: list[int], since_ms: int | None) -> dict[int, int]:
         """Partition → first offset to read; partitions with nothing at or after `since_ms` are left out."""

@@ -26,7 +26,7 @@ from typing import Any
 from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
 from drledger.ledger.aws import ATTEMPTS, aws_client, call, with_backoff
-from drledger.ledger.base import Ledger
+from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback
 from drledger.ledger.sqlite import SqliteLedger
 
 _BATCH = 10  # SendMessageBatch / DeleteMessageBatch limit
@@ -133,8 +133,7 @@ class SqsLedger(Ledger):
         """Move every message now in the queue into the local index; delete each only once stored."""
         index = self.index()
         moved = 0
-        empty_answers = 0
-        while empty_answers < 2:  # SQS may answer empty while messages remain on other hosts
+        while True:  # a long poll (WaitTimeSeconds > 0) asks every SQS host: one empty answer is empty
             answer = with_backoff(
                 "receiving from SQS",
                 lambda: self.client.receive_message(
@@ -147,17 +146,16 @@ class SqsLedger(Ledger):
             )
             messages = answer.get("Messages", [])
             if not messages:
-                empty_answers += 1
-                continue
-            empty_answers = 0
-            rows: list[tuple[int | None, str | None, bytes]] = []
+                break
+            events: list[LedgerEvent] = []
+            unreadable: list[tuple[int | None, str | None, bytes]] = []
             for message in messages:
                 record = from_wire(message["Body"], f"sqs message {message['MessageId']}")
                 if isinstance(record, MalformedRecord):
-                    rows.append((None, None, message["Body"].encode()))
+                    unreadable.append((None, None, message["Body"].encode()))
                 else:
-                    rows.append((record.commit_ts_ms, record.event_id, message["Body"].encode()))
-            index.store(rows)
+                    events.append(record)
+            index.store(events, unreadable)
             receipts = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
             with_backoff(
                 "deleting from SQS",
@@ -169,6 +167,15 @@ class SqsLedger(Ledger):
     def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
         self.drain()
         yield from self.index().read(since_ms, until_ms)
+
+    def scan(
+        self,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        on_progress: ProgressCallback = None,
+    ) -> LedgerScan:
+        self.drain()
+        return self.index().scan(since_ms, until_ms, on_progress)
 
     def close(self) -> None:
         if self._pool is not None:
