@@ -157,3 +157,58 @@ def subprocess_without_credentials(env: dict[str, str]):  # type: ignore[no-unty
         env=clean,
         timeout=60,
     )
+
+
+def test_a_permission_error_is_one_sentence(aws_endpoint: str, sqs_url: str, kinesis_url: str) -> None:
+    """moto enforcing IAM: a user allowed to find the queue and stream but not to read them."""
+    import json
+    import urllib.request
+
+    import boto3
+
+    for url in (sqs_url, kinesis_url):
+        open_ledger(url, writer=True, create=True).close()
+    iam = boto3.client("iam")
+    iam.create_user(UserName="auditor")
+    iam.put_user_policy(
+        UserName="auditor",
+        PolicyName="find-only",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": [
+                            "sqs:GetQueueUrl",
+                            "kinesis:DescribeStreamSummary",
+                            "kinesis:DescribeStream",
+                        ],
+                        "Resource": "*",
+                    }
+                ],
+            }
+        ),
+    )
+    key = iam.create_access_key(UserName="auditor")["AccessKey"]
+    env = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+    def enforce(count: str) -> None:
+        request = urllib.request.Request(
+            f"{aws_endpoint}/moto-api/reset-auth",
+            data=count.encode(),
+            headers={"Content-Type": "text/plain"},  # moto reads the raw body, not a form
+            method="POST",
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+
+    enforce("0")
+    try:
+        for url in (sqs_url, kinesis_url):
+            result = run_cli("ledger", "inspect", url, env=env)
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert result.returncode == 2 and len(lines) == 1, result.stderr
+            assert "AWS refused" in lines[0] and "AccessDenied" in lines[0], result.stderr
+            assert key["SecretAccessKey"] not in result.stderr + result.stdout
+    finally:
+        enforce("inf")

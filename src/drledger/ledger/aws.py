@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -70,9 +71,9 @@ def call(what: str, function: Callable[[], T]) -> T:
     except BotoConnectionError as exc:  # refused, timed out, read timeout: the relay retries these
         raise LedgerUnavailable(f"Cannot reach {what}: {exc}.") from None
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        message = exc.response.get("Error", {}).get("Message", str(exc))
-        if code in (
+        code, message = _error_parts(exc.response, str(exc))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 403 or code in (
             "AccessDenied",
             "AccessDeniedException",
             "UnrecognizedClientException",
@@ -82,6 +83,20 @@ def call(what: str, function: Callable[[], T]) -> T:
         if code in RETRYABLE:
             raise
         raise LedgerUnavailable(f"{what} failed: {message} ({code}).") from None
+
+
+def _error_parts(response: Mapping[str, Any], fallback: str) -> tuple[str, str]:
+    """The error's code and message. An answer botocore could not parse (an XML error where JSON was
+    expected, a proxy's page) arrives as the HTTP status and the raw body: read the code and message
+    out of it rather than print the body."""
+    error = response.get("Error", {})
+    code, message = str(error.get("Code", "")), str(error.get("Message", fallback))
+    if "<" in message:
+        found_code = re.search(r"<Code>([^<]+)</Code>", message)
+        found_message = re.search(r"<Message>([^<]+)</Message>", message)
+        code = found_code.group(1) if found_code else code
+        message = found_message.group(1) if found_message else f"HTTP {code}"
+    return code, " ".join(message.split())
 
 
 def with_backoff(what: str, function: Callable[[], T]) -> T:

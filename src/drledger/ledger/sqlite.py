@@ -200,6 +200,8 @@ class SqliteLedger(Ledger):
             raise LedgerUnavailable(f"Cannot read the ledger file {self.path}: {exc}.") from None
         finally:
             reader.close()
+        if len(found) < len(set(seqs)):
+            raise LedgerUnavailable(f"The ledger file {self.path} no longer holds events its scan found.")
         return [found[s] for s in seqs]
 
     def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -130,10 +131,16 @@ class SqsLedger(Ledger):
         return self._index
 
     def drain(self) -> int:
-        """Move every message now in the queue into the local index; delete each only once stored."""
+        """Move the messages in the queue into the local index; delete each only once stored.
+
+        Ends at an empty answer (a long poll asks every SQS host, so one is enough), or once a whole
+        batch was sent after the drain began: while a relay keeps writing the queue is never empty,
+        and what it sends from then on is the next read's.
+        """
         index = self.index()
         moved = 0
-        while True:  # a long poll (WaitTimeSeconds > 0) asks every SQS host: one empty answer is empty
+        began_ms = int(time.time() * 1000)
+        while True:
             answer = with_backoff(
                 "receiving from SQS",
                 lambda: self.client.receive_message(
@@ -162,6 +169,8 @@ class SqsLedger(Ledger):
                 lambda: self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=receipts),  # noqa: B023
             )
             moved += len(messages)
+            if all(int(m.get("Attributes", {}).get("SentTimestamp", 0)) >= began_ms for m in messages):
+                break
         return moved
 
     def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
