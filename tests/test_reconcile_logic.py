@@ -133,3 +133,10 @@ def test_compare_on_columns_counts_each_side_by_its_own_clock() -> None:
     assert comparison.missing_in_dr == [b] and comparison.missing_in_ledger == [d]
     assert comparison.ledger_per_second == {T0 // 1000: 1, (T0 + 1_500) // 1000: 1}
     assert comparison.dr_last_commit_ms == T0 + 1_999 and comparison.ledger_last_commit_ms == T0 + 1_500
+
+
+def test_kafka_fetch_reads_runs_of_nearby_offsets() -> None:
+    from drledger.ledger.kafka import _runs
+
+    positions = [(1 << 48) | 7, 5, (1 << 48) | 3, 20_000, 6, (1 << 48) | 9_000]
+    assert list(_runs(positions, gap=100)) == [(0, [5, 6]), (0, [20_000]), (1, [3, 7]), (1, [9_000])]

@@ -9,10 +9,12 @@ from headers alone and decodes only the bodies of messages it must report (or th
 
 from __future__ import annotations
 
+import operator
 import socket
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any
 
 from drledger.errors import DrledgerError, LedgerUnavailable
@@ -37,6 +39,7 @@ _CONSUME_BATCH = 5000
 DIGEST_HEADER = "drledger-digest"
 _DIGEST_BYTES = FINGERPRINT_BYTES + 8  # fingerprint, then the commit time (ms, big-endian)
 _OFFSET_BITS = 48  # a scan position is partition << 48 | offset
+_RUN_GAP = 5000  # fetching: read through a gap of up to this many offsets rather than seek past it
 
 
 class KafkaLedger(Ledger):
@@ -207,28 +210,27 @@ class KafkaLedger(Ledger):
         return scan
 
     def _fetch(self, positions: list[int]) -> list[LedgerEvent]:
-        """The events at these positions: each partition read from its lowest wanted offset to its highest."""
-        if not positions:
-            return []
-        mask = (1 << _OFFSET_BITS) - 1
-        wanted = set(positions)
-        starts: dict[int, int] = {}
-        for position in positions:
-            partition, offset = position >> _OFFSET_BITS, position & mask
-            starts[partition] = min(offset, starts.get(partition, offset))
+        """The events at these positions, each run of nearby offsets read on its own.
+
+        A scattered few (mismatches anywhere in the window) cost a seek each, not a partition each;
+        each run gets its own consumer, so nothing fetched for one is mistaken for another's.
+        """
         found: dict[int, LedgerEvent] = {}
-        consumer = self._consumer()
-        try:
-            for batch in self._batches(consumer, starts, stop_when=lambda: len(found) == len(wanted)):
-                for message in batch:
-                    position = message.partition() << _OFFSET_BITS | message.offset()
-                    if position in wanted:
-                        record = from_wire(message.value() or b"", str(position))
-                        if isinstance(record, LedgerEvent):
-                            found[position] = record
-        finally:
-            consumer.close()
-        missing = wanted - found.keys()
+        for partition, run in _runs(positions):
+            members = {partition << _OFFSET_BITS | offset for offset in run}
+            done = partial(operator.le, members, found.keys())
+            consumer = self._consumer()
+            try:
+                for batch in self._batches(consumer, {partition: run[0]}, stop_when=done):
+                    for message in batch:
+                        position = message.partition() << _OFFSET_BITS | message.offset()
+                        if position in members:
+                            record = from_wire(message.value() or b"", str(position))
+                            if isinstance(record, LedgerEvent):
+                                found[position] = record
+            finally:
+                consumer.close()
+        missing = set(positions) - found.keys()
         if missing:
             raise LedgerUnavailable(
                 f"The Kafka topic '{self.topic}' no longer holds {len(missing)} events its scan found."
@@ -290,6 +292,23 @@ class KafkaLedger(Ledger):
         if self._producer is not None:
             self._producer.flush(_TIMEOUT_S)
             self._producer = None
+
+
+def _runs(positions: list[int], gap: int = _RUN_GAP) -> Iterator[tuple[int, list[int]]]:
+    """(partition, sorted offsets) for each run of positions whose offsets lie within `gap` of the last."""
+    mask = (1 << _OFFSET_BITS) - 1
+    by_partition: dict[int, list[int]] = {}
+    for position in positions:
+        by_partition.setdefault(position >> _OFFSET_BITS, []).append(position & mask)
+    for partition, offsets in sorted(by_partition.items()):
+        offsets.sort()
+        run = [offsets[0]]
+        for offset in offsets[1:]:
+            if offset - run[-1] > gap:
+                yield partition, run
+                run = []
+            run.append(offset)
+        yield partition, run
 
 
 def _require_reachable(bootstrap: str) -> None:
