@@ -127,11 +127,13 @@ def test_the_database_fingerprints_rows_exactly_as_the_ledger_does(database: str
             "('zoë', 1234567890.12, '{\"b\": [1, 2.50], \"a\": \"ünïcode\"}'), ('bob', 3, NULL)"
         )
         rows = conn.execute("SELECT id::text, payload::text, created_at FROM drledger.outbox").fetchall()
+        stored = {bytes(r[0]) for r in conn.execute("SELECT fingerprint FROM drledger.outbox")}
         conn.execute("ALTER TABLE drledger.outbox DROP COLUMN fingerprint")  # an outbox from before it
         unstored = postgres.read_fingerprints(database, None, None)
     expected = {fingerprint(event_id, row_digest(payload)) for event_id, payload, _ in rows}
+    assert stored == expected  # the capture trigger wrote each row's own fingerprint
     assert unstored and set(unstored) == expected
-    postgres.install(database, ["public.orders"])  # init again brings the stored fingerprint back
+    postgres.install(database, ["public.orders"])  # init again brings the column back, empty
     assert set(postgres.read_fingerprints(database, None, None)) == expected
     created = postgres.created_at(database, {p[:16] for p in expected})
     exact = sorted(r[2].timestamp() * 1000 for r in rows)

@@ -161,3 +161,17 @@ def test_debezium_properties_carry_the_dsn_and_durable_offsets(tmp_path: Path) -
     assert props["plugin.name"] == "pgoutput" and props["slot.name"] == "s1"
     assert props["offset.storage.file.filename"] == str(tmp_path / "s1.offsets")
     assert int(props["poll.interval.ms"]) < 500
+
+
+def test_event_id_bytes_agree_with_uuid_for_every_spelling() -> None:
+    import uuid
+
+    from drledger.events import event_id_bytes
+
+    value = uuid.uuid4()
+    for spelling in (str(value), str(value).upper(), "{" + str(value) + "}", value.hex, f"urn:uuid:{value}"):
+        assert event_id_bytes(spelling) == value.bytes
+    assert len(event_id_bytes("not-a-uuid")) == 16 and event_id_bytes("a") != event_id_bytes("b")
+    assert event_id_bytes("0000000g-0000-0000-0000-000000000000") != event_id_bytes(
+        "00000000-0000-0000-0000-000000000000"
+    )

@@ -28,7 +28,7 @@ from psycopg import sql
 
 from drledger.db import connect
 from drledger.errors import DrledgerError
-from drledger.events import LedgerEvent
+from drledger.events import LedgerEvent, row_fingerprint
 from drledger.outbox.postgres import (
     REPLAY_LOG_DDL,
     SUPPRESS_SETTING,
@@ -223,12 +223,24 @@ def _apply_chunk(
         with (
             conn.cursor() as cursor,
             cursor.copy(
-                "COPY drledger.outbox (id, aggregatetype, aggregateid, type, payload, txid, created_at) FROM STDIN"
+                "COPY drledger.outbox (id, aggregatetype, aggregateid, type, payload, txid, created_at, fingerprint) "
+                "FROM STDIN"
             ) as copy,
         ):
             for e in restored:
+                # The fingerprint of the row image replayed, not the one the ledger record claims.
+                stored_print = row_fingerprint(e.event_id, e.row_json)
                 copy.write_row(
-                    (e.event_id, e.table, e.key, e.op, e.row_json, e.txid, _timestamp(e.commit_ts_ms))
+                    (
+                        e.event_id,
+                        e.table,
+                        e.key,
+                        e.op,
+                        e.row_json,
+                        e.txid,
+                        _timestamp(e.commit_ts_ms),
+                        stored_print,
+                    )
                 )
     if pending:
         with (
