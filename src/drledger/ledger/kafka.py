@@ -14,6 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -40,6 +41,7 @@ DIGEST_HEADER = "drledger-digest"
 _DIGEST_BYTES = FINGERPRINT_BYTES + 8  # fingerprint, then the commit time (ms, big-endian)
 _OFFSET_BITS = 48  # a scan position is partition << 48 | offset
 _RUN_GAP = 5000  # fetching: read through a gap of up to this many offsets rather than seek past it
+_FETCHERS = 8
 
 
 class KafkaLedger(Ledger):
@@ -133,7 +135,14 @@ class KafkaLedger(Ledger):
         if failures:
             raise LedgerUnavailable(f"The Kafka broker refused {len(failures)} events: {failures[0]}.")
 
-    def _consumer(self) -> Any:
+    def _consumer(self, *, bulk: bool = True) -> Any:
+        # Reading a window is a bulk transfer: let the client prefetch far ahead of Python. Fetching a
+        # few events back is not: a large prefetch would pull megabytes to return one message.
+        prefetch = (
+            {"queued.min.messages": 200_000, "max.partition.fetch.bytes": 16 << 20}
+            if bulk
+            else {"queued.min.messages": 1_000, "max.partition.fetch.bytes": 256 << 10}
+        )
         return Consumer(
             {
                 **self._common,
@@ -143,9 +152,7 @@ class KafkaLedger(Ledger):
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 10,
-                # Reading a window is a bulk transfer: let the client prefetch far ahead of Python.
-                "queued.min.messages": 200_000,
-                "max.partition.fetch.bytes": 16 << 20,
+                **prefetch,
             }
         )
 
@@ -212,30 +219,37 @@ class KafkaLedger(Ledger):
     def _fetch(self, positions: list[int]) -> list[LedgerEvent]:
         """The events at these positions, each run of nearby offsets read on its own.
 
-        A scattered few (mismatches anywhere in the window) cost a seek each, not a partition each;
-        each run gets its own consumer, so nothing fetched for one is mistaken for another's.
+        A scattered few (mismatches anywhere in the window) cost a seek each, not a partition each.
+        Each run gets its own consumer, so nothing fetched for one is mistaken for another's, and the
+        runs are read at once: each is mostly the wait for a new consumer's first fetch.
         """
-        found: dict[int, LedgerEvent] = {}
-        for partition, run in _runs(positions):
-            members = {partition << _OFFSET_BITS | offset for offset in run}
-            done = partial(operator.le, members, found.keys())
-            consumer = self._consumer()
-            try:
-                for batch in self._batches(consumer, {partition: run[0]}, stop_when=done):
-                    for message in batch:
-                        position = message.partition() << _OFFSET_BITS | message.offset()
-                        if position in members:
-                            record = from_wire(message.value() or b"", str(position))
-                            if isinstance(record, LedgerEvent):
-                                found[position] = record
-            finally:
-                consumer.close()
+        with ThreadPoolExecutor(max_workers=_FETCHERS, thread_name_prefix="kafka-fetch") as pool:
+            found: dict[int, LedgerEvent] = {}
+            for events in pool.map(lambda run: self._fetch_run(*run), _runs(positions)):
+                found.update(events)
         missing = set(positions) - found.keys()
         if missing:
             raise LedgerUnavailable(
                 f"The Kafka topic '{self.topic}' no longer holds {len(missing)} events its scan found."
             )
         return [found[p] for p in positions]
+
+    def _fetch_run(self, partition: int, offsets: list[int]) -> dict[int, LedgerEvent]:
+        members = {partition << _OFFSET_BITS | offset for offset in offsets}
+        found: dict[int, LedgerEvent] = {}
+        done = partial(operator.le, members, found.keys())
+        consumer = self._consumer(bulk=False)
+        try:
+            for batch in self._batches(consumer, {partition: offsets[0]}, stop_when=done):
+                for message in batch:
+                    position = message.partition() << _OFFSET_BITS | message.offset()
+                    if position in members:
+                        record = from_wire(message.value() or b"", str(position))
+                        if isinstance(record, LedgerEvent):
+                            found[position] = record
+        finally:
+            consumer.close()
+        return found
 
     def _window_starts(self, consumer: Any, since_ms: int | None) -> dict[int, int]:
         try:
