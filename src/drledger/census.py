@@ -21,6 +21,11 @@ class MalformedTally:
     samples: list[MalformedRecord] = field(default_factory=list)
     keep: int = MALFORMED_SAMPLES
 
+    def add(self, record: MalformedRecord) -> None:
+        self.count += 1
+        if len(self.samples) < self.keep:
+            self.samples.append(record)
+
     def events(
         self,
         records: Iterable[LedgerRecord],
@@ -31,9 +36,7 @@ class MalformedTally:
             if on_progress is not None and count % every == 0:
                 on_progress(count)
             if isinstance(record, MalformedRecord):
-                self.count += 1
-                if len(self.samples) < self.keep:
-                    self.samples.append(record)
+                self.add(record)
                 continue
             yield record
 

@@ -18,7 +18,7 @@ from drledger.errors import DrledgerError
 from drledger.events import EVENT_ID_BYTES, LedgerEvent, event_id_text
 from drledger.ledger import open_ledger, parse_ledger_url
 from drledger.ledger.base import Ledger, LedgerScan
-from drledger.outbox.postgres import created_at, ids_present, outbox_rows, read_fingerprints
+from drledger.outbox.postgres import created_at, ids_present, outbox_rows, read_fingerprints, require_outbox
 from drledger.reconcile import MALFORMED_SAMPLES, Report, Window, build_report, compare
 from drledger.timeutil import now_ms
 
@@ -36,9 +36,7 @@ class ReconcileRequest:
 
 def latest_dr_commit_ms(dsn: str) -> int | None:
     with connect(dsn) as conn:
-        has_outbox = conn.execute("SELECT to_regclass('drledger.outbox') IS NOT NULL").fetchone()
-        if not has_outbox or not has_outbox[0]:
-            raise DrledgerError("The DR database has no drledger.outbox; is this the right database?")
+        require_outbox(conn)
         row = conn.execute(
             "SELECT (extract(epoch FROM max(created_at)) * 1000)::bigint FROM drledger.outbox"
         ).fetchone()

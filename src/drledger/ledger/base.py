@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from drledger.census import MalformedTally
-from drledger.events import LedgerEvent, LedgerRecord
+from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord
 
 ProgressCallback = Callable[[int], None] | None
 
@@ -28,14 +28,25 @@ ProgressCallback = Callable[[int], None] | None
 class LedgerScan:
     """A window as columns: per record, its fingerprint and commit time, position-aligned.
 
-    `fetch` turns positions in these columns back into whole events (the same order), reading the
-    backend again only where it must. Malformed records are tallied, never in the columns.
+    `positions` says where the backend keeps each record (its own numbering). `fetch` turns indexes
+    into these columns back into whole events (the same order), reading the backend again only where
+    it must. Malformed records are tallied, never in the columns.
     """
 
     fingerprints: list[bytes] = field(default_factory=list)
     commit_ms: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
     malformed: MalformedTally = field(default_factory=MalformedTally)
-    fetch: Callable[[Sequence[int]], list[LedgerEvent]] = lambda _positions: []
+    fetch: Callable[[Sequence[int]], list[LedgerEvent]] = lambda _indexes: []
+
+    def take(self, record: LedgerRecord, position: int, low: int, high: int) -> None:
+        """A decoded record: tallied if malformed, else in the columns if committed in [low, high]."""
+        if isinstance(record, MalformedRecord):
+            self.malformed.add(record)
+        elif low <= record.commit_ts_ms <= high:
+            self.fingerprints.append(record.fingerprint)
+            self.commit_ms.append(record.commit_ts_ms)
+            self.positions.append(position)
 
 
 def scan_records(records: Iterator[LedgerRecord], on_progress: ProgressCallback = None) -> LedgerScan:
@@ -46,7 +57,7 @@ def scan_records(records: Iterator[LedgerRecord], on_progress: ProgressCallback 
         events.append(event)
         scan.fingerprints.append(event.fingerprint)
         scan.commit_ms.append(event.commit_ts_ms)
-    scan.fetch = lambda positions: [events[p] for p in positions]
+    scan.fetch = lambda indexes: [events[i] for i in indexes]
     return scan
 
 

@@ -179,7 +179,7 @@ class KafkaLedger(Ledger):
         low = since_ms if since_ms is not None else -(2**62)
         high = until_ms if until_ms is not None else 2**62
         scan = LedgerScan()
-        prints, times, positions = scan.fingerprints, scan.commit_ms, []
+        prints, times, positions = scan.fingerprints, scan.commit_ms, scan.positions
         width, digest_bytes, from_bytes = FINGERPRINT_BYTES, _DIGEST_BYTES, int.from_bytes
         consumer = self._consumer()
         try:
@@ -196,24 +196,16 @@ class KafkaLedger(Ledger):
                         if low <= ts <= high:
                             prints.append(digest[:width])
                             times.append(ts)
-                            positions.append(message.partition() << _OFFSET_BITS | message.offset())
+                            positions.append(_position(message))
                         continue
                     # No digest header (written by another producer): decode the body.
-                    position = f"partition {message.partition()} offset {message.offset()}"
-                    record = from_wire(message.value() or b"", position)
-                    if isinstance(record, MalformedRecord):
-                        scan.malformed.count += 1
-                        if len(scan.malformed.samples) < scan.malformed.keep:
-                            scan.malformed.samples.append(record)
-                    elif low <= record.commit_ts_ms <= high:
-                        prints.append(record.fingerprint)
-                        times.append(record.commit_ts_ms)
-                        positions.append(message.partition() << _OFFSET_BITS | message.offset())
+                    where = f"partition {message.partition()} offset {message.offset()}"
+                    scan.take(from_wire(message.value() or b"", where), _position(message), low, high)
                 if on_progress is not None:
                     on_progress(len(prints))
         finally:
             consumer.close()
-        scan.fetch = lambda wanted: self._fetch([positions[p] for p in wanted])
+        scan.fetch = lambda indexes: self._fetch([positions[i] for i in indexes])
         return scan
 
     def _fetch(self, positions: list[int]) -> list[LedgerEvent]:
@@ -242,7 +234,7 @@ class KafkaLedger(Ledger):
         try:
             for batch in self._batches(consumer, {partition: offsets[0]}, stop_when=done):
                 for message in batch:
-                    position = message.partition() << _OFFSET_BITS | message.offset()
+                    position = _position(message)
                     if position in members:
                         record = from_wire(message.value() or b"", str(position))
                         if isinstance(record, LedgerEvent):
@@ -306,6 +298,10 @@ class KafkaLedger(Ledger):
         if self._producer is not None:
             self._producer.flush(_TIMEOUT_S)
             self._producer = None
+
+
+def _position(message: Any) -> int:
+    return int(message.partition()) << _OFFSET_BITS | int(message.offset())
 
 
 def _runs(positions: list[int], gap: int = _RUN_GAP) -> Iterator[tuple[int, list[int]]]:

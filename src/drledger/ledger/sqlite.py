@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from drledger.errors import DrledgerError, LedgerUnavailable
-from drledger.events import FINGERPRINT_BYTES, LedgerEvent, LedgerRecord, MalformedRecord, from_wire
+from drledger.events import FINGERPRINT_BYTES, LedgerEvent, LedgerRecord, from_wire
 from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback
 
 _SCHEMA = """
@@ -136,7 +136,7 @@ class SqliteLedger(Ledger):
         low = since_ms if since_ms is not None else -(2**62)
         high = until_ms if until_ms is not None else 2**62
         scan = LedgerScan()
-        seqs: list[int] = []
+        seqs = scan.positions
         reader = sqlite3.connect(self.path)
         try:
             reader.execute("BEGIN")  # blocks and raw rows from one snapshot
@@ -167,20 +167,12 @@ class SqliteLedger(Ledger):
             for seq, stored_ms, body in raw:
                 if stored_ms is not None and not low <= stored_ms <= high:
                     continue  # as read() does: a record whose time was known when stored is judged by it
-                record = from_wire(body, f"row {seq}")
-                if isinstance(record, MalformedRecord):
-                    scan.malformed.count += 1
-                    if len(scan.malformed.samples) < scan.malformed.keep:
-                        scan.malformed.samples.append(record)
-                elif low <= record.commit_ts_ms <= high:
-                    scan.fingerprints.append(record.fingerprint)
-                    scan.commit_ms.append(record.commit_ts_ms)
-                    seqs.append(seq)
+                scan.take(from_wire(body, f"row {seq}"), seq, low, high)
         except sqlite3.Error as exc:
             raise LedgerUnavailable(f"Cannot read the ledger file {self.path}: {exc}.") from None
         finally:
             reader.close()
-        scan.fetch = lambda positions: self._fetch([seqs[p] for p in positions])
+        scan.fetch = lambda indexes: self._fetch([seqs[i] for i in indexes])
         return scan
 
     def _fetch(self, seqs: list[int]) -> list[LedgerEvent]:

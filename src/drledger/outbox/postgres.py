@@ -291,31 +291,30 @@ class OutboxRow:
     table: str
     key: str
     op: str
-    row_json: str | None  # None when only the digest was read
+    row_json: str
     txid: int
     created_at_ms: int
     row_sha256: str
 
 
-# The digest is computed by the database from the same jsonb text the relay hashed, so comparing needs
-# no payloads on the wire; the rare mismatch fetches its payload afterwards.
+# An OutboxRow's columns; the digest is the database's hash of the same jsonb text the relay hashed.
+_ROW_COLUMNS = (
+    "id::text, aggregatetype, aggregateid, type, payload::text, txid, "
+    "(extract(epoch FROM created_at) * 1000)::bigint, encode(sha256(convert_to(payload::text, 'UTF8')), 'hex')"
+)
 _WINDOW_QUERY = (
-    "SELECT id::text, aggregatetype, aggregateid, type, {payload}, txid, "
-    "(extract(epoch FROM created_at) * 1000)::bigint, encode(sha256(convert_to(payload::text, 'UTF8')), 'hex') "
-    "FROM drledger.outbox WHERE created_at BETWEEN to_timestamp(%s / 1000.0) AND to_timestamp(%s / 1000.0)"
+    f"SELECT {_ROW_COLUMNS} FROM drledger.outbox "
+    "WHERE created_at BETWEEN to_timestamp(%s / 1000.0) AND to_timestamp(%s / 1000.0)"
 )
 
 
-def read_window(
-    dsn: str, since_ms: int | None, until_ms: int | None, *, with_payload: bool = True
-) -> Iterator[OutboxRow]:
+def read_window(dsn: str, since_ms: int | None, until_ms: int | None) -> Iterator[OutboxRow]:
     """The outbox rows created in the window, streamed with a server-side cursor."""
     low = since_ms if since_ms is not None else 0
     high = until_ms if until_ms is not None else 2**52
-    query = _WINDOW_QUERY.format(payload="payload::text" if with_payload else "NULL::text")
     with connect(dsn) as conn, conn.cursor(name="drledger_window") as cursor:
         cursor.itersize = 20_000
-        cursor.execute(query, (low, high))
+        cursor.execute(_WINDOW_QUERY, (low, high))
         for row in cursor:
             yield OutboxRow(*row)
 
@@ -340,9 +339,7 @@ def read_fingerprints(dsn: str, since_ms: int | None, until_ms: int | None) -> l
     low = since_ms if since_ms is not None else 0
     end = (until_ms if until_ms is not None else 2**52) + 1  # half-open from here on
     with connect(dsn) as conn:
-        has_outbox = conn.execute("SELECT to_regclass('drledger.outbox') IS NOT NULL").fetchone()
-        if not has_outbox or not has_outbox[0]:
-            raise DrledgerError("The DR database has no drledger.outbox; is this the right database?")
+        require_outbox(conn)
         stored = conn.execute(
             "SELECT 1 FROM pg_attribute WHERE attrelid = 'drledger.outbox'::regclass "
             "AND attname = 'fingerprint' AND NOT attisdropped"
@@ -388,6 +385,12 @@ def created_at(dsn: str, ids: set[bytes]) -> dict[bytes, int]:
     return {bytes(r[0]): int(r[1]) for r in rows}
 
 
+def require_outbox(conn: psycopg.Connection[Any]) -> None:
+    has_outbox = conn.execute("SELECT to_regclass('drledger.outbox') IS NOT NULL").fetchone()
+    if not has_outbox or not has_outbox[0]:
+        raise DrledgerError("The DR database has no drledger.outbox; is this the right database?")
+
+
 def ids_present(dsn: str, ids: set[bytes], since_ms: int, until_ms: int) -> set[bytes]:
     """Which of these event ids (16-byte UUIDs) the outbox holds among rows created in the window."""
     with connect(dsn) as conn:
@@ -406,20 +409,6 @@ def outbox_rows(dsn: str, event_ids: list[str]) -> dict[str, OutboxRow]:
         return {}
     with connect(dsn) as conn:
         rows = conn.execute(
-            "SELECT id::text, aggregatetype, aggregateid, type, payload::text, txid, "
-            "(extract(epoch FROM created_at) * 1000)::bigint, encode(sha256(convert_to(payload::text, 'UTF8')), 'hex') "
-            "FROM drledger.outbox WHERE id = ANY(%s::uuid[])",
-            (event_ids,),
+            f"SELECT {_ROW_COLUMNS} FROM drledger.outbox WHERE id = ANY(%s::uuid[])", (event_ids,)
         ).fetchall()
     return {r[0]: OutboxRow(*r) for r in rows}
-
-
-def payloads(dsn: str, event_ids: list[str]) -> dict[str, str]:
-    """event id → the outbox row's payload as jsonb text."""
-    if not event_ids:
-        return {}
-    with connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT id::text, payload::text FROM drledger.outbox WHERE id = ANY(%s::uuid[])", (event_ids,)
-        ).fetchall()
-    return {r[0]: r[1] for r in rows}

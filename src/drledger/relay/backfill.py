@@ -37,8 +37,6 @@ def ensure_slot(dsn: str, slot: str) -> bool:
 
 
 def event_from_row(row: OutboxRow) -> LedgerEvent:
-    if row.row_json is None:
-        raise ValueError("backfill needs the outbox payloads; read the window with_payload=True")
     return LedgerEvent.from_outbox(
         event_id=row.event_id,
         table=row.table,
