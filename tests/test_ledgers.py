@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from array import array
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,42 @@ def test_malformed_records_are_counted_not_fatal(tmp_path: Path, kafka_url: str)
     assert (census.events, census.distinct, census.malformed) == (11, 10, 2)
     scan = open_ledger(kafka_url).scan()
     assert (len(scan.fingerprints), len(set(scan.fingerprints)), scan.malformed.count) == (11, 10, 2)
+
+
+def test_kafka_scan_reads_digests_and_every_offset_they_do_not_cover(kafka_url: str) -> None:
+    from confluent_kafka import Producer
+
+    from drledger.ledger import kafka_digest
+
+    events = make_events(90, start_ms=1_700_000_000_000)
+    bootstrap, topic = kafka_url.removeprefix("kafka://").split("/")
+    producer = Producer({"bootstrap.servers": bootstrap})
+    with (
+        open_ledger(kafka_url, writer=True, create=True) as ledger,
+        open_ledger(kafka_url, writer=True) as lost,
+    ):
+        assert ledger.has_digest  # type: ignore[attr-defined]
+        lost.has_digest = False  # type: ignore[attr-defined]  # a relay that died before writing the digest
+        ledger.publish(events[:40])
+        lost.publish(events[40:50])
+        producer.produce(topic, value=events[50].to_wire(), key=b"k")  # another producer: no header either
+        producer.flush(10)
+        ledger.publish(events[51:80])
+        lost.publish(events[80:])  # the failover's last batch
+    # Blocks that cover nothing here: one from another cluster (a mirror's source), one unreadable.
+    foreign = kafka_digest.DigestBlock(0, ((0, 5),), b"\x01" * 48 * 5, array("q", [1] * 5))
+    producer.produce(
+        topic + kafka_digest.SUFFIX, value=foreign.encode(), headers=[("drledger-cluster", b"x")]
+    )
+    producer.produce(topic + kafka_digest.SUFFIX, value=b"DLD1 but not a block")
+    producer.flush(10)
+    with open_ledger(kafka_url) as reader:
+        scan = reader.scan()
+        assert sorted(scan.fingerprints) == sorted(e.fingerprint for e in events)
+        assert scan.malformed.count == 0
+        assert sorted(scan.fetch(range(len(scan.positions))), key=lambda e: e.lsn) == events
+        window = reader.scan(events[35].commit_ts_ms, events[85].commit_ts_ms)
+        assert sorted(window.fingerprints) == sorted(e.fingerprint for e in events[35:86])
 
 
 def test_bad_urls_and_unreachable_broker_say_so(tmp_path: Path) -> None:

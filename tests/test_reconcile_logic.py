@@ -140,3 +140,40 @@ def test_kafka_fetch_reads_runs_of_nearby_offsets() -> None:
 
     positions = [(1 << 48) | 7, 5, (1 << 48) | 3, 20_000, 6, (1 << 48) | 9_000]
     assert list(_runs(positions, gap=100)) == [(0, [5, 6]), (0, [20_000]), (1, [3, 7]), (1, [9_000])]
+
+
+def test_kafka_digest_blocks_list_each_partition_by_offset_and_round_trip() -> None:
+    from drledger.ledger import kafka_digest
+
+    events = [event(n, ts=T0 + n) for n in range(5)]
+    placed = [(1, 11, events[3]), (0, 7, events[0]), (0, 9, events[2]), (0, 8, events[1]), (1, 12, events[4])]
+    first, second = kafka_digest.blocks_for(placed)
+    assert (first.partition, first.runs, list(first.commit_ms)) == (
+        0,
+        ((7, 3),),
+        [e.commit_ts_ms for e in events[:3]],
+    )
+    assert first.fingerprints == b"".join(e.fingerprint for e in events[:3])
+    assert (second.partition, second.runs) == (1, ((11, 2),))
+    assert kafka_digest.decode(first.encode()) == first
+    assert kafka_digest.decode(first.encode()[:-1]) is None
+    assert kafka_digest.decode(b"garbage") is None and kafka_digest.decode(None) is None
+    gappy = kafka_digest.blocks_for([(0, 3, events[0]), (0, 4, events[1]), (0, 9, events[2])])[0]
+    assert gappy.runs == ((3, 2), (9, 1)) and list(gappy.offsets(100)) == [103, 104, 109]
+    trimmed = gappy.since(4)
+    assert trimmed.runs == ((4, 1), (9, 1)) and list(trimmed.commit_ms) == [
+        events[1].commit_ts_ms,
+        events[2].commit_ts_ms,
+    ]
+    assert trimmed.fingerprints == events[1].fingerprint + events[2].fingerprint
+    assert gappy.since(10).runs == () and gappy.since(0) is gappy
+
+
+def test_kafka_offsets_no_digest_covers_are_read_from_the_topic() -> None:
+    from drledger.ledger.kafka_digest import uncovered
+
+    assert uncovered(0, []) == [(0, None)]
+    assert uncovered(0, [(0, 10), (10, 5)]) == [(15, None)]
+    # a batch whose digest was lost, a record from another producer, and the unlisted tail
+    assert uncovered(5, [(20, 10), (5, 10), (31, 4)]) == [(15, 20), (30, 31), (35, None)]
+    assert uncovered(12, [(0, 10), (0, 10)]) == [(12, None)]

@@ -13,13 +13,15 @@ decoding a single body; any other gets the default, which decodes everything thr
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from drledger.census import MalformedTally
-from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord
+from drledger.events import FINGERPRINT_BYTES, LedgerEvent, LedgerRecord, MalformedRecord
 
 ProgressCallback = Callable[[int], None] | None
 
@@ -47,6 +49,41 @@ class LedgerScan:
             self.fingerprints.append(record.fingerprint)
             self.commit_ms.append(record.commit_ts_ms)
             self.positions.append(position)
+
+    def take_block(
+        self, fingerprints: bytes, commit_ms: Sequence[int], positions: Iterable[int], low: int, high: int
+    ) -> None:
+        """A block of records stored as columns (fingerprints packed end to end, as `pack_times` keeps
+        times): those committed in [low, high] join the scan's columns."""
+        width = FINGERPRINT_BYTES
+        if commit_ms and low <= min(commit_ms) and max(commit_ms) <= high:
+            self.fingerprints.extend(
+                [fingerprints[i : i + width] for i in range(0, len(commit_ms) * width, width)]
+            )
+            self.commit_ms.extend(commit_ms)
+            self.positions.extend(positions)
+            return
+        for i, (ts, position) in enumerate(zip(commit_ms, positions, strict=True)):  # straddles an edge
+            if low <= ts <= high:
+                self.fingerprints.append(fingerprints[i * width : (i + 1) * width])
+                self.commit_ms.append(ts)
+                self.positions.append(position)
+
+
+def pack_times(times: Sequence[int]) -> bytes:
+    """Commit times as 8-byte little-endian integers, whatever this machine's byte order."""
+    packed = array("q", times)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_times(blob: bytes) -> array[int]:
+    times = array("q")
+    times.frombytes(blob)
+    if sys.byteorder == "big":
+        times.byteswap()
+    return times
 
 
 def scan_records(records: Iterator[LedgerRecord], on_progress: ProgressCallback = None) -> LedgerScan:

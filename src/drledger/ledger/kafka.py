@@ -2,13 +2,19 @@
 
 Each event is one message: key = table + row key (so a row's history stays in one partition), the
 event id in a header, and the message timestamp set to the source commit time, so that a window is
-found with `offsets_for_times` on every partition instead of scanning the topic. A second header,
-`drledger-digest`, holds the event's fingerprint and commit time, so reconcile's scan settles a window
-from headers alone and decodes only the bodies of messages it must report (or that lack the header).
+found with `offsets_for_times` on every partition instead of scanning the topic.
+
+Reconcile's scan wants fingerprints and commit times only. After each batch is acknowledged, the
+writer lists the batch's fingerprints by partition and offset in the digest topic (see
+`kafka_digest`), and a scan reads those few messages, then reads from the event topic only the
+offsets no digest covers. There a second header, `drledger-digest`, holds the event's fingerprint and
+commit time, so even those are settled from headers; bodies are decoded only for the events reconcile
+must report, and for messages that lack the header (written by another producer).
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 import socket
 import time
@@ -20,6 +26,7 @@ from typing import Any
 
 from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.events import FINGERPRINT_BYTES, LedgerEvent, LedgerRecord, MalformedRecord, from_wire
+from drledger.ledger import kafka_digest
 from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback
 
 try:
@@ -43,6 +50,8 @@ _OFFSET_BITS = 48  # a scan position is partition << 48 | offset
 _RUN_GAP = 5000  # fetching: read through a gap of up to this many offsets rather than seek past it
 _FETCHERS = 8
 
+log = logging.getLogger("drledger.ledger")
+
 
 class KafkaLedger(Ledger):
     def __init__(
@@ -58,13 +67,19 @@ class KafkaLedger(Ledger):
         if Consumer is None:
             raise DrledgerError("The Kafka ledger needs confluent-kafka: pip install 'drledger[kafka]'.")
         self.topic = topic
+        self.digest_topic = topic + kafka_digest.SUFFIX
         self.display_url = f"kafka://{bootstrap}/{topic}"
         # librdkafka's own log lines would bury the one-sentence error; log_level=7 brings them back.
         self._common: dict[str, Any] = {"bootstrap.servers": bootstrap, "log_level": 0, **client_config}
         self._producer: Any = None
-        self._check_topic(create, partitions, replication_factor)
+        self._check_topics(create, partitions, replication_factor)
 
-    def _check_topic(self, create: bool, partitions: int, replication_factor: int) -> None:
+    def _check_topics(self, create: bool, partitions: int, replication_factor: int) -> None:
+        """The event topic must exist (or be created); the digest topic is used where it exists.
+
+        A ledger without a digest topic (created by hand, or before digests existed) is read through
+        its headers; a writer asked to create gives it one.
+        """
         _require_reachable(str(self._common["bootstrap.servers"]))
         admin = AdminClient(self._common)
         try:
@@ -73,19 +88,28 @@ class KafkaLedger(Ledger):
             raise LedgerUnavailable(
                 f"Cannot reach the Kafka broker at {self._common['bootstrap.servers']}: {_reason(exc)}."
             ) from None
-        if self.topic in metadata.topics and metadata.topics[self.topic].error is None:
-            return
-        if not create:
+        self._cluster_id = str(metadata.cluster_id)
+        present = {name for name, topic in metadata.topics.items() if topic.error is None}
+        if self.topic not in present and not create:
             raise DrledgerError(f"The Kafka topic '{self.topic}' does not exist; create it or pass --create.")
-        futures = admin.create_topics([NewTopic(self.topic, partitions, replication_factor)])
+        self.has_digest = self.digest_topic in present
+        if create and self.topic not in present:
+            self.created = self._create(admin, NewTopic(self.topic, partitions, replication_factor))
+        if create and not self.has_digest:
+            self._create(admin, NewTopic(self.digest_topic, 1, replication_factor))
+            self.has_digest = True
+
+    def _create(self, admin: Any, topic: Any) -> bool:
+        """Create the topic; False if another client created it first."""
         try:
-            futures[self.topic].result(timeout=_TIMEOUT_S)
-            self.created = True
+            admin.create_topics([topic])[topic.topic].result(timeout=_TIMEOUT_S)
+            return True
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise LedgerUnavailable(
-                    f"Cannot create the Kafka topic '{self.topic}': {_reason(exc)}."
+                    f"Cannot create the Kafka topic '{topic.topic}': {_reason(exc)}."
                 ) from None
+            return False
 
     def _producer_client(self) -> Any:
         if self._producer is None:
@@ -105,10 +129,13 @@ class KafkaLedger(Ledger):
     def publish(self, events: Sequence[LedgerEvent]) -> None:
         producer = self._producer_client()
         failures: list[str] = []
+        placed: list[tuple[int, int, LedgerEvent]] = []
 
-        def on_delivery(error: Any, _message: Any) -> None:
+        def on_delivery(event: LedgerEvent, error: Any, message: Any) -> None:
             if error is not None:
                 failures.append(str(error))
+            else:
+                placed.append((message.partition(), message.offset(), event))
 
         for event in events:
             while True:
@@ -122,7 +149,7 @@ class KafkaLedger(Ledger):
                             (DIGEST_HEADER, event.fingerprint + event.commit_ts_ms.to_bytes(8, "big")),
                         ],
                         timestamp=event.commit_ts_ms,
-                        on_delivery=on_delivery,
+                        on_delivery=partial(on_delivery, event),
                     )
                     break
                 except BufferError:
@@ -134,6 +161,29 @@ class KafkaLedger(Ledger):
             )
         if failures:
             raise LedgerUnavailable(f"The Kafka broker refused {len(failures)} events: {failures[0]}.")
+        if self.has_digest:
+            self._publish_digest(placed)
+
+    def _publish_digest(self, placed: list[tuple[int, int, LedgerEvent]]) -> None:
+        """List the acknowledged batch in the digest topic, without waiting for it.
+
+        Scans read whatever no digest covers from the event topic, so a digest lost with a crash costs
+        a slower scan, never an event; the next publish's flush (or close) delivers it.
+        """
+        producer = self._producer_client()
+        cluster = self._cluster_id.encode()
+        for block in kafka_digest.blocks_for(placed):
+            try:
+                producer.produce(
+                    self.digest_topic,
+                    value=block.encode(),
+                    headers=[(kafka_digest.CLUSTER_HEADER, cluster)],
+                    # A window's digests are found by time: a block is as late as its latest commit.
+                    timestamp=max(block.commit_ms),
+                    on_delivery=_on_digest_delivery,
+                )
+            except BufferError:
+                _on_digest_delivery("the client's queue is full", None)
 
     def _consumer(self, *, bulk: bool = True) -> Any:
         # Reading a window is a bulk transfer: let the client prefetch far ahead of Python. Fetching a
@@ -152,6 +202,9 @@ class KafkaLedger(Ledger):
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 10,
+                # Once the prefetch queue is full, librdkafka waits this long before fetching again
+                # (default 1 s): a pause per window, or per event run fetched, with nothing to show.
+                "fetch.queue.backoff.ms": 10,
                 **prefetch,
             }
         )
@@ -161,7 +214,9 @@ class KafkaLedger(Ledger):
         try:
             low = since_ms if since_ms is not None else -(2**62)
             high = until_ms if until_ms is not None else 2**62
-            for batch in self._batches(consumer, self._window_starts(consumer, since_ms)):
+            for batch in self._batches(
+                consumer, self.topic, self._window_starts(consumer, self.topic, since_ms)
+            ):
                 for message in batch:
                     position = f"partition {message.partition()} offset {message.offset()}"
                     record = from_wire(message.value() or b"", position)
@@ -179,11 +234,77 @@ class KafkaLedger(Ledger):
         low = since_ms if since_ms is not None else -(2**62)
         high = until_ms if until_ms is not None else 2**62
         scan = LedgerScan()
+        consumer = self._consumer()
+        try:
+            starts = self._window_starts(consumer, self.topic, since_ms, exact=True)
+        finally:
+            consumer.close()
+        covered = self._scan_digest(scan, starts, since_ms, low, high, on_progress) if self.has_digest else {}
+        gaps = {p: kafka_digest.uncovered(start, covered.get(p, [])) for p, start in starts.items()}
+        # Each partition's gaps in turn, all partitions at once: usually one round, the open tail.
+        for depth in range(max((len(g) for g in gaps.values()), default=0)):
+            self._scan_messages(
+                scan, {p: g[depth] for p, g in gaps.items() if depth < len(g)}, low, high, on_progress
+            )
+        positions = scan.positions
+        scan.fetch = lambda indexes: self._fetch([positions[i] for i in indexes])
+        return scan
+
+    def _scan_digest(
+        self,
+        scan: LedgerScan,
+        starts: dict[int, int],
+        since_ms: int | None,
+        low: int,
+        high: int,
+        on_progress: ProgressCallback,
+    ) -> dict[int, list[tuple[int, int]]]:
+        """Take the window's digest blocks into the scan; the offset runs they cover, by partition."""
+        covered: dict[int, list[tuple[int, int]]] = {}
+        seen: set[tuple[int, tuple[tuple[int, int], ...]]] = set()
+        ours = (kafka_digest.CLUSTER_HEADER, self._cluster_id.encode())
+        consumer = self._consumer()
+        try:
+            for batch in self._batches(
+                consumer, self.digest_topic, self._window_starts(consumer, self.digest_topic, since_ms)
+            ):
+                for message in batch:
+                    block = kafka_digest.decode(message.value())
+                    if (
+                        block is None
+                        or block.partition not in starts
+                        or ours not in (message.headers() or [])
+                    ):
+                        continue  # not a block, or one whose offsets mean nothing here
+                    block = block.since(starts[block.partition])
+                    if not block.runs or (block.partition, block.runs) in seen:
+                        continue
+                    seen.add((block.partition, block.runs))
+                    positions = block.offsets(block.partition << _OFFSET_BITS)
+                    scan.take_block(block.fingerprints, block.commit_ms, positions, low, high)
+                    covered.setdefault(block.partition, []).extend(block.runs)
+                if on_progress is not None:
+                    on_progress(len(scan.fingerprints))
+        finally:
+            consumer.close()
+        return covered
+
+    def _scan_messages(
+        self,
+        scan: LedgerScan,
+        ranges: dict[int, tuple[int, int | None]],
+        low: int,
+        high: int,
+        on_progress: ProgressCallback,
+    ) -> None:
+        """Take the event topic's messages at offsets [first, end) of each partition into the scan."""
         prints, times, positions = scan.fingerprints, scan.commit_ms, scan.positions
         width, digest_bytes, from_bytes = FINGERPRINT_BYTES, _DIGEST_BYTES, int.from_bytes
         consumer = self._consumer()
         try:
-            for batch in self._batches(consumer, self._window_starts(consumer, since_ms)):
+            starts = {p: first for p, (first, _end) in ranges.items()}
+            ends = {p: end for p, (_first, end) in ranges.items() if end is not None}
+            for batch in self._batches(consumer, self.topic, starts, ends):
                 for message in batch:
                     headers = message.headers()
                     digest = (
@@ -205,8 +326,6 @@ class KafkaLedger(Ledger):
                     on_progress(len(prints))
         finally:
             consumer.close()
-        scan.fetch = lambda indexes: self._fetch([positions[i] for i in indexes])
-        return scan
 
     def _fetch(self, positions: list[int]) -> list[LedgerEvent]:
         """The events at these positions, each run of nearby offsets read on its own.
@@ -232,7 +351,7 @@ class KafkaLedger(Ledger):
         done = partial(operator.le, members, found.keys())
         consumer = self._consumer(bulk=False)
         try:
-            for batch in self._batches(consumer, {partition: offsets[0]}, stop_when=done):
+            for batch in self._batches(consumer, self.topic, {partition: offsets[0]}, stop_when=done):
                 for message in batch:
                     position = _position(message)
                     if position in members:
@@ -243,34 +362,59 @@ class KafkaLedger(Ledger):
             consumer.close()
         return found
 
-    def _window_starts(self, consumer: Any, since_ms: int | None) -> dict[int, int]:
-        try:
-            metadata = consumer.list_topics(self.topic, timeout=_TIMEOUT_S)
-            partitions = sorted(metadata.topics[self.topic].partitions)
-            return self._start_offsets(consumer, partitions, since_ms)
-        except KafkaException as exc:
-            raise LedgerUnavailable(f"Cannot read the Kafka topic '{self.topic}': {_reason(exc)}.") from None
+    def _window_starts(
+        self, consumer: Any, topic: str, since_ms: int | None, *, exact: bool = False
+    ) -> dict[int, int]:
+        """Partition → first offset to read; partitions with nothing at or after `since_ms` are left out.
 
-    def _batches(self, consumer: Any, starts: dict[int, int], stop_when: Any = None) -> Iterator[list[Any]]:
+        `exact` asks for numbers even without a `since_ms` (the log start), which matching digest
+        blocks against the topic needs.
+        """
+        try:
+            metadata = consumer.list_topics(topic, timeout=_TIMEOUT_S)
+            partitions = sorted(metadata.topics[topic].partitions)
+            if since_ms is not None:
+                found = consumer.offsets_for_times(
+                    [TopicPartition(topic, p, since_ms) for p in partitions], timeout=_TIMEOUT_S
+                )
+                return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
+            if not exact:
+                return {p: OFFSET_BEGINNING for p in partitions}
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=_TIMEOUT_S)[0]
+                for p in partitions
+            }
+        except KafkaException as exc:
+            raise LedgerUnavailable(f"Cannot read the Kafka topic '{topic}': {_reason(exc)}.") from None
+
+    def _batches(
+        self,
+        consumer: Any,
+        topic: str,
+        starts: dict[int, int],
+        ends: dict[int, int] | None = None,
+        stop_when: Any = None,
+    ) -> Iterator[list[Any]]:
         """Batches of messages from each partition's start offset to its end.
 
-        The end is where the broker reports end-of-partition, not a watermark fetched up front:
-        brokers that only speak the protocol (tansu) answer watermark and time lookups loosely, and
-        callers filter every message by its commit time, which keeps the window exact whatever start
-        was found.
+        The end is `ends[partition]` (exclusive) where given, else where the broker reports
+        end-of-partition, not a watermark fetched up front: brokers that only speak the protocol
+        (tansu) answer time lookups loosely, and callers filter every message by its commit time,
+        which keeps the window exact whatever start was found.
         """
         if not starts:
             return
-        consumer.assign([TopicPartition(self.topic, p, offset) for p, offset in starts.items()])
+        consumer.assign([TopicPartition(topic, p, offset) for p, offset in starts.items()])
         pending = set(starts)
+        ends = ends or {}
         last_progress = time.monotonic()
         while pending and not (stop_when is not None and stop_when()):
             # consume() waits for a full batch or the timeout, so keep the timeout short and count idleness.
-            messages = consumer.consume(_CONSUME_BATCH, timeout=0.1)
+            messages = consumer.consume(_CONSUME_BATCH, timeout=0.02)
             if not messages:
                 if time.monotonic() - last_progress > _TIMEOUT_S:
                     raise LedgerUnavailable(
-                        f"The Kafka topic '{self.topic}' stopped delivering before the end of the window."
+                        f"The Kafka topic '{topic}' stopped delivering before the end of the window."
                     )
                 continue
             last_progress = time.monotonic()
@@ -278,26 +422,27 @@ class KafkaLedger(Ledger):
             for message in messages:
                 error = message.error()
                 if error is None:
+                    if ends and (end := ends.get(message.partition())) is not None:
+                        if message.offset() >= end - 1:
+                            pending.discard(message.partition())
+                        if message.offset() >= end:
+                            continue
                     batch.append(message)
                 elif error.code() == KafkaError._PARTITION_EOF:
                     pending.discard(message.partition())
                 else:
-                    raise LedgerUnavailable(f"Reading the Kafka topic '{self.topic}' failed: {error}.")
+                    raise LedgerUnavailable(f"Reading the Kafka topic '{topic}' failed: {error}.")
             yield batch
-
-    def _start_offsets(self, consumer: Any, partitions: list[int], since_ms: int | None) -> dict[int, int]:
-        """Partition → first offset to read; partitions with nothing at or after `since_ms` are left out."""
-        if since_ms is None:
-            return {p: OFFSET_BEGINNING for p in partitions}
-        found = consumer.offsets_for_times(
-            [TopicPartition(self.topic, p, since_ms) for p in partitions], timeout=_TIMEOUT_S
-        )
-        return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
 
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(_TIMEOUT_S)
             self._producer = None
+
+
+def _on_digest_delivery(error: Any, _message: Any) -> None:
+    if error is not None:
+        log.warning("a digest block was not written (%s); scans will read its events from the topic", error)
 
 
 def _position(message: Any) -> int:

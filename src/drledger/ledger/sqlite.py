@@ -10,14 +10,12 @@ rows; a record stored without one (a raw or unreadable body) is marked `digested
 from __future__ import annotations
 
 import sqlite3
-import sys
-from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from drledger.errors import DrledgerError, LedgerUnavailable
-from drledger.events import FINGERPRINT_BYTES, LedgerEvent, LedgerRecord, from_wire
-from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback
+from drledger.events import LedgerEvent, LedgerRecord, from_wire
+from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback, pack_times, unpack_times
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_events (
@@ -44,21 +42,6 @@ _RAW_INDEX = "CREATE INDEX IF NOT EXISTS ledger_events_raw ON ledger_events (seq
 
 _READ_CHUNK = 5000
 _FETCH_CHUNK = 500
-
-
-def _pack_times(times: Sequence[int]) -> bytes:
-    packed = array("q", times)
-    if sys.byteorder == "big":
-        packed.byteswap()
-    return packed.tobytes()
-
-
-def _unpack_times(blob: bytes) -> array[int]:
-    times = array("q")
-    times.frombytes(blob)
-    if sys.byteorder == "big":
-        times.byteswap()
-    return times
 
 
 class SqliteLedger(Ledger):
@@ -123,7 +106,7 @@ class SqliteLedger(Ledger):
                 min(times),
                 max(times),
                 b"".join(e.fingerprint for e in events),
-                _pack_times(times),
+                pack_times(times),
             ),
         )
 
@@ -141,23 +124,12 @@ class SqliteLedger(Ledger):
         try:
             reader.execute("BEGIN")  # blocks and raw rows from one snapshot
             blocks = reader.execute(
-                "SELECT first_seq, count, fingerprints, commit_ms, min_ts_ms, max_ts_ms FROM ledger_blocks "
+                "SELECT first_seq, count, fingerprints, commit_ms FROM ledger_blocks "
                 "WHERE max_ts_ms >= ? AND min_ts_ms <= ? ORDER BY first_seq",
                 (low, high),
             )
-            width = FINGERPRINT_BYTES
-            for first, count, prints, packed, min_ts, max_ts in blocks:
-                times = _unpack_times(packed)
-                if low <= min_ts and max_ts <= high:
-                    scan.fingerprints.extend([prints[i : i + width] for i in range(0, count * width, width)])
-                    scan.commit_ms.extend(times)
-                    seqs.extend(range(first, first + count))
-                else:  # a block straddling an edge of the window
-                    for i, ts in enumerate(times):
-                        if low <= ts <= high:
-                            scan.fingerprints.append(prints[i * width : (i + 1) * width])
-                            scan.commit_ms.append(ts)
-                            seqs.append(first + i)
+            for first, count, prints, packed in blocks:
+                scan.take_block(prints, unpack_times(packed), range(first, first + count), low, high)
                 if on_progress is not None:
                     on_progress(len(seqs))
             # Raw rows are few: found through their partial index, and their time checked once decoded.
