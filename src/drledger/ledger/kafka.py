@@ -72,6 +72,7 @@ class KafkaLedger(Ledger):
         # librdkafka's own log lines would bury the one-sentence error; log_level=7 brings them back.
         self._common: dict[str, Any] = {"bootstrap.servers": bootstrap, "log_level": 0, **client_config}
         self._producer: Any = None
+        self._digest_lost = False
         self._check_topics(create, partitions, replication_factor)
 
     def _check_topics(self, create: bool, partitions: int, replication_factor: int) -> None:
@@ -180,10 +181,19 @@ class KafkaLedger(Ledger):
                     headers=[(kafka_digest.CLUSTER_HEADER, cluster)],
                     # A window's digests are found by time: a block is as late as its latest commit.
                     timestamp=max(block.commit_ms),
-                    on_delivery=_on_digest_delivery,
+                    on_delivery=self._on_digest_delivery,
                 )
             except BufferError:
-                _on_digest_delivery("the client's queue is full", None)
+                self._on_digest_delivery("the client's queue is full", None)
+
+    def _on_digest_delivery(self, error: Any, _message: Any) -> None:
+        if error is not None and not self._digest_lost:
+            self._digest_lost = True  # once: it would repeat with every batch
+            log.warning(
+                "The digest topic '%s' refused a block (%s): scans will read those events from the topic.",
+                self.digest_topic,
+                error,
+            )
 
     def _consumer(self, *, bulk: bool = True) -> Any:
         # Reading a window is a bulk transfer: let the client prefetch far ahead of Python. Fetching a
@@ -239,7 +249,13 @@ class KafkaLedger(Ledger):
             starts = self._window_starts(consumer, self.topic, since_ms, exact=True)
         finally:
             consumer.close()
-        covered = self._scan_digest(scan, starts, since_ms, low, high, on_progress) if self.has_digest else {}
+        covered: dict[int, list[tuple[int, int]]] = {}
+        if self.has_digest:
+            try:
+                covered = self._scan_digest(scan, starts, since_ms, low, high, on_progress)
+            except LedgerUnavailable as exc:  # not allowed to read it, say: slower, not wrong
+                log.warning("%s Reading every message's header instead.", exc)
+                scan = LedgerScan()
         gaps = {p: kafka_digest.uncovered(start, covered.get(p, [])) for p, start in starts.items()}
         # Each partition's gaps in turn, all partitions at once: usually one round, the open tail.
         for depth in range(max((len(g) for g in gaps.values()), default=0)):
@@ -438,11 +454,6 @@ class KafkaLedger(Ledger):
         if self._producer is not None:
             self._producer.flush(_TIMEOUT_S)
             self._producer = None
-
-
-def _on_digest_delivery(error: Any, _message: Any) -> None:
-    if error is not None:
-        log.warning("a digest block was not written (%s); scans will read its events from the topic", error)
 
 
 def _position(message: Any) -> int:
