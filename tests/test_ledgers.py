@@ -159,9 +159,8 @@ def test_kafka_scan_reads_digests_and_every_offset_they_do_not_cover(kafka_url: 
         # The digest topic gone after the ledger was opened: slower, not wrong.
         from confluent_kafka.admin import AdminClient
 
-        AdminClient({"bootstrap.servers": bootstrap}).delete_topics([topic + kafka_digest.SUFFIX])[
-            topic + kafka_digest.SUFFIX
-        ].result(10)
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.delete_topics([topic + kafka_digest.SUFFIX])[topic + kafka_digest.SUFFIX].result(10)
         assert sorted(reader.scan().fingerprints) == sorted(e.fingerprint for e in events)
 
 
