@@ -162,7 +162,7 @@ def main() -> None:
             figures["reconcile_s"] = sorted(runs)[len(runs) // 2]  # the median
             for part in ("reconcile", "ledger_scan", "ledger_decode", "dr_fingerprints", "bare_consume"):
                 if f"{part}_s" in figures:
-                    figures[f"{part}_events_per_s"] = round(args.events / figures[f"{part}_s"])  # type: ignore[operator]
+                    figures[f"{part}_events_per_s"] = round(args.events / figures[f"{part}_s"])
             figures["missing_in_dr"] = len(report.missing_in_dr)  # type: ignore[attr-defined]
             figures["mismatched"] = len(report.mismatched)  # type: ignore[attr-defined]
             results[kind] = figures

@@ -83,7 +83,7 @@ def kafka_tail(bootstrap: str, topic: str) -> Arrivals:
                     yield "", seen_at
                 for message in messages:
                     if message.error() is None:
-                        yield json.loads(message.value())["key"], seen_at
+                        yield json.loads(message.value() or b"")["key"], seen_at
         finally:
             consumer.close()
 
@@ -160,10 +160,11 @@ def measure_latency(dsn: str, arrivals: Arrivals, tps: int, seconds: float) -> d
             pause = target - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
-            key = conn.execute(
+            row = conn.execute(
                 "INSERT INTO orders (customer, amount) VALUES ('lat', 1) RETURNING id"
-            ).fetchone()[0]
-            committed_at[str(key)] = time.monotonic()
+            ).fetchone()
+            assert row is not None
+            committed_at[str(row[0])] = time.monotonic()
     done.set()
     tailer.join(60)
     lags = [(seen_at[k] - committed_at[k]) * 1000 for k in committed_at if k in seen_at]
