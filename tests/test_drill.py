@@ -104,12 +104,9 @@ def test_every_scenario_of_the_spec(clean_machine) -> None:  # type: ignore[no-u
     assert "ALERT" in by_name["ledger-up-relay-down"]["observed"]
 
 
-def test_drill_on_the_kafka_ledger(broker: str, clean_machine) -> None:  # type: ignore[no-untyped-def]
-    url = f"kafka://{broker}/drill-{int(time.time())}"
-    result = run_cli("drill", "--duration", "6s", "--lag", "1-2s", "--ledger", url, "--json", timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    check_drill(json.loads(result.stdout))
-    scenarios = run_cli(
+def all_scenarios(url: str, *options: str, timeout: int) -> subprocess.CompletedProcess[str]:
+    """Every scenario of the spec, short, on the ledger at `url`."""
+    return run_cli(
         "drill",
         "--scenario",
         "all",
@@ -119,9 +116,18 @@ def test_drill_on_the_kafka_ledger(broker: str, clean_machine) -> None:  # type:
         "1-2s",
         "--ledger",
         url,
+        *options,
         "--json",
-        timeout=900,
+        timeout=timeout,
     )
+
+
+def test_drill_on_the_kafka_ledger(broker: str, clean_machine) -> None:  # type: ignore[no-untyped-def]
+    url = f"kafka://{broker}/drill-{int(time.time())}"
+    result = run_cli("drill", "--duration", "6s", "--lag", "1-2s", "--ledger", url, "--json", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    check_drill(json.loads(result.stdout))
+    scenarios = all_scenarios(url, timeout=900)
     assert [o for o in json.loads(scenarios.stdout) if not o["pass"]] == []
 
 
@@ -164,19 +170,6 @@ def test_drill_scenarios_on_aws_ledgers(kind: str, aws_endpoint: str, clean_mach
     assert result.returncode == 0, result.stderr[-2000:]
     assert "created the ledger" in result.stderr
     check_drill(json.loads(result.stdout))
-    scenarios = run_cli(
-        "drill",
-        "--scenario",
-        "all",
-        "--duration",
-        "4s",
-        "--lag",
-        "1-2s",
-        "--ledger",
-        url,
-        *light,
-        "--json",
-        timeout=1200,
-    )
+    scenarios = all_scenarios(url, *light, timeout=1200)
     assert scenarios.returncode == 0, scenarios.stderr[-2000:]
     assert [o for o in json.loads(scenarios.stdout) if not o["pass"]] == []

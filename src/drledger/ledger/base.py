@@ -70,6 +70,11 @@ class LedgerScan:
                 self.positions.append(position)
 
 
+def window_bounds(since_ms: int | None, until_ms: int | None) -> tuple[int, int]:
+    """[low, high] for a window whose open ends (None) reach past any commit time."""
+    return (since_ms if since_ms is not None else -(2**62), until_ms if until_ms is not None else 2**62)
+
+
 def pack_times(times: Sequence[int]) -> bytes:
     """Commit times as 8-byte little-endian integers, whatever this machine's byte order."""
     packed = array("q", times)

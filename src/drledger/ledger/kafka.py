@@ -27,7 +27,7 @@ from typing import Any
 from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.events import FINGERPRINT_BYTES, LedgerEvent, LedgerRecord, MalformedRecord, from_wire
 from drledger.ledger import kafka_digest
-from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback
+from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback, window_bounds
 
 try:
     from confluent_kafka import (
@@ -222,8 +222,7 @@ class KafkaLedger(Ledger):
     def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
         consumer = self._consumer()
         try:
-            low = since_ms if since_ms is not None else -(2**62)
-            high = until_ms if until_ms is not None else 2**62
+            low, high = window_bounds(since_ms, until_ms)
             for batch in self._batches(
                 consumer, self.topic, self._window_starts(consumer, self.topic, since_ms)
             ):
@@ -241,21 +240,21 @@ class KafkaLedger(Ledger):
         until_ms: int | None = None,
         on_progress: ProgressCallback = None,
     ) -> LedgerScan:
-        low = since_ms if since_ms is not None else -(2**62)
-        high = until_ms if until_ms is not None else 2**62
+        low, high = window_bounds(since_ms, until_ms)
         scan = LedgerScan()
+        covered: dict[int, list[tuple[int, int]]] = {}
+        # One consumer finds the topic's window, then (nothing assigned to it yet) reads the digest.
         consumer = self._consumer()
         try:
             starts = self._window_starts(consumer, self.topic, since_ms, exact=True)
+            if self.has_digest:
+                try:
+                    covered = self._scan_digest(consumer, scan, starts, since_ms, low, high, on_progress)
+                except LedgerUnavailable as exc:  # not allowed to read it, say: slower, not wrong
+                    log.warning("%s Reading every message's header instead.", exc)
+                    scan = LedgerScan()
         finally:
             consumer.close()
-        covered: dict[int, list[tuple[int, int]]] = {}
-        if self.has_digest:
-            try:
-                covered = self._scan_digest(scan, starts, since_ms, low, high, on_progress)
-            except LedgerUnavailable as exc:  # not allowed to read it, say: slower, not wrong
-                log.warning("%s Reading every message's header instead.", exc)
-                scan = LedgerScan()
         gaps = {p: kafka_digest.uncovered(start, covered.get(p, [])) for p, start in starts.items()}
         # Each partition's gaps in turn, all partitions at once: usually one round, the open tail.
         for depth in range(max((len(g) for g in gaps.values()), default=0)):
@@ -268,6 +267,7 @@ class KafkaLedger(Ledger):
 
     def _scan_digest(
         self,
+        consumer: Any,
         scan: LedgerScan,
         starts: dict[int, int],
         since_ms: int | None,
@@ -279,30 +279,22 @@ class KafkaLedger(Ledger):
         covered: dict[int, list[tuple[int, int]]] = {}
         seen: set[tuple[int, tuple[tuple[int, int], ...]]] = set()
         ours = (kafka_digest.CLUSTER_HEADER, self._cluster_id.encode())
-        consumer = self._consumer()
-        try:
-            for batch in self._batches(
-                consumer, self.digest_topic, self._window_starts(consumer, self.digest_topic, since_ms)
-            ):
-                for message in batch:
-                    block = kafka_digest.decode(message.value())
-                    if (
-                        block is None
-                        or block.partition not in starts
-                        or ours not in (message.headers() or [])
-                    ):
-                        continue  # not a block, or one whose offsets mean nothing here
-                    block = block.since(starts[block.partition])
-                    if not block.runs or (block.partition, block.runs) in seen:
-                        continue
-                    seen.add((block.partition, block.runs))
-                    positions = block.offsets(block.partition << _OFFSET_BITS)
-                    scan.take_block(block.fingerprints, block.commit_ms, positions, low, high)
-                    covered.setdefault(block.partition, []).extend(block.runs)
-                if on_progress is not None:
-                    on_progress(len(scan.fingerprints))
-        finally:
-            consumer.close()
+        for batch in self._batches(
+            consumer, self.digest_topic, self._window_starts(consumer, self.digest_topic, since_ms)
+        ):
+            for message in batch:
+                block = kafka_digest.decode(message.value())
+                if block is None or block.partition not in starts or ours not in (message.headers() or []):
+                    continue  # not a block, or one whose offsets mean nothing here
+                block = block.since(starts[block.partition])
+                if not block.runs or (block.partition, block.runs) in seen:
+                    continue
+                seen.add((block.partition, block.runs))
+                positions = block.offsets(block.partition << _OFFSET_BITS)
+                scan.take_block(block.fingerprints, block.commit_ms, positions, low, high)
+                covered.setdefault(block.partition, []).extend(block.runs)
+            if on_progress is not None:
+                on_progress(len(scan.fingerprints))
         return covered
 
     def _scan_messages(

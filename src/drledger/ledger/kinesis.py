@@ -19,7 +19,7 @@ from typing import Any
 from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
 from drledger.ledger.aws import ATTEMPTS, aws_client, call, with_backoff
-from drledger.ledger.base import Ledger
+from drledger.ledger.base import Ledger, window_bounds
 
 _BATCH = 500
 _BATCH_BYTES = 4_500_000  # under PutRecords' 5 MiB
@@ -106,8 +106,7 @@ class KinesisLedger(Ledger):
             kwargs = {"NextToken": token}
 
     def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
-        low = since_ms if since_ms is not None else -(2**62)
-        high = until_ms if until_ms is not None else 2**62
+        low, high = window_bounds(since_ms, until_ms)
         for shard in self.shards():
             for record in self._read_shard(shard, since_ms):
                 if isinstance(record, MalformedRecord) or low <= record.commit_ts_ms <= high:

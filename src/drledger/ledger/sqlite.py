@@ -15,7 +15,7 @@ from pathlib import Path
 
 from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.events import LedgerEvent, LedgerRecord, from_wire
-from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback, pack_times, unpack_times
+from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback, pack_times, unpack_times, window_bounds
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_events (
@@ -116,8 +116,7 @@ class SqliteLedger(Ledger):
         until_ms: int | None = None,
         on_progress: ProgressCallback = None,
     ) -> LedgerScan:
-        low = since_ms if since_ms is not None else -(2**62)
-        high = until_ms if until_ms is not None else 2**62
+        low, high = window_bounds(since_ms, until_ms)
         scan = LedgerScan()
         seqs = scan.positions
         reader = sqlite3.connect(self.path)
@@ -169,8 +168,7 @@ class SqliteLedger(Ledger):
         return [found[s] for s in seqs]
 
     def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
-        low = since_ms if since_ms is not None else -(2**62)
-        high = until_ms if until_ms is not None else 2**62
+        low, high = window_bounds(since_ms, until_ms)
         # A separate connection, so a long read never blocks the writer and sees one snapshot.
         reader = sqlite3.connect(self.path)
         try:
