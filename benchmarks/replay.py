@@ -22,7 +22,7 @@ from drledger.drill.cluster import ClusterSet
 from drledger.drill.rig import DEMO_TABLE_DDL
 from drledger.events import LedgerEvent
 from drledger.outbox.postgres import install
-from drledger.replay import apply_replay, plan_replay
+from drledger.replay import plan_replay, replay
 
 
 def lost_events(count: int, transactions: int) -> list[LedgerEvent]:
@@ -74,11 +74,11 @@ def main() -> None:
                 conn.execute(DEMO_TABLE_DDL)
             install(dsn, ["public.orders"])
             started = time.perf_counter()
-            result = apply_replay(dsn, plan, chunk_events=chunk)
+            result = replay(dsn, events, apply=True, chunk_events=chunk)
             elapsed = time.perf_counter() - started
             assert result.applied == len(events), result.as_json()
             started = time.perf_counter()
-            again = apply_replay(dsn, plan, chunk_events=chunk)
+            again = replay(dsn, events, apply=True, chunk_events=chunk)
             second = time.perf_counter() - started
             assert again.applied == 0 and again.already_replayed == len(events)
             print(

@@ -70,7 +70,7 @@ def test_inspect_json_keys_and_malformed_records(workdir: Path) -> None:
     url = f"sqlite:///{workdir}/ledger.db"
     with open_ledger(url, writer=True) as ledger:
         event = LedgerEvent.from_outbox(
-            event_id="e1",
+            event_id="00000000-0000-4000-8000-0000000000e1",
             table="public.t",
             key="1",
             op="insert",
@@ -89,6 +89,7 @@ def test_inspect_json_keys_and_malformed_records(workdir: Path) -> None:
         "events",
         "distinct",
         "duplicates",
+        "conflicting",
         "malformed",
         "first_commit",
         "last_commit",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from drledger.events import LedgerEvent, MalformedRecord, row_digest
-from drledger.fence import highest_keys
+from drledger.fence import key_values
+from drledger.names import TableName
 from drledger.outbox.postgres import OutboxRow
 from drledger.reconcile import Window, compare, reconcile
 from drledger.replay import chunk_transactions, plan_replay
@@ -102,7 +103,9 @@ def test_chunks_never_split_a_transaction() -> None:
 
 def test_highest_keys_reads_exact_values() -> None:
     events = [event(1, ts=T0, row='{"id": 99999999999999999}'), event(2, ts=T0, row='{"id": 5, "n": null}')]
-    assert highest_keys(events, {"public.orders": ["id"]}) == {("public.orders", "id"): 99999999999999999}
+    rows = [(TableName.parse(e.table), e.row) for e in events]
+    values = key_values(rows, {"public.orders": ["id"]})
+    assert max(values[("public.orders", "id")]) == 99999999999999999
 
 
 def test_two_versions_of_one_event_in_the_ledger_are_a_mismatch_not_a_loss() -> None:

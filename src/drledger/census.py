@@ -45,7 +45,8 @@ class MalformedTally:
 class LedgerCensus:
     events: int = 0
     distinct: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # the same event again, with the same content: a harmless redelivery
+    conflicting: int = 0  # an event id seen again with different content: never harmless
     malformed: int = 0
     first_commit_ms: int | None = None
     last_commit_ms: int | None = None
@@ -58,6 +59,7 @@ class LedgerCensus:
             "events": self.events,
             "distinct": self.distinct,
             "duplicates": self.duplicates,
+            "conflicting": self.conflicting,
             "malformed": self.malformed,
             "first_commit": format_instant(self.first_commit_ms),
             "last_commit": format_instant(self.last_commit_ms),
@@ -69,14 +71,19 @@ def take_census(
     records: Iterable[LedgerRecord], on_record: Callable[[int], None] | None = None
 ) -> LedgerCensus:
     census = LedgerCensus()
-    seen: set[str] = set()
+    seen: dict[str, tuple[str, str, str]] = {}
     tally = MalformedTally()
     for record in tally.events(records, on_record):
         census.events += 1
-        if record.event_id in seen:
-            census.duplicates += 1
+        content = (record.table, record.key, record.row_sha256)
+        earlier = seen.get(record.event_id)
+        if earlier is not None:
+            if earlier == content:
+                census.duplicates += 1
+            else:
+                census.conflicting += 1
             continue
-        seen.add(record.event_id)
+        seen[record.event_id] = content
         census.tables[record.table] += 1
         ts = record.commit_ts_ms
         if census.first_commit_ms is None or ts < census.first_commit_ms:

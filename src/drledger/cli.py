@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -30,16 +31,20 @@ SCENARIO_NAMES = [
     "healthy",
 ]
 
+#: Exit code of a failure drledger did not foresee (a bug): never a traceback, and never taken for 1 or 2.
+INTERNAL_ERROR = 70
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from rich.status import Status
 
     from drledger.drill.run import DrillSettings
+    from drledger.fence import FenceResult
     from drledger.reconcile import Report
     from drledger.recovery import ReconcileRequest
     from drledger.relay.engine import RelayStats
-    from drledger.replay import SourceTransaction
+    from drledger.replay import ReplayResult
 
 EXIT_HELP = (
     "Exit codes: 0 success; 1 a check failed or the relay stopped on an error; "
@@ -391,9 +396,14 @@ def reconcile(
     raise typer.Exit(report.exit_code)
 
 
-@app.command(
-    epilog="Exit codes: 0 done (or nothing to do); 3 conflicts were found; 2 bad input or a connection error."
+REPLAY_EXIT = (
+    "Exit codes: 0 done (or, in a dry run, nothing to refuse); 3 something was not written and needs a human "
+    "(conflicts, refused or conflicting events, unreadable records, keys that could not be fenced); 2 bad input "
+    "or a connection error (a run stopped part way prints what it committed; run it again to resume)."
 )
+
+
+@app.command(epilog=REPLAY_EXIT)
 def replay(
     db: DbOption,
     ledger: ReconcileLedgers = None,
@@ -401,13 +411,15 @@ def replay(
         Path | None, typer.Option("--from", help="A report saved by reconcile --save.")
     ] = None,
     apply: Annotated[
-        bool, typer.Option("--apply", help="Apply; without it, only show what would be applied.")
+        bool,
+        typer.Option("--apply", help="Apply; without it, rehearse in a transaction that is rolled back."),
     ] = False,
     on_conflict: Annotated[
         str, typer.Option(help="'skip' (report and go on) or 'fail' (stop at the first).")
     ] = "skip",
     fence_margin: Annotated[
-        int, typer.Option(help="After applying, move sequences this far past the highest replayed key.")
+        int,
+        typer.Option(help="Before applying, move sequences this far past the highest key being restored."),
     ] = 1000,
     since: SinceOption = None,
     until: UntilOption = None,
@@ -420,93 +432,137 @@ def replay(
 ) -> None:
     """Re-insert what the DR database lost, transaction by transaction, idempotently (dry run unless --apply).
 
-    Reads the missing events from --from FILE, or reconciles first with the same inputs as reconcile. Each
-    source transaction is applied atomically, in commit order, with its original event id and capture
-    suppressed. A key that already holds different content is a conflict: reported with both versions and
-    skipped (or, with --on-conflict fail, replay stops). Running it again changes nothing.
+    Reads the missing events from --from FILE, or reconciles first with the same inputs as reconcile. Nothing
+    it cannot prove is written: each event must name a table drledger captures here, carry one JSON object
+    whose key is the event's key and whose SHA-256 is its row_sha256, with columns the table has and values
+    of their types; conflicting versions of one event or one key are held back. Sequences are fenced first,
+    then each source transaction is applied atomically, in commit order, with its original event id and
+    capture suppressed. A key that already holds different content is a conflict: reported with both
+    versions and skipped (or, with --on-conflict fail, replay stops). Running it again changes nothing.
+    The dry run does all of this in a transaction it rolls back: it shows exactly what --apply would do.
     """
-    from drledger.fence import fence
-    from drledger.replay import apply_replay, plan_replay
+    from drledger.replay import OnConflict, ReplayInterrupted
+    from drledger.replay import replay as replay_events
+    from drledger.runbook import lost_events
 
-    if on_conflict not in ("skip", "fail"):
-        raise DrledgerError("--on-conflict must be 'skip' or 'fail'.")
-    if from_file is not None:
-        from drledger.report import load_saved_events
-
-        events = load_saved_events(from_file)
-    else:
+    policy = OnConflict.parse(on_conflict)
+    request = None
+    if from_file is None:
         request = _reconcile_request(
             ledger, db, since, until, skew, lookback, ledger_config, ledger_config_file, endpoint_url
         )
-        events = _run_reconcile(request).missing_in_dr
-    plan = plan_replay(events)
-    if not apply:
-        _print_replay_plan(plan, as_json)
-        return
-    with err.status("replaying…") as status:
-        result = apply_replay(
-            db, plan, on_conflict=on_conflict, on_progress=lambda n: status.update(f"replaying… {n:,} events")
+    with err.status("reading the lost events…") as status:
+        events, unreadable = lost_events(
+            from_file=from_file,
+            request=request,
+            on_progress=lambda n: status.update(f"reconciling… {n:,} ledger records read"),
         )
-    fences = fence(db, result.restored, fence_margin) if result.restored else []
-    summary = {**result.as_json(), "fenced": [f.__dict__ for f in fences if f.moved]}
+        status.update("validating…" if not apply else "validating, fencing, replaying…")
+        try:
+            result = replay_events(
+                db,
+                events,
+                apply=apply,
+                on_conflict=policy,
+                margin=fence_margin,
+                malformed=unreadable,
+                on_progress=lambda n: status.update(f"replaying… {n:,} events"),
+            )
+        except ReplayInterrupted as stopped:
+            _print_replay(stopped.result, as_json)
+            raise
+    _print_replay(result, as_json)
+    raise typer.Exit(result.exit_code)
+
+
+def _print_replay(result: ReplayResult, as_json: bool) -> None:
+    from rich.text import Text
+
     if as_json:
-        out.print_json(json.dumps(summary))
+        out.print_json(json.dumps(result.as_json()))
+        return
+    if result.dry_run:
+        out.print(
+            f"would replay {len(result.plan)} transactions: {result.applied} rows would be applied, "
+            f"{result.present} are already present, {result.already_replayed} were replayed before, "
+            f"{len(result.conflicts)} conflicts, {len(result.refused)} refused (dry run; add --apply)"
+        )
     else:
         out.print(
             f"replayed {result.transactions} transactions: {result.applied} rows applied, {result.present} already "
-            f"present, {result.already_replayed} replayed before, {len(result.conflicts)} conflicts"
+            f"present, {result.already_replayed} replayed before, {len(result.conflicts)} conflicts, "
+            f"{len(result.refused)} refused"
         )
-        for conflict in result.conflicts:
-            out.print(f"[red]conflict[/] {conflict.table} key {conflict.key} ({conflict.event_id})")
-            out.print(f"  ledger:  {conflict.ledger_row}", markup=False)
-            out.print(f"  current: {conflict.current_row or '(clash on another unique key)'}", markup=False)
-        for item in fences:
-            if item.moved:
-                out.print(f"fenced {item.sequence}: {item.before} → {item.after}")
-    if result.conflicts:
-        raise typer.Exit(3)
+    for name, outcomes in sorted(result.by_table.items()):
+        out.print(Text(f"  {name}: " + ", ".join(f"{n} {kind}" for kind, n in sorted(outcomes.items()))))
+    for conflict in result.conflicts[:50]:
+        out.print(
+            Text("conflict ", style="red")
+            + Text(f"{conflict.table} key {conflict.key} ({conflict.event_id}): {conflict.why}")
+        )
+        out.print(Text(f"  ledger:  {conflict.ledger_row}"))
+        if conflict.current_row is not None:
+            out.print(Text(f"  current: {conflict.current_row}"))
+    for refusal in result.refused[:50]:
+        event = refusal.event
+        out.print(
+            Text("refused ", style="red")
+            + Text(f"{event.table} key {event.key} ({event.event_id}): {refusal.reason}")
+        )
+    for group in result.ambiguous[:50]:
+        ids = ", ".join(e.event_id for e in group.events)
+        out.print(
+            Text("held back ", style="red") + Text(f"{group.table} key {group.key}: {group.reason} ({ids})")
+        )
+    for record in result.malformed[:20]:
+        out.print(Text("unreadable ", style="yellow") + Text(f"{record.position}: {record.reason}"))
+    hidden = (
+        max(0, len(result.conflicts) - 50)
+        + max(0, len(result.refused) - 50)
+        + max(0, len(result.ambiguous) - 50)
+    )
+    if hidden:
+        out.print(f"… and {hidden} more (see --json)")
+    _print_fences(result.fence, moved_only=True, dry_run=result.dry_run)
 
 
-def _print_replay_plan(plan: list[SourceTransaction], as_json: bool) -> None:
-    from collections import Counter
+def _print_fences(fence: FenceResult, *, moved_only: bool, dry_run: bool = False) -> None:
+    from rich.text import Text
 
-    tables = Counter(e.table for t in plan for e in t.events)
-    if as_json:
-        out.print_json(
-            json.dumps(
-                {
-                    "dry_run": True,
-                    "transactions": len(plan),
-                    "events": sum(len(t.events) for t in plan),
-                    "by_table": dict(tables),
-                    "plan": [
-                        {"txid": t.txid, "commit": t.commit_ts_ms, "events": [e.event_id for e in t.events]}
-                        for t in plan
-                    ],
-                }
+    verb = "would fence" if dry_run else "fenced"
+    for item in fence.fences:
+        if item.moved:
+            out.print(
+                Text(f"{verb} {item.sequence} ({item.table}.{item.column}): {item.before} → {item.after}")
+            )
+        elif not moved_only:
+            out.print(Text(f"{item.sequence} ({item.table}.{item.column}): already at {item.before}"))
+    for gap in fence.unfenced:
+        out.print(
+            Text("not fenced ", style="red")
+            + Text(
+                f"{gap.sequence} ({gap.table}.{gap.column}): {gap.keys} keys, the highest {gap.highest}: {gap.reason}"
             )
         )
-        return
-    out.print(f"would replay {len(plan)} transactions, {sum(tables.values())} events (dry run; add --apply)")
-    for name, count in sorted(tables.items()):
-        out.print(f"  {name}: {count}")
-    for transaction in plan[:20]:
-        keys = ", ".join(e.key for e in transaction.events)
-        out.print(f"  txid {transaction.txid}: {len(transaction.events)} rows ({keys})", markup=False)
-    if len(plan) > 20:
-        out.print(f"  … and {len(plan) - 20} more transactions")
 
 
-@app.command()
+FENCE_EXIT = (
+    "Exit codes: 0 every sequence is past every proven key; 3 some keys could not be fenced (beyond the "
+    "sequence's range, or a descending sequence); 2 bad input or a connection error."
+)
+
+
+@app.command(epilog=FENCE_EXIT)
 def fence(
     db: DbOption,
     ledger: ReconcileLedgers = None,
     margin: Annotated[
-        int, typer.Option(help="How far past the highest known key to move each sequence.")
+        int, typer.Option(help="How far past the highest known key to move each sequence (0 to 1e9).")
     ] = 1000,
     since: SinceOption = None,
     until: UntilOption = None,
     lookback: LookbackOption = "10m",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would move; move nothing.")] = False,
     ledger_config: LedgerConfigOption = None,
     ledger_config_file: LedgerConfigFileOption = None,
     endpoint_url: EndpointOption = None,
@@ -515,34 +571,33 @@ def fence(
     """Right after promotion, before the application writes: move sequences past every key the ledger knows.
 
     New writes on the promoted primary then cannot take the keys of rows the failover lost (which replay
-    will restore). Idempotent: a sequence already far enough is left alone.
+    will restore). Only events replay would accept count (captured tables, proven rows), and a key beyond
+    what a sequence can hand out is reported, never used. Idempotent: a sequence already far enough is left
+    alone.
     """
-    from drledger.events import LedgerEvent
-    from drledger.fence import fence as fence_sequences
-    from drledger.ledger import read_all
-    from drledger.recovery import choose_window, open_ledgers
+    from drledger.fence import validate_margin
+    from drledger.runbook import fence_from_ledger
 
+    validate_margin(margin)
     request = _reconcile_request(
         ledger, db, since, until, "0s", lookback, ledger_config, ledger_config_file, endpoint_url
     )
     if not request.ledger_urls:
         raise DrledgerError("Name at least one ledger with --ledger URL.")
-    window = choose_window(request)
-    ledgers = open_ledgers(request.ledger_urls, request.client_config)
-    try:
-        events = [
-            r for r in read_all(ledgers, window.since_ms, window.until_ms) if isinstance(r, LedgerEvent)
-        ]
-    finally:
-        for item in ledgers:
-            item.close()
-    fences = fence_sequences(db, events, margin)
+    with err.status("reading the ledger and fencing…"):
+        result, unproven = fence_from_ledger(request, margin, apply=not dry_run)
     if as_json:
-        out.print_json(json.dumps({"fenced": [f.__dict__ for f in fences]}))
-        return
-    for moved in fences:
-        state = f"{moved.before} → {moved.after}" if moved.moved else f"already at {moved.before}"
-        out.print(f"{moved.sequence} ({moved.table}.{moved.column}): {state}")
+        out.print_json(
+            json.dumps(
+                {**result.as_json(every_sequence=True), "unproven_events": unproven, "dry_run": dry_run}
+            )
+        )
+    else:
+        _print_fences(result, moved_only=False, dry_run=dry_run)
+        if unproven:
+            out.print(f"{unproven} ledger events could not be proven and were not used (replay reports each)")
+    if result.unfenced:
+        raise typer.Exit(3)
 
 
 DRILL_EXIT = "Exit codes: 0 the verdict is ok; 1 the drill ran and its verdict failed; 2 it could not run."
@@ -661,13 +716,15 @@ def ledger_inspect(
     them are counted, not errors.
     """
     from drledger.census import take_census
-    from drledger.ledger import open_ledger, read_all
+    from drledger.ledger import read_all
     from drledger.timeutil import parse_instant
 
     config = _client_config(ledger_config, ledger_config_file, endpoint_url)
     since_ms = parse_instant(since) if since else None
     until_ms = parse_instant(until) if until else None
-    ledgers = [open_ledger(url, config) for url in urls]
+    from drledger.recovery import open_ledgers
+
+    ledgers = open_ledgers(urls, config)
     try:
         with err.status("reading the ledger…") as status:
             census = take_census(
@@ -680,15 +737,31 @@ def ledger_inspect(
     if as_json:
         out.print_json(json.dumps(census.as_json()))
         return
+    from rich.text import Text
+
     summary = census.as_json()
-    table = Table(title="ledger " + ", ".join(x.display_url for x in ledgers), show_header=False)
-    for key in ("events", "distinct", "duplicates", "malformed", "first_commit", "last_commit"):
-        table.add_row(key, str(summary[key]))
+    # Table names and samples come from the ledger: shown as text, never read as markup.
+    table = Table(title=Text("ledger " + ", ".join(x.display_url for x in ledgers)), show_header=False)
+    for key in (
+        "events",
+        "distinct",
+        "duplicates",
+        "conflicting",
+        "malformed",
+        "first_commit",
+        "last_commit",
+    ):
+        table.add_row(
+            key, Text(str(summary[key]), style="bold red" if key == "conflicting" and summary[key] else "")
+        )
     for name, count in summary["tables"].items():
-        table.add_row(f"  {name}", str(count))
+        table.add_row(Text(f"  {name}"), str(count))
     out.print(table)
     for sample in census.malformed_samples:
-        out.print(f"[yellow]malformed[/] {sample.position}: {sample.reason}: {sample.sample!r}")
+        out.print(
+            Text("malformed ", style="yellow")
+            + Text(f"{sample.position}: {sample.reason}: {sample.sample!r}")
+        )
 
 
 def main() -> None:
@@ -703,11 +776,27 @@ def main() -> None:
     try:
         app()
     except DrledgerError as exc:
-        err.print(f"drledger: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        err.print("drledger: interrupted", markup=False)
-        sys.exit(130)
+        _fail("interrupted", 130)
+    except Exception as exc:  # the last line of defence: one sentence, never a traceback
+        import psycopg
+
+        if os.environ.get("DRLEDGER_DEBUG"):
+            raise
+        if isinstance(exc, psycopg.Error):
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+            _fail(f"The database refused: {first}.", 2)
+        _fail(
+            f"An unexpected {type(exc).__name__} stopped drledger: {exc}. "
+            "Set DRLEDGER_DEBUG=1 to see where, and report it.",
+            INTERNAL_ERROR,
+        )
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"drledger: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

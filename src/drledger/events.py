@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,6 +23,17 @@ import orjson
 
 WIRE_VERSION = 1
 
+#: The operations a ledger event may carry; a record with any other is malformed, never applied.
+KNOWN_OPS = frozenset({"insert"})
+# Bounds a trustworthy record stays within: PostgreSQL's bigint for txid, a 64-bit LSN, and commit
+# times from the epoch to the last millisecond of year 9999 (what every timestamp type can hold).
+MAX_TXID = 2**63 - 1
+MAX_LSN = 2**64 - 1
+MAX_COMMIT_TS_MS = 253_402_300_799_999
+# An event id as PostgreSQL prints a uuid: one spelling per id, so ids compare as text.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
 _REQUIRED = ("event_id", "table", "key", "op", "row", "txid", "lsn", "commit_ts_ms", "row_sha256")
 _REQUIRED_SET = frozenset(_REQUIRED)
 
@@ -30,6 +42,11 @@ _REQUIRED_SET = frozenset(_REQUIRED)
 #: windows as sets of fingerprints, so the bulk that agrees is settled without decoding one record.
 FINGERPRINT_BYTES = 48
 EVENT_ID_BYTES = 16
+
+
+def is_event_id(text: str) -> bool:
+    """True for a UUID written as PostgreSQL prints one (lower case, hyphenated)."""
+    return _CANONICAL_UUID.fullmatch(text) is not None
 
 
 def row_digest(row_json: str) -> str:
@@ -156,23 +173,47 @@ def from_wire(data: bytes | str, position: str) -> LedgerRecord:
     if not doc.keys() >= _REQUIRED_SET:
         missing = [name for name in _REQUIRED if name not in doc]
         return MalformedRecord(position, f"missing {', '.join(missing)}", _sample(data))
+    problem = _field_problem(doc)
+    if problem is not None:
+        return MalformedRecord(position, problem, _sample(data))
+    row = doc["row"]
     try:
-        row = doc["row"]
-        if not isinstance(row, str):
-            raise TypeError("row is not jsonb text")
-        return LedgerEvent(
-            event_id=str(doc["event_id"]),
-            table=str(doc["table"]),
-            key=str(doc["key"]),
-            op=str(doc["op"]),
-            row_json=row,
-            txid=int(doc["txid"]),
-            lsn=int(doc["lsn"]),
-            commit_ts_ms=int(doc["commit_ts_ms"]),
-            row_sha256=str(doc["row_sha256"]),
-        )
-    except (TypeError, ValueError) as exc:
-        return MalformedRecord(position, f"bad field ({exc})", _sample(data))
+        digest = row_digest(row)
+    except UnicodeEncodeError:
+        return MalformedRecord(position, "the row is not valid text", _sample(data))
+    if digest != doc["row_sha256"]:
+        return MalformedRecord(position, "the row does not match its row_sha256", _sample(data))
+    return LedgerEvent(
+        event_id=doc["event_id"],
+        table=doc["table"],
+        key=doc["key"],
+        op=doc["op"],
+        row_json=row,
+        txid=doc["txid"],
+        lsn=doc["lsn"],
+        commit_ts_ms=doc["commit_ts_ms"],
+        row_sha256=doc["row_sha256"],
+    )
+
+
+def _field_problem(doc: dict[str, Any]) -> str | None:
+    """Why a decoded document is not a trustworthy event, or None. Types are checked, never coerced."""
+    for name in ("event_id", "table", "key", "op", "row", "row_sha256"):
+        if not isinstance(doc[name], str):
+            return f"bad field ({name} is not text)"
+    if not is_event_id(doc["event_id"]):
+        return "bad field (event_id is not a UUID)"
+    if not doc["table"]:
+        return "bad field (table is empty)"
+    if doc["op"] not in KNOWN_OPS:
+        return f"bad field (unknown op {doc['op'][:20]!r})"
+    if not _SHA256_HEX.fullmatch(doc["row_sha256"]):
+        return "bad field (row_sha256 is not a SHA-256)"
+    for name, high in (("txid", MAX_TXID), ("lsn", MAX_LSN), ("commit_ts_ms", MAX_COMMIT_TS_MS)):
+        value = doc[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+            return f"bad field ({name} is not a whole number from 0 to {high})"
+    return None
 
 
 def _sample(data: bytes | str) -> str:

@@ -1,25 +1,39 @@
 """Fencing: move each captured table's sequences past every key the ledger knows, plus a margin.
 
 After failover the promoted database's sequences stand where replication left them, behind keys the
-failed primary had already handed out. Rows replayed from the ledger would then collide with new
-writes. Run `drledger fence` right after promotion, before the application resumes writing (replay
-fences too, after applying).
+failed primary had already handed out. A new write would take the key of a lost row, and that row,
+replayed from the ledger, would then be a conflict. Run `drledger fence` right after promotion,
+before the application resumes writing; replay fences again before it applies anything.
+
+Only keys a sequence could ever hand out move it: a key beyond the sequence's maximum (less the
+margin) — one near 2^63, say, forged or not — would move it to the edge of exhaustion, so it is
+reported as unfenced instead, and the sequence is moved past the other keys. Idempotent: a sequence
+already far enough is left where it is. Descending sequences are reported, never moved.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import psycopg
 
-from drledger.db import connect
-from drledger.events import LedgerEvent
-from drledger.outbox.postgres import TableName
+from drledger.errors import DrledgerError
+from drledger.names import TableName
+from drledger.outbox.postgres import captured_tables, require_outbox
 
 DEFAULT_MARGIN = 1000
+#: A margin wider than this is a typo, not a plan: it would spend a sequence's range for nothing.
+MAX_MARGIN = 1_000_000_000
+
+
+def validate_margin(margin: int) -> None:
+    if not 0 <= margin <= MAX_MARGIN:
+        raise DrledgerError(
+            f"The fence margin must be a whole number from 0 to {MAX_MARGIN:,}; got {margin}."
+        )
 
 
 @dataclass(frozen=True)
@@ -35,21 +49,52 @@ class SequenceFence:
         return self.before is None or self.after > self.before
 
 
-def highest_keys(
-    events: Iterable[LedgerEvent], columns_by_table: dict[str, list[str]]
-) -> dict[tuple[str, str], int]:
-    """(table, column) → the highest integer value any event's row image holds there. Pure."""
-    highest: dict[tuple[str, str], int] = {}
-    for event in events:
-        columns = columns_by_table.get(event.table)
-        if not columns:
-            continue
-        row = event.row
-        for column in columns:
+@dataclass(frozen=True)
+class Unfenced:
+    """Keys a sequence cannot be fenced past, and why: a person decides what they mean."""
+
+    table: str
+    column: str
+    sequence: str
+    keys: int
+    highest: str
+    reason: str
+
+
+@dataclass
+class FenceResult:
+    fences: list[SequenceFence] = field(default_factory=list)
+    unfenced: list[Unfenced] = field(default_factory=list)
+
+    def as_json(self, *, every_sequence: bool = False) -> dict[str, Any]:
+        shown = self.fences if every_sequence else [f for f in self.fences if f.moved]
+        return {"fenced": [f.__dict__ for f in shown], "unfenced": [u.__dict__ for u in self.unfenced]}
+
+
+def key_values(
+    rows: Iterable[tuple[TableName, Mapping[str, Any]]], columns_by_table: dict[str, list[str]]
+) -> dict[tuple[str, str], list[int]]:
+    """(table, column) → every whole-number value the rows hold there. Pure."""
+    values: dict[tuple[str, str], list[int]] = {}
+    for table, row in rows:
+        name = table.qualified
+        for column in columns_by_table.get(name, ()):
             value = _as_int(row.get(column))
-            if value is not None and value > highest.get((event.table, column), value - 1):
-                highest[(event.table, column)] = value
-    return highest
+            if value is not None:
+                values.setdefault((name, column), []).append(value)
+    return values
+
+
+def split_fenceable(values: Iterable[int], limit: int) -> tuple[int | None, list[int]]:
+    """(the highest value at or below `limit`, the values above it). Pure."""
+    highest: int | None = None
+    beyond: list[int] = []
+    for value in values:
+        if value > limit:
+            beyond.append(value)
+        elif highest is None or value > highest:
+            highest = value
+    return highest, beyond
 
 
 def _as_int(value: Any) -> int | None:
@@ -58,52 +103,120 @@ def _as_int(value: Any) -> int | None:
     if isinstance(value, int):
         return value
     try:
-        return int(Decimal(str(value)))
+        number = Decimal(str(value))
     except (InvalidOperation, ValueError):
         return None
+    return int(number) if number.is_finite() and number == number.to_integral_value() else None
 
 
-def sequence_columns(conn: psycopg.Connection[Any], table: str) -> dict[str, str]:
-    """column → its sequence, for serial and identity columns of `table`."""
-    name = TableName.parse(table)
+@dataclass(frozen=True)
+class _Sequence:
+    column: str
+    oid: int
+    name: str
+    increment: int
+    maximum: int
+
+
+def _sequences(conn: psycopg.Connection[Any], table_oid: int) -> list[_Sequence]:
+    """The serial and identity sequences of a table, found through the catalog by OID."""
     rows = conn.execute(
-        "SELECT a.attname, pg_get_serial_sequence(%s, a.attname) FROM pg_attribute a "
-        "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
-        (f'"{name.schema}"."{name.name}"', name.qualified),
+        "SELECT a.attname, s.oid, s.oid::regclass::text, q.seqincrement, q.seqmax "
+        "FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+        "JOIN pg_sequence q ON q.seqrelid = s.oid "
+        "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+        "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+        "AND d.refobjid = %s AND d.deptype IN ('a', 'i') AND NOT a.attisdropped ORDER BY a.attnum",
+        (table_oid,),
     ).fetchall()
-    return {column: sequence for column, sequence in rows if sequence}
+    return [_Sequence(r[0], int(r[1]), r[2], int(r[3]), int(r[4])) for r in rows]
 
 
-def fence(dsn: str, events: Iterable[LedgerEvent], margin: int = DEFAULT_MARGIN) -> list[SequenceFence]:
-    """Advance sequences to at least max(highest key in `events`, highest key in the table) + margin.
+def fence_sequences(
+    conn: psycopg.Connection[Any],
+    rows: Iterable[tuple[TableName, Mapping[str, Any]]],
+    margin: int = DEFAULT_MARGIN,
+    *,
+    apply: bool = True,
+) -> FenceResult:
+    """Advance sequences to at least max(highest fenceable key in `rows`, highest in the table) + margin.
 
-    Idempotent: a sequence already past that target is left where it is.
+    `rows` are (table, row image) pairs already validated; tables drledger does not capture here are
+    ignored. Without `apply`, works out the same targets and moves nothing.
     """
-    materialised = list(events)
-    tables = sorted({e.table for e in materialised})
-    fences: list[SequenceFence] = []
-    with connect(dsn) as conn:
-        sequences = {t: sequence_columns(conn, t) for t in tables if _exists(conn, t)}
-        highest = highest_keys(materialised, {t: list(cols) for t, cols in sequences.items()})
-        for table, columns in sequences.items():
-            for column, sequence in columns.items():
-                before, stored_max = conn.execute(
-                    psycopg.sql.SQL(
-                        "SELECT pg_sequence_last_value(%s::regclass), (SELECT max({col})::bigint FROM {table})"
-                    ).format(col=psycopg.sql.Identifier(column), table=TableName.parse(table).ident),
-                    (sequence,),
-                ).fetchone() or (None, None)
-                target = (
-                    max(v for v in (highest.get((table, column)), stored_max, 0) if v is not None) + margin
+    validate_margin(margin)
+    require_outbox(conn)
+    captured = captured_tables(conn)
+    materialised = list(rows)
+    tables = sorted({t.qualified for t, _row in materialised if t.qualified in captured})
+    sequences = {t: _sequences(conn, captured[t]) for t in tables}
+    values = key_values(materialised, {t: [s.column for s in seqs] for t, seqs in sequences.items()})
+    result = FenceResult()
+    for table in tables:
+        for sequence in sequences[table]:
+            _fence_one(conn, table, sequence, values.get((table, sequence.column), []), margin, apply, result)
+    return result
+
+
+def _fence_one(
+    conn: psycopg.Connection[Any],
+    table: str,
+    sequence: _Sequence,
+    keys: list[int],
+    margin: int,
+    apply: bool,
+    result: FenceResult,
+) -> None:
+    if sequence.increment < 0:
+        if keys:
+            result.unfenced.append(
+                Unfenced(
+                    table,
+                    sequence.column,
+                    sequence.name,
+                    len(keys),
+                    str(max(keys)),
+                    "a descending sequence is never moved",
                 )
-                if before is not None and before >= target:
-                    fences.append(SequenceFence(table, column, sequence, before, before))
-                    continue
-                conn.execute("SELECT setval(%s::regclass, %s, true)", (sequence, target))
-                fences.append(SequenceFence(table, column, sequence, before, target))
-    return fences
-
-
-def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TableName.parse(table).qualified,)).fetchone()
-    return bool(row and row[0])
+            )
+        return
+    limit = sequence.maximum - margin
+    highest, beyond = split_fenceable(keys, limit)
+    ident = TableName.parse(table).ident
+    before, stored = conn.execute(
+        psycopg.sql.SQL(
+            "SELECT pg_sequence_last_value(%s::oid::regclass), (SELECT max({col})::numeric FROM {table})"
+        ).format(col=psycopg.sql.Identifier(sequence.column), table=ident),
+        (sequence.oid,),
+    ).fetchone() or (None, None)
+    stored_max = int(stored) if stored is not None else None
+    if stored_max is not None and stored_max > limit:
+        beyond.append(stored_max)
+        stored_max = None
+    if beyond:
+        result.unfenced.append(
+            Unfenced(
+                table,
+                sequence.column,
+                sequence.name,
+                len(beyond),
+                str(max(beyond)),
+                f"beyond what the sequence can hand out with a margin of {margin} (its maximum is {sequence.maximum})",
+            )
+        )
+    candidates = [v for v in (highest, stored_max) if v is not None]
+    if not candidates:
+        return
+    target = max(candidates) + margin
+    if before is not None and before >= target:
+        result.fences.append(SequenceFence(table, sequence.column, sequence.name, before, before))
+        return
+    if apply:
+        try:
+            conn.execute("SELECT setval(%s::oid::regclass, %s, true)", (sequence.oid, target))
+        except psycopg.errors.InsufficientPrivilege:
+            raise DrledgerError(
+                f"This role may not move the sequence {sequence.name}; grant it UPDATE on that sequence "
+                "(see the README's least-privilege roles) and run the command again."
+            ) from None
+    result.fences.append(SequenceFence(table, sequence.column, sequence.name, before, target))

@@ -32,6 +32,7 @@ from drledger.events import (
     fingerprint,
 )
 from drledger.outbox.postgres import OutboxRow
+from drledger.screening import Ambiguity, separate_ambiguous
 
 MALFORMED_SAMPLES = 10
 
@@ -73,6 +74,8 @@ class Report:
     duplicates: int = 0
     malformed: int = 0
     missing_in_dr: list[LedgerEvent] = field(default_factory=list)
+    # Lost events the ledger holds in several versions where there can be one: never replayed.
+    ambiguous: list[Ambiguity] = field(default_factory=list)
     missing_in_ledger: list[OutboxRow] = field(default_factory=list)
     mismatched: list[Mismatch] = field(default_factory=list)
     malformed_samples: list[MalformedRecord] = field(default_factory=list)
@@ -84,7 +87,7 @@ class Report:
 
     @property
     def needs_a_human(self) -> bool:
-        return bool(self.mismatched or self.missing_in_ledger or self.malformed)
+        return bool(self.mismatched or self.missing_in_ledger or self.malformed or self.ambiguous)
 
     @property
     def exit_code(self) -> int:
@@ -281,13 +284,16 @@ def build_report(
     mismatched: list[tuple[LedgerEvent, OutboxRow]],
     malformed: MalformedTally,
 ) -> Report:
+    """The Report; lost events held in conflicting versions are taken out of missing_in_dr."""
+    recoverable, ambiguous = separate_ambiguous(missing_in_dr)
     return Report(
         window,
         ledger_events=comparison.ledger_events,
         dr_events=comparison.dr_events,
         duplicates=comparison.duplicates,
         malformed=malformed.count,
-        missing_in_dr=missing_in_dr,
+        missing_in_dr=recoverable,
+        ambiguous=ambiguous,
         missing_in_ledger=missing_in_ledger,
         mismatched=[
             Mismatch(e.event_id, e.table, e.key, e.row_sha256, r.row_sha256, e.row_json, r.row_json)

@@ -15,7 +15,7 @@ from itertools import compress
 from drledger.census import MalformedTally
 from drledger.db import connect
 from drledger.errors import DrledgerError
-from drledger.events import EVENT_ID_BYTES, LedgerEvent, event_id_text
+from drledger.events import EVENT_ID_BYTES, LedgerEvent, MalformedRecord, event_id_text
 from drledger.ledger import open_ledger, parse_ledger_url
 from drledger.ledger.base import Ledger, LedgerScan
 from drledger.outbox.postgres import created_at, ids_present, outbox_rows, read_fingerprints, require_outbox
@@ -121,16 +121,21 @@ def _reconcile(
         lambda ids: ids_present(request.dsn, ids, since, until),
         distinct,
     )
-    events = _fetch_events(scans, {*comparison.missing_in_dr, *(pair[0] for pair in comparison.mismatched)})
+    malformed = MalformedTally(keep=MALFORMED_SAMPLES)
+    for scan in scans:
+        malformed.count += scan.malformed.count
+        malformed.samples.extend(scan.malformed.samples[: MALFORMED_SAMPLES - len(malformed.samples)])
+    events = _fetch_events(
+        scans, {*comparison.missing_in_dr, *(pair[0] for pair in comparison.mismatched)}, malformed
+    )
+    # A record whose body proved unreadable when fetched is malformed, not missing nor mismatched.
+    comparison.missing_in_dr = [p for p in comparison.missing_in_dr if p in events]
+    comparison.mismatched = [pair for pair in comparison.mismatched if pair[0] in events]
     rows = outbox_rows(
         request.dsn,
         [event_id_text(p[:EVENT_ID_BYTES]) for p in comparison.missing_in_ledger]
         + [event_id_text(pair[1][:EVENT_ID_BYTES]) for pair in comparison.mismatched],
     )
-    malformed = MalformedTally(keep=MALFORMED_SAMPLES)
-    for scan in scans:
-        malformed.count += scan.malformed.count
-        malformed.samples.extend(scan.malformed.samples[: MALFORMED_SAMPLES - len(malformed.samples)])
     return build_report(
         window,
         comparison,
@@ -146,14 +151,33 @@ def _created_at(dsn: str, prints: set[bytes]) -> dict[bytes, int]:
     return {p: by_id[p[:EVENT_ID_BYTES]] for p in prints if p[:EVENT_ID_BYTES] in by_id}
 
 
-def _fetch_events(scans: list[LedgerScan], wanted: set[bytes]) -> dict[bytes, LedgerEvent]:
-    """fingerprint → the whole event, decoded from the first ledger whose scan holds it."""
+def _fetch_events(
+    scans: list[LedgerScan], wanted: set[bytes], malformed: MalformedTally
+) -> dict[bytes, LedgerEvent]:
+    """fingerprint → the whole event, decoded from the first ledger whose scan holds it.
+
+    The scan's fingerprint came from a digest (a block, a header); the body fetched must agree with
+    it. One that is unreadable, or reads as another event, is tallied as malformed and left out.
+    """
     events: dict[bytes, LedgerEvent] = {}
     for scan in scans:
         looking = wanted - events.keys()
         prints = scan.fingerprints
         # The membership test runs in C over the whole column; the few found are then fetched whole.
         positions = {prints[i]: i for i in compress(range(len(prints)), map(looking.__contains__, prints))}
-        if positions:
-            events.update(zip(positions, scan.fetch(list(positions.values())), strict=True))
+        if not positions:
+            continue
+        for expected, record in zip(positions, scan.fetch(list(positions.values())), strict=True):
+            if isinstance(record, MalformedRecord):
+                malformed.add(record)
+            elif record.fingerprint != expected:
+                malformed.add(
+                    MalformedRecord(
+                        f"event {record.event_id}",
+                        "the body does not match the fingerprint its digest lists",
+                        record.row_json[:120],
+                    )
+                )
+            else:
+                events[expected] = record
     return events

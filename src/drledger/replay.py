@@ -1,25 +1,43 @@
-"""Replay: put the events the DR database lost back into it, idempotently and without overwriting.
+"""Replay: put the events the DR database lost back into it, idempotently, and only what is proven.
 
-Ordering (pure, tested directly): events are grouped by source transaction; transactions go in commit
-order (commit time, then the highest LSN among their changes); changes within one go in LSN order.
+Order of work, the same for a dry run and for --apply (a dry run does all of it inside one
+transaction and rolls it back, so it shows exactly what --apply would do):
 
-Applying: transactions are applied in commit order, several to one database transaction (a chunk),
-so each source transaction is applied entirely or not at all. In a chunk, each table's rows go in one
-set-based INSERT … ON CONFLICT DO NOTHING, tables in the order the source first wrote them. A row
-whose key already holds the same content counts as present; different content is a conflict — the
-new primary wrote that key after failover — reported with both versions, skipped (or, with
-on_conflict='fail', the chunk is rolled back and replay stops). The original outbox row goes back with
-the same event id, capture suppressed, so reconcile sees the event as present and no new event is
-minted. An event whose id is already in the outbox was applied before and is left alone: a second
-replay changes nothing.
+1. **Screen** every event without the database (screening.py): id, operation, table name, hash,
+   one JSON object per row; conflicting versions of one event or one key are held back.
+2. **Validate** what only the database can say, before anything is written: the table is one that
+   drledger captures here (it has the capture trigger; drledger's own tables never are), every column
+   of the row image exists, every value fits its column's type, and the image's key is the event's
+   key. A source transaction with any event refused is held back whole.
+3. **Fence** first: each captured table's sequences move past the highest key being restored (and the
+   highest the table holds) plus a margin, so the application, writing again, can never be handed a
+   key replay is about to restore. A re-run fences again, so a run that failed after fencing leaves
+   nothing unfenced.
+4. **Apply** in commit order (pure, tested directly: transactions by commit time, then the highest LSN
+   among their changes; changes within one in LSN order), several source transactions to one database
+   transaction (a chunk), each committed durably before it is counted. In a chunk, each table's rows
+   go in one set-based INSERT … ON CONFLICT DO NOTHING, tables in the order the source first wrote
+   them; an image without some column gets that column's default, as the original INSERT would have.
+   A row whose key already holds the same content counts as present; different content is a conflict
+   — the new primary wrote that key after failover — reported with both versions and never written
+   (with on_conflict='fail' the chunk is rolled back and replay stops). A source transaction the
+   database rejects (a foreign key, a check) is rolled back alone and reported. The original outbox
+   row goes back with the same event id, capture suppressed, so reconcile sees the event as present
+   and no new event is minted. An event whose id is already in the outbox was applied before and is
+   left alone: a second replay changes nothing.
+
+A failure part way (the connection lost) leaves every chunk committed so far in place and raises
+ReplayInterrupted carrying what was committed; running the same command again resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -28,17 +46,43 @@ from psycopg import sql
 
 from drledger.db import connect
 from drledger.errors import DrledgerError
-from drledger.events import LedgerEvent, row_fingerprint
+from drledger.events import LedgerEvent, MalformedRecord, row_fingerprint
+from drledger.fence import FenceResult, fence_sequences, validate_margin
+from drledger.names import TableName
 from drledger.outbox.postgres import (
-    REPLAY_LOG_DDL,
     SUPPRESS_SETTING,
-    TableName,
+    captured_tables,
+    ensure_replay_log,
     key_expression,
     primary_key_columns,
+    require_outbox,
 )
+from drledger.screening import Admitted, Ambiguity, Refusal, screen
 
 CHUNK_EVENTS = 5_000
+VALIDATE_BATCH = 5_000
 REPLAY_LOCK = 0x64726C6564676572  # "drledger"
+DEFAULT_MARGIN = 1000
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    PRESENT = "present"  # the row was already there with the same content
+    ALREADY_REPLAYED = "already_replayed"
+    CONFLICT = "conflict"
+    REFUSED = "refused"
+
+
+class OnConflict(StrEnum):
+    SKIP = "skip"
+    FAIL = "fail"
+
+    @classmethod
+    def parse(cls, text: str) -> OnConflict:
+        try:
+            return cls(text)
+        except ValueError:
+            raise DrledgerError("--on-conflict must be 'skip' or 'fail'.") from None
 
 
 @dataclass(frozen=True)
@@ -85,207 +129,510 @@ def chunk_transactions(
     return chunks
 
 
+def hold_back_transactions(
+    valid: list[Admitted], refused: list[Refusal], ambiguous: list[Ambiguity]
+) -> tuple[list[Admitted], list[Refusal]]:
+    """Refuse every event of a source transaction in which any event was refused or held back. Pure.
+
+    A source transaction is applied whole or not at all, so a transaction with one unprovable change
+    is not applied in part.
+    """
+    tainted = {r.event.txid for r in refused} | {e.txid for a in ambiguous for e in a.events}
+    kept = [a for a in valid if a.event.txid not in tainted]
+    held = [
+        Refusal(a.event, f"another change of its source transaction {a.event.txid} was refused or held back")
+        for a in valid
+        if a.event.txid in tainted
+    ]
+    return kept, held
+
+
+KEY_HOLDS_OTHER = "the key holds different content"
+OTHER_UNIQUE_KEY = "another unique key of the table holds a clashing row"
+OUTBOX_HOLDS_OTHER = "the DR outbox holds this event id with different content"
+
+
 @dataclass(frozen=True)
 class Conflict:
     event_id: str
     table: str
     key: str
     ledger_row: str
-    current_row: str | None  # None: the clash is on another unique key than the primary key
+    current_row: str | None  # None when no row is stored under the key (see `why`)
+    why: str = KEY_HOLDS_OTHER
 
 
 @dataclass
 class ReplayResult:
+    dry_run: bool = True
     applied: int = 0
-    present: int = 0  # the row was already there with the same content
+    present: int = 0
     already_replayed: int = 0
     conflicts: list[Conflict] = field(default_factory=list)
-    transactions: int = 0
+    refused: list[Refusal] = field(default_factory=list)
+    ambiguous: list[Ambiguity] = field(default_factory=list)
+    malformed: list[MalformedRecord] = field(default_factory=list)
+    transactions: int = 0  # source transactions committed (or, in a dry run, that would be)
     stopped_on_conflict: bool = False
-    # What replay put back (applied or found present): fencing advances sequences past these keys.
-    restored: list[LedgerEvent] = field(default_factory=list)
+    fence: FenceResult = field(default_factory=FenceResult)
+    by_table: dict[str, dict[str, int]] = field(default_factory=dict)
+    plan: list[SourceTransaction] = field(default_factory=list)
+
+    @property
+    def needs_a_human(self) -> bool:
+        return bool(self.conflicts or self.refused or self.ambiguous or self.malformed or self.fence.unfenced)
+
+    @property
+    def exit_code(self) -> int:
+        """0 done (or nothing to do); 3 something was not written and a person must look at it."""
+        return 3 if self.needs_a_human else 0
+
+    def count(self, table: str, outcome: Outcome, n: int = 1) -> None:
+        tally = self.by_table.setdefault(table, {})
+        tally[outcome.value] = tally.get(outcome.value, 0) + n
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "dry_run": self.dry_run,
             "transactions": self.transactions,
+            "planned_transactions": len(self.plan),
             "applied": self.applied,
             "present": self.present,
             "already_replayed": self.already_replayed,
             "conflicts": [c.__dict__ for c in self.conflicts],
+            "refused": [
+                {
+                    "event_id": r.event.event_id,
+                    "table": r.event.table,
+                    "key": r.event.key,
+                    "txid": r.event.txid,
+                    "reason": r.reason,
+                }
+                for r in self.refused
+            ],
+            "conflicting": [a.as_json() for a in self.ambiguous],
+            "malformed": [{"position": m.position, "reason": m.reason} for m in self.malformed],
             "stopped_on_conflict": self.stopped_on_conflict,
+            "by_table": self.by_table,
+            **self.fence.as_json(),
+            **(
+                {
+                    "events": sum(len(t.events) for t in self.plan),
+                    "plan": [
+                        {"txid": t.txid, "commit": t.commit_ts_ms, "events": [e.event_id for e in t.events]}
+                        for t in self.plan
+                    ],
+                }
+                if self.dry_run
+                else {}
+            ),
+            "exit_code": self.exit_code,
         }
+
+
+class ReplayInterrupted(DrledgerError):
+    """Replay stopped part way; `result` holds what was committed before it stopped."""
+
+    def __init__(self, message: str, result: ReplayResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass(frozen=True)
 class _TableShape:
     name: TableName
+    oid: int
     key_columns: list[str]
-    insert_columns: list[str]
+    columns: frozenset[str]  # every column, generated ones included
+    insertable: frozenset[str]  # the columns an INSERT may name (not generated)
+    column_order: tuple[str, ...]
 
 
-def _table_shape(conn: psycopg.Connection[Any], qualified: str) -> _TableShape:
-    table = TableName.parse(qualified)
-    keys = primary_key_columns(conn, table)
-    columns = [
-        r[0]
-        for r in conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-            "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
-            (table.qualified,),
-        ).fetchall()
-    ]
-    return _TableShape(table, keys, columns)
+def _table_shape(conn: psycopg.Connection[Any], name: TableName, oid: int) -> _TableShape:
+    rows = conn.execute(
+        "SELECT attname, attgenerated = '' FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
+        "AND NOT attisdropped ORDER BY attnum",
+        (oid,),
+    ).fetchall()
+    return _TableShape(
+        name,
+        oid,
+        primary_key_columns(conn, name),
+        frozenset(r[0] for r in rows),
+        frozenset(r[0] for r in rows if r[1]),
+        tuple(r[0] for r in rows),
+    )
 
 
-def apply_replay(
+@dataclass
+class Proof:
+    """What the database confirmed of screened events: the valid ones, and the shapes of their tables."""
+
+    valid: list[Admitted]
+    shapes: dict[str, _TableShape]
+
+
+def prove(conn: psycopg.Connection[Any], admitted: list[Admitted], result: ReplayResult) -> Proof:
+    """Validate screened events against this database (read only); refusals go to `result`."""
+    shapes = _shapes(conn, admitted)
+    return Proof(_validate(conn, admitted, shapes, result), shapes)
+
+
+def replay(
     dsn: str,
-    transactions: Sequence[SourceTransaction],
+    events: Sequence[LedgerEvent],
     *,
-    on_conflict: str = "skip",
+    apply: bool = False,
+    on_conflict: OnConflict | str = OnConflict.SKIP,
+    margin: int = DEFAULT_MARGIN,
+    malformed: Sequence[MalformedRecord] = (),
     chunk_events: int = CHUNK_EVENTS,
     on_progress: Callable[[int], None] | None = None,
 ) -> ReplayResult:
-    if on_conflict not in ("skip", "fail"):
-        raise DrledgerError("--on-conflict must be 'skip' or 'fail'.")
-    result = ReplayResult()
+    """Screen, validate, fence and apply (or, without `apply`, rehearse and roll back) `events`."""
+    policy = on_conflict if isinstance(on_conflict, OnConflict) else OnConflict.parse(on_conflict)
+    validate_margin(margin)
+    screening = screen(events)
+    result = ReplayResult(
+        dry_run=not apply,
+        refused=list(screening.refused),
+        ambiguous=screening.ambiguous,
+        malformed=list(malformed),
+    )
     with connect(dsn) as conn:
-        # Replay is idempotent, so a crash that loses its last commits costs only a re-run; not waiting
-        # for each commit's flush is what lets it apply tens of thousands of rows a second.
-        conn.execute("SET synchronous_commit = off")
-        for statement in REPLAY_LOG_DDL.split(";"):
-            conn.execute(statement)
-        conn.commit()
-        shapes: dict[str, _TableShape] = {}
-        done = 0
-        for chunk in chunk_transactions(transactions, chunk_events):
-            events = [e for t in chunk for e in t.events]
-            for table in dict.fromkeys(e.table for e in events):
-                if table not in shapes:
-                    shapes[table] = _table_shape(conn, table)
-            stop = _apply_chunk(conn, chunk, shapes, on_conflict, result)
-            if stop:
-                conn.rollback()
-                result.stopped_on_conflict = True
-                break
+        require_outbox(conn)
+        proof = prove(conn, screening.admitted, result)
+        valid, held = hold_back_transactions(proof.valid, result.refused, result.ambiguous)
+        result.refused.extend(held)
+        for refusal in result.refused:
+            result.count(refusal.event.table, Outcome.REFUSED)
+        plan = plan_replay(a.event for a in valid)
+        result.plan = plan
+        conn.rollback()  # validation reads only; what follows runs in transactions of its own
+        # Fencing comes first: once the application writes again, a sequence behind a key replay is
+        # about to restore would hand that key out.
+        result.fence = fence_sequences(conn, [(a.table, a.row) for a in valid], margin, apply=apply)
+        ensure_replay_log(conn)  # in a dry run, rolled back with the rest
+        if apply:
             conn.commit()
-            result.transactions += len(chunk)
-            done += len(events)
-            if on_progress is not None:
-                on_progress(done)
+        try:
+            _apply_plan(conn, plan, proof.shapes, policy, apply, chunk_events, result, on_progress)
+        except psycopg.Error as exc:
+            if not apply:
+                raise DrledgerError(f"The dry run stopped: {_reason(exc)}.") from None
+            raise ReplayInterrupted(
+                f"Replay stopped after committing {result.transactions} of {len(plan)} source transactions "
+                f"({result.applied} rows applied): {_reason(exc)}; run the same command again to resume.",
+                result,
+            ) from None
+        finally:
+            if not apply:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
     return result
 
 
-def _apply_chunk(
+def _shapes(conn: psycopg.Connection[Any], admitted: list[Admitted]) -> dict[str, _TableShape]:
+    """The shape of every captured table the events name; events of any other table are refused."""
+    captured = captured_tables(conn)
+    shapes: dict[str, _TableShape] = {}
+    for table in dict.fromkeys(a.event.table for a in admitted):
+        if table in captured:
+            name = TableName.parse(table)
+            shapes[table] = _table_shape(conn, name, captured[table])
+    return shapes
+
+
+def _validate(
     conn: psycopg.Connection[Any],
-    chunk: list[SourceTransaction],
+    admitted: list[Admitted],
     shapes: dict[str, _TableShape],
-    on_conflict: str,
     result: ReplayResult,
-) -> bool:
-    """Apply one chunk inside the open transaction; True means stop (a conflict under 'fail')."""
-    conn.execute("SELECT set_config(%s, 'on', true)", (SUPPRESS_SETTING,))
-    # One replay at a time per database: two would race between the check below and the COPY.
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (REPLAY_LOCK,))
+) -> list[Admitted]:
+    """The events the database confirms: captured table, known columns, values of the right types,
+    the image's key equal to the event's; every other one refused with the reason."""
+    by_table: dict[str, list[Admitted]] = {}
+    for item in admitted:
+        shape = shapes.get(item.event.table)
+        if shape is None:
+            result.refused.append(
+                Refusal(
+                    item.event, f"the table {item.event.table} is not captured by drledger in this database"
+                )
+            )
+            continue
+        unknown = sorted(set(item.row) - shape.columns)
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
+            result.refused.append(Refusal(item.event, f"its row image has columns the table lacks: {shown}"))
+            continue
+        by_table.setdefault(item.event.table, []).append(item)
+    valid: list[Admitted] = []
+    for table, items in by_table.items():
+        for start in range(0, len(items), VALIDATE_BATCH):
+            batch = items[start : start + VALIDATE_BATCH]
+            valid.extend(_validate_batch(conn, shapes[table], batch, result))
+    return valid
+
+
+def _validate_batch(
+    conn: psycopg.Connection[Any], shape: _TableShape, batch: list[Admitted], result: ReplayResult
+) -> list[Admitted]:
+    """Turn each image into a row of the table's type and compute its key, as the capture trigger
+    did; a batch the database rejects is split until the rejected images are found."""
+    statement = sql.SQL(
+        "SELECT {key} FROM unnest(%s::text[]) WITH ORDINALITY AS e(doc, ord) "
+        "CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.doc::jsonb) AS n ORDER BY e.ord"
+    ).format(key=key_expression(shape.key_columns), table=shape.name.ident)
+    try:
+        with conn.transaction():
+            keys = [r[0] for r in conn.execute(statement, ([a.event.row_json for a in batch],)).fetchall()]
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        if len(batch) == 1:
+            result.refused.append(
+                Refusal(batch[0].event, f"the database rejects its row image: {_reason(exc)}")
+            )
+            return []
+        half = len(batch) // 2
+        return _validate_batch(conn, shape, batch[:half], result) + _validate_batch(
+            conn, shape, batch[half:], result
+        )
+    valid = []
+    for item, key in zip(batch, keys, strict=True):
+        if key == item.event.key:
+            valid.append(item)
+        else:
+            result.refused.append(
+                Refusal(
+                    item.event,
+                    f"its row image holds key {_short(key)}, not the event's key {_short(item.event.key)}",
+                )
+            )
+    return valid
+
+
+def _apply_plan(
+    conn: psycopg.Connection[Any],
+    plan: list[SourceTransaction],
+    shapes: dict[str, _TableShape],
+    policy: OnConflict,
+    apply: bool,
+    chunk_events: int,
+    result: ReplayResult,
+    on_progress: Callable[[int], None] | None,
+) -> None:
+    done = 0
+    for chunk in chunk_transactions(plan, chunk_events):
+        # Capture suppressed for this transaction only; one replay at a time per database, since two
+        # would race between the check of the outbox and the COPY into it.
+        conn.execute("SELECT set_config(%s, 'on', true)", (SUPPRESS_SETTING,))
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (REPLAY_LOCK,))
+        outcome = _apply_chunk_or_each(conn, chunk, shapes)
+        if outcome.conflicts and policy is OnConflict.FAIL:
+            conn.rollback()
+            result.conflicts.extend(outcome.conflicts)
+            result.stopped_on_conflict = True
+            return
+        if apply:
+            conn.commit()  # durable (synchronous_commit as the server has it) before it is counted
+        outcome.merge_into(result)
+        done += sum(len(t.events) for t in chunk)
+        if on_progress is not None:
+            on_progress(done)
+
+
+@dataclass
+class _ChunkOutcome:
+    """What one chunk did, merged into the result only once it is committed."""
+
+    transactions: int = 0
+    outcomes: list[tuple[LedgerEvent, Outcome]] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+
+    def merge_into(self, result: ReplayResult) -> None:
+        result.transactions += self.transactions
+        for refusal in self.refused:
+            result.count(refusal.event.table, Outcome.REFUSED)
+        for event, outcome in self.outcomes:
+            result.count(event.table, outcome)
+            if outcome is Outcome.APPLIED:
+                result.applied += 1
+            elif outcome is Outcome.PRESENT:
+                result.present += 1
+            elif outcome is Outcome.ALREADY_REPLAYED:
+                result.already_replayed += 1
+        result.conflicts.extend(self.conflicts)
+        result.refused.extend(self.refused)
+
+
+def _apply_chunk_or_each(
+    conn: psycopg.Connection[Any], chunk: list[SourceTransaction], shapes: dict[str, _TableShape]
+) -> _ChunkOutcome:
+    """The chunk in one savepoint; if the database rejects it, each source transaction in its own,
+    so a transaction the database refuses (a foreign key, a check) is rolled back alone."""
+    try:
+        with conn.transaction():
+            return _apply_chunk(conn, chunk, shapes)
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        if len(chunk) == 1:
+            reason = f"the database rejected its source transaction: {_reason(exc)}"
+            return _ChunkOutcome(refused=[Refusal(event, reason) for event in chunk[0].events])
+    combined = _ChunkOutcome()
+    for transaction in chunk:
+        part = _apply_chunk_or_each(conn, [transaction], shapes)
+        combined.transactions += part.transactions
+        combined.outcomes.extend(part.outcomes)
+        combined.conflicts.extend(part.conflicts)
+        combined.refused.extend(part.refused)
+    return combined
+
+
+def _apply_chunk(
+    conn: psycopg.Connection[Any], chunk: list[SourceTransaction], shapes: dict[str, _TableShape]
+) -> _ChunkOutcome:
+    """Apply one chunk inside the open savepoint."""
+    outcome = _ChunkOutcome(transactions=len(chunk))
     events = [e for t in chunk for e in t.events]
-    replayed_before = {
-        r[0]
-        for r in conn.execute(
-            "SELECT o.id::text FROM drledger.outbox o "
-            "WHERE o.id IN (SELECT value::uuid FROM jsonb_array_elements_text(%s::jsonb))",
-            (orjson.dumps([e.event_id for e in events]).decode(),),
-        ).fetchall()
-    }
-    pending = [e for e in events if e.event_id not in replayed_before]
-    result.already_replayed += len(events) - len(pending)
-    outcome: dict[str, str] = {}
-    conflicts: list[Conflict] = []
+    stored = _outbox_fingerprints(conn, events)
+    pending: list[LedgerEvent] = []
+    for event in events:
+        print_in_outbox = stored.get(event.event_id)
+        if print_in_outbox is None:
+            pending.append(event)
+        elif print_in_outbox == row_fingerprint(event.event_id, event.row_json):
+            outcome.outcomes.append((event, Outcome.ALREADY_REPLAYED))
+        else:
+            outcome.outcomes.append((event, Outcome.CONFLICT))
+            outcome.conflicts.append(
+                Conflict(event.event_id, event.table, event.key, event.row_json, None, OUTBOX_HOLDS_OTHER)
+            )
+    kinds: dict[str, Outcome] = {}
     for table in dict.fromkeys(e.table for e in pending):
         rows = [e for e in pending if e.table == table]
-        inserted = _insert_rows(conn, shapes[table], rows)
-        not_inserted = [e for e in rows if e.key not in inserted]
-        current = _current_rows(conn, shapes[table], not_inserted) if not_inserted else {}
-        for event in rows:
-            if event.key in inserted:
-                outcome[event.event_id] = "applied"
-            elif current.get(event.key) == event.row_json:
-                outcome[event.event_id] = "present"
-            else:
-                outcome[event.event_id] = "conflict"
-                conflicts.append(
-                    Conflict(event.event_id, table, event.key, event.row_json, current.get(event.key))
-                )
-    if conflicts and on_conflict == "fail":
-        result.conflicts.extend(conflicts)
-        return True
-    restored = [e for e in pending if outcome[e.event_id] != "conflict"]
+        kinds.update(_insert_table(conn, shapes[table], rows, outcome))
+    restored = [e for e in pending if kinds[e.event_id] is not Outcome.CONFLICT]
     if restored:
-        # COPY is the cheapest way in; no row can clash, since the ids were checked above under the lock.
-        with (
-            conn.cursor() as cursor,
-            cursor.copy(
-                "COPY drledger.outbox (id, aggregatetype, aggregateid, type, payload, txid, created_at, fingerprint) "
-                "FROM STDIN"
-            ) as copy,
-        ):
-            for e in restored:
-                # The fingerprint of the row image replayed, not the one the ledger record claims.
-                stored_print = row_fingerprint(e.event_id, e.row_json)
-                copy.write_row(
-                    (
-                        e.event_id,
-                        e.table,
-                        e.key,
-                        e.op,
-                        e.row_json,
-                        e.txid,
-                        _timestamp(e.commit_ts_ms),
-                        stored_print,
-                    )
-                )
+        _copy_outbox(conn, restored)
     if pending:
         with (
             conn.cursor() as cursor,
             cursor.copy("COPY drledger.replay_log (event_id, outcome, detail) FROM STDIN") as copy,
         ):
             for e in pending:
-                copy.write_row((e.event_id, outcome[e.event_id], _detail(e, outcome[e.event_id])))
-    for event in pending:
-        kind = outcome[event.event_id]
-        if kind == "applied":
-            result.applied += 1
-        elif kind == "present":
-            result.present += 1
-        if kind != "conflict":
-            result.restored.append(event)
-    result.conflicts.extend(conflicts)
-    return False
+                copy.write_row((e.event_id, kinds[e.event_id].value, _detail(e, kinds[e.event_id])))
+    outcome.outcomes.extend((e, kinds[e.event_id]) for e in pending)
+    return outcome
 
 
-def _insert_rows(conn: psycopg.Connection[Any], shape: _TableShape, rows: list[LedgerEvent]) -> set[str]:
+def _outbox_fingerprints(conn: psycopg.Connection[Any], events: list[LedgerEvent]) -> dict[str, bytes]:
+    """event id → the fingerprint of the outbox row holding it, for the ids the outbox already has."""
+    rows = conn.execute(
+        "SELECT o.id::text, coalesce(o.fingerprint, uuid_send(o.id) || sha256(convert_to(o.payload::text, 'UTF8'))) "
+        "FROM drledger.outbox o WHERE o.id = ANY(%s::uuid[])",
+        ([e.event_id for e in events],),
+    ).fetchall()
+    return {r[0]: bytes(r[1]) for r in rows}
+
+
+def _insert_table(
+    conn: psycopg.Connection[Any], shape: _TableShape, rows: list[LedgerEvent], outcome: _ChunkOutcome
+) -> dict[str, Outcome]:
+    """Insert-if-absent this table's rows; each event's outcome. Conflicts go to `outcome`."""
+    # Images normally hold every column; one that lacks some gets their defaults, so rows are
+    # inserted in groups that name the same columns.
+    groups: dict[tuple[str, ...], list[LedgerEvent]] = {}
+    for event in rows:
+        present = set(orjson.loads(event.row_json))
+        columns = tuple(c for c in shape.column_order if c in present and c in shape.insertable)
+        groups.setdefault(columns, []).append(event)
+    inserted: set[str] = set()
+    for columns, members in groups.items():
+        inserted |= _insert_rows(conn, shape, columns, members)
+    kinds: dict[str, Outcome] = {}
+    claimed: set[str] = set()
+    not_inserted = [e for e in rows if e.key not in inserted]
+    current = _current_rows(conn, shape, not_inserted) if not_inserted else {}
+    for event in rows:
+        if event.key in inserted and event.key not in claimed:
+            kinds[event.event_id] = Outcome.APPLIED
+            claimed.add(event.key)
+        elif event.key in inserted or current.get(event.event_id, (None, False))[1]:
+            kinds[event.event_id] = Outcome.PRESENT  # the same content under the same key
+        else:
+            kinds[event.event_id] = Outcome.CONFLICT
+            stored = current.get(event.event_id, (None, False))[0]
+            outcome.conflicts.append(
+                Conflict(
+                    event.event_id,
+                    event.table,
+                    event.key,
+                    event.row_json,
+                    stored,
+                    KEY_HOLDS_OTHER if stored is not None else OTHER_UNIQUE_KEY,
+                )
+            )
+    return kinds
+
+
+def _insert_rows(
+    conn: psycopg.Connection[Any], shape: _TableShape, columns: tuple[str, ...], rows: list[LedgerEvent]
+) -> set[str]:
     """INSERT … ON CONFLICT DO NOTHING from the row images; the keys actually inserted."""
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in shape.insert_columns)
+    names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     statement = sql.SQL(
         "INSERT INTO {table} AS n ({columns}) OVERRIDING SYSTEM VALUE "
         "SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) "
         "ON CONFLICT DO NOTHING RETURNING {key}"
-    ).format(table=shape.name.ident, columns=columns, key=key_expression(shape.key_columns))
+    ).format(table=shape.name.ident, columns=names, key=key_expression(shape.key_columns))
+    # Each image was proven to be exactly one JSON object, so joining them makes one JSON array.
     images = "[" + ",".join(e.row_json for e in rows) + "]"
     return {r[0] for r in conn.execute(statement, (images,)).fetchall()}
 
 
 def _current_rows(
     conn: psycopg.Connection[Any], shape: _TableShape, rows: list[LedgerEvent]
-) -> dict[str, str]:
-    """The rows now stored under the given events' keys, as jsonb text."""
+) -> dict[str, tuple[str, bool]]:
+    """event id → (the row now stored under its key as jsonb text, whether it holds the image's
+    content in every column the image names)."""
     join = sql.SQL(" AND ").join(
         sql.SQL("n.{c} = k.{c}").format(c=sql.Identifier(c)) for c in shape.key_columns
     )
     statement = sql.SQL(
-        "SELECT {key}, to_jsonb(n)::text FROM {table} AS n "
-        "JOIN jsonb_populate_recordset(NULL::{table}, %s::jsonb) AS k ON {join}"
-    ).format(key=key_expression(shape.key_columns), table=shape.name.ident, join=join)
-    images = "[" + ",".join(e.row_json for e in rows) + "]"
-    return {r[0]: r[1] for r in conn.execute(statement, (images,)).fetchall()}
+        "SELECT e.id, to_jsonb(n)::text, "
+        "(SELECT jsonb_object_agg(j.key, j.value) FROM jsonb_each(to_jsonb(n)) AS j "
+        "WHERE e.doc::jsonb ? j.key) = e.doc::jsonb "
+        "FROM unnest(%s::text[], %s::text[]) AS e(id, doc) "
+        "CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.doc::jsonb) AS k "
+        "JOIN {table} AS n ON {join}"
+    ).format(table=shape.name.ident, join=join)
+    found = conn.execute(statement, ([e.event_id for e in rows], [e.row_json for e in rows])).fetchall()
+    return {r[0]: (r[1], bool(r[2])) for r in found}
+
+
+def _copy_outbox(conn: psycopg.Connection[Any], restored: list[LedgerEvent]) -> None:
+    # COPY is the cheapest way in; no row can clash, since the ids were checked under the lock.
+    with (
+        conn.cursor() as cursor,
+        cursor.copy(
+            "COPY drledger.outbox (id, aggregatetype, aggregateid, type, payload, txid, created_at, fingerprint) "
+            "FROM STDIN"
+        ) as copy,
+    ):
+        for e in restored:
+            copy.write_row(
+                (
+                    e.event_id,
+                    e.table,
+                    e.key,
+                    e.op,
+                    e.row_json,
+                    e.txid,
+                    _timestamp(e.commit_ts_ms),
+                    # The fingerprint of the row image replayed, computed here, not taken on trust.
+                    row_fingerprint(e.event_id, e.row_json),
+                )
+            )
 
 
 def _timestamp(epoch_ms: int) -> str:
@@ -299,5 +646,17 @@ def _utc_second(epoch_s: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch_s))
 
 
-def _detail(event: LedgerEvent, outcome: str) -> str:
-    return f"{event.table} key {event.key} txid {event.txid}: {outcome}"
+def _detail(event: LedgerEvent, outcome: Outcome) -> str:
+    return f"{event.table} key {_short(event.key)} txid {event.txid}: {outcome.value}"
+
+
+def _short(text: str | None, limit: int = 80) -> str:
+    if text is None:
+        return "NULL"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """The database's own reason, first line, without psycopg's decoration."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__).rstrip(".")

@@ -5,7 +5,6 @@ The HTML page lives in report_html.py; this module holds the shapes every output
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,12 @@ from typing import Any
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent, MalformedRecord, from_wire
+from drledger.files import write_private
+from drledger.masking import mask_dsn, mask_url
 from drledger.reconcile import Report
 from drledger.timeutil import format_instant
 
@@ -42,6 +44,11 @@ def verdict(report: Report) -> str:
             )
         if report.malformed:
             parts.append(f"{report.malformed} ledger records are unreadable")
+        if report.ambiguous:
+            parts.append(
+                f"{len(report.ambiguous)} lost events or rows are held in the ledger in conflicting versions "
+                "and will not be replayed"
+            )
         return "Needs a human: " + "; ".join(parts) + "."
     if report.missing_in_dr:
         return f"{len(report.missing_in_dr)} committed events are missing from the DR database and can be replayed."
@@ -49,6 +56,7 @@ def verdict(report: Report) -> str:
 
 
 def report_json(report: Report, *, ledgers: list[str], db: str) -> dict[str, Any]:
+    """The report as JSON; the DSN and ledger URLs are shown masked, whatever the caller passed."""
     window = report.window
     by_table = Counter(e.table for e in report.missing_in_dr)
     return {
@@ -57,8 +65,8 @@ def report_json(report: Report, *, ledgers: list[str], db: str) -> dict[str, Any
             "until": format_instant(window.until_ms),
             "skew_seconds": window.skew_ms / 1000,
         },
-        "ledgers": ledgers,
-        "db": db,
+        "ledgers": [mask_url(url) for url in ledgers],
+        "db": mask_dsn(db),
         "counts": {
             "ledger_events": report.ledger_events,
             "dr_events": report.dr_events,
@@ -67,6 +75,7 @@ def report_json(report: Report, *, ledgers: list[str], db: str) -> dict[str, Any
             "mismatched": len(report.mismatched),
             "duplicates": report.duplicates,
             "malformed": report.malformed,
+            "conflicting": sum(len(a.events) for a in report.ambiguous),
         },
         "exposure": {
             "dr_last_commit": format_instant(report.dr_last_commit_ms),
@@ -88,6 +97,7 @@ def report_json(report: Report, *, ledgers: list[str], db: str) -> dict[str, Any
             }
             for m in report.mismatched
         ],
+        "conflicting": [a.as_json() for a in report.ambiguous],
         "malformed_samples": [
             {"position": s.position, "reason": s.reason, "sample": s.sample} for s in report.malformed_samples
         ],
@@ -97,19 +107,22 @@ def report_json(report: Report, *, ledgers: list[str], db: str) -> dict[str, Any
 
 
 def save_report(path: Path, summary: dict[str, Any], report: Report) -> None:
-    """Write the summary and every missing event (in wire format), for `replay --from`."""
+    """Write the summary and every missing event (in wire format), for `replay --from`.
+
+    Events held in conflicting versions are saved too, so replay reports them; it holds them back
+    again by itself, as it would any input. The file holds row images: it is created 0600.
+    """
+    held = [e for a in report.ambiguous for e in a.events]
     body = {
         "format": SAVE_FORMAT,
         "summary": summary,
-        "events": [orjson.loads(e.to_wire()) for e in report.missing_in_dr],
+        "events": [orjson.loads(e.to_wire()) for e in [*report.missing_in_dr, *held]],
     }
-    try:
-        path.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2))
-    except OSError as exc:
-        raise DrledgerError(f"Cannot write the report to {path}: {exc.strerror}.") from None
+    write_private(path, orjson.dumps(body, option=orjson.OPT_INDENT_2), "report")
 
 
-def load_saved_events(path: Path) -> list[LedgerEvent]:
+def load_saved_events(path: Path) -> tuple[list[LedgerEvent], list[MalformedRecord]]:
+    """The saved events, and those that are unreadable (replay reports them; it never writes them)."""
     try:
         body = orjson.loads(path.read_bytes())
     except OSError as exc:
@@ -124,40 +137,50 @@ def load_saved_events(path: Path) -> list[LedgerEvent]:
         raise DrledgerError(
             f"The file {path} is not a saved reconcile report; make one with reconcile --save."
         )
-    events = []
+    events: list[LedgerEvent] = []
+    unreadable: list[MalformedRecord] = []
     for index, item in enumerate(body["events"]):
-        record = from_wire(json.dumps(item), f"event {index}")
+        record = from_wire(orjson.dumps(item), f"event {index}")
         if isinstance(record, MalformedRecord):
-            raise DrledgerError(f"Event {index} in {path} is unreadable ({record.reason}).")
-        events.append(record)
-    return events
+            unreadable.append(record)
+        else:
+            events.append(record)
+    return events, unreadable
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    """The summary as a table. Text that came from the ledger (table names, keys, reasons) is shown as
+    it is, never read as Rich markup: a ledger must not be able to style or hide what is printed."""
     counts = summary["counts"]
     exposure = summary["exposure"]
     table = Table(
-        title=f"reconcile {summary['window']['since']} → {summary['window']['until']}", show_header=False
+        title=Text(f"reconcile {summary['window']['since']} → {summary['window']['until']}"),
+        show_header=False,
     )
+    alarming = ("missing_in_dr", "missing_in_ledger", "mismatched", "malformed", "conflicting")
     for key, value in counts.items():
-        style = (
-            "bold red"
-            if key in ("missing_in_dr", "missing_in_ledger", "mismatched", "malformed") and value
-            else ""
-        )
-        table.add_row(key, f"[{style}]{value}[/]" if style else str(value))
+        table.add_row(key, Text(str(value), style="bold red" if key in alarming and value else ""))
     table.add_section()
     table.add_row("last commit in DR", str(exposure["dr_last_commit"]))
     table.add_row("last commit in ledger", str(exposure["ledger_last_commit"]))
     table.add_row("ledger ahead of DR by", f"{exposure['gap_seconds']} s, {exposure['gap_events']} events")
     console.print(table)
     for name, count in summary["missing_by_table"].items():
-        console.print(f"  missing in DR: {name}: {count}")
+        console.print(Text(f"  missing in DR: {name}: {count}"))
     for sample in summary["malformed_samples"]:
-        console.print(f"  [yellow]malformed[/] {sample['position']}: {sample['reason']}")
+        console.print(
+            Text("  malformed ", style="yellow") + Text(f"{sample['position']}: {sample['reason']}")
+        )
     for mismatch in summary["mismatched"][:10]:
         console.print(
-            f"  [red]mismatch[/] {mismatch['table']} key {mismatch['key']} ({mismatch['event_id']})"
+            Text("  mismatch ", style="red")
+            + Text(f"{mismatch['table']} key {mismatch['key']} ({mismatch['event_id']})")
         )
-    console.print(summary["verdict"])
-    console.print(f"[dim]{exposure['unknowable']}[/]")
+    for group in summary["conflicting"][:10]:
+        ids = ", ".join(v["event_id"] for v in group["versions"])
+        console.print(
+            Text("  conflicting ", style="red")
+            + Text(f"{group['table']} key {group['key']}: {group['reason']} ({ids})")
+        )
+    console.print(Text(summary["verdict"]))
+    console.print(Text(exposure["unknowable"], style="dim"))

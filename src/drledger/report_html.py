@@ -6,7 +6,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from drledger.errors import DrledgerError
+from drledger.files import write_private
 from drledger.reconcile import Report
 
 _WIDTH, _HEIGHT, _PAD = 900, 260, 40
@@ -82,6 +82,25 @@ def timeline_svg(report: Report) -> str:
     return "".join(parts)
 
 
+def _ambiguous_section(summary: dict[str, Any]) -> str:
+    """Lost events the ledger holds in conflicting versions: each version shown, none replayed."""
+    groups = summary["conflicting"]
+    if not groups:
+        return ""
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(g['table'])}</td><td>{esc(g['key'])}</td><td>{esc(g['reason'])}</td>"
+        f"<td><code>{esc(v['event_id'])}</code></td><td><code>{esc(v['row'][:300])}</code></td></tr>"
+        for g in groups[:100]
+        for v in g["versions"]
+    )
+    return (
+        "<h2>Conflicting versions in the ledger (held back from replay)</h2>"
+        "<table id='conflicting'><tr><th>table</th><th>key</th><th>why</th><th>event id</th><th>row</th></tr>"
+        f"{rows}</table>"
+    )
+
+
 def render_html(summary: dict[str, Any], report: Report) -> str:
     counts, exposure = summary["counts"], summary["exposure"]
     tone = "ok" if summary["exit_code"] == 0 else "bad"
@@ -120,6 +139,7 @@ def render_html(summary: dict[str, Any], report: Report) -> str:
 <span><i class="sw" style="background:#f4c7c3"></i>lost window</span></p>
 {timeline_svg(report)}
 <h2>Missing from the DR database, by table</h2><table id="missing-by-table">{tables}</table>
+{_ambiguous_section(summary)}
 <h2>Missing events</h2>
 <table id="missing-events"><tr><th>event id</th><th>table</th><th>key</th><th>txid</th></tr>{missing}</table>
 {f"<p class='muted'>… and {more:,} more (see --json or --save).</p>" if more > 0 else ""}
@@ -128,7 +148,4 @@ def render_html(summary: dict[str, Any], report: Report) -> str:
 
 
 def write_html(path: Path, summary: dict[str, Any], report: Report) -> None:
-    try:
-        path.write_text(render_html(summary, report), encoding="utf-8")
-    except OSError as exc:
-        raise DrledgerError(f"Cannot write the HTML report to {path}: {exc.strerror}.") from None
+    write_private(path, render_html(summary, report).encode("utf-8"), "HTML report")

@@ -10,6 +10,10 @@ from drledger.errors import DrledgerError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+#: Longer than any window, retention or margin an operator means: a century.
+MAX_DURATION_S = 100 * 365 * 86400
+# Instants drledger can compare with a database's clock: the epoch to the end of year 9999.
+_LAST_INSTANT_MS = 253_402_300_799_999
 
 
 def parse_duration(text: str) -> float:
@@ -17,7 +21,10 @@ def parse_duration(text: str) -> float:
     match = _DURATION.match(text)
     if not match:
         raise DrledgerError(f"'{text}' is not a duration; write it like 30s, 15m, 2h or 7d.")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > MAX_DURATION_S:
+        raise DrledgerError(f"'{text}' is longer than a century; give a duration an operator means.")
+    return seconds
 
 
 def now_ms() -> int:
@@ -34,17 +41,24 @@ def parse_instant(text: str, *, now: int | None = None) -> int:
     if stripped.lower() == "now":
         return reference
     if _DURATION.match(stripped):
-        return reference - int(parse_duration(stripped) * 1000)
-    try:
-        parsed = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
-    except ValueError:
-        raise DrledgerError(
-            f"'{text}' is not a time; give an ISO-8601 time (2026-11-27T15:00:00Z), 'now', "
-            "or how long ago (15m, 2h)."
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+        instant = reference - int(parse_duration(stripped) * 1000)
+    else:
+        try:
+            parsed = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
+        except ValueError:
+            raise DrledgerError(
+                f"'{text}' is not a time; give an ISO-8601 time (2026-11-27T15:00:00Z), 'now', "
+                "or how long ago (15m, 2h)."
+            ) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        try:
+            instant = int(parsed.timestamp() * 1000)
+        except (OverflowError, ValueError):
+            instant = -1
+    if not 0 <= instant <= _LAST_INSTANT_MS:
+        raise DrledgerError(f"'{text}' is not a time between 1970 and the year 9999.")
+    return instant
 
 
 def format_instant(epoch_ms: int | None) -> str | None:

@@ -22,12 +22,11 @@ import psycopg
 from drledger.drill.rig import DEMO_TABLE, FailoverRig, GroundTruth
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent
-from drledger.fence import fence
 from drledger.ledger import open_ledger, parse_ledger_url
 from drledger.reconcile import Report
 from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.relay.engine import lag_percentile, read_stats
-from drledger.replay import apply_replay, plan_replay
+from drledger.replay import replay
 
 Progress = Callable[[str], None]
 
@@ -208,8 +207,8 @@ class Drill:
     def recover(self, report: Report) -> tuple[int, int, float]:
         self.progress(f"fence and replay: {len(report.missing_in_dr)} events")
         started = time.monotonic()
-        fence(self.rig.dr_dsn, report.missing_in_dr)
-        result = apply_replay(self.rig.dr_dsn, plan_replay(report.missing_in_dr))
+        # Replay fences the sequences first, then applies: the order the operator's replay --apply runs.
+        result = replay(self.rig.dr_dsn, report.missing_in_dr, apply=True)
         return result.applied + result.present, len(result.conflicts), time.monotonic() - started
 
     def ledger_lag(self) -> tuple[float | None, float | None]:

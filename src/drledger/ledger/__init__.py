@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 from drledger.errors import DrledgerError
 from drledger.events import LedgerRecord
 from drledger.ledger.base import Ledger
+from drledger.masking import mask_url
 
 SCHEMES = ("sqlite", "kafka", "sqs", "kinesis")
 
@@ -27,34 +28,43 @@ class LedgerAddress:
 
 
 def parse_ledger_url(url: str) -> LedgerAddress:
-    parts = urlsplit(url)
+    shown = mask_url(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise DrledgerError(f"The ledger URL '{shown}' cannot be parsed ({exc}).") from None
     scheme = parts.scheme.lower()
     if scheme == "sqlite":
         # sqlite:///abs/path and sqlite://./relative both name a file.
         raw_path = (parts.netloc + parts.path) if parts.netloc else parts.path
         if not raw_path.strip("/"):
-            raise DrledgerError(f"The ledger URL '{url}' names no file; write sqlite:///path/ledger.db.")
+            raise DrledgerError(f"The ledger URL '{shown}' names no file; write sqlite:///path/ledger.db.")
         # sqlite:///tmp/l.db and sqlite:////tmp/l.db (SQLAlchemy's spelling) both mean /tmp/l.db.
         path = "/" + raw_path.lstrip("/") if raw_path.startswith("/") else raw_path
         return LedgerAddress("sqlite", path)
     if scheme == "kafka":
         topic = parts.path.lstrip("/")
+        if "@" in parts.netloc:
+            raise DrledgerError(
+                f"The ledger URL '{shown}' carries credentials; give Kafka's SASL settings with "
+                "--ledger-config-file (sasl.username, sasl.password) so they stay off command lines and logs."
+            )
         if not parts.netloc or not topic or "/" in topic:
-            raise DrledgerError(f"The ledger URL '{url}' is not of the form kafka://host:port/topic.")
+            raise DrledgerError(f"The ledger URL '{shown}' is not of the form kafka://host:port/topic.")
         query = parse_qs(parts.query)
         try:
             partitions = int(query.get("partitions", ["3"])[0])
             replication = int(query.get("replication", ["1"])[0])
         except ValueError:
             raise DrledgerError(
-                f"The ledger URL '{url}' has a partitions or replication that is not a number."
+                f"The ledger URL '{shown}' has a partitions or replication that is not a number."
             ) from None
         return LedgerAddress("kafka", parts.netloc, topic, partitions, replication)
     if scheme in ("sqs", "kinesis"):
         name = (parts.netloc + parts.path).strip("/")
         if not name:
             raise DrledgerError(
-                f"The ledger URL '{url}' names no {scheme} resource; write {scheme}://name?region=…."
+                f"The ledger URL '{shown}' names no {scheme} resource; write {scheme}://name?region=…."
             )
         options = tuple((k, v[0]) for k, v in sorted(parse_qs(parts.query).items()))
         if scheme == "sqs" and "/" in name:
@@ -62,7 +72,7 @@ def parse_ledger_url(url: str) -> LedgerAddress:
             name = f"https://{name}"
         return LedgerAddress(scheme, name, options=options)
     raise DrledgerError(
-        f"The ledger URL '{url}' has an unknown scheme; use one of: "
+        f"The ledger URL '{shown}' has an unknown scheme; use one of: "
         + ", ".join(f"{s}://" for s in SCHEMES)
         + "."
     )

@@ -32,14 +32,15 @@ class LedgerScan:
 
     `positions` says where the backend keeps each record (its own numbering). `fetch` turns indexes
     into these columns back into whole events (the same order), reading the backend again only where
-    it must. Malformed records are tallied, never in the columns.
+    it must; a record whose body turns out unreadable then comes back as a MalformedRecord (a digest
+    can outlive damage to the body it lists). Malformed records are tallied, never in the columns.
     """
 
     fingerprints: list[bytes] = field(default_factory=list)
     commit_ms: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     malformed: MalformedTally = field(default_factory=MalformedTally)
-    fetch: Callable[[Sequence[int]], list[LedgerEvent]] = lambda _indexes: []
+    fetch: Callable[[Sequence[int]], Sequence[LedgerRecord]] = lambda _indexes: []
 
     def take(self, record: LedgerRecord, position: int, low: int, high: int) -> None:
         """A decoded record: tallied if malformed, else in the columns if committed in [low, high]."""

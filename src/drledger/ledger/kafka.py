@@ -335,7 +335,7 @@ class KafkaLedger(Ledger):
         finally:
             consumer.close()
 
-    def _fetch(self, positions: list[int]) -> list[LedgerEvent]:
+    def _fetch(self, positions: list[int]) -> list[LedgerRecord]:
         """The events at these positions, each run of nearby offsets read on its own.
 
         A scattered few (mismatches anywhere in the window) cost a seek each, not a partition each.
@@ -343,7 +343,7 @@ class KafkaLedger(Ledger):
         runs are read at once: each is mostly the wait for a new consumer's first fetch.
         """
         with ThreadPoolExecutor(max_workers=_FETCHERS, thread_name_prefix="kafka-fetch") as pool:
-            found: dict[int, LedgerEvent] = {}
+            found: dict[int, LedgerRecord] = {}
             for events in pool.map(lambda run: self._fetch_run(*run), _runs(positions)):
                 found.update(events)
         missing = set(positions) - found.keys()
@@ -353,9 +353,9 @@ class KafkaLedger(Ledger):
             )
         return [found[p] for p in positions]
 
-    def _fetch_run(self, partition: int, offsets: list[int]) -> dict[int, LedgerEvent]:
+    def _fetch_run(self, partition: int, offsets: list[int]) -> dict[int, LedgerRecord]:
         members = {partition << _OFFSET_BITS | offset for offset in offsets}
-        found: dict[int, LedgerEvent] = {}
+        found: dict[int, LedgerRecord] = {}
         done = partial(operator.le, members, found.keys())
         consumer = self._consumer(bulk=False)
         try:
@@ -363,9 +363,8 @@ class KafkaLedger(Ledger):
                 for message in batch:
                     position = _position(message)
                     if position in members:
-                        record = from_wire(message.value() or b"", str(position))
-                        if isinstance(record, LedgerEvent):
-                            found[position] = record
+                        where = f"partition {message.partition()} offset {message.offset()}"
+                        found[position] = from_wire(message.value() or b"", where)
         finally:
             consumer.close()
         return found

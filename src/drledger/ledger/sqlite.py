@@ -9,9 +9,11 @@ rows; a record stored without one (a raw or unreadable body) is marked `digested
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.events import LedgerEvent, LedgerRecord, from_wire
@@ -45,24 +47,86 @@ _FETCH_CHUNK = 500
 
 
 class SqliteLedger(Ledger):
+    """A writer creates and upgrades the file; a reader opens it read-only and never changes it."""
+
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
         self.display_url = f"sqlite://{path}"  # absolute paths give sqlite:///abs/path
+        self.writer = create
         if not create and not path.exists():
             raise DrledgerError(f"The ledger file {path} does not exist.")
+        if create:
+            self._db: sqlite3.Connection | None = self._open_writer(path)
+            self._layout = (True, True)
+        else:
+            self._db = None
+            self._layout = self._read_layout()
+
+    @staticmethod
+    def _open_writer(path: Path) -> sqlite3.Connection:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(ledger_events)")}
+            if not path.parent.exists():
+                path.parent.mkdir(mode=0o700, parents=True)
+            if not path.exists():
+                # Row images are business data: only the owner reads them (SQLite gives its -wal and
+                # -shm files the same mode).
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(ledger_events)")}
             if "digested" not in columns:
-                self._db.executescript(_DIGESTED)
-            self._db.execute(_RAW_INDEX)
+                db.executescript(_DIGESTED)
+            db.execute(_RAW_INDEX)
+            return db
         except (sqlite3.Error, OSError) as exc:
             raise LedgerUnavailable(f"Cannot open the ledger file {path}: {exc}.") from None
+
+    def _reader(self) -> sqlite3.Connection:
+        """A read-only connection: nothing is created, upgraded or switched in the file it reads.
+
+        A file whose directory this process cannot write (an archived copy) cannot take the WAL
+        reader's shared-memory file; it is then opened as immutable, which it is.
+        """
+        location = f"file:{quote(str(self.path.resolve()))}"
+        try:
+            reader = sqlite3.connect(f"{location}?mode=ro", uri=True, check_same_thread=False)
+            reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return reader
+        except sqlite3.Error:
+            pass
+        try:
+            return sqlite3.connect(f"{location}?immutable=1", uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(f"Cannot read the ledger file {self.path}: {exc}.") from None
+
+    def _read_layout(self) -> tuple[bool, bool]:
+        """(has blocks, marks digested rows): files from older versions lack one or both."""
+        reader = self._reader()
+        try:
+            tables = {r[0] for r in reader.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "ledger_events" not in tables:
+                raise DrledgerError(
+                    f"The file {self.path} is not a drledger ledger (it has no ledger_events)."
+                )
+            columns = {r[1] for r in reader.execute("PRAGMA table_info(ledger_events)")}
+        except sqlite3.Error as exc:
+            raise DrledgerError(f"The file {self.path} is not a readable drledger ledger: {exc}.") from None
+        finally:
+            reader.close()
+        # Blocks list only rows marked digested; without the mark every row is read raw.
+        digested = "digested" in columns
+        return "ledger_blocks" in tables and digested, digested
+
+    @property
+    def _writer_db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise DrledgerError(
+                f"The ledger {self.display_url} was opened for reading; it cannot be written."
+            )
+        return self._db
 
     def publish(self, events: Sequence[LedgerEvent]) -> None:
         self.store(events, [])
@@ -75,29 +139,30 @@ class SqliteLedger(Ledger):
         Raw records are those that could not be read (or were never decoded); they are kept, and
         decoded again by every read.
         """
+        db = self._writer_db
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
             if events:
-                self._store_block(events)
+                self._store_block(db, events)
             if raw:
-                self._db.executemany(
+                db.executemany(
                     "INSERT INTO ledger_events (commit_ts_ms, event_id, body) VALUES (?, ?, ?)", raw
                 )
-            self._db.execute("COMMIT")
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise LedgerUnavailable(f"The ledger file {self.path} refused a write: {exc}.") from None
 
-    def _store_block(self, events: Sequence[LedgerEvent]) -> None:
+    def _store_block(self, db: sqlite3.Connection, events: Sequence[LedgerEvent]) -> None:
         # Explicit sequence numbers: the block names its rows by a contiguous range.
-        first = self._db.execute("SELECT coalesce(max(seq), 0) + 1 FROM ledger_events").fetchone()[0]
+        first = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM ledger_events").fetchone()[0]
         times = [e.commit_ts_ms for e in events]
-        self._db.executemany(
+        db.executemany(
             "INSERT INTO ledger_events (seq, commit_ts_ms, event_id, body, digested) VALUES (?, ?, ?, ?, 1)",
             [(first + i, e.commit_ts_ms, e.event_id, e.to_wire()) for i, e in enumerate(events)],
         )
-        self._db.execute(
+        db.execute(
             "INSERT INTO ledger_blocks (first_seq, count, min_ts_ms, max_ts_ms, fingerprints, commit_ms) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (
@@ -119,21 +184,29 @@ class SqliteLedger(Ledger):
         low, high = window_bounds(since_ms, until_ms)
         scan = LedgerScan()
         seqs = scan.positions
-        reader = sqlite3.connect(self.path)
+        has_blocks, marks_digested = self._layout
+        reader = self._reader()
         try:
             reader.execute("BEGIN")  # blocks and raw rows from one snapshot
-            blocks = reader.execute(
-                "SELECT first_seq, count, fingerprints, commit_ms FROM ledger_blocks "
-                "WHERE max_ts_ms >= ? AND min_ts_ms <= ? ORDER BY first_seq",
-                (low, high),
+            blocks = (
+                reader.execute(
+                    "SELECT first_seq, count, fingerprints, commit_ms FROM ledger_blocks "
+                    "WHERE max_ts_ms >= ? AND min_ts_ms <= ? ORDER BY first_seq",
+                    (low, high),
+                )
+                if has_blocks
+                else []
             )
             for first, count, prints, packed in blocks:
                 scan.take_block(prints, unpack_times(packed), range(first, first + count), low, high)
                 if on_progress is not None:
                     on_progress(len(seqs))
             # Raw rows are few: found through their partial index, and their time checked once decoded.
+            # A file from before blocks existed holds only raw rows.
             raw = reader.execute(
-                "SELECT seq, commit_ts_ms, body FROM ledger_events WHERE digested = 0 ORDER BY seq"
+                "SELECT seq, commit_ts_ms, body FROM ledger_events "
+                + ("WHERE digested = 0 " if marks_digested else "")
+                + "ORDER BY seq"
             )
             for seq, stored_ms, body in raw:
                 if stored_ms is not None and not low <= stored_ms <= high:
@@ -146,9 +219,9 @@ class SqliteLedger(Ledger):
         scan.fetch = lambda indexes: self._fetch([seqs[i] for i in indexes])
         return scan
 
-    def _fetch(self, seqs: list[int]) -> list[LedgerEvent]:
-        reader = sqlite3.connect(self.path)
-        found: dict[int, LedgerEvent] = {}
+    def _fetch(self, seqs: list[int]) -> list[LedgerRecord]:
+        reader = self._reader()
+        found: dict[int, LedgerRecord] = {}
         try:
             for start in range(0, len(seqs), _FETCH_CHUNK):
                 chunk = seqs[start : start + _FETCH_CHUNK]
@@ -156,9 +229,7 @@ class SqliteLedger(Ledger):
                 for seq, body in reader.execute(
                     f"SELECT seq, body FROM ledger_events WHERE seq IN ({marks})", chunk
                 ):
-                    record = from_wire(body, f"row {seq}")
-                    if isinstance(record, LedgerEvent):
-                        found[seq] = record
+                    found[seq] = from_wire(body, f"row {seq}")
         except sqlite3.Error as exc:
             raise LedgerUnavailable(f"Cannot read the ledger file {self.path}: {exc}.") from None
         finally:
@@ -170,7 +241,7 @@ class SqliteLedger(Ledger):
     def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
         low, high = window_bounds(since_ms, until_ms)
         # A separate connection, so a long read never blocks the writer and sees one snapshot.
-        reader = sqlite3.connect(self.path)
+        reader = self._reader()
         try:
             cursor = reader.execute(
                 "SELECT seq, body FROM ledger_events "
@@ -186,4 +257,6 @@ class SqliteLedger(Ledger):
             reader.close()
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -23,6 +23,7 @@ from psycopg import sql
 from drledger.db import connect
 from drledger.errors import DrledgerError
 from drledger.events import FINGERPRINT_BYTES
+from drledger.names import TableName
 
 SCHEMA = "drledger"
 
@@ -66,49 +67,55 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.heartbeat (
 """
 
 
-@dataclass(frozen=True)
-class TableName:
-    schema: str
-    name: str
+def trigger_function(table: TableName) -> sql.Identifier:
+    # Table names may be long or odd; a digest keeps the function name short and unique.
+    digest = hashlib.sha1(table.qualified.encode()).hexdigest()[:12]
+    return sql.Identifier(SCHEMA, f"capture_{digest}")
 
-    @classmethod
-    def parse(cls, text: str) -> TableName:
-        parts = text.split(".")
-        if len(parts) == 1 and parts[0]:
-            return cls("public", parts[0])
-        if len(parts) == 2 and all(parts):
-            return cls(parts[0], parts[1])
-        raise DrledgerError(f"'{text}' is not a table name; write it as schema.table.")
 
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
+_RELATION_KINDS = {
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "I": "an index",
+    "c": "a composite type",
+    "t": "a TOAST table",
+}
 
-    @property
-    def ident(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
 
-    @property
-    def trigger_function(self) -> sql.Identifier:
-        # Table names may be long or odd; a digest keeps the function name short and unique.
-        digest = hashlib.sha1(self.qualified.encode()).hexdigest()[:12]
-        return sql.Identifier(SCHEMA, f"capture_{digest}")
+def table_oid(conn: psycopg.Connection[Any], table: TableName) -> int:
+    """The table's OID, found by its parts (never by parsing text); one sentence if it is not there."""
+    row = conn.execute(
+        "SELECT c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (table.schema, table.name),
+    ).fetchone()
+    if row is not None and row[1] in ("r", "p"):
+        return int(row[0])
+    if row is not None:
+        kind = _RELATION_KINDS.get(row[1], "not a table")
+        raise DrledgerError(f"{table.qualified} is {kind}; drledger captures inserts into tables only.")
+    # The usual slip: a mixed-case table typed without quotes, which folds to lower case.
+    near = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE lower(n.nspname) = lower(%s) AND lower(c.relname) = lower(%s) AND c.relkind IN ('r', 'p') "
+        "LIMIT 1",
+        (table.schema, table.name),
+    ).fetchone()
+    hint = f"; did you mean {TableName(near[0], near[1]).qualified}?" if near else "."
+    raise DrledgerError(f"The table {table.qualified} does not exist in this database{hint}")
 
 
 def primary_key_columns(conn: psycopg.Connection[Any], table: TableName) -> list[str]:
-    row = conn.execute(
-        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-        (table.schema, table.name),
-    ).fetchone()
-    if row is None:
-        raise DrledgerError(f"The table {table.qualified} does not exist in this database.")
+    oid = table_oid(conn, table)
     columns = conn.execute(
         "SELECT a.attname FROM pg_index i "
         "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
         "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
         "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.ord",
-        (row[0],),
+        (oid,),
     ).fetchall()
     if not columns:
         raise DrledgerError(
@@ -132,7 +139,7 @@ def key_expression(columns: list[str], alias: str = "n") -> sql.Composable:
 
 
 def _capture_ddl(table: TableName, key_columns: list[str]) -> list[sql.Composed]:
-    function = table.trigger_function
+    function = trigger_function(table)
     body = sql.SQL(
         "BEGIN\n"
         "  IF current_setting({suppress}, true) = 'on' THEN RETURN NULL; END IF;\n"
@@ -168,6 +175,11 @@ def install(dsn: str, tables: list[str]) -> list[str]:
     Returns the schema-qualified names of the tables now captured.
     """
     names = [TableName.parse(t) for t in tables]
+    for name in names:
+        if name.schema == SCHEMA:
+            raise DrledgerError(
+                f"{name.qualified} is one of drledger's own tables; capture the application's tables only."
+            )
     with connect(dsn) as conn:
         for statement in (_BASE_DDL + ";" + REPLAY_LOG_DDL).split(";"):
             if statement.strip():
@@ -389,6 +401,37 @@ def require_outbox(conn: psycopg.Connection[Any]) -> None:
     has_outbox = conn.execute("SELECT to_regclass('drledger.outbox') IS NOT NULL").fetchone()
     if not has_outbox or not has_outbox[0]:
         raise DrledgerError("The DR database has no drledger.outbox; is this the right database?")
+
+
+def captured_tables(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Canonical name → OID of every table drledger captures here: those with its capture trigger.
+
+    This is what `init` installed, so it is what replay and fence may write to; drledger's own
+    tables are never among them.
+    """
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname, c.oid FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE t.tgname = 'drledger_capture' AND NOT t.tgisinternal AND c.relkind IN ('r', 'p') "
+        "AND n.nspname <> %s",
+        (SCHEMA,),
+    ).fetchall()
+    return {TableName(schema, name).qualified: int(oid) for schema, name, oid in rows}
+
+
+def ensure_replay_log(conn: psycopg.Connection[Any]) -> None:
+    """Replay's audit table, made by init; an outbox installed before it existed gains it here."""
+    exists = conn.execute("SELECT to_regclass('drledger.replay_log') IS NOT NULL").fetchone()
+    if exists and exists[0]:
+        return
+    try:
+        for statement in REPLAY_LOG_DDL.split(";"):
+            conn.execute(statement)
+    except psycopg.errors.InsufficientPrivilege:
+        raise DrledgerError(
+            "This database has no drledger.replay_log and this role may not create it; run drledger init on "
+            "the primary (or as the schema's owner here) first."
+        ) from None
 
 
 def ids_present(dsn: str, ids: set[bytes], since_ms: int, until_ms: int) -> set[bytes]:

@@ -1,0 +1,75 @@
+"""The operator's recovery steps after a failover, as library functions the CLI and the drill share.
+
+In the order an operator runs them (the README's runbook says the same):
+
+1. `fence_from_ledger` — right after promotion, before the application writes: sequences move past
+   every key the ledger knows, so no new write can take the key of a lost row.
+2. `recovery.run_reconcile` — what the promoted database lacks, proven by fingerprints.
+3. `lost_events`, then `replay.replay` — the missing events, validated, fenced again and applied
+   (a rolled-back rehearsal unless asked to apply).
+4. `drledger relay --backfill-since` on the promoted database — the ledger goes on from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from drledger.db import connect
+from drledger.events import LedgerEvent, MalformedRecord
+from drledger.fence import FenceResult, fence_sequences, validate_margin
+from drledger.ledger import read_all
+from drledger.recovery import ReconcileRequest, choose_window, open_ledgers, run_reconcile
+from drledger.replay import DEFAULT_MARGIN, ReplayResult, prove
+from drledger.screening import screen
+
+
+def fence_from_ledger(
+    request: ReconcileRequest, margin: int = DEFAULT_MARGIN, *, apply: bool = True
+) -> tuple[FenceResult, int]:
+    """Fence the promoted database past every proven key in the ledger's window.
+
+    Returns the fences and how many ledger events in the window could not be proven (refused,
+    conflicting or malformed), which fencing ignores — replay reports each of them.
+    """
+    validate_margin(margin)
+    window = choose_window(request)
+    ledgers = open_ledgers(request.ledger_urls, request.client_config)
+    events: list[LedgerEvent] = []
+    unreadable = 0
+    try:
+        for record in read_all(ledgers, window.since_ms, window.until_ms):
+            if isinstance(record, MalformedRecord):
+                unreadable += 1
+            else:
+                events.append(record)
+    finally:
+        for ledger in ledgers:
+            ledger.close()
+    screening = screen(events)
+    scratch = ReplayResult(refused=list(screening.refused), ambiguous=screening.ambiguous)
+    with connect(request.dsn) as conn:
+        proof = prove(conn, screening.admitted, scratch)
+        conn.rollback()
+        result = fence_sequences(conn, [(a.table, a.row) for a in proof.valid], margin, apply=apply)
+        conn.commit()
+    unproven = unreadable + len(scratch.refused) + sum(len(a.events) for a in scratch.ambiguous)
+    return result, unproven
+
+
+def lost_events(
+    *,
+    from_file: Path | None = None,
+    request: ReconcileRequest | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[list[LedgerEvent], list[MalformedRecord]]:
+    """The events to replay: from a saved report, or reconciled now (missing and conflicting both;
+    replay holds back the conflicting ones itself, as it would any input)."""
+    if from_file is not None:
+        from drledger.report import load_saved_events
+
+        return load_saved_events(from_file)
+    if request is None:
+        raise ValueError("lost_events needs a saved report or a reconcile request")
+    report = run_reconcile(request, on_progress)
+    return [*report.missing_in_dr, *(e for a in report.ambiguous for e in a.events)], []
