@@ -35,7 +35,14 @@ def test_wire_round_trip_and_version() -> None:
 def test_row_image_keeps_large_numerics_exact() -> None:
     text = '{"id": 1, "amount": 123456789012345678.91}'
     event = LedgerEvent.from_outbox(
-        event_id="00000000-0000-4000-8000-000000000002", table="t", key="1", op="insert", row_json=text, txid=1, lsn=1, commit_ts_ms=1
+        event_id="00000000-0000-4000-8000-000000000002",
+        table="t",
+        key="1",
+        op="insert",
+        row_json=text,
+        txid=1,
+        lsn=1,
+        commit_ts_ms=1,
     )
     assert from_wire(event.to_wire(), "p") == event
     assert str(event.row["amount"]) == "123456789012345678.91"

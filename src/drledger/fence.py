@@ -5,9 +5,9 @@ failed primary had already handed out. A new write would take the key of a lost 
 replayed from the ledger, would then be a conflict. Run `drledger fence` right after promotion,
 before the application resumes writing; replay fences again before it applies anything.
 
-Only keys a sequence could ever hand out move it: a key beyond the sequence's maximum (less the
-margin) — one near 2^63, say, forged or not — would move it to the edge of exhaustion, so it is
-reported as unfenced instead, and the sequence is moved past the other keys. Idempotent: a sequence
+Only keys a sequence could have handed out move it: a key in the last thousandth of the sequence's
+range or beyond it — one near 2^63, say, forged or not — would move it to the edge of exhaustion, so
+it is reported as unfenced instead, and the sequence is moved past the other keys. Idempotent: a sequence
 already far enough is left where it is. Descending sequences are reported, never moved.
 """
 
@@ -27,6 +27,10 @@ from drledger.outbox.postgres import captured_tables, require_outbox
 DEFAULT_MARGIN = 1000
 #: A margin wider than this is a typo, not a plan: it would spend a sequence's range for nothing.
 MAX_MARGIN = 1_000_000_000
+#: Fencing never moves a sequence into the last thousandth of its range. A key that close to the end is
+#: not one the sequence handed out in the seconds a failover lost; trusting it would leave the
+#: application a sequence about to run out.
+HEADROOM = 1000
 
 
 def validate_margin(margin: int) -> None:
@@ -115,13 +119,19 @@ class _Sequence:
     oid: int
     name: str
     increment: int
+    minimum: int
     maximum: int
+
+    @property
+    def highest_fenceable(self) -> int:
+        """The highest key fencing may move past, before the margin is added."""
+        return self.maximum - (self.maximum - self.minimum) // HEADROOM
 
 
 def _sequences(conn: psycopg.Connection[Any], table_oid: int) -> list[_Sequence]:
     """The serial and identity sequences of a table, found through the catalog by OID."""
     rows = conn.execute(
-        "SELECT a.attname, s.oid, s.oid::regclass::text, q.seqincrement, q.seqmax "
+        "SELECT a.attname, s.oid, s.oid::regclass::text, q.seqincrement, q.seqmin, q.seqmax "
         "FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
         "JOIN pg_sequence q ON q.seqrelid = s.oid "
         "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
@@ -129,7 +139,7 @@ def _sequences(conn: psycopg.Connection[Any], table_oid: int) -> list[_Sequence]
         "AND d.refobjid = %s AND d.deptype IN ('a', 'i') AND NOT a.attisdropped ORDER BY a.attnum",
         (table_oid,),
     ).fetchall()
-    return [_Sequence(r[0], int(r[1]), r[2], int(r[3]), int(r[4])) for r in rows]
+    return [_Sequence(r[0], int(r[1]), r[2], int(r[3]), int(r[4]), int(r[5])) for r in rows]
 
 
 def fence_sequences(
@@ -139,7 +149,7 @@ def fence_sequences(
     *,
     apply: bool = True,
 ) -> FenceResult:
-    """Advance sequences to at least max(highest fenceable key in `rows`, highest in the table) + margin.
+    """Advance sequences to at least max(highest fenceable key in `rows` + margin, highest key in the table).
 
     `rows` are (table, row image) pairs already validated; tables drledger does not capture here are
     ignored. Without `apply`, works out the same targets and moves nothing.
@@ -180,7 +190,7 @@ def _fence_one(
                 )
             )
         return
-    limit = sequence.maximum - margin
+    limit = sequence.highest_fenceable - margin
     highest, beyond = split_fenceable(keys, limit)
     ident = TableName.parse(table).ident
     before, stored = conn.execute(
@@ -201,13 +211,17 @@ def _fence_one(
                 sequence.name,
                 len(beyond),
                 str(max(beyond)),
-                f"beyond what the sequence can hand out with a margin of {margin} (its maximum is {sequence.maximum})",
+                f"too close to the sequence's maximum ({sequence.maximum}): fencing past it would leave "
+                "less than a thousandth of its range",
             )
         )
-    candidates = [v for v in (highest, stored_max) if v is not None]
+    # The margin covers keys the failed primary handed out after the ledger's last event; the table's
+    # own rows need only be behind the sequence. So a row the application writes after fencing never
+    # makes a second fence move the sequence again.
+    candidates = [v for v in (highest + margin if highest is not None else None, stored_max) if v is not None]
     if not candidates:
         return
-    target = max(candidates) + margin
+    target = max(candidates)
     if before is not None and before >= target:
         result.fences.append(SequenceFence(table, sequence.column, sequence.name, before, before))
         return

@@ -9,7 +9,7 @@ given. Every spelling is masked, and `scrub` removes the secret values themselve
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -43,14 +43,16 @@ def mask_url(url: str) -> str:
     except ValueError:
         # Not even a URL Python can split (a bad IPv6 host, say): hide all userinfo and any query.
         return _USERINFO.sub(rf"\1{MASK}@", url.split("?", 1)[0])
-    netloc = parts.netloc
+    masked = url
     if password is not None:
-        netloc = f"{user}:{MASK}@{hosts}"
-    masked_query = "&".join(
-        f"{quote(name, safe='')}={MASK if is_secret_name(name) else quote(value, safe='/:,')}"
-        for name, value in query
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, masked_query, parts.fragment))
+        masked = masked.replace(f"//{parts.netloc}", f"//{user}:{MASK}@{hosts}", 1)
+    if any(is_secret_name(name) for name, _value in query):
+        safe_query = "&".join(
+            f"{quote(name, safe='')}={MASK if is_secret_name(name) else quote(value, safe='/:,')}"
+            for name, value in query
+        )
+        masked = masked.replace(f"?{parts.query}", f"?{safe_query}", 1)
+    return masked
 
 
 def mask_dsn(dsn: str) -> str:

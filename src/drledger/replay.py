@@ -246,12 +246,17 @@ class _TableShape:
     columns: frozenset[str]  # every column, generated ones included
     insertable: frozenset[str]  # the columns an INSERT may name (not generated)
     column_order: tuple[str, ...]
+    parents: frozenset[int] = frozenset()  # OIDs of the other tables its foreign keys reference
 
 
 def _table_shape(conn: psycopg.Connection[Any], name: TableName, oid: int) -> _TableShape:
     rows = conn.execute(
         "SELECT attname, attgenerated = '' FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
         "AND NOT attisdropped ORDER BY attnum",
+        (oid,),
+    ).fetchall()
+    parents = conn.execute(
+        "SELECT DISTINCT confrelid FROM pg_constraint WHERE conrelid = %s AND contype = 'f' AND confrelid <> conrelid",
         (oid,),
     ).fetchall()
     return _TableShape(
@@ -261,7 +266,25 @@ def _table_shape(conn: psycopg.Connection[Any], name: TableName, oid: int) -> _T
         frozenset(r[0] for r in rows),
         frozenset(r[0] for r in rows if r[1]),
         tuple(r[0] for r in rows),
+        frozenset(int(r[0]) for r in parents),
     )
+
+
+def table_order(first_written: Sequence[str], parents: dict[str, set[str]]) -> list[str]:
+    """Tables in an order where each comes after the tables its foreign keys reference. Pure.
+
+    Ties keep the order the source first wrote them; a cycle of references is broken at the table
+    written first (its constraint, if not deferred, then decides, and the transaction is reported).
+    """
+    remaining = list(dict.fromkeys(first_written))
+    placed: list[str] = []
+    while remaining:
+        ready = next(
+            (t for t in remaining if not (parents.get(t, set()) & set(remaining)) - {t}), remaining[0]
+        )
+        placed.append(ready)
+        remaining.remove(ready)
+    return placed
 
 
 @dataclass
@@ -508,7 +531,10 @@ def _apply_chunk(
                 Conflict(event.event_id, event.table, event.key, event.row_json, None, OUTBOX_HOLDS_OTHER)
             )
     kinds: dict[str, Outcome] = {}
-    for table in dict.fromkeys(e.table for e in pending):
+    by_oid = {shape.oid: name for name, shape in shapes.items()}
+    parents = {name: {by_oid[p] for p in shape.parents if p in by_oid} for name, shape in shapes.items()}
+    # A chunk holds many source transactions; every parent row in it goes in before any child row.
+    for table in table_order([e.table for e in pending], parents):
         rows = [e for e in pending if e.table == table]
         kinds.update(_insert_table(conn, shapes[table], rows, outcome))
     restored = [e for e in pending if kinds[e.event_id] is not Outcome.CONFLICT]

@@ -63,8 +63,9 @@ def lost_events(
     request: ReconcileRequest | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> tuple[list[LedgerEvent], list[MalformedRecord]]:
-    """The events to replay: from a saved report, or reconciled now (missing and conflicting both;
-    replay holds back the conflicting ones itself, as it would any input)."""
+    """The events to replay and the unreadable records met on the way (reconciling now, a sample of
+    them): from a saved report, or reconciled now (missing and conflicting both; replay holds back
+    the conflicting ones itself, as it would any input)."""
     if from_file is not None:
         from drledger.report import load_saved_events
 
@@ -72,4 +73,4 @@ def lost_events(
     if request is None:
         raise ValueError("lost_events needs a saved report or a reconcile request")
     report = run_reconcile(request, on_progress)
-    return [*report.missing_in_dr, *(e for a in report.ambiguous for e in a.events)], []
+    return [*report.missing_in_dr, *(e for a in report.ambiguous for e in a.events)], report.malformed_samples

@@ -346,12 +346,8 @@ class KafkaLedger(Ledger):
             found: dict[int, LedgerRecord] = {}
             for events in pool.map(lambda run: self._fetch_run(*run), _runs(positions)):
                 found.update(events)
-        missing = set(positions) - found.keys()
-        if missing:
-            raise LedgerUnavailable(
-                f"The Kafka topic '{self.topic}' no longer holds {len(missing)} events its scan found."
-            )
-        return [found[p] for p in positions]
+        # An offset the scan found (a digest listed it) and the topic no longer holds: damage, counted.
+        return [found.get(p) or _gone(p) for p in positions]
 
     def _fetch_run(self, partition: int, offsets: list[int]) -> dict[int, LedgerRecord]:
         members = {partition << _OFFSET_BITS | offset for offset in offsets}
@@ -445,6 +441,11 @@ class KafkaLedger(Ledger):
         if self._producer is not None:
             self._producer.flush(_TIMEOUT_S)
             self._producer = None
+
+
+def _gone(position: int) -> MalformedRecord:
+    where = f"partition {position >> _OFFSET_BITS} offset {position & ((1 << _OFFSET_BITS) - 1)}"
+    return MalformedRecord(where, "listed by the digest but no longer in the topic", "")
 
 
 def _position(message: Any) -> int:

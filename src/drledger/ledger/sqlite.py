@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from drledger.errors import DrledgerError, LedgerUnavailable
-from drledger.events import LedgerEvent, LedgerRecord, from_wire
+from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
 from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback, pack_times, unpack_times, window_bounds
 
 _SCHEMA = """
@@ -234,9 +234,11 @@ class SqliteLedger(Ledger):
             raise LedgerUnavailable(f"Cannot read the ledger file {self.path}: {exc}.") from None
         finally:
             reader.close()
-        if len(found) < len(set(seqs)):
-            raise LedgerUnavailable(f"The ledger file {self.path} no longer holds events its scan found.")
-        return [found[s] for s in seqs]
+        # A row its block lists and the file no longer holds: damage, counted as malformed.
+        return [
+            found.get(s) or MalformedRecord(f"row {s}", "listed by its block but no longer in the file", "")
+            for s in seqs
+        ]
 
     def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
         low, high = window_bounds(since_ms, until_ms)

@@ -1,0 +1,530 @@
+"""Replay, fence and reconcile against what real users bring: odd names, awkward types, and ledgers that
+were damaged or forged. Nothing replay cannot prove is written; every bad input is one sentence.
+
+Each test builds a "world" on the shared primary: a database whose tables have quoted mixed-case names,
+reserved words, composite keys, identity, generated and array columns and an FK chain; rows inserted
+through the capture trigger; their outbox rows turned into ledger events; then the rows, their outbox
+rows and the sequences taken back to where a lagging replica would have left them. The events are what
+the failover lost; the database is the promoted DR database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sysconfig
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+
+from conftest import dsn_for, run_cli
+from drledger.drill.cluster import LocalCluster
+from drledger.events import LedgerEvent, row_digest
+from drledger.ledger import open_ledger
+from drledger.outbox.postgres import read_window
+from drledger.relay.backfill import event_from_row
+from drledger.replay import ReplayInterrupted, replay
+
+SOURCE = Path(__file__).resolve().parent.parent / "src"
+SCHEMA = r"""
+CREATE SCHEMA "Sales";
+CREATE TABLE "Sales"."Order" (
+    region text, id int, amount numeric(38,10), placed timestamptz, doc jsonb, blob bytea, tags int[],
+    note text, PRIMARY KEY (region, id));
+CREATE TABLE public.customer (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL,
+    name_len int GENERATED ALWAYS AS (length(name)) STORED);
+CREATE TABLE public.line (
+    id bigserial PRIMARY KEY, customer_id bigint NOT NULL REFERENCES public.customer (id),
+    qty int CHECK (qty > 0), status text NOT NULL DEFAULT 'new');
+CREATE TABLE public."my table" (id serial PRIMARY KEY, v text);
+CREATE TABLE public."we""ird" (id int PRIMARY KEY, v text);
+CREATE TABLE public."dot.ted" (id int PRIMARY KEY, v text);
+CREATE TABLE public."select" (id int PRIMARY KEY, "from" text);
+CREATE SCHEMA secret;
+CREATE TABLE secret.accounts (id int PRIMARY KEY, balance numeric);
+"""
+CAPTURED = [
+    '"Sales"."Order"',
+    "public.customer",
+    "public.line",
+    'public."my table"',
+    'public."we""ird"',
+    'public."dot.ted"',
+    'public."select"',
+]
+WORKLOAD = [
+    """INSERT INTO "Sales"."Order" VALUES
+        ('EU', 1, 12345678901234567890.0123456789, '2026-11-29 10:00:00.123456+05:30', '{"a": [1, {"b": null}], "ü": "😀"}',
+         '\\x00ff10', '{1,NULL,3}', 'quote '' and backslash \\ and tab	'),
+        ('US', 1, -0.0000000001, '1999-12-31 23:59:59+00', 'null', NULL, '{}', NULL),
+        ('EU', 2, 0, 'infinity', '[]', '\\x', NULL, 'naïve — ünïcödé')""",
+    # An FK chain in one transaction: the customer, then its lines.
+    """WITH c AS (INSERT INTO public.customer (name) VALUES ('Zoë') RETURNING id)
+       INSERT INTO public.line (customer_id, qty) SELECT id, g FROM c, generate_series(1, 3) g""",
+    "INSERT INTO public.customer (name) VALUES ('a'), ('bb'), ('ccc')",
+    """INSERT INTO public."my table" (v) VALUES ('x'), ('y')""",
+    """INSERT INTO public."we""ird" VALUES (1, 'w1'), (2, 'w2')""",
+    """INSERT INTO public."dot.ted" VALUES (1, 'd')""",
+    """INSERT INTO public."select" VALUES (1, 'reserved')""",
+]
+
+
+def table_images(dsn: str) -> dict[str, set[str]]:
+    """Every captured table's rows as jsonb text, as PostgreSQL prints them."""
+    with psycopg.connect(dsn) as conn:
+        return {
+            name: {r[0] for r in conn.execute(f"SELECT to_jsonb(t)::text FROM {name} t").fetchall()}
+            for name in [*CAPTURED, "secret.accounts"]
+        }
+
+
+def outbox_count(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM drledger.outbox").fetchone()[0]
+
+
+@dataclass
+class World:
+    dsn: str
+    events: list[LedgerEvent]
+    originals: dict[str, set[str]]
+    workdir: Path
+
+    def ledger(self, name: str, events: list[LedgerEvent] | None = None, raw: list[bytes] = ()) -> str:  # type: ignore[assignment]
+        url = f"sqlite:///{self.workdir}/{name}.db"
+        with open_ledger(url, writer=True) as ledger:
+            ledger.publish(events if events is not None else self.events)
+        if raw:
+            with sqlite3.connect(self.workdir / f"{name}.db") as db:
+                db.executemany("INSERT INTO ledger_events (body) VALUES (?)", [(r,) for r in raw])
+        return url
+
+    def saved(self, name: str, events: list[LedgerEvent], extra: list[object] = ()) -> Path:  # type: ignore[assignment]
+        path = self.workdir / f"{name}.json"
+        docs = [orjson.loads(e.to_wire()) for e in events] + list(extra)
+        path.write_bytes(orjson.dumps({"format": "drledger-reconcile/1", "summary": {}, "events": docs}))
+        return path
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, "--db", self.dsn, timeout=300)
+
+    def event(self, table: str, key: str | None = None) -> LedgerEvent:
+        return next(e for e in self.events if e.table == table and (key is None or e.key == key))
+
+
+@pytest.fixture
+def world(primary: LocalCluster, workdir: Path) -> Iterator[World]:
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    dsn = dsn_for(primary, name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    init = run_cli("init", "--db", dsn, *(arg for t in CAPTURED for arg in ("--table", t)), "--json")
+    assert init.returncode == 0, init.stderr
+    assert json.loads(init.stdout)["installed"] == CAPTURED  # typed the SQL way, printed canonically
+    with psycopg.connect(dsn) as conn:
+        for statement in WORKLOAD:
+            conn.execute(statement)
+            conn.commit()
+        conn.execute("INSERT INTO secret.accounts VALUES (1, 100)")
+        conn.commit()
+    originals = table_images(dsn)
+    events = [event_from_row(r) for r in read_window(dsn, None, None)]
+    assert len(events) == 16
+    # The failover: the rows and their outbox rows never reached the replica, nor did the sequences.
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            'TRUNCATE public.line, public.customer, "Sales"."Order", public."my table", '
+            'public."we""ird", public."dot.ted", public."select", drledger.outbox RESTART IDENTITY'
+        )
+        conn.commit()
+    yield World(dsn, events, originals, workdir)
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS drl_no_sequences")
+
+
+def forged(event: LedgerEvent, **fields: object) -> LedgerEvent:
+    """The event with fields changed and, unless row_sha256 is given, its hash made to fit: a forgery a
+    hash alone cannot catch."""
+    changed = dataclasses.replace(event, **fields)  # type: ignore[arg-type]
+    if "row_json" in fields and "row_sha256" not in fields:
+        changed = dataclasses.replace(changed, row_sha256=row_digest(changed.row_json))
+    return changed
+
+
+def replay_json(world: World, *args: str) -> tuple[int, dict]:
+    result = world.cli("replay", *args, "--json")
+    assert result.returncode in (0, 3), (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_every_odd_name_and_type_comes_back_exactly(world: World) -> None:
+    url = world.ledger("ledger")
+    reconcile = world.cli(
+        "reconcile", "--ledger", url, "--since", "1h", "--save", str(world.workdir / "lost.json"), "--json"
+    )
+    assert reconcile.returncode == 1, reconcile.stderr
+    summary = json.loads(reconcile.stdout)
+    assert summary["counts"]["missing_in_dr"] == 16
+    assert set(summary["missing_by_table"]) == set(CAPTURED)
+    assert (os.stat(world.workdir / "lost.json").st_mode & 0o777) == 0o600
+
+    code, dry = replay_json(world, "--from", str(world.workdir / "lost.json"))
+    assert code == 0 and dry["dry_run"] and dry["applied"] == 16 and dry["refused"] == [], [
+        r["reason"] for r in dry["refused"]
+    ]
+    assert (
+        table_images(world.dsn)["public.customer"] == set() and outbox_count(world.dsn) == 0
+    )  # rehearsal only
+
+    code, applied = replay_json(world, "--from", str(world.workdir / "lost.json"), "--apply")
+    assert code == 0, applied
+    assert (applied["applied"], applied["conflicts"], applied["refused"]) == (16, [], [])
+    assert table_images(world.dsn) == world.originals  # every value, byte for byte as PostgreSQL prints it
+    fenced = {f["sequence"]: f["after"] for f in applied["fenced"]}
+    assert fenced["customer_id_seq"] == 4 + 1000 and fenced["line_id_seq"] == 3 + 1000
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        new_id = conn.execute("INSERT INTO public.customer (name) VALUES ('after') RETURNING id").fetchone()[
+            0
+        ]
+    assert new_id > 1000  # fenced before the application writes
+
+    again = world.cli("reconcile", "--ledger", url, "--since", "1h", "--json")
+    assert again.returncode == 3  # the row written after failover never reached this ledger …
+    assert json.loads(again.stdout)["counts"]["missing_in_dr"] == 0  # … and nothing is missing any more
+    code, twice = replay_json(world, "--ledger", url, "--since", "1h", "--apply")
+    assert code == 0 and twice["applied"] == 0
+    fence = world.cli("fence", "--ledger", url, "--since", "1h", "--json")
+    assert fence.returncode == 0, fence.stderr
+    assert all(not f["after"] > f["before"] for f in json.loads(fence.stdout)["fenced"])  # idempotent
+    prune = world.cli("prune", "--older-than", "0s", "--json")
+    assert prune.returncode == 0 and json.loads(prune.stdout)["rows"] == 17
+
+
+def test_a_forged_ledger_writes_nothing_it_cannot_prove(world: World) -> None:
+    weird = world.event('public."we""ird"', "1")
+    good = world.event('public."dot.ted"')
+    forgeries = [
+        # a table never captured, and drledger's own tables
+        forged(weird, table="secret.accounts", row_json='{"id": 2, "balance": 1000000}', key="2"),
+        forged(weird, table="drledger.outbox", event_id=str(uuid.uuid4())),
+        forged(weird, table="drledger.heartbeat", event_id=str(uuid.uuid4())),
+        # the image's key is not the event's key
+        forged(weird, event_id=str(uuid.uuid4()), key="7", row_json='{"id": 8, "v": "w8"}'),
+        # two JSON objects in one image
+        forged(
+            weird, event_id=str(uuid.uuid4()), key="9", row_json='{"id": 9, "v": "a"}{"id": 10, "v": "b"}'
+        ),
+        # columns the table lacks; values that do not fit
+        forged(weird, event_id=str(uuid.uuid4()), key="11", row_json='{"id": 11, "v": "x", "admin": true}'),
+        forged(weird, event_id=str(uuid.uuid4()), key="12", row_json='{"id": "twelve", "v": "x"}'),
+        forged(weird, event_id=str(uuid.uuid4()), key="13", row_json='{"id": 99999999999, "v": "x"}'),
+        forged(weird, event_id=str(uuid.uuid4()), key="14", row_json='{"id": 14, "v": "nul \\u0000 inside"}'),
+        forged(weird, event_id=str(uuid.uuid4()), key="15", row_json="1"),
+        forged(weird, event_id=str(uuid.uuid4()), key="16", row_json="[1, 2]"),
+        # a line whose customer never existed: the database rejects its transaction
+        forged(
+            world.event("public.line"),
+            event_id=str(uuid.uuid4()),
+            txid=999_999,
+            key="50",
+            row_json='{"id": 50, "qty": 1, "status": "new", "customer_id": 777}',
+        ),
+    ]
+    # Each in a source transaction of its own, so each is refused for its own reason.
+    forgeries = [dataclasses.replace(f, txid=500_000 + i) for i, f in enumerate(forgeries)]
+    # A hash that does not match its row (all zeros here): unreadable, never even an event.
+    zeroed = forged(
+        weird, event_id=str(uuid.uuid4()), key="17", row_json='{"id": 17, "v": "x"}', row_sha256="0" * 64
+    )
+    path = world.saved("forged", [*forgeries, good, zeroed])
+    before = table_images(world.dsn)
+    code, dry = replay_json(world, "--from", str(path))
+    assert code == 3 and dry["applied"] == 1
+    code, result = replay_json(world, "--from", str(path), "--apply")
+    assert code == 3
+    assert result["applied"] == 1  # the one proven event, in a table the forgeries did not reach
+    assert {r["event_id"] for r in result["refused"]} == {f.event_id for f in forgeries}, [
+        (f.table, f.key, f.row_json)
+        for f in forgeries
+        if f.event_id not in {r["event_id"] for r in result["refused"]}
+    ]
+    refused = {r["key"]: r["reason"] for r in result["refused"]}
+    assert "not captured" in refused["2"] and "drledger's own tables" in refused[weird.key]
+    assert "holds key 8" in refused["7"] and "not one JSON document" in refused["9"]
+    assert "lacks: admin" in refused["11"] and "database rejects" in refused["12"]
+    assert "database rejects" in refused["13"] and "database rejects" in refused["14"]
+    assert "not a JSON object" in refused["15"] and "not a JSON object" in refused["16"]
+    assert "rejected its source transaction" in refused["50"]
+    assert [m["reason"] for m in result["malformed"]] == ["the row does not match its row_sha256"]
+    after = table_images(world.dsn)
+    assert after['public."dot.ted"'] == world.originals['public."dot.ted"']
+    assert {k: v for k, v in after.items() if k != 'public."dot.ted"'} == {
+        k: v for k, v in before.items() if k != 'public."dot.ted"'
+    }  # no forged row anywhere, secret.accounts untouched
+    assert outbox_count(world.dsn) == 1  # no forged outbox row either
+    assert dry["refused"] == result["refused"]  # the dry run showed exactly what --apply did
+
+
+def test_conflicting_versions_are_held_back_and_reported_by_reconcile_too(world: World) -> None:
+    original = world.event('public."we""ird"', "1")
+    other_key_version = world.event('public."we""ird"', "2")
+    events = [
+        original,
+        forged(original, row_json='{"id": 1, "v": "forged twin"}'),  # one id, two contents
+        other_key_version,
+        forged(
+            other_key_version, event_id=str(uuid.uuid4()), row_json='{"id": 2, "v": "another w2"}'
+        ),  # one key
+        world.event('public."select"'),
+    ]
+    url = world.ledger("twins", events)
+    reconcile = world.cli("reconcile", "--ledger", url, "--since", "1h", "--json")
+    assert reconcile.returncode == 3
+    summary = json.loads(reconcile.stdout)
+    assert summary["counts"]["missing_in_dr"] == 1 and summary["counts"]["conflicting"] == 4
+    inspect = run_cli("ledger", "inspect", url, "--json")
+    assert json.loads(inspect.stdout)["conflicting"] == 1 and json.loads(inspect.stdout)["duplicates"] == 0
+    code, result = replay_json(world, "--ledger", url, "--since", "1h", "--apply")
+    assert code == 3 and result["applied"] == 1
+    assert sorted(len(g["versions"]) for g in result["conflicting"]) == [2, 2]
+    assert table_images(world.dsn)['public."we""ird"'] == set()  # neither version of either row written
+
+
+def test_a_damaged_ledger_is_counted_malformed_never_applied(world: World) -> None:
+    target = world.event('public."my table"', "1")
+    url = world.ledger("damaged", [e for e in world.events if e is not target])
+    changed = orjson.loads(target.to_wire())
+    changed["row"] = changed["row"].replace('"x"', '"changed in place"')  # row_sha256 left intact
+    truncated = world.event('public."my table"', "2").to_wire()[:60]
+    with sqlite3.connect(world.workdir / "damaged.db") as db:
+        db.execute(
+            "DELETE FROM ledger_events WHERE event_id = ?", (world.event('public."my table"', "2").event_id,)
+        )
+        db.executemany(
+            "INSERT INTO ledger_events (commit_ts_ms, body) VALUES (NULL, ?)",
+            [(orjson.dumps(changed),), (truncated,)],
+        )
+    reconcile = world.cli("reconcile", "--ledger", url, "--since", "1h", "--json")
+    assert reconcile.returncode == 3, reconcile.stderr
+    summary = json.loads(reconcile.stdout)
+    # the changed body, the truncated one, and the row its block lists but the file lost
+    assert summary["counts"]["malformed"] == 3 and summary["counts"]["missing_in_dr"] == 14
+    code, result = replay_json(world, "--ledger", url, "--since", "1h", "--apply")
+    assert code == 3 and result["applied"] == 14
+    assert table_images(world.dsn)['public."my table"'] == set()
+
+
+def test_fence_refuses_keys_beyond_the_sequence_and_bad_margins(world: World) -> None:
+    customer = world.event("public.customer", "1")
+    huge = forged(
+        customer,
+        event_id=str(uuid.uuid4()),
+        key=str(2**63 - 5000),
+        row_json=customer.row_json.replace('"id": 1', f'"id": {2**63 - 5000}'),
+    )
+    url = world.ledger("huge", [*world.events, huge])
+    result = world.cli("fence", "--ledger", url, "--since", "1h", "--json")
+    assert result.returncode == 3, result.stderr
+    report = json.loads(result.stdout)
+    assert [(u["column"], u["highest"]) for u in report["unfenced"]] == [("id", str(2**63 - 5000))]
+    with psycopg.connect(world.dsn) as conn:
+        assert conn.execute("SELECT last_value FROM public.customer_id_seq").fetchone()[0] == 4 + 1000
+    for margin in ("-15000", "99999999999999999999"):
+        bad = world.cli("fence", "--ledger", url, "--margin", margin)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_fence_needs_the_outbox(primary: LocalCluster, workdir: Path, world: World) -> None:
+    url = world.ledger("any")
+    bare = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {bare}")
+    try:
+        with psycopg.connect(dsn_for(primary, bare), autocommit=True) as conn:
+            conn.execute("CREATE TABLE customer (id bigserial PRIMARY KEY, name text)")
+        result = run_cli("fence", "--db", dsn_for(primary, bare), "--ledger", url, "--since", "1h")
+        assert result.returncode == 2 and "no drledger.outbox" in result.stderr
+        with psycopg.connect(dsn_for(primary, bare)) as conn:
+            assert conn.execute("SELECT last_value FROM customer_id_seq").fetchone()[0] == 1
+    finally:
+        with psycopg.connect(primary.dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {bare} WITH (FORCE)")
+
+
+def test_a_fence_it_may_not_make_stops_replay_before_any_row_and_a_rerun_finishes(world: World) -> None:
+    path = world.saved("lost", world.events)
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute("CREATE ROLE drl_no_sequences LOGIN")
+        conn.execute('GRANT USAGE ON SCHEMA drledger, "Sales" TO drl_no_sequences')
+        conn.execute(
+            'GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA drledger, public, "Sales" TO drl_no_sequences'
+        )
+        conn.execute("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO drl_no_sequences")
+    limited = world.dsn.replace("postgres@", "drl_no_sequences@")
+    result = run_cli("replay", "--db", limited, "--from", str(path), "--apply")
+    assert result.returncode == 2 and "may not move the sequence" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert outbox_count(world.dsn) == 0  # nothing applied before the fence
+    code, rerun = replay_json(world, "--from", str(path), "--apply")
+    assert (
+        code == 0
+        and rerun["applied"] == 16
+        and {f["sequence"] for f in rerun["fenced"]} >= {"customer_id_seq"}
+    )
+
+
+def test_a_failure_mid_run_leaves_what_was_committed_and_a_rerun_resumes(world: World) -> None:
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION public.refuse_select() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'the disk is full (simulated)' USING ERRCODE = '53100'; END $$"
+        )
+        conn.execute(
+            'CREATE TRIGGER refuse BEFORE INSERT ON public."select" FOR EACH ROW EXECUTE FUNCTION public.refuse_select()'
+        )
+    with pytest.raises(ReplayInterrupted) as stopped:
+        replay(world.dsn, world.events, apply=True, chunk_events=1)
+    partial = stopped.value.result
+    assert "run the same command again to resume" in str(stopped.value)
+    assert 0 < partial.transactions < 7 and partial.applied == outbox_count(world.dsn)
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute('DROP TRIGGER refuse ON public."select"')
+    resumed = replay(world.dsn, world.events, apply=True, chunk_events=1)
+    assert resumed.applied + resumed.already_replayed == 16 and resumed.already_replayed == partial.applied
+    assert table_images(world.dsn) == world.originals
+
+
+def test_ledger_text_is_never_read_as_markup(world: World) -> None:
+    odd = forged(
+        world.event('public."select"'),
+        event_id=str(uuid.uuid4()),
+        table="public.orders[/]",
+        key="[red on red]1",
+    )
+    url = world.ledger("markup", [odd])
+    for command in (
+        world.cli("reconcile", "--ledger", url, "--since", "1h"),
+        world.cli("replay", "--ledger", url, "--since", "1h"),
+        run_cli("ledger", "inspect", url),
+    ):
+        assert command.returncode in (0, 1, 3) and "Traceback" not in command.stderr, command.stderr
+    assert "public.orders[/]" in world.cli("reconcile", "--ledger", url, "--since", "1h").stdout
+    assert "[red on red]1" in world.cli("replay", "--ledger", url, "--since", "1h").stdout
+
+
+def test_readers_never_change_the_file_they_read(world: World, workdir: Path) -> None:
+    other = workdir / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE notes (x)")
+    digest = hashlib.sha256(other.read_bytes()).hexdigest()
+    result = run_cli("ledger", "inspect", f"sqlite:///{other}")
+    assert result.returncode == 2 and "not a drledger ledger" in result.stderr
+    assert hashlib.sha256(other.read_bytes()).hexdigest() == digest
+    with sqlite3.connect(other) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+    world.ledger("kept")
+    ledger_file = workdir / "kept.db"
+    assert stat.S_IMODE(os.stat(ledger_file).st_mode) == 0o600  # row images: the owner's only
+    archive = workdir / "archive"
+    archive.mkdir()
+    copy = archive / "kept.db"
+    copy.write_bytes(ledger_file.read_bytes())
+    os.chmod(copy, 0o444)
+    os.chmod(archive, 0o555)
+    os.chmod(workdir, 0o755)
+    # A reader that may not write next to the file (an archived copy). Root may write anywhere, so the
+    # reader runs as nobody, on the system's Python with this environment's packages.
+    system_python = Path("/usr/bin/python3")
+    if os.geteuid() != 0 or not system_python.exists():
+        pytest.skip("needs root and /usr/bin/python3 to run the reader as another user")
+    packages = sysconfig.get_paths()["purelib"]
+    inspect = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "nobody",
+            "--",
+            "env",
+            f"PYTHONPATH={packages}:{SOURCE}",
+            str(system_python),
+            "-m",
+            "drledger",
+            "ledger",
+            "inspect",
+            f"sqlite:///{copy}",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert inspect.returncode == 0, inspect.stderr
+    assert json.loads(inspect.stdout)["events"] == 16
+    assert sorted(p.name for p in archive.iterdir()) == ["kept.db"]
+
+
+def test_bad_input_is_one_sentence_and_exit_2(world: World) -> None:
+    url = world.ledger("inputs")
+    cases = [
+        (("reconcile", "--ledger", url, "--since", "99999999999d"), "century"),
+        (("reconcile", "--ledger", url, "--skew", "99999999999d"), "century"),
+        (("reconcile", "--ledger", url, "--lookback", "99999999999d"), "century"),
+        (("prune", "--older-than", "99999999999d"), "century"),
+        (("replay", "--ledger", url, "--fence-margin", "99999999999999999999"), "margin"),
+        (("replay", "--ledger", url, "--on-conflict", "maybe"), "--on-conflict"),
+        (("reconcile", "--ledger", "kafka://[::1/x"), "cannot be parsed"),
+        (("reconcile", "--ledger", "kafka://user:hunter2@127.0.0.1:1/t"), "credentials"),
+    ]
+    for args, fragment in cases:
+        result = world.cli(*args)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], (args, result.stderr)
+        assert "hunter2" not in result.stderr
+    for dsn in (
+        "postgresql://:hunter2@127.0.0.1:1/x",
+        "postgresql://u@127.0.0.1:1/x?%70assword=hunter2",
+        "postgresql://u:hunter2@127.0.0.1:1/x?bogus=1",
+        "host=127.0.0.1 port=1 sslpassword=hunter2 password=hunter2",
+    ):
+        result = run_cli("reconcile", "--db", dsn, "--ledger", url)
+        assert (
+            result.returncode == 2
+            and "hunter2" not in result.stderr
+            and len(result.stderr.strip().splitlines()) == 1
+        ), result.stderr
+    saved = world.workdir / "report.json"
+    html = world.workdir / "report.html"
+    world.cli("reconcile", "--ledger", url, "--since", "1h", "--save", str(saved), "--html", str(html))
+    for path in (saved, html):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_a_column_the_image_lacks_gets_its_default_as_the_original_insert_would(world: World) -> None:
+    customer = next(e for e in world.events if e.table == "public.customer" and e.row["name"] == "Zoë")
+    line = next(e for e in world.events if e.table == "public.line" and e.txid == customer.txid)
+    image = {k: v for k, v in line.row.items() if k != "status"}
+    short = forged(line, row_json=json.dumps(image, default=str))
+    code, result = replay_json(world, "--from", str(world.saved("short", [customer, short])), "--apply")
+    assert code == 0 and result["applied"] == 2, result
+    with psycopg.connect(world.dsn) as conn:
+        assert conn.execute("SELECT status FROM public.line WHERE id = %s", (int(line.key),)).fetchone() == (
+            "new",
+        )
