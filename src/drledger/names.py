@@ -17,6 +17,7 @@ catalog lookups compare the parts with `pg_namespace.nspname` and `pg_class.reln
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -115,6 +116,10 @@ class TableName:
     @classmethod
     def parse(cls, text: str) -> TableName:
         """`table`, `schema.table` or their quoted SQL forms; raises DrledgerError in one sentence."""
+        return _parse(text)
+
+    @classmethod
+    def _parse_uncached(cls, text: str) -> TableName:
         stripped = text.strip()
         if not stripped:
             raise DrledgerError("An empty table name was given; write it as schema.table.")
@@ -139,7 +144,7 @@ class TableName:
             return False
         return True
 
-    @property
+    @functools.cached_property
     def qualified(self) -> str:
         """The canonical text: `public.orders`, `"Sales"."Order"`."""
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
@@ -150,6 +155,12 @@ class TableName:
     @property
     def ident(self) -> sql.Identifier:
         return sql.Identifier(self.schema, self.name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse(text: str) -> TableName:
+    # Ledgers name a handful of tables millions of times: each spelling is parsed once.
+    return TableName._parse_uncached(text)
 
 
 def canonical(text: str) -> str:

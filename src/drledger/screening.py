@@ -92,31 +92,41 @@ def _content(event: LedgerEvent) -> tuple[str, str, str, str]:
 
 def separate_ambiguous(events: Iterable[LedgerEvent]) -> tuple[list[LedgerEvent], list[Ambiguity]]:
     """Duplicates collapsed, ambiguities taken out; the clean events keep their first-seen order."""
-    by_id: dict[str, list[LedgerEvent]] = {}
-    for event in events:
-        versions = by_id.setdefault(event.event_id, [])
-        same = next((i for i, v in enumerate(versions) if _content(v) == _content(event)), None)
+    first: dict[str, LedgerEvent] = {}
+    again: list[LedgerEvent] = []
+    for event in events:  # nearly every event is seen once: only the rest are looked at closely
+        if first.setdefault(event.event_id, event) is not event:
+            again.append(event)
+    versions: dict[str, list[LedgerEvent]] = {}
+    for event in again:
+        known = versions.setdefault(event.event_id, [first[event.event_id]])
+        same = next((i for i, v in enumerate(known) if _content(v) == _content(event)), None)
         if same is None:
-            versions.append(event)
-        elif versions[same].lsn == 0 < event.lsn:  # a backfilled copy gives way to the streamed one
-            versions[same] = event
+            known.append(event)
+        elif known[same].lsn == 0 < event.lsn:  # a backfilled copy gives way to the streamed one
+            known[same] = event
     ambiguous: list[Ambiguity] = []
-    single: list[LedgerEvent] = []
-    for versions in by_id.values():
-        if len(versions) > 1:
-            first = versions[0]
-            ambiguous.append(Ambiguity(ONE_ID_SEVERAL_CONTENTS, first.table, first.key, tuple(versions)))
+    for event_id, known in versions.items():
+        if len(known) > 1:
+            ambiguous.append(Ambiguity(ONE_ID_SEVERAL_CONTENTS, known[0].table, known[0].key, tuple(known)))
+            del first[event_id]
         else:
-            single.append(versions[0])
-    by_key: dict[tuple[str, str], list[LedgerEvent]] = {}
-    for event in single:
-        by_key.setdefault((event.table, event.key), []).append(event)
-    for (table, key), group in by_key.items():
-        if len({e.row_sha256 for e in group}) > 1:
+            first[event_id] = known[0]
+    digest_of_key: dict[tuple[str, str], str] = {}
+    clashing: set[tuple[str, str]] = set()
+    for event in first.values():
+        where = (event.table, event.key)
+        if digest_of_key.setdefault(where, event.row_sha256) != event.row_sha256:
+            clashing.add(where)
+    if clashing:
+        groups: dict[tuple[str, str], list[LedgerEvent]] = {}
+        for event in first.values():
+            if (event.table, event.key) in clashing:
+                groups.setdefault((event.table, event.key), []).append(event)
+        for (table, key), group in groups.items():
             ambiguous.append(Ambiguity(ONE_KEY_SEVERAL_ROWS, table, key, tuple(group)))
-    held = {e.event_id for a in ambiguous for e in a.events}
-    clean = [e for e in single if e.event_id not in held]
-    return clean, ambiguous
+        return [e for e in first.values() if (e.table, e.key) not in clashing], ambiguous
+    return list(first.values()), ambiguous
 
 
 def event_problem(event: LedgerEvent) -> tuple[TableName | None, dict[str, Any] | None, str | None]:
@@ -125,13 +135,16 @@ def event_problem(event: LedgerEvent) -> tuple[TableName | None, dict[str, Any] 
         return None, None, "its event id is not a UUID"
     if event.op not in KNOWN_OPS:
         return None, None, f"its operation {event.op[:20]!r} is not one replay knows"
-    for name, value, high in (
-        ("txid", event.txid, MAX_TXID),
-        ("lsn", event.lsn, MAX_LSN),
-        ("commit time", event.commit_ts_ms, MAX_COMMIT_TS_MS),
+    if not (
+        0 <= event.txid <= MAX_TXID
+        and 0 <= event.lsn <= MAX_LSN
+        and 0 <= event.commit_ts_ms <= MAX_COMMIT_TS_MS
     ):
-        if not 0 <= value <= high:
-            return None, None, f"its {name} {value} is out of range"
+        return (
+            None,
+            None,
+            f"its txid, lsn or commit time is out of range ({event.txid}, {event.lsn}, {event.commit_ts_ms})",
+        )
     try:
         table = TableName.parse(event.table)
     except DrledgerError:
@@ -143,10 +156,9 @@ def event_problem(event: LedgerEvent) -> tuple[TableName | None, dict[str, Any] 
     try:
         if row_digest(event.row_json) != event.row_sha256:
             return table, None, "its row image does not match its row_sha256"
+        row = orjson.loads(event.row_json)
     except UnicodeEncodeError:
         return table, None, "its row image is not valid text"
-    try:
-        row = orjson.loads(event.row_json)
     except orjson.JSONDecodeError:
         try:  # numbers beyond a double (a numeric(1000)) are valid JSON that orjson declines
             row = json.loads(event.row_json, parse_float=Decimal)
