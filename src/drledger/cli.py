@@ -13,11 +13,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from drledger import __version__
 from drledger.errors import DrledgerError
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
     from drledger.drill.run import DrillSettings
     from drledger.fence import FenceResult
+    from drledger.names import TableName
     from drledger.reconcile import Report
     from drledger.recovery import ReconcileRequest
     from drledger.relay.engine import RelayStats
@@ -113,21 +115,54 @@ def init(
     db: DbOption,
     table: Annotated[
         list[str] | None,
-        typer.Option("--table", "-t", help="A table to capture, as schema.table; repeatable."),
+        typer.Option(
+            "--table",
+            "-t",
+            help='A table to capture: schema.table, or quoted as in SQL ("Sales"."Order"); repeatable.',
+        ),
     ] = None,
     check: Annotated[
         bool, typer.Option("--check", help="Only report what is missing; change nothing.")
     ] = False,
+    as_role: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--as",
+            help="With --check: also check a role's privileges for its duty, as duty=role "
+            "(installer, relay, reader, recoverer; a bare role is the relay); repeatable.",
+        ),
+    ] = None,
+    print_grants: Annotated[
+        bool,
+        typer.Option(
+            "--print-grants",
+            help="Print the GRANTs each drledger role needs for these tables, as SQL; change nothing.",
+        ),
+    ] = False,
+    role: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--role",
+            help="With --print-grants: a role's name, as duty=role (default drledger_installer, "
+            "drledger_relay, drledger_reader, drledger_recoverer); repeatable.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Install the outbox, the publication and a capture trigger on each table (safe to run twice).
 
-    With --check, report what the relay still needs (wal_level, replication privilege, outbox,
-    triggers) and exit 1 if anything is missing.
+    The capture trigger runs with drledger's rights (SECURITY DEFINER), so the application's role needs
+    nothing new. A partitioned table is captured with all its partitions. With --check, report what the
+    relay still needs (wal_level, replication privilege, outbox, triggers) and, with --as, which
+    privileges a role lacks and the GRANT that fixes each; exit 1 if anything is missing. With
+    --print-grants, print every role's GRANTs (see the README's "Least privilege").
     """
     from drledger.outbox import postgres
 
     tables = table or []
+    if print_grants:
+        _print_grants(db, tables, role or [])
+        return
     if not check:
         if not tables:
             raise DrledgerError("Name at least one table to capture with --table schema.table.")
@@ -136,19 +171,55 @@ def init(
             out.print_json(json.dumps({"installed": installed}))
         else:
             for name in installed:
-                out.print(f"[green]✓[/] capturing inserts into {name}")
+                out.print(Text("✓ ", style="green") + Text(f"capturing inserts into {name}"))
         return
-    findings = postgres.check(db, tables)
+    findings = [
+        *postgres.check(db, tables),
+        *postgres.partition_findings(db, tables),
+        *_privilege_findings(db, tables, as_role or []),
+    ]
     if as_json:
         out.print_json(
             json.dumps({"ok": all(f.ok for f in findings), "findings": [f.__dict__ for f in findings]})
         )
     else:
         for finding in findings:
-            mark = "[green]✓[/]" if finding.ok else "[red]✗[/]"
-            out.print(f"{mark} {finding.what}" + (f" — {finding.fix}" if finding.fix else ""))
+            mark = Text("✓ ", style="green") if finding.ok else Text("✗ ", style="red")
+            out.print(mark + Text(finding.what + (f" — {finding.fix}" if finding.fix else "")))
     if not all(f.ok for f in findings):
         raise typer.Exit(1)
+
+
+def _captured_or_named(conn: Any, tables: list[str]) -> list[TableName]:
+    from drledger.names import TableName
+    from drledger.outbox.postgres import captured_tables
+
+    if tables:
+        return [TableName.parse(t) for t in tables]
+    return [TableName.parse(t) for t in sorted(captured_tables(conn))]
+
+
+def _print_grants(db: str, tables: list[str], pairs: list[str]) -> None:
+    from drledger.db import connect
+    from drledger.privileges import DEFAULT_ROLES, grant_script, parse_roles
+
+    roles = {**DEFAULT_ROLES, **parse_roles(pairs)}
+    with connect(db) as conn:
+        names = _captured_or_named(conn, tables)
+        if not names:
+            raise DrledgerError("Name the tables to capture with --table; this database captures none yet.")
+        out.print(grant_script(conn, roles, names), markup=False, highlight=False, end="")
+
+
+def _privilege_findings(db: str, tables: list[str], pairs: list[str]) -> list[Any]:
+    if not pairs:
+        return []
+    from drledger.db import connect
+    from drledger.privileges import check_roles, parse_roles
+
+    roles = parse_roles(pairs)
+    with connect(db) as conn:
+        return check_roles(conn, roles, _captured_or_named(conn, tables))
 
 
 @app.command()
@@ -784,6 +855,13 @@ def main() -> None:
 
         if os.environ.get("DRLEDGER_DEBUG"):
             raise
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+            _fail(
+                f"The database refused: {first}; this role lacks a privilege the command needs "
+                "(drledger init --check --as DUTY=ROLE names it, with its GRANT).",
+                2,
+            )
         if isinstance(exc, psycopg.Error):
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
             _fail(f"The database refused: {first}.", 2)

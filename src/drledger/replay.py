@@ -331,6 +331,8 @@ def replay(
             result.count(refusal.event.table, Outcome.REFUSED)
         plan = plan_replay(a.event for a in valid)
         result.plan = plan
+        if apply:
+            _require_recoverer(conn, proof.shapes)
         conn.rollback()  # validation reads only; what follows runs in transactions of its own
         # Fencing comes first: once the application writes again, a sequence behind a key replay is
         # about to restore would hand that key out.
@@ -353,6 +355,24 @@ def replay(
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
     return result
+
+
+def _require_recoverer(conn: psycopg.Connection[Any], shapes: dict[str, _TableShape]) -> None:
+    """Before the first write: this role holds what replay writes with, or one sentence says what not."""
+    wanted = [("drledger.outbox", "INSERT"), ("drledger.replay_log", "INSERT")] + [
+        (shape.name.qualified, privilege) for shape in shapes.values() for privilege in ("SELECT", "INSERT")
+    ]
+    for table, privilege in wanted:
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NULL OR has_table_privilege(current_user, to_regclass(%s), %s)",
+            (table, table, privilege),
+        ).fetchone()
+        if not (row and row[0]):
+            role = conn.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
+            raise DrledgerError(
+                f"The role {role} may not replay here: it lacks {privilege} on {table} (permission denied); "
+                "give it the recoverer's grants (drledger init --print-grants)."
+            )
 
 
 def _shapes(conn: psycopg.Connection[Any], admitted: list[Admitted]) -> dict[str, _TableShape]:

@@ -95,12 +95,15 @@ class FailoverRig:
         assert self.replica is not None
         return self.replica.dsn
 
-    def start(self, *, relay: bool = True) -> None:
+    def start(self, *, relay: bool = True, capture: bool = True) -> None:
+        """The primary with the demo tables, the lagging replica, and the relay; without `capture`,
+        the outbox is left for the caller to install (as a role of its own, say)."""
         self.primary = self.clusters.primary("primary")
         with psycopg.connect(self.primary.dsn, autocommit=True) as conn:
             conn.execute(DEMO_TABLE_DDL)
             conn.execute(WARMUP_TABLE_DDL)
-        install(self.primary.dsn, ["public.orders", "public.drill_warmup"])
+        if capture:
+            install(self.primary.dsn, ["public.orders", "public.drill_warmup"])
         # The base backup takes dozens of round trips; the lag starts once the replica streams.
         self.injector = LagInjector(self.primary.port, 0.0)
         self.injector.start()

@@ -41,8 +41,10 @@ CREATE INDEX IF NOT EXISTS replay_log_event_id_idx ON drledger.replay_log (event
 PUBLICATION = "drledger_pub"
 SUPPRESS_SETTING = "drledger.suppress_capture"
 
+# The schema itself is created only when missing: CREATE SCHEMA IF NOT EXISTS asks for CREATE on the
+# database even when the schema is there, and a re-run of init should need nothing it did not.
+_SCHEMA_DDL = f"CREATE SCHEMA {SCHEMA}"
 _BASE_DDL = f"""
-CREATE SCHEMA IF NOT EXISTS {SCHEMA};
 CREATE TABLE IF NOT EXISTS {SCHEMA}.outbox (
     id            uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
     aggregatetype text        NOT NULL,
@@ -138,11 +140,19 @@ def key_expression(columns: list[str], alias: str = "n") -> sql.Composable:
     return sql.SQL("jsonb_build_object({})::text").format(pairs)
 
 
-def _capture_ddl(table: TableName, key_columns: list[str]) -> list[sql.Composed]:
-    function = trigger_function(table)
+def _capture_function_ddl(table: TableName, key_columns: list[str]) -> sql.Composed:
+    """The capture function: SECURITY DEFINER, so it writes the outbox with drledger's rights, not the
+    inserting role's; the application needs no privilege on schema drledger, and cannot write the
+    outbox itself. Its search_path is pinned, so no object of the caller's can stand in for one it
+    uses. Capture is suppressed only for a session whose login role may write replay's audit log
+    (the recoverer, see the README's least-privilege roles): an application setting the flag is
+    captured all the same."""
     body = sql.SQL(
         "BEGIN\n"
-        "  IF current_setting({suppress}, true) = 'on' THEN RETURN NULL; END IF;\n"
+        "  IF current_setting({suppress}, true) = 'on'\n"
+        "     AND has_table_privilege(session_user, 'drledger.replay_log', 'INSERT') THEN\n"
+        "    RETURN NULL;\n"
+        "  END IF;\n"
         "  INSERT INTO drledger.outbox (id, aggregatetype, aggregateid, type, payload, fingerprint)\n"
         "  SELECT e.id, {table_literal}, e.key, 'insert', e.payload, {fingerprint}\n"
         "  FROM (SELECT gen_random_uuid() AS id, {key} AS key, to_jsonb(n) AS payload FROM drledger_new_rows n) e;\n"
@@ -156,23 +166,51 @@ def _capture_ddl(table: TableName, key_columns: list[str]) -> list[sql.Composed]
         table_literal=sql.Literal(table.qualified),
         key=key_expression(key_columns),
     )
-    return [
-        sql.SQL("CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body}").format(
-            function=function, body=sql.Literal(body.as_string(None))
-        ),
-        sql.SQL("DROP TRIGGER IF EXISTS drledger_capture ON {table}").format(table=table.ident),
-        sql.SQL(
-            "CREATE TRIGGER drledger_capture AFTER INSERT ON {table} "
-            "REFERENCING NEW TABLE AS drledger_new_rows "
-            "FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
-        ).format(table=table.ident, function=function),
-    ]
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
+    ).format(function=trigger_function(table), body=sql.Literal(body.as_string(None)))
+
+
+def _capture_trigger_ddl(on: TableName, captured: TableName) -> sql.Composed:
+    # CREATE OR REPLACE needs only the TRIGGER privilege on the table; DROP would need its ownership.
+    return sql.SQL(
+        "CREATE OR REPLACE TRIGGER drledger_capture AFTER INSERT ON {table} "
+        "REFERENCING NEW TABLE AS drledger_new_rows "
+        "FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+    ).format(table=on.ident, function=trigger_function(captured))
+
+
+def partitions(conn: psycopg.Connection[Any], oid: int) -> list[TableName]:
+    """Every partition below a partitioned table, at any depth."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_partition_tree(%s::oid::regclass) t "
+        "JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE t.relid <> %s::oid::regclass ORDER BY t.level, c.relname",
+        (oid, oid),
+    ).fetchall()
+    return [TableName(r[0], r[1]) for r in rows]
+
+
+def _refuse_partition(conn: psycopg.Connection[Any], table: TableName, oid: int) -> None:
+    root = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_partition_root(%s::oid::regclass) r(oid) "
+        "JOIN pg_class c ON c.oid = r.oid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE r.oid <> %s::oid::regclass",
+        (oid, oid),
+    ).fetchone()
+    if root is not None:
+        parent = TableName(root[0], root[1]).qualified
+        raise DrledgerError(
+            f"{table.qualified} is a partition of {parent}; capture {parent}, which captures every partition."
+        )
 
 
 def install(dsn: str, tables: list[str]) -> list[str]:
     """Create the outbox, the publication and a capture trigger per table; safe to run again.
 
-    Returns the schema-qualified names of the tables now captured.
+    A partitioned table is captured with every partition it has; a partition alone is refused (its
+    rows are the partitioned table's). Returns the canonical names of the tables now captured.
     """
     names = [TableName.parse(t) for t in tables]
     for name in names:
@@ -181,12 +219,21 @@ def install(dsn: str, tables: list[str]) -> list[str]:
                 f"{name.qualified} is one of drledger's own tables; capture the application's tables only."
             )
     with connect(dsn) as conn:
+        for table in names:
+            _refuse_partition(conn, table, table_oid(conn, table))
+        if not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (SCHEMA,)).fetchone():
+            conn.execute(_SCHEMA_DDL)
         for statement in (_BASE_DDL + ";" + REPLAY_LOG_DDL).split(";"):
             if statement.strip():
                 conn.execute(statement)
         for table in names:
-            for ddl in _capture_ddl(table, primary_key_columns(conn, table)):
-                conn.execute(ddl)
+            conn.execute(_capture_function_ddl(table, primary_key_columns(conn, table)))
+            # Only drledger's triggers call it; nobody needs to run it by hand.
+            conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(trigger_function(table)))
+            # A partitioned table's statement trigger fires for inserts through it; an insert straight
+            # into a partition fires that partition's, so every partition gets one, naming the root.
+            for target in [table, *partitions(conn, table_oid(conn, table))]:
+                conn.execute(_capture_trigger_ddl(target, table))
         exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION,)).fetchone()
         if not exists:
             conn.execute(
@@ -266,6 +313,33 @@ def check(dsn: str, tables: list[str]) -> list[Finding]:
                     None if ok else f"run drledger init --table {table.qualified}",
                 )
             )
+    return findings
+
+
+def partition_findings(dsn: str, tables: list[str]) -> list[Finding]:
+    """A partition created after init has no capture trigger of its own: inserts made straight into it
+    would not be captured. Each captured partitioned table's partitions, checked."""
+    findings: list[Finding] = []
+    with connect(dsn) as conn:
+        for text in tables:
+            table = TableName.parse(text)
+            oid = table_oid(conn, table)
+            kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = %s", (oid,)).fetchone()
+            if kind is None or kind[0] != "p":
+                continue
+            for part in partitions(conn, oid):
+                has = conn.execute(
+                    "SELECT 1 FROM pg_trigger WHERE tgrelid = %s AND tgname = 'drledger_capture'",
+                    (table_oid(conn, part),),
+                ).fetchone()
+                findings.append(
+                    Finding(
+                        has is not None,
+                        f"the partition {part.qualified} of {table.qualified} "
+                        + ("is captured" if has else "has no capture trigger"),
+                        None if has else f"run drledger init --table '{table.qualified}' again",
+                    )
+                )
     return findings
 
 
@@ -413,7 +487,7 @@ def captured_tables(conn: psycopg.Connection[Any]) -> dict[str, int]:
         "SELECT n.nspname, c.relname, c.oid FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE t.tgname = 'drledger_capture' AND NOT t.tgisinternal AND c.relkind IN ('r', 'p') "
-        "AND n.nspname <> %s",
+        "AND NOT c.relispartition AND n.nspname <> %s",
         (SCHEMA,),
     ).fetchall()
     return {TableName(schema, name).qualified: int(oid) for schema, name, oid in rows}

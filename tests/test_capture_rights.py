@@ -1,0 +1,108 @@
+"""What init captures and refuses, and what it needs: drledger's own tables, views, partitions,
+tables without a key, and a second run by an installer that may no longer create schemas."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from conftest import dsn_for, run_cli
+from drledger.drill.cluster import LocalCluster
+
+
+@pytest.fixture
+def shop(primary: LocalCluster) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    dsn = dsn_for(primary, name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            """
+            CREATE TABLE orders (id bigserial PRIMARY KEY, v text);
+            CREATE VIEW recent_orders AS SELECT * FROM orders;
+            CREATE TABLE nokey (v text);
+            CREATE TABLE measures (region text, id int, v numeric, PRIMARY KEY (region, id)) PARTITION BY LIST (region);
+            CREATE TABLE measures_eu PARTITION OF measures FOR VALUES IN ('EU');
+            CREATE TABLE measures_us PARTITION OF measures FOR VALUES IN ('US') PARTITION BY RANGE (id);
+            CREATE TABLE measures_us_low PARTITION OF measures_us FOR VALUES FROM (0) TO (1000);
+            """
+        )
+    yield dsn
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        conn.execute("DROP ROLE IF EXISTS drl_again")
+
+
+@pytest.mark.parametrize(
+    ("table", "fragment"),
+    [
+        ("drledger.outbox", "drledger's own tables"),
+        ("drledger.heartbeat", "drledger's own tables"),
+        ("public.recent_orders", "is a view"),
+        ("public.nokey", "no primary key"),
+        ("public.measures_eu", "is a partition of public.measures; capture public.measures"),
+        ("public.measures_us_low", "is a partition of public.measures"),
+    ],
+)
+def test_init_refuses_what_it_cannot_capture(shop: str, table: str, fragment: str) -> None:
+    assert run_cli("init", "--db", shop, "--table", "orders").returncode == 0
+    result = run_cli("init", "--db", shop, "--table", table)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], result.stderr
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (v) VALUES ('still captured, no recursion')")
+        assert conn.execute("SELECT count(*) FROM drledger.outbox").fetchone() == (1,)
+
+
+def test_a_partitioned_table_is_captured_with_every_partition(shop: str) -> None:
+    result = run_cli("init", "--db", shop, "--table", "public.measures", "--json")
+    assert result.returncode == 0, result.stderr
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute("INSERT INTO measures VALUES ('EU', 1, 1.5), ('US', 2, 2.5)")  # through the root
+        conn.execute("INSERT INTO measures_eu VALUES ('EU', 3, 3.5)")  # straight into a partition
+        conn.execute("INSERT INTO measures_us_low VALUES ('US', 4, 4.5)")  # a partition's partition
+        rows = conn.execute(
+            "SELECT aggregatetype, aggregateid FROM drledger.outbox ORDER BY aggregateid"
+        ).fetchall()
+    assert [r[0] for r in rows] == ["public.measures"] * 4  # each once, under the table the application knows
+    assert {json.loads(r[1])["id"] for r in rows} == {1, 2, 3, 4}
+
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute("CREATE TABLE measures_asia PARTITION OF measures FOR VALUES IN ('ASIA')")
+    check = run_cli("init", "--db", shop, "--table", "public.measures", "--check", "--json")
+    assert check.returncode == 1
+    missing = [f for f in json.loads(check.stdout)["findings"] if not f["ok"]]
+    assert [f["what"] for f in missing if "partition" in f["what"]] == [
+        "the partition public.measures_asia of public.measures has no capture trigger"
+    ]
+    assert run_cli("init", "--db", shop, "--table", "public.measures").returncode == 0
+    again = json.loads(
+        run_cli("init", "--db", shop, "--table", "public.measures", "--check", "--json").stdout
+    )
+    assert all(f["ok"] for f in again["findings"] if "partition" in f["what"])
+
+
+def test_a_second_init_needs_no_create_on_the_database(shop: str) -> None:
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute("CREATE ROLE drl_again LOGIN")
+        database = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO drl_again')
+        conn.execute("GRANT TRIGGER ON orders TO drl_again")
+    installer = shop.replace("postgres@", "drl_again@", 1)
+    assert run_cli("init", "--db", installer, "--table", "orders").returncode == 0
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute(f'REVOKE CREATE ON DATABASE "{database}" FROM drl_again')
+        conn.execute("REVOKE CREATE ON DATABASE {} FROM PUBLIC".format(f'"{database}"'))
+    rerun = run_cli("init", "--db", installer, "--table", "orders")
+    assert rerun.returncode == 0, rerun.stderr
+    with psycopg.connect(shop) as conn:
+        owner = conn.execute(
+            "SELECT p.proowner::regrole::text, p.prosecdef, p.proconfig FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+            "WHERE t.tgname = 'drledger_capture'"
+        ).fetchone()
+    assert owner == ("drl_again", True, ["search_path=pg_catalog, pg_temp"])

@@ -1,0 +1,208 @@
+"""The whole runbook with four least-privilege roles, and the application writing as a fifth, plain one.
+
+The installer runs init, the relay streams, the reader reconciles, the recoverer fences and replays,
+each with exactly the GRANTs `init --print-grants` prints, through a real failover; the application
+role is never granted anything on drledger, keeps writing after init, cannot write the outbox and
+cannot suppress capture. A missing privilege is one sentence and exit 2, whatever the command.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+
+from conftest import run_cli
+from drledger.drill.rig import FailoverRig, GroundTruth
+
+pytestmark = pytest.mark.debezium
+
+ROLES = {
+    "installer": "drl_installer",
+    "relay": "drl_relay",
+    "reader": "drl_reader",
+    "recoverer": "drl_recoverer",
+}
+APP = "shop_app"
+TABLES = ["public.orders", "public.drill_warmup"]
+
+
+def as_role(dsn: str, role: str) -> str:
+    return dsn.replace("postgres@", f"{role}@", 1)
+
+
+def run_sql(dsn: str, script: str) -> None:
+    body = "\n".join(line for line in script.splitlines() if not line.startswith("--"))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in body.split(";\n"):
+            if statement.strip():
+                conn.execute(statement)
+
+
+def one_sentence(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@dataclass
+class Story:
+    rig: FailoverRig
+    truth: GroundTruth
+    on_dr: set[int]
+    grants: str
+    check_before: dict
+    check_after: dict
+    app: dict[str, object]
+
+
+@pytest.fixture(scope="module")
+def story() -> Iterator[Story]:
+    with FailoverRig(lag_s=2.0) as rig:
+        rig.start(relay=False, capture=False)
+        primary = rig.primary_dsn
+        run_sql(
+            primary,
+            f"CREATE ROLE {APP} LOGIN;\n"
+            f"GRANT SELECT, INSERT ON public.orders TO {APP};\n"
+            f"GRANT USAGE ON SEQUENCE public.orders_id_seq TO {APP}",
+        )
+        grants = run_cli(
+            "init",
+            "--db",
+            primary,
+            *(a for t in TABLES for a in ("--table", t)),
+            "--print-grants",
+            *(a for duty, role in ROLES.items() for a in ("--role", f"{duty}={role}")),
+        )
+        assert grants.returncode == 0, grants.stderr
+        before, after = grants.stdout.split("\n\n")
+        creates = [line for line in before.splitlines() if line.startswith("CREATE ROLE")]
+        run_sql(primary, "\n".join(creates))
+        check_before = json.loads(
+            run_cli(
+                "init",
+                "--db",
+                primary,
+                "--check",
+                "--json",
+                *(a for d, r in ROLES.items() for a in ("--as", f"{d}={r}")),
+            ).stdout
+        )
+        run_sql(primary, "\n".join(line for line in before.splitlines() if line not in creates))
+        init = run_cli(
+            "init", "--db", as_role(primary, ROLES["installer"]), *(a for t in TABLES for a in ("--table", t))
+        )
+        assert init.returncode == 0, init.stderr
+        run_sql(as_role(primary, ROLES["installer"]), after)
+        check_after = json.loads(
+            run_cli(
+                "init",
+                "--db",
+                primary,
+                "--check",
+                "--json",
+                *(a for d, r in ROLES.items() for a in ("--as", f"{d}={r}")),
+            ).stdout
+        )
+        app = application_attempts(as_role(primary, APP))
+        rig.start_relay(dsn=as_role(primary, ROLES["relay"]))
+        truth = rig.run_workload(tps=100, seconds=5, dsn=as_role(primary, APP))
+        time.sleep(0.3)
+        rig.disaster()
+        rig.failover()
+        yield Story(rig, truth, rig.keys_in(rig.dr_dsn), grants.stdout, check_before, check_after, app)
+
+
+def test_grants_are_printed_for_each_role_and_check_names_what_is_missing(story: Story) -> None:
+    assert 'GRANT TRIGGER ON "public"."orders" TO "drl_installer"' in story.grants
+    assert 'ALTER ROLE "drl_relay" WITH REPLICATION' in story.grants
+    assert 'GRANT SELECT, UPDATE ON SEQUENCE orders_id_seq TO "drl_recoverer"' in story.grants
+    assert APP not in story.grants  # the application needs nothing
+    missing = [f for f in story.check_before["findings"] if not f["ok"]]
+    assert any(
+        "drl_relay (relay) lacks the REPLICATION attribute" in f["what"] and "REPLICATION" in f["fix"]
+        for f in missing
+    )
+    assert any("drl_recoverer (recoverer) lacks INSERT on drledger.replay_log" in f["what"] for f in missing)
+    privilege_findings = [f for f in story.check_after["findings"] if f["what"].startswith("drl_")]
+    assert privilege_findings and all(f["ok"] for f in privilege_findings), privilege_findings
+
+
+def test_the_application_needs_nothing_new_and_cannot_forge_or_hide(story: Story) -> None:
+    assert story.truth.commits, "the application could not write after init"
+    assert story.app == {"drledger_usage": False, "outbox_insert": "denied", "suppressed_row_events": 1}
+
+
+def application_attempts(dsn: str) -> dict[str, object]:
+    """What the application's role can do to drledger, tried on the primary as it runs."""
+    seen: dict[str, object] = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        seen["drledger_usage"] = conn.execute(
+            "SELECT has_schema_privilege(current_user, 'drledger', 'USAGE')"
+        ).fetchone()[0]
+        try:
+            conn.execute(
+                "INSERT INTO drledger.outbox (aggregatetype, aggregateid, payload) VALUES ('public.orders', '1', '{}')"
+            )
+            seen["outbox_insert"] = "allowed"
+        except psycopg.errors.InsufficientPrivilege:
+            seen["outbox_insert"] = "denied"
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET LOCAL drledger.suppress_capture = on")
+        hidden = conn.execute(
+            "INSERT INTO public.orders (customer, amount) VALUES ('hidden?', 1) RETURNING id"
+        ).fetchone()[0]
+        conn.commit()
+    with psycopg.connect(dsn.replace(f"{APP}@", "postgres@", 1)) as conn:
+        seen["suppressed_row_events"] = conn.execute(
+            "SELECT count(*) FROM drledger.outbox WHERE aggregateid = %s", (str(hidden),)
+        ).fetchone()[0]
+    return seen
+
+
+def test_each_role_runs_its_step_of_the_runbook(story: Story) -> None:
+    dr, url = story.rig.dr_dsn, story.rig.ledger_url
+    recoverer, reader = as_role(dr, ROLES["recoverer"]), as_role(dr, ROLES["reader"])
+    lost = story.truth.keys - story.on_dr
+    assert lost
+
+    fence = run_cli("fence", "--db", recoverer, "--ledger", url, "--json")
+    assert fence.returncode == 0, fence.stderr
+    reconcile = run_cli("reconcile", "--db", reader, "--ledger", url, "--json")
+    assert reconcile.returncode == 1, reconcile.stderr
+    missing = json.loads(reconcile.stdout)["counts"]["missing_in_dr"]
+    assert missing >= len(lost) - 10
+    replay = run_cli("replay", "--db", recoverer, "--ledger", url, "--apply", "--json")
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert json.loads(replay.stdout)["applied"] == missing
+    with psycopg.connect(dr) as conn:
+        # replayed rows came back under their own event ids, with capture suppressed: no new event
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM drledger.outbox o JOIN drledger.replay_log l ON l.event_id = o.id"
+            ).fetchone()[0]
+            == missing
+        )
+    restored = story.rig.keys_in(dr)
+    assert restored >= story.on_dr and len(story.truth.keys - restored) <= 10
+
+
+def test_a_missing_privilege_is_one_sentence_and_exit_2(story: Story) -> None:
+    dr, url = story.rig.dr_dsn, story.rig.ledger_url
+    app = as_role(dr, APP)
+    one_sentence(run_cli("reconcile", "--db", app, "--ledger", url), "permission denied")
+    one_sentence(
+        run_cli("replay", "--db", as_role(dr, ROLES["reader"]), "--ledger", url, "--apply"),
+        "permission denied",
+    )
+    one_sentence(run_cli("fence", "--db", as_role(dr, ROLES["reader"]), "--ledger", url), "permission denied")
+    one_sentence(run_cli("init", "--db", app, "--table", "public.orders"), "permission denied")
+    one_sentence(run_cli("prune", "--db", app, "--older-than", "7d", "--apply"), "permission denied")
