@@ -124,7 +124,7 @@ def story() -> Iterator[Story]:
 def test_grants_are_printed_for_each_role_and_check_names_what_is_missing(story: Story) -> None:
     assert 'GRANT TRIGGER ON "public"."orders" TO "drl_installer"' in story.grants
     assert 'ALTER ROLE "drl_relay" WITH REPLICATION' in story.grants
-    assert 'GRANT SELECT, UPDATE ON SEQUENCE orders_id_seq TO "drl_recoverer"' in story.grants
+    assert 'GRANT SELECT, UPDATE ON SEQUENCE public.orders_id_seq TO "drl_recoverer"' in story.grants
     assert APP not in story.grants  # the application needs nothing
     missing = [f for f in story.check_before["findings"] if not f["ok"]]
     assert any(

@@ -69,12 +69,14 @@ def _table_needs(conn: psycopg.Connection[Any], tables: list[TableName]) -> list
     found = []
     for table in tables:
         sequences = conn.execute(
-            "SELECT s.oid::regclass::text FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+            "SELECT n.nspname, s.relname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+            "JOIN pg_namespace n ON n.oid = s.relnamespace "
             "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
-            "AND d.refobjid = %s AND d.deptype IN ('a', 'i') ORDER BY 1",
+            "AND d.refobjid = %s AND d.deptype IN ('a', 'i') ORDER BY 1, 2",
             (table_oid(conn, table),),
         ).fetchall()
-        found.append((table, [r[0] for r in sequences]))
+        # Schema-qualified whatever the search_path of the session that runs the GRANT.
+        found.append((table, [TableName(r[0], r[1]).qualified for r in sequences]))
     return found
 
 
