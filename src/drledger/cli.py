@@ -212,13 +212,12 @@ def _print_grants(db: str, tables: list[str], pairs: list[str]) -> None:
 
 
 def _privilege_findings(db: str, tables: list[str], pairs: list[str]) -> list[Any]:
-    if not pairs:
-        return []
+    """The named roles' privileges for their duties; without --as, this role's as the relay's."""
     from drledger.db import connect
     from drledger.privileges import check_roles, parse_roles
 
-    roles = parse_roles(pairs)
     with connect(db) as conn:
+        roles = parse_roles(pairs) or {"relay": str(conn.execute("SELECT current_user").fetchone()[0])}  # type: ignore[index]
         return check_roles(conn, roles, _captured_or_named(conn, tables))
 
 
