@@ -178,3 +178,22 @@ def test_bad_urls_and_unreachable_broker_say_so(tmp_path: Path) -> None:
 def test_reader_does_not_create_a_topic(kafka_url: str) -> None:
     with pytest.raises(DrledgerError, match="does not exist"):
         open_ledger(kafka_url)
+
+
+def test_destroy_removes_everything_the_backend_made(ledger_url: str, broker: str) -> None:
+    from drledger.ledger import backend_of, destroy_ledger, sibling_ledger_url
+
+    events = make_events(20, start_ms=1_700_000_000_000)
+    with open_ledger(ledger_url, writer=True, create=True) as ledger:
+        ledger.publish(events)
+    destroy_ledger(ledger_url)
+    with pytest.raises(DrledgerError, match="does not exist"):
+        open_ledger(ledger_url)
+    if ledger_url.startswith("kafka://"):
+        from confluent_kafka.admin import AdminClient
+
+        topics = AdminClient({"bootstrap.servers": broker}).list_topics(timeout=10).topics
+        topic = ledger_url.rsplit("/", 1)[-1]
+        assert topic not in topics and f"{topic}-drledger-digest" not in topics
+    sibling = sibling_ledger_url(ledger_url, "tag")
+    assert sibling != ledger_url and backend_of(sibling) is backend_of(ledger_url)

@@ -25,7 +25,7 @@ from drledger.drill.cluster import ClusterSet, LocalCluster
 from drledger.drill.lag import LagInjector
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent
-from drledger.ledger import open_ledger
+from drledger.ledger import embedded_ledger_url, open_ledger, with_local_files_in
 from drledger.outbox.postgres import install
 
 DEMO_TABLE = "public.orders"
@@ -64,19 +64,16 @@ def _wait(predicate: object, timeout: float, what: str) -> None:
     raise DrledgerError(f"Timed out waiting for {what}.")
 
 
-def _with_local_index(url: str | None, base: Path) -> str | None:
-    """An SQS ledger's local index goes in the rig's directory, so a drill leaves none behind."""
-    if url is None or not url.startswith("sqs://") or "index=" in url:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}index={base}/sqs-index.db"
-
-
 class FailoverRig:
     def __init__(self, base: Path | None = None, lag_s: float = 2.0, ledger_url: str | None = None) -> None:
         self.clusters = ClusterSet(base)
         self.lag_s = lag_s
+        # Whatever a ledger keeps on local disk (an SQS index) goes in the rig's directory, so a drill
+        # leaves none behind; without a URL, the ledger is an embedded file there.
         self.ledger_url = (
-            _with_local_index(ledger_url, self.clusters.base) or f"sqlite://{self.clusters.base}/ledger.db"
+            with_local_files_in(ledger_url, self.clusters.base)
+            if ledger_url
+            else embedded_ledger_url(self.clusters.base)
         )
         self.primary: LocalCluster | None = None
         self.replica: LocalCluster | None = None

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -22,7 +21,7 @@ import psycopg
 from drledger.drill.rig import DEMO_TABLE, FailoverRig, GroundTruth
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent
-from drledger.ledger import open_ledger, parse_ledger_url
+from drledger.ledger import destroy_ledger, open_ledger
 from drledger.reconcile import Report
 from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.relay.engine import lag_percentile, read_stats
@@ -318,30 +317,3 @@ def _blind_seconds(disaster_at_ms: int | None, report: Report | None) -> float |
     if disaster_at_ms is None or report is None or report.ledger_last_commit_ms is None:
         return None
     return round(max(0, disaster_at_ms - report.ledger_last_commit_ms) / 1000, 3)
-
-
-def destroy_ledger(url: str) -> None:
-    """Make a drill's ledger vanish as if its region burned down (the drill knows what it runs on)."""
-    address = parse_ledger_url(url)
-    if address.scheme == "sqlite":
-        for suffix in ("", "-wal", "-shm"):
-            Path(address.location + suffix).unlink(missing_ok=True)
-    elif address.scheme == "kafka":
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient({"bootstrap.servers": address.location, "log_level": 0})
-        admin.delete_topics([address.name])[address.name].result(timeout=30)
-    else:
-        from drledger.ledger.kinesis import KinesisLedger
-        from drledger.ledger.sqs import SqsLedger
-
-        with open_ledger(url) as ledger:
-            if isinstance(ledger, KinesisLedger):
-                ledger.client.delete_stream(StreamName=ledger.stream, EnforceConsumerDeletion=True)
-                ledger.client.get_waiter("stream_not_exists").wait(
-                    StreamName=ledger.stream, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
-                )
-            elif isinstance(ledger, SqsLedger):
-                ledger.client.delete_queue(QueueUrl=ledger.queue_url)
-                for suffix in ("", "-wal", "-shm"):
-                    Path(f"{ledger.index_path}{suffix}").unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from drledger.drill.rig import FailoverRig
 from drledger.drill.run import Drill, DrillSettings, Progress, run_drill
+from drledger.ledger import sibling_ledger_url
 from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.timeutil import format_instant
 
@@ -200,16 +201,7 @@ def _own_ledger(settings: DrillSettings, name: str) -> DrillSettings:
     url = settings.ledger_url
     if url is None:
         return replace(settings, keep=False)  # each rig makes its own embedded ledger
-    base, question, query = url.partition("?")
-    tag = f"{name}-{int(time.time())}"
-    if base.startswith("sqlite:"):
-        stem, dot, suffix = base.rpartition(".")
-        own = f"{stem}-{name}.{suffix}" if dot else f"{base}-{name}"
-    elif base.endswith(".fifo"):
-        own = f"{base.removesuffix('.fifo')}-{tag}.fifo"
-    else:
-        own = f"{base}-{tag}"
-    return replace(settings, ledger_url=own + question + query, keep=False)
+    return replace(settings, ledger_url=sibling_ledger_url(url, f"{name}-{int(time.time())}"), keep=False)
 
 
 def scenario_table(outcomes: list[ScenarioOutcome]) -> Table:

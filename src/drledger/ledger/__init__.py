@@ -1,81 +1,65 @@
-"""Ledgers are named by URL; this module turns a URL into the backend behind `Ledger`."""
+"""Ledgers are named by URL; this module finds the backend that owns a URL's scheme.
+
+Every backend is one module in this package with a `Ledger` subclass that declares its `schemes`,
+parses and validates its own URLs (one sentence on a bad one, before any connection), opens itself,
+and can destroy what it created. Nothing outside `ledger/` names a scheme or a backend class: adding
+a backend is adding its module.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 from drledger.errors import DrledgerError
 from drledger.events import LedgerRecord
 from drledger.ledger.base import Ledger
 from drledger.masking import mask_url
 
-SCHEMES = ("sqlite", "kafka", "sqs", "kinesis")
+#: The backend that keeps a ledger in a local file: the drill's default and a single host's.
+EMBEDDED_MODULE = "drledger.ledger.sqlite"
 
 
-@dataclass(frozen=True)
-class LedgerAddress:
-    """A parsed, validated ledger URL; parsing touches nothing, so bad URLs fail before any connection."""
+@cache
+def backends() -> dict[str, type[Ledger]]:
+    """scheme → backend, from every module of this package that defines a Ledger with schemes."""
+    found: dict[str, type[Ledger]] = {}
+    for module in pkgutil.iter_modules(__path__, f"{__name__}."):
+        loaded = importlib.import_module(module.name)
+        for value in vars(loaded).values():
+            if isinstance(value, type) and issubclass(value, Ledger) and value.__module__ == loaded.__name__:
+                for scheme in value.schemes:
+                    found[scheme] = value
+    return found
 
-    scheme: str
-    location: str  # the file path, or the bootstrap servers
-    name: str = ""  # the topic
-    partitions: int = 3
-    replication: int = 1
-    options: tuple[tuple[str, str], ...] = ()  # region, index, shards … from the query string
 
-
-def parse_ledger_url(url: str) -> LedgerAddress:
-    shown = mask_url(url)
+def split_url(url: str) -> SplitResult:
     try:
-        parts = urlsplit(url)
+        return urlsplit(url)
     except ValueError as exc:
-        raise DrledgerError(f"The ledger URL '{shown}' cannot be parsed ({exc}).") from None
-    scheme = parts.scheme.lower()
-    if scheme == "sqlite":
-        # sqlite:///abs/path and sqlite://./relative both name a file.
-        raw_path = (parts.netloc + parts.path) if parts.netloc else parts.path
-        if not raw_path.strip("/"):
-            raise DrledgerError(f"The ledger URL '{shown}' names no file; write sqlite:///path/ledger.db.")
-        # sqlite:///tmp/l.db and sqlite:////tmp/l.db (SQLAlchemy's spelling) both mean /tmp/l.db.
-        path = "/" + raw_path.lstrip("/") if raw_path.startswith("/") else raw_path
-        return LedgerAddress("sqlite", path)
-    if scheme == "kafka":
-        topic = parts.path.lstrip("/")
-        if "@" in parts.netloc:
-            raise DrledgerError(
-                f"The ledger URL '{shown}' carries credentials; give Kafka's SASL settings with "
-                "--ledger-config-file (sasl.username, sasl.password) so they stay off command lines and logs."
-            )
-        if not parts.netloc or not topic or "/" in topic:
-            raise DrledgerError(f"The ledger URL '{shown}' is not of the form kafka://host:port/topic.")
-        query = parse_qs(parts.query)
-        try:
-            partitions = int(query.get("partitions", ["3"])[0])
-            replication = int(query.get("replication", ["1"])[0])
-        except ValueError:
-            raise DrledgerError(
-                f"The ledger URL '{shown}' has a partitions or replication that is not a number."
-            ) from None
-        return LedgerAddress("kafka", parts.netloc, topic, partitions, replication)
-    if scheme in ("sqs", "kinesis"):
-        name = (parts.netloc + parts.path).strip("/")
-        if not name:
-            raise DrledgerError(
-                f"The ledger URL '{shown}' names no {scheme} resource; write {scheme}://name?region=…."
-            )
-        options = tuple((k, v[0]) for k, v in sorted(parse_qs(parts.query).items()))
-        if scheme == "sqs" and "/" in name:
-            # sqs://sqs.eu-west-1.amazonaws.com/123456789012/name: a queue URL without its https://
-            name = f"https://{name}"
-        return LedgerAddress(scheme, name, options=options)
-    raise DrledgerError(
-        f"The ledger URL '{shown}' has an unknown scheme; use one of: "
-        + ", ".join(f"{s}://" for s in SCHEMES)
-        + "."
-    )
+        raise DrledgerError(f"The ledger URL '{mask_url(url)}' cannot be parsed ({exc}).") from None
+
+
+def backend_of(url: str) -> type[Ledger]:
+    scheme = split_url(url).scheme.lower()
+    known = backends()
+    if scheme not in known:
+        raise DrledgerError(
+            f"The ledger URL '{mask_url(url)}' has an unknown scheme; use one of: "
+            + ", ".join(f"{s}://" for s in sorted(known))
+            + "."
+        )
+    return known[scheme]
+
+
+def parse_ledger_url(url: str) -> Any:
+    """Validate a ledger URL without touching anything; what its backend needs to open it."""
+    return backend_of(url).parse(url, split_url(url))
 
 
 def open_ledger(
@@ -88,47 +72,33 @@ def open_ledger(
     """Open the ledger named by `url`.
 
     A reader never creates anything, so a typo in a URL is an error, not an empty ledger. A writer
-    makes a missing local SQLite file; a remote resource (a Kafka topic) only with `create`.
+    makes a missing local file; a remote resource (a topic, queue or stream) only with `create`.
     """
-    address = parse_ledger_url(url)
-    config = dict(client_config or {})
-    if address.scheme == "sqlite":
-        from drledger.ledger.sqlite import SqliteLedger
-
-        return SqliteLedger(Path(address.location), create=writer)
-    if address.scheme in ("sqs", "kinesis"):
-        return _open_aws(address, config, writer and create)
-    from drledger.ledger.kafka import KafkaLedger
-
-    return KafkaLedger(
-        address.location,
-        address.name,
-        config,
-        create=writer and create,
-        partitions=address.partitions,
-        replication_factor=address.replication,
+    backend = backend_of(url)
+    return backend.open(
+        backend.parse(url, split_url(url)), dict(client_config or {}), writer=writer, create=create
     )
 
 
-def _open_aws(address: LedgerAddress, config: dict[str, str], create: bool) -> Ledger:
-    options = dict(address.options)
-    aws_config = {
-        k: v for k, v in {**options, **config}.items() if k in ("region", "endpoint_url", "profile")
-    }
-    if address.scheme == "sqs":
-        from drledger.ledger.sqs import SqsLedger
+def embedded_ledger_url(directory: Path) -> str:
+    """The URL of an embedded ledger file in `directory`."""
+    return str(importlib.import_module(EMBEDDED_MODULE).url_in(directory))
 
-        index = options.get("index") or config.get("index")
-        return SqsLedger(address.location, aws_config, create=create, index=Path(index) if index else None)
-    from drledger.ledger.kinesis import KinesisLedger
 
-    try:
-        shards = int(options.get("shards", "2"))
-    except ValueError:
-        raise DrledgerError(
-            f"The ledger URL for kinesis://{address.location} has a shards that is not a number."
-        ) from None
-    return KinesisLedger(address.location, aws_config, create=create, shards=shards)
+def sibling_ledger_url(url: str, tag: str) -> str:
+    """A URL naming another ledger of the same kind beside this one, told apart by `tag`."""
+    return backend_of(url).sibling_url(url, tag)
+
+
+def with_local_files_in(url: str, directory: Path) -> str:
+    """The URL, with anything its backend keeps on local disk kept under `directory` instead."""
+    return backend_of(url).local_files_url(url, directory)
+
+
+def destroy_ledger(url: str, client_config: Mapping[str, str] | None = None) -> None:
+    """Remove the ledger and everything its backend made for it (a digest topic, a local index)."""
+    with open_ledger(url, client_config) as ledger:
+        ledger.destroy()
 
 
 def read_all(ledgers: list[Ledger], since_ms: int | None, until_ms: int | None) -> Iterator[LedgerRecord]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import SplitResult, parse_qs
 
 from drledger.errors import DrledgerError, LedgerUnavailable
+from drledger.masking import mask_url
 
 T = TypeVar("T")
 
@@ -24,6 +27,31 @@ RETRYABLE = {
     "LimitExceededException",
 }
 ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class AwsAddress:
+    """A queue or stream name (or an SQS queue URL) and the URL's query options (region, index, …)."""
+
+    name: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    def settings(self, config: Mapping[str, str]) -> dict[str, str]:
+        """region, endpoint_url and profile: from the URL, else --ledger-config / --endpoint-url."""
+        merged = {**dict(self.options), **config}
+        return {k: v for k, v in merged.items() if k in ("region", "endpoint_url", "profile")}
+
+    def option(self, name: str, config: Mapping[str, str], default: str | None = None) -> str | None:
+        return dict(self.options).get(name) or config.get(name) or default
+
+
+def parse_aws_url(url: str, parts: SplitResult, scheme: str) -> AwsAddress:
+    name = (parts.netloc + parts.path).strip("/")
+    if not name:
+        raise DrledgerError(
+            f"The ledger URL '{mask_url(url)}' names no {scheme} resource; write {scheme}://name?region=…."
+        )
+    return AwsAddress(name, tuple((k, v[0]) for k, v in sorted(parse_qs(parts.query).items())))
 
 
 def aws_client(service: str, config: Mapping[str, str]) -> Any:

@@ -18,9 +18,13 @@ from abc import ABC, abstractmethod
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
+from typing import Any, ClassVar
+from urllib.parse import SplitResult
 
 from drledger.census import MalformedTally
+from drledger.errors import DrledgerError
 from drledger.events import FINGERPRINT_BYTES, LedgerEvent, LedgerRecord, MalformedRecord
 
 ProgressCallback = Callable[[int], None] | None
@@ -105,10 +109,38 @@ def scan_records(records: Iterator[LedgerRecord], on_progress: ProgressCallback 
 
 
 class Ledger(ABC):
+    #: The URL schemes this backend owns; `drledger.ledger` finds backends by them.
+    schemes: ClassVar[tuple[str, ...]] = ()
     #: The URL the ledger was opened with, with any secret masked: safe to print.
     display_url: str
     #: True when opening it created the topic, queue or stream (only a writer asked to create does).
     created: bool = False
+
+    @classmethod
+    @abstractmethod
+    def parse(cls, url: str, parts: SplitResult) -> Any:
+        """Validate the URL and return what `open` needs: one sentence on a bad URL, no connection."""
+
+    @classmethod
+    @abstractmethod
+    def open(cls, address: Any, config: dict[str, str], *, writer: bool, create: bool) -> Ledger:
+        """Open the ledger `parse` described; a reader never creates anything."""
+
+    @classmethod
+    def sibling_url(cls, url: str, tag: str) -> str:
+        """A URL naming another ledger of this kind beside this one (a topic, queue or stream named
+        with `tag` appended); the query string is kept."""
+        base, question, query = url.partition("?")
+        return f"{base}-{tag}{question}{query}"
+
+    @classmethod
+    def local_files_url(cls, url: str, directory: Path) -> str:
+        """The URL with anything this backend keeps on local disk kept under `directory`."""
+        return url
+
+    def destroy(self) -> None:
+        """Remove the ledger and everything this backend made for it, as a lost region would."""
+        raise DrledgerError(f"The ledger {self.display_url} cannot be destroyed by drledger.")
 
     @abstractmethod
     def publish(self, events: Sequence[LedgerEvent]) -> None:

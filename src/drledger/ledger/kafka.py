@@ -21,13 +21,16 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import SplitResult, parse_qs
 
 from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.events import FINGERPRINT_BYTES, LedgerEvent, LedgerRecord, MalformedRecord, from_wire
 from drledger.ledger import kafka_digest
 from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback, window_bounds
+from drledger.masking import mask_url
 
 try:
     from confluent_kafka import (
@@ -53,7 +56,64 @@ _FETCHERS = 8
 log = logging.getLogger("drledger.ledger")
 
 
+@dataclass(frozen=True)
+class KafkaAddress:
+    bootstrap: str
+    topic: str
+    partitions: int = 3
+    replication: int = 1
+
+
 class KafkaLedger(Ledger):
+    schemes = ("kafka",)
+
+    @classmethod
+    def parse(cls, url: str, parts: SplitResult) -> KafkaAddress:
+        shown = mask_url(url)
+        topic = parts.path.lstrip("/")
+        if "@" in parts.netloc:
+            raise DrledgerError(
+                f"The ledger URL '{shown}' carries credentials; give Kafka's SASL settings with "
+                "--ledger-config-file (sasl.username, sasl.password) so they stay off command lines and logs."
+            )
+        if not parts.netloc or not topic or "/" in topic:
+            raise DrledgerError(f"The ledger URL '{shown}' is not of the form kafka://host:port/topic.")
+        query = parse_qs(parts.query)
+        try:
+            partitions = int(query.get("partitions", ["3"])[0])
+            replication = int(query.get("replication", ["1"])[0])
+        except ValueError:
+            raise DrledgerError(
+                f"The ledger URL '{shown}' has a partitions or replication that is not a number."
+            ) from None
+        return KafkaAddress(parts.netloc, topic, partitions, replication)
+
+    @classmethod
+    def open(
+        cls, address: KafkaAddress, config: dict[str, str], *, writer: bool, create: bool
+    ) -> KafkaLedger:
+        return cls(
+            address.bootstrap,
+            address.topic,
+            config,
+            create=writer and create,
+            partitions=address.partitions,
+            replication_factor=address.replication,
+        )
+
+    def destroy(self) -> None:
+        """Delete the event topic and its digest topic."""
+        self.close()
+        admin = AdminClient(self._common)
+        topics = [self.topic, *([self.digest_topic] if self.has_digest else [])]
+        try:
+            for future in admin.delete_topics(topics).values():
+                future.result(timeout=_TIMEOUT_S)
+        except KafkaException as exc:
+            raise LedgerUnavailable(
+                f"Cannot delete the Kafka topic '{self.topic}': {_reason(exc)}."
+            ) from None
+
     def __init__(
         self,
         bootstrap: str,

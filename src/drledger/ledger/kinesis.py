@@ -15,17 +15,48 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import SplitResult
 
 from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
-from drledger.ledger.aws import ATTEMPTS, aws_client, call, with_backoff
+from drledger.ledger.aws import ATTEMPTS, AwsAddress, aws_client, call, parse_aws_url, with_backoff
 from drledger.ledger.base import Ledger, window_bounds
+from drledger.masking import mask_url
 
 _BATCH = 500
 _BATCH_BYTES = 4_500_000  # under PutRecords' 5 MiB
 
 
 class KinesisLedger(Ledger):
+    schemes = ("kinesis",)
+
+    @classmethod
+    def parse(cls, url: str, parts: SplitResult) -> AwsAddress:
+        address = parse_aws_url(url, parts, "kinesis")
+        shards = address.option("shards", {}, "2")
+        if not (shards or "").isdigit():
+            raise DrledgerError(f"The ledger URL '{mask_url(url)}' has a shards that is not a number.")
+        return address
+
+    @classmethod
+    def open(
+        cls, address: AwsAddress, config: dict[str, str], *, writer: bool, create: bool
+    ) -> KinesisLedger:
+        shards = int(address.option("shards", {}, "2") or "2")
+        return cls(address.name, address.settings(config), create=writer and create, shards=shards)
+
+    def destroy(self) -> None:
+        """Delete the stream and wait until it is gone."""
+        call(
+            f"deleting the Kinesis stream {self.stream}",
+            lambda: self.client.delete_stream(StreamName=self.stream, EnforceConsumerDeletion=True),
+        )
+        waiter = self.client.get_waiter("stream_not_exists")
+        call(
+            f"waiting for the Kinesis stream {self.stream} to go",
+            lambda: waiter.wait(StreamName=self.stream, WaiterConfig={"Delay": 1, "MaxAttempts": 60}),
+        )
+
     def __init__(
         self, stream: str, config: Mapping[str, str], *, create: bool = False, shards: int = 2
     ) -> None:

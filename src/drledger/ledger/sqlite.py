@@ -13,7 +13,7 @@ import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import SplitResult, quote
 
 from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
@@ -46,8 +46,39 @@ _READ_CHUNK = 5000
 _FETCH_CHUNK = 500
 
 
+def url_in(directory: Path) -> str:
+    """The URL of an embedded ledger file in `directory`."""
+    return f"sqlite://{directory.resolve()}/ledger.db"
+
+
 class SqliteLedger(Ledger):
     """A writer creates and upgrades the file; a reader opens it read-only and never changes it."""
+
+    schemes = ("sqlite",)
+
+    @classmethod
+    def parse(cls, url: str, parts: SplitResult) -> Path:
+        # sqlite:///abs/path and sqlite://./relative both name a file.
+        raw_path = (parts.netloc + parts.path) if parts.netloc else parts.path
+        if not raw_path.strip("/"):
+            raise DrledgerError(f"The ledger URL '{url}' names no file; write sqlite:///path/ledger.db.")
+        # sqlite:///tmp/l.db and sqlite:////tmp/l.db (SQLAlchemy's spelling) both mean /tmp/l.db.
+        return Path("/" + raw_path.lstrip("/") if raw_path.startswith("/") else raw_path)
+
+    @classmethod
+    def open(cls, address: Path, config: dict[str, str], *, writer: bool, create: bool) -> SqliteLedger:
+        return cls(address, create=writer)
+
+    @classmethod
+    def sibling_url(cls, url: str, tag: str) -> str:
+        base, question, query = url.partition("?")
+        stem, dot, suffix = base.rpartition(".")
+        return (f"{stem}-{tag}.{suffix}" if dot and "/" not in suffix else f"{base}-{tag}") + question + query
+
+    def destroy(self) -> None:
+        self.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path

@@ -23,10 +23,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult
 
 from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
-from drledger.ledger.aws import ATTEMPTS, aws_client, call, with_backoff
+from drledger.ledger.aws import ATTEMPTS, AwsAddress, aws_client, call, parse_aws_url, with_backoff
 from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback
 from drledger.ledger.sqlite import SqliteLedger
 
@@ -41,6 +42,50 @@ def default_index(queue: str) -> Path:
 
 
 class SqsLedger(Ledger):
+    schemes = ("sqs",)
+
+    @classmethod
+    def parse(cls, url: str, parts: SplitResult) -> AwsAddress:
+        address = parse_aws_url(url, parts, "sqs")
+        if "/" in address.name:
+            # sqs://sqs.eu-west-1.amazonaws.com/123456789012/name: a queue URL without its https://
+            return AwsAddress(f"https://{address.name}", address.options)
+        return address
+
+    @classmethod
+    def open(cls, address: AwsAddress, config: dict[str, str], *, writer: bool, create: bool) -> SqsLedger:
+        index = address.option("index", config)
+        return cls(
+            address.name,
+            address.settings(config),
+            create=writer and create,
+            index=Path(index) if index else None,
+        )
+
+    @classmethod
+    def sibling_url(cls, url: str, tag: str) -> str:
+        base, question, query = url.partition("?")
+        if base.endswith(".fifo"):  # a FIFO queue's name must end in .fifo
+            return f"{base.removesuffix('.fifo')}-{tag}.fifo{question}{query}"
+        return super().sibling_url(url, tag)
+
+    @classmethod
+    def local_files_url(cls, url: str, directory: Path) -> str:
+        if "index=" in url:
+            return url
+        return f"{url}{'&' if '?' in url else '?'}index={directory}/sqs-index.db"
+
+    def destroy(self) -> None:
+        """Delete the queue and the local index drained from it."""
+        call(
+            f"deleting the SQS queue {self.queue_name}",
+            lambda: self.client.delete_queue(QueueUrl=self.queue_url),
+        )
+        if self._index is not None:
+            self._index.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.index_path}{suffix}").unlink(missing_ok=True)
+
     def __init__(
         self, queue: str, config: Mapping[str, str], *, create: bool = False, index: Path | None = None
     ) -> None:
