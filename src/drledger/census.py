@@ -3,42 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord
+from drledger.events import LedgerRecord, MalformedRecord, MalformedTally
 from drledger.timeutil import format_instant
-
-MALFORMED_SAMPLES = 5
-
-
-@dataclass
-class MalformedTally:
-    """Counts unreadable records, keeps a few as samples, and lets the readable events through."""
-
-    count: int = 0
-    samples: list[MalformedRecord] = field(default_factory=list)
-    keep: int = MALFORMED_SAMPLES
-
-    def add(self, record: MalformedRecord) -> None:
-        self.count += 1
-        if len(self.samples) < self.keep:
-            self.samples.append(record)
-
-    def events(
-        self,
-        records: Iterable[LedgerRecord],
-        on_progress: Callable[[int], None] | None = None,
-        every: int = 10_000,
-    ) -> Iterator[LedgerEvent]:
-        for count, record in enumerate(records, 1):
-            if on_progress is not None and count % every == 0:
-                on_progress(count)
-            if isinstance(record, MalformedRecord):
-                self.add(record)
-                continue
-            yield record
 
 
 @dataclass

@@ -21,16 +21,9 @@ from rich.table import Table
 from rich.text import Text
 
 from drledger import __version__
+from drledger.drill import SCENARIO_NAMES
 from drledger.errors import DrledgerError
-
-SCENARIO_NAMES = [
-    "db-lost-ledger-ok",
-    "ledger-lagging",
-    "not-committed",
-    "region-lost-with-ledger",
-    "ledger-up-relay-down",
-    "healthy",
-]
+from drledger.margins import DEFAULT_MARGIN
 
 #: Exit code of a failure drledger did not foresee (a bug): never a traceback, and never taken for 1 or 2.
 INTERNAL_ERROR = 70
@@ -490,7 +483,7 @@ def replay(
     fence_margin: Annotated[
         int,
         typer.Option(help="Before applying, move sequences this far past the highest key being restored."),
-    ] = 1000,
+    ] = DEFAULT_MARGIN,
     since: SinceOption = None,
     until: UntilOption = None,
     skew: SkewOption = "5s",
@@ -628,7 +621,7 @@ def fence(
     ledger: ReconcileLedgers = None,
     margin: Annotated[
         int, typer.Option(help="How far past the highest known key to move each sequence (0 to 1e9).")
-    ] = 1000,
+    ] = DEFAULT_MARGIN,
     since: SinceOption = None,
     until: UntilOption = None,
     lookback: LookbackOption = "10m",
@@ -645,7 +638,7 @@ def fence(
     what a sequence can hand out is reported, never used. Idempotent: a sequence already far enough is left
     alone.
     """
-    from drledger.fence import validate_margin
+    from drledger.margins import validate_margin
     from drledger.runbook import fence_from_ledger
 
     validate_margin(margin)
@@ -757,7 +750,7 @@ def _phases(status: Status) -> Callable[[str], None]:
 def _drill_scenarios(name: str, settings: DrillSettings, as_json: bool) -> None:
     from drledger.drill.scenarios import run_scenarios, scenario_table
 
-    names = SCENARIO_NAMES if name == "all" else [name]
+    names = list(SCENARIO_NAMES) if name == "all" else [name]
     if any(n not in SCENARIO_NAMES for n in names):
         raise DrledgerError(f"Unknown scenario '{name}'; choose one of: {', '.join(SCENARIO_NAMES)}, all.")
     with err.status("scenarios starting…") as status:

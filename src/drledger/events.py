@@ -15,7 +15,8 @@ import hashlib
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -30,6 +31,9 @@ KNOWN_OPS = frozenset({"insert"})
 MAX_TXID = 2**63 - 1
 MAX_LSN = 2**64 - 1
 MAX_COMMIT_TS_MS = 253_402_300_799_999
+#: The ends of an open window: every commit time a record may carry lies between them.
+EARLIEST_MS = 0
+LATEST_MS = MAX_COMMIT_TS_MS
 # An event id as PostgreSQL prints a uuid: one spelling per id, so ids compare as text.
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -157,6 +161,55 @@ class MalformedRecord:
 
 
 LedgerRecord = LedgerEvent | MalformedRecord
+
+#: How many malformed records a report, a census or a replay keeps as samples.
+MALFORMED_SAMPLES = 10
+
+
+@dataclass
+class MalformedTally:
+    """Counts unreadable records, keeps a few as samples, and lets the readable events through."""
+
+    count: int = 0
+    samples: list[MalformedRecord] = field(default_factory=list)
+    keep: int = MALFORMED_SAMPLES
+
+    def add(self, record: MalformedRecord) -> None:
+        self.count += 1
+        if len(self.samples) < self.keep:
+            self.samples.append(record)
+
+    def merge(self, other: MalformedTally) -> None:
+        self.count += other.count
+        self.samples.extend(other.samples[: max(0, self.keep - len(self.samples))])
+
+    def events(
+        self,
+        records: Iterable[LedgerRecord],
+        on_progress: Callable[[int], None] | None = None,
+        every: int = 10_000,
+    ) -> Iterator[LedgerEvent]:
+        for count, record in enumerate(records, 1):
+            if on_progress is not None and count % every == 0:
+                on_progress(count)
+            if isinstance(record, MalformedRecord):
+                self.add(record)
+                continue
+            yield record
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One row of a source database's outbox, as reconcile and backfill see it, whatever the engine."""
+
+    event_id: str
+    table: str
+    key: str
+    op: str
+    row_json: str
+    txid: int
+    created_at_ms: int
+    row_sha256: str
 
 
 def from_wire(data: bytes | str, position: str) -> LedgerRecord:

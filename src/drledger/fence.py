@@ -21,23 +21,14 @@ from typing import Any
 import psycopg
 
 from drledger.errors import DrledgerError
+from drledger.margins import DEFAULT_MARGIN, validate_margin
 from drledger.names import TableName
 from drledger.outbox.postgres import captured_tables, require_outbox
 
-DEFAULT_MARGIN = 1000
-#: A margin wider than this is a typo, not a plan: it would spend a sequence's range for nothing.
-MAX_MARGIN = 1_000_000_000
 #: Fencing never moves a sequence into the last thousandth of its range. A key that close to the end is
 #: not one the sequence handed out in the seconds a failover lost; trusting it would leave the
 #: application a sequence about to run out.
 HEADROOM = 1000
-
-
-def validate_margin(margin: int) -> None:
-    if not 0 <= margin <= MAX_MARGIN:
-        raise DrledgerError(
-            f"The fence margin must be a whole number from 0 to {MAX_MARGIN:,}; got {margin}."
-        )
 
 
 @dataclass(frozen=True)

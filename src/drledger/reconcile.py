@@ -22,19 +22,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, filterfalse
 
-from drledger.census import MalformedTally
 from drledger.events import (
     EVENT_ID_BYTES,
     LedgerEvent,
     LedgerRecord,
     MalformedRecord,
+    MalformedTally,
+    OutboxRow,
     event_id_bytes,
     fingerprint,
 )
-from drledger.outbox.postgres import OutboxRow
 from drledger.screening import Ambiguity, separate_ambiguous
-
-MALFORMED_SAMPLES = 10
 
 
 @dataclass(frozen=True)
@@ -253,7 +251,7 @@ def reconcile(
     on_progress: Callable[[int], None] | None = None,
 ) -> Report:
     """compare() on whole events and rows: the same classification, with events in the Report."""
-    tally = MalformedTally(keep=MALFORMED_SAMPLES)
+    tally = MalformedTally()
     events = list(tally.events(ledger_records, on_progress, every=50_000))
     rows = list(dr_rows)
     created = {fingerprint(r.event_id, r.row_sha256): r.created_at_ms for r in rows}

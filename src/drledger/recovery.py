@@ -12,14 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import compress
 
-from drledger.census import MalformedTally
 from drledger.db import connect
 from drledger.errors import DrledgerError
-from drledger.events import EVENT_ID_BYTES, LedgerEvent, MalformedRecord, event_id_text
+from drledger.events import EVENT_ID_BYTES, LedgerEvent, MalformedRecord, MalformedTally, event_id_text
 from drledger.ledger import open_ledger, parse_ledger_url
 from drledger.ledger.base import Ledger, LedgerScan
 from drledger.outbox.postgres import created_at, ids_present, outbox_rows, read_fingerprints, require_outbox
-from drledger.reconcile import MALFORMED_SAMPLES, Report, Window, build_report, compare
+from drledger.reconcile import Report, Window, build_report, compare
 from drledger.timeutil import now_ms
 
 
@@ -121,10 +120,9 @@ def _reconcile(
         lambda ids: ids_present(request.dsn, ids, since, until),
         distinct,
     )
-    malformed = MalformedTally(keep=MALFORMED_SAMPLES)
+    malformed = MalformedTally()
     for scan in scans:
-        malformed.count += scan.malformed.count
-        malformed.samples.extend(scan.malformed.samples[: MALFORMED_SAMPLES - len(malformed.samples)])
+        malformed.merge(scan.malformed)
     events = _fetch_events(
         scans, {*comparison.missing_in_dr, *(pair[0] for pair in comparison.mismatched)}, malformed
     )

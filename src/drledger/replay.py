@@ -47,7 +47,8 @@ from psycopg import sql
 from drledger.db import connect
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent, MalformedRecord, row_fingerprint
-from drledger.fence import FenceResult, fence_sequences, validate_margin
+from drledger.fence import FenceResult, fence_sequences
+from drledger.margins import DEFAULT_MARGIN, validate_margin
 from drledger.names import TableName
 from drledger.outbox.postgres import (
     SUPPRESS_SETTING,
@@ -62,7 +63,6 @@ from drledger.screening import Admitted, Ambiguity, Refusal, screen
 CHUNK_EVENTS = 5_000
 VALIDATE_BATCH = 5_000
 REPLAY_LOCK = 0x64726C6564676572  # "drledger"
-DEFAULT_MARGIN = 1000
 
 
 class Outcome(StrEnum):

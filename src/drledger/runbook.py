@@ -17,10 +17,11 @@ from pathlib import Path
 
 from drledger.db import connect
 from drledger.events import LedgerEvent, MalformedRecord
-from drledger.fence import FenceResult, fence_sequences, validate_margin
+from drledger.fence import FenceResult, fence_sequences
 from drledger.ledger import read_all
+from drledger.margins import DEFAULT_MARGIN, validate_margin
 from drledger.recovery import ReconcileRequest, choose_window, open_ledgers, run_reconcile
-from drledger.replay import DEFAULT_MARGIN, ReplayResult, prove
+from drledger.replay import ReplayResult, prove
 from drledger.screening import screen
 
 

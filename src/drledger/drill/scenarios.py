@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
+from drledger.drill import SCENARIO_NAMES
 from drledger.drill.rig import FailoverRig
 from drledger.drill.run import Drill, DrillSettings, Progress, run_drill
 from drledger.ledger import sibling_ledger_url
@@ -178,14 +179,15 @@ def healthy(settings: DrillSettings, progress: Progress) -> ScenarioOutcome:
         drill.close()
 
 
-SCENARIOS: dict[str, Callable[[DrillSettings, Progress], ScenarioOutcome]] = {
-    "db-lost-ledger-ok": db_lost_ledger_ok,
-    "ledger-lagging": ledger_lagging,
-    "not-committed": not_committed,
-    "region-lost-with-ledger": region_lost_with_ledger,
-    "ledger-up-relay-down": ledger_up_relay_down,
-    "healthy": healthy,
-}
+_RUNS: tuple[Callable[[DrillSettings, Progress], ScenarioOutcome], ...] = (
+    db_lost_ledger_ok,
+    ledger_lagging,
+    not_committed,
+    region_lost_with_ledger,
+    ledger_up_relay_down,
+    healthy,
+)
+SCENARIOS = dict(zip(SCENARIO_NAMES, _RUNS, strict=True))
 
 
 def run_scenarios(names: list[str], settings: DrillSettings, progress: Progress) -> list[ScenarioOutcome]:

@@ -23,9 +23,16 @@ from types import TracebackType
 from typing import Any, ClassVar
 from urllib.parse import SplitResult
 
-from drledger.census import MalformedTally
 from drledger.errors import DrledgerError
-from drledger.events import FINGERPRINT_BYTES, LedgerEvent, LedgerRecord, MalformedRecord
+from drledger.events import (
+    EARLIEST_MS,
+    FINGERPRINT_BYTES,
+    LATEST_MS,
+    LedgerEvent,
+    LedgerRecord,
+    MalformedRecord,
+    MalformedTally,
+)
 
 ProgressCallback = Callable[[int], None] | None
 
@@ -77,7 +84,10 @@ class LedgerScan:
 
 def window_bounds(since_ms: int | None, until_ms: int | None) -> tuple[int, int]:
     """[low, high] for a window whose open ends (None) reach past any commit time."""
-    return (since_ms if since_ms is not None else -(2**62), until_ms if until_ms is not None else 2**62)
+    return (
+        since_ms if since_ms is not None else EARLIEST_MS,
+        until_ms if until_ms is not None else LATEST_MS,
+    )
 
 
 def pack_times(times: Sequence[int]) -> bytes:

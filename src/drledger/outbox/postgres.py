@@ -22,7 +22,7 @@ from psycopg import sql
 
 from drledger.db import connect
 from drledger.errors import DrledgerError
-from drledger.events import FINGERPRINT_BYTES
+from drledger.events import FINGERPRINT_BYTES, LATEST_MS, OutboxRow
 from drledger.names import TableName
 
 SCHEMA = "drledger"
@@ -371,18 +371,6 @@ def prune(dsn: str, older_than_ms: int, *, apply: bool) -> int:
         return int(row[0])  # type: ignore[index]
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    event_id: str
-    table: str
-    key: str
-    op: str
-    row_json: str
-    txid: int
-    created_at_ms: int
-    row_sha256: str
-
-
 # An OutboxRow's columns; the digest is the database's hash of the same jsonb text the relay hashed.
 _ROW_COLUMNS = (
     "id::text, aggregatetype, aggregateid, type, payload::text, txid, "
@@ -397,7 +385,7 @@ _WINDOW_QUERY = (
 def read_window(dsn: str, since_ms: int | None, until_ms: int | None) -> Iterator[OutboxRow]:
     """The outbox rows created in the window, streamed with a server-side cursor."""
     low = since_ms if since_ms is not None else 0
-    high = until_ms if until_ms is not None else 2**52
+    high = until_ms if until_ms is not None else LATEST_MS
     with connect(dsn) as conn, conn.cursor(name="drledger_window") as cursor:
         cursor.itersize = 20_000
         cursor.execute(_WINDOW_QUERY, (low, high))
@@ -423,7 +411,7 @@ _ROWS_PER_PART = 2_000_000
 def read_fingerprints(dsn: str, since_ms: int | None, until_ms: int | None) -> list[bytes]:
     """The fingerprint of every outbox row created in [since_ms, until_ms]: no payload crosses the wire."""
     low = since_ms if since_ms is not None else 0
-    end = (until_ms if until_ms is not None else 2**52) + 1  # half-open from here on
+    end = (until_ms if until_ms is not None else LATEST_MS) + 1  # half-open from here on
     with connect(dsn) as conn:
         require_outbox(conn)
         stored = conn.execute(
