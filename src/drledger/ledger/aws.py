@@ -27,6 +27,20 @@ RETRYABLE = {
     "LimitExceededException",
 }
 ATTEMPTS = 8
+#: What AWS answers when the queue or stream named does not exist.
+NOT_FOUND = {"ResourceNotFoundException", "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+
+
+class AwsFailure(LedgerUnavailable):
+    """An AWS call failed with an error code; callers decide by the code, never by the message."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def not_found(self) -> bool:
+        return self.code in NOT_FOUND
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,7 @@ def call(what: str, function: Callable[[], T]) -> T:
         NoCredentialsError,
         NoRegionError,
         PartialCredentialsError,
+        WaiterError,
     )
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -98,6 +113,10 @@ def call(what: str, function: Callable[[], T]) -> T:
         ) from None
     except BotoConnectionError as exc:  # refused, timed out, read timeout: the relay retries these
         raise LedgerUnavailable(f"Cannot reach {what}: {exc}.") from None
+    except WaiterError as exc:
+        raise LedgerUnavailable(
+            f"{what} did not finish: {exc.last_response.get('Error', {}).get('Message', exc)}."
+        ) from None
     except ClientError as exc:
         code, message = _error_parts(exc.response, str(exc))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -110,7 +129,7 @@ def call(what: str, function: Callable[[], T]) -> T:
             raise DrledgerError(f"AWS refused {what}: {message} ({code}).") from None
         if code in RETRYABLE:
             raise
-        raise LedgerUnavailable(f"{what} failed: {message} ({code}).") from None
+        raise AwsFailure(f"{what} failed: {message} ({code}).", code) from None
 
 
 def _error_parts(response: Mapping[str, Any], fallback: str) -> tuple[str, str]:

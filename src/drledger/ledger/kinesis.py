@@ -19,7 +19,15 @@ from urllib.parse import SplitResult
 
 from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
-from drledger.ledger.aws import ATTEMPTS, AwsAddress, aws_client, call, parse_aws_url, with_backoff
+from drledger.ledger.aws import (
+    ATTEMPTS,
+    AwsAddress,
+    AwsFailure,
+    aws_client,
+    call,
+    parse_aws_url,
+    with_backoff,
+)
 from drledger.ledger.base import Ledger, window_bounds
 from drledger.masking import mask_url
 
@@ -72,8 +80,8 @@ class KinesisLedger(Ledger):
                 lambda: self.client.describe_stream_summary(StreamName=self.stream),
             )
             return
-        except LedgerUnavailable as exc:
-            if "ResourceNotFoundException" not in str(exc):
+        except AwsFailure as exc:
+            if not exc.not_found:
                 raise
         if not create:
             raise DrledgerError(

@@ -27,7 +27,15 @@ from urllib.parse import SplitResult
 
 from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
-from drledger.ledger.aws import ATTEMPTS, AwsAddress, aws_client, call, parse_aws_url, with_backoff
+from drledger.ledger.aws import (
+    ATTEMPTS,
+    AwsAddress,
+    AwsFailure,
+    aws_client,
+    call,
+    parse_aws_url,
+    with_backoff,
+)
 from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback
 from drledger.ledger.sqlite import SqliteLedger
 
@@ -105,8 +113,8 @@ class SqsLedger(Ledger):
             return str(
                 call(f"the SQS queue {queue}", lambda: self.client.get_queue_url(QueueName=queue))["QueueUrl"]
             )
-        except LedgerUnavailable as exc:
-            if "NonExistentQueue" not in str(exc) and "QueueDoesNotExist" not in str(exc):
+        except AwsFailure as exc:
+            if not exc.not_found:
                 raise
         if not create:
             raise DrledgerError(f"The SQS queue '{queue}' does not exist; create it or pass --create.")
