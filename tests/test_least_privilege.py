@@ -93,6 +93,7 @@ def story() -> Iterator[Story]:
                 primary,
                 "--check",
                 "--json",
+                *(a for t in TABLES for a in ("--table", t)),
                 *(a for d, r in ROLES.items() for a in ("--as", f"{d}={r}")),
             ).stdout
         )
@@ -109,6 +110,7 @@ def story() -> Iterator[Story]:
                 primary,
                 "--check",
                 "--json",
+                *(a for t in TABLES for a in ("--table", t)),
                 *(a for d, r in ROLES.items() for a in ("--as", f"{d}={r}")),
             ).stdout
         )
@@ -131,7 +133,7 @@ def test_grants_are_printed_for_each_role_and_check_names_what_is_missing(story:
         "drl_relay (relay) lacks the REPLICATION attribute" in f["what"] and "REPLICATION" in f["fix"]
         for f in missing
     )
-    assert any("drl_recoverer (recoverer) lacks INSERT on drledger.replay_log" in f["what"] for f in missing)
+    assert any("drl_recoverer (recoverer) lacks INSERT on public.orders" in f["what"] for f in missing)
     privilege_findings = [f for f in story.check_after["findings"] if f["what"].startswith("drl_")]
     assert privilege_findings and all(f["ok"] for f in privilege_findings), privilege_findings
 

@@ -197,7 +197,7 @@ def test_every_odd_name_and_type_comes_back_exactly(world: World) -> None:
     assert (applied["applied"], applied["conflicts"], applied["refused"]) == (16, [], [])
     assert table_images(world.dsn) == world.originals  # every value, byte for byte as PostgreSQL prints it
     fenced = {f["sequence"]: f["after"] for f in applied["fenced"]}
-    assert fenced["customer_id_seq"] == 4 + 1000 and fenced["line_id_seq"] == 3 + 1000
+    assert fenced["public.customer_id_seq"] == 4 + 1000 and fenced["public.line_id_seq"] == 3 + 1000
     with psycopg.connect(world.dsn, autocommit=True) as conn:
         new_id = conn.execute("INSERT INTO public.customer (name) VALUES ('after') RETURNING id").fetchone()[
             0
@@ -385,7 +385,7 @@ def test_a_fence_it_may_not_make_stops_replay_before_any_row_and_a_rerun_finishe
     assert (
         code == 0
         and rerun["applied"] == 16
-        and {f["sequence"] for f in rerun["fenced"]} >= {"customer_id_seq"}
+        and {f["sequence"] for f in rerun["fenced"]} >= {"public.customer_id_seq"}
     )
 
 

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
     from drledger.drill.run import DrillSettings
     from drledger.fence import FenceResult
-    from drledger.names import TableName
     from drledger.reconcile import Report
     from drledger.recovery import ReconcileRequest
     from drledger.relay.engine import RelayStats
@@ -150,27 +149,27 @@ def init(
     privileges a role lacks and the GRANT that fixes each; exit 1 if anything is missing. With
     --print-grants, print every role's GRANTs (see the README's "Least privilege").
     """
-    from drledger.outbox import postgres
+    from drledger.roles import DEFAULT_ROLES, parse_roles
+    from drledger.source import open_source
 
     tables = table or []
+    source = open_source(db)
     if print_grants:
-        _print_grants(db, tables, role or [])
+        script = source.grant_script({**DEFAULT_ROLES, **parse_roles(role or [])}, tables)
+        out.print(script, markup=False, highlight=False, end="")
         return
     if not check:
         if not tables:
             raise DrledgerError("Name at least one table to capture with --table schema.table.")
-        installed = postgres.install(db, tables)
+        installed = source.install(tables)
         if as_json:
             out.print_json(json.dumps({"installed": installed}))
         else:
             for name in installed:
                 out.print(Text("✓ ", style="green") + Text(f"capturing inserts into {name}"))
         return
-    findings = [
-        *postgres.check(db, tables),
-        *postgres.partition_findings(db, tables),
-        *_privilege_findings(db, tables, as_role or []),
-    ]
+    # Without --as, this role's privileges are checked as the relay's.
+    findings = [*source.check(tables), *source.check_roles(parse_roles(as_role or []), tables)]
     if as_json:
         out.print_json(
             json.dumps({"ok": all(f.ok for f in findings), "findings": [f.__dict__ for f in findings]})
@@ -181,37 +180,6 @@ def init(
             out.print(mark + Text(finding.what + (f" — {finding.fix}" if finding.fix else "")))
     if not all(f.ok for f in findings):
         raise typer.Exit(1)
-
-
-def _captured_or_named(conn: Any, tables: list[str]) -> list[TableName]:
-    from drledger.names import TableName
-    from drledger.outbox.postgres import captured_tables
-
-    if tables:
-        return [TableName.parse(t) for t in tables]
-    return [TableName.parse(t) for t in sorted(captured_tables(conn))]
-
-
-def _print_grants(db: str, tables: list[str], pairs: list[str]) -> None:
-    from drledger.db import connect
-    from drledger.privileges import DEFAULT_ROLES, grant_script, parse_roles
-
-    roles = {**DEFAULT_ROLES, **parse_roles(pairs)}
-    with connect(db) as conn:
-        names = _captured_or_named(conn, tables)
-        if not names:
-            raise DrledgerError("Name the tables to capture with --table; this database captures none yet.")
-        out.print(grant_script(conn, roles, names), markup=False, highlight=False, end="")
-
-
-def _privilege_findings(db: str, tables: list[str], pairs: list[str]) -> list[Any]:
-    """The named roles' privileges for their duties; without --as, this role's as the relay's."""
-    from drledger.db import connect
-    from drledger.privileges import check_roles, parse_roles
-
-    with connect(db) as conn:
-        roles = parse_roles(pairs) or {"relay": str(conn.execute("SELECT current_user").fetchone()[0])}  # type: ignore[index]
-        return check_roles(conn, roles, _captured_or_named(conn, tables))
 
 
 @app.command()
@@ -336,12 +304,12 @@ def prune(
     Keep at least as long as a failover may take to notice: reconcile compares the DR database's
     copy of the outbox with the ledger, so what is pruned there can no longer be proven present.
     """
-    from drledger.outbox.postgres import prune as prune_outbox
+    from drledger.source import open_source
     from drledger.timeutil import format_instant, parse_duration, parse_instant
 
     parse_duration(older_than)
     cutoff = parse_instant(older_than)
-    count = prune_outbox(db, cutoff, apply=apply)
+    count = open_source(db).prune(cutoff, apply=apply)
     if as_json:
         out.print_json(json.dumps({"cutoff": format_instant(cutoff), "rows": count, "applied": apply}))
     elif apply:
@@ -438,14 +406,13 @@ def reconcile(
     mismatched (same id, different content), duplicates (harmless redeliveries) and malformed (unreadable
     ledger records), and reports the exposure: the last commit in each, and the gap between them.
     """
-    from drledger.db import mask_dsn
     from drledger.report import print_summary, report_json, save_report
 
     request = _reconcile_request(
         ledger, db, since, until, skew, lookback, ledger_config, ledger_config_file, endpoint_url
     )
     report = _run_reconcile(request)
-    summary = report_json(report, ledgers=request.ledger_urls, db=mask_dsn(db))
+    summary = report_json(report, ledgers=request.ledger_urls, db=db)
     if save is not None:
         save_report(save, summary, report)
     if html is not None:

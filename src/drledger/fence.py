@@ -18,12 +18,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import psycopg
-
-from drledger.errors import DrledgerError
 from drledger.margins import DEFAULT_MARGIN, validate_margin
 from drledger.names import TableName
-from drledger.outbox.postgres import captured_tables, require_outbox
+from drledger.source.base import RecoverySession, SequenceInfo
 
 #: Fencing never moves a sequence into the last thousandth of its range. A key that close to the end is
 #: not one the sequence handed out in the seconds a failover lost; trusting it would leave the
@@ -104,37 +101,8 @@ def _as_int(value: Any) -> int | None:
     return int(number) if number.is_finite() and number == number.to_integral_value() else None
 
 
-@dataclass(frozen=True)
-class _Sequence:
-    column: str
-    oid: int
-    name: str
-    increment: int
-    minimum: int
-    maximum: int
-
-    @property
-    def highest_fenceable(self) -> int:
-        """The highest key fencing may move past, before the margin is added."""
-        return self.maximum - (self.maximum - self.minimum) // HEADROOM
-
-
-def _sequences(conn: psycopg.Connection[Any], table_oid: int) -> list[_Sequence]:
-    """The serial and identity sequences of a table, found through the catalog by OID."""
-    rows = conn.execute(
-        "SELECT a.attname, s.oid, s.oid::regclass::text, q.seqincrement, q.seqmin, q.seqmax "
-        "FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
-        "JOIN pg_sequence q ON q.seqrelid = s.oid "
-        "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
-        "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
-        "AND d.refobjid = %s AND d.deptype IN ('a', 'i') AND NOT a.attisdropped ORDER BY a.attnum",
-        (table_oid,),
-    ).fetchall()
-    return [_Sequence(r[0], int(r[1]), r[2], int(r[3]), int(r[4]), int(r[5])) for r in rows]
-
-
 def fence_sequences(
-    conn: psycopg.Connection[Any],
+    session: RecoverySession,
     rows: Iterable[tuple[TableName, Mapping[str, Any]]],
     margin: int = DEFAULT_MARGIN,
     *,
@@ -146,23 +114,30 @@ def fence_sequences(
     ignored. Without `apply`, works out the same targets and moves nothing.
     """
     validate_margin(margin)
-    require_outbox(conn)
-    captured = captured_tables(conn)
+    session.require_outbox()
+    captured = session.captured_tables()
     materialised = list(rows)
     tables = sorted({t.qualified for t, _row in materialised if t.qualified in captured})
-    sequences = {t: _sequences(conn, captured[t]) for t in tables}
+    sequences = {t: session.sequences(captured[t]) for t in tables}
     values = key_values(materialised, {t: [s.column for s in seqs] for t, seqs in sequences.items()})
     result = FenceResult()
     for table in tables:
         for sequence in sequences[table]:
-            _fence_one(conn, table, sequence, values.get((table, sequence.column), []), margin, apply, result)
+            _fence_one(
+                session, table, sequence, values.get((table, sequence.column), []), margin, apply, result
+            )
     return result
 
 
+def highest_fenceable(sequence: SequenceInfo) -> int:
+    """The highest key fencing may move a sequence past, before the margin is added."""
+    return sequence.maximum - (sequence.maximum - sequence.minimum) // HEADROOM
+
+
 def _fence_one(
-    conn: psycopg.Connection[Any],
+    session: RecoverySession,
     table: str,
-    sequence: _Sequence,
+    sequence: SequenceInfo,
     keys: list[int],
     margin: int,
     apply: bool,
@@ -181,16 +156,9 @@ def _fence_one(
                 )
             )
         return
-    limit = sequence.highest_fenceable - margin
+    limit = highest_fenceable(sequence) - margin
     highest, beyond = split_fenceable(keys, limit)
-    ident = TableName.parse(table).ident
-    before, stored = conn.execute(
-        psycopg.sql.SQL(
-            "SELECT pg_sequence_last_value(%s::oid::regclass), (SELECT max({col})::numeric FROM {table})"
-        ).format(col=psycopg.sql.Identifier(sequence.column), table=ident),
-        (sequence.oid,),
-    ).fetchone() or (None, None)
-    stored_max = int(stored) if stored is not None else None
+    before, stored_max = session.sequence_state(TableName.parse(table), sequence)
     if stored_max is not None and stored_max > limit:
         beyond.append(stored_max)
         stored_max = None
@@ -217,11 +185,5 @@ def _fence_one(
         result.fences.append(SequenceFence(table, sequence.column, sequence.name, before, before))
         return
     if apply:
-        try:
-            conn.execute("SELECT setval(%s::oid::regclass, %s, true)", (sequence.oid, target))
-        except psycopg.errors.InsufficientPrivilege:
-            raise DrledgerError(
-                f"This role may not move the sequence {sequence.name}; grant it UPDATE on that sequence "
-                "(see the README's least-privilege roles) and run the command again."
-            ) from None
+        session.move_sequence(sequence, target)
     result.fences.append(SequenceFence(table, sequence.column, sequence.name, before, target))

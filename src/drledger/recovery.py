@@ -12,13 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import compress
 
-from drledger.db import connect
 from drledger.errors import DrledgerError
 from drledger.events import EVENT_ID_BYTES, LedgerEvent, MalformedRecord, MalformedTally, event_id_text
 from drledger.ledger import open_ledger, parse_ledger_url
 from drledger.ledger.base import Ledger, LedgerScan
-from drledger.outbox.postgres import created_at, ids_present, outbox_rows, read_fingerprints, require_outbox
 from drledger.reconcile import Report, Window, build_report, compare
+from drledger.source import open_source
+from drledger.source.base import SourceDatabase
 from drledger.timeutil import now_ms
 
 
@@ -33,22 +33,13 @@ class ReconcileRequest:
     client_config: Mapping[str, str] | None = None
 
 
-def latest_dr_commit_ms(dsn: str) -> int | None:
-    with connect(dsn) as conn:
-        require_outbox(conn)
-        row = conn.execute(
-            "SELECT (extract(epoch FROM max(created_at)) * 1000)::bigint FROM drledger.outbox"
-        ).fetchone()
-    return int(row[0]) if row and row[0] is not None else None
-
-
 def choose_window(request: ReconcileRequest) -> Window:
     """The window asked for; by default from the DR database's last commit minus the lookback, to now."""
     until = request.until_ms if request.until_ms is not None else now_ms()
     if request.since_ms is not None:
         since = request.since_ms
     else:
-        latest = latest_dr_commit_ms(request.dsn)
+        latest = open_source(request.dsn).latest_commit_ms()
         since = (latest if latest is not None else until) - request.lookback_ms
     if since >= until:
         raise DrledgerError("The window is empty: --since must be earlier than --until.")
@@ -101,9 +92,10 @@ def _reconcile(
     on_progress: Callable[[int], None] | None,
 ) -> Report:
     since, until = window.read_since_ms, window.read_until_ms
+    dr_side = open_source(request.dsn)
     # The DR database works out its digests while the ledgers are scanned, and their set built, here.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dr-read") as pool:
-        dr_read = pool.submit(read_fingerprints, request.dsn, since, until)
+        dr_read = pool.submit(dr_side.read_fingerprints, since, until)
         try:
             scans = [ledger.scan(since, until, on_progress) for ledger in ledgers]
             prints = [p for s in scans for p in s.fingerprints] if len(scans) > 1 else scans[0].fingerprints
@@ -116,8 +108,8 @@ def _reconcile(
         times,
         dr,
         window,
-        lambda dr_only: _created_at(request.dsn, dr_only),
-        lambda ids: ids_present(request.dsn, ids, since, until),
+        lambda dr_only: _created_at(dr_side, dr_only),
+        lambda ids: dr_side.ids_present(ids, since, until),
         distinct,
     )
     malformed = MalformedTally()
@@ -129,8 +121,7 @@ def _reconcile(
     # A record whose body proved unreadable when fetched is malformed, not missing nor mismatched.
     comparison.missing_in_dr = [p for p in comparison.missing_in_dr if p in events]
     comparison.mismatched = [pair for pair in comparison.mismatched if pair[0] in events]
-    rows = outbox_rows(
-        request.dsn,
+    rows = dr_side.outbox_rows(
         [event_id_text(p[:EVENT_ID_BYTES]) for p in comparison.missing_in_ledger]
         + [event_id_text(pair[1][:EVENT_ID_BYTES]) for pair in comparison.mismatched],
     )
@@ -144,8 +135,8 @@ def _reconcile(
     )
 
 
-def _created_at(dsn: str, prints: set[bytes]) -> dict[bytes, int]:
-    by_id = created_at(dsn, {p[:EVENT_ID_BYTES] for p in prints})
+def _created_at(dr_side: SourceDatabase, prints: set[bytes]) -> dict[bytes, int]:
+    by_id = dr_side.created_at({p[:EVENT_ID_BYTES] for p in prints})
     return {p: by_id[p[:EVENT_ID_BYTES]] for p in prints if p[:EVENT_ID_BYTES] in by_id}
 
 

@@ -32,37 +32,24 @@ ReplayInterrupted carrying what was committed; running the same command again re
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import orjson
-import psycopg
-from psycopg import sql
 
-from drledger.db import connect
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent, MalformedRecord, row_fingerprint
 from drledger.fence import FenceResult, fence_sequences
 from drledger.margins import DEFAULT_MARGIN, validate_margin
 from drledger.names import TableName
-from drledger.outbox.postgres import (
-    SUPPRESS_SETTING,
-    captured_tables,
-    ensure_replay_log,
-    key_expression,
-    primary_key_columns,
-    require_outbox,
-)
 from drledger.screening import Admitted, Ambiguity, Refusal, screen
+from drledger.source import open_source
+from drledger.source.base import RecoverySession, RowsRejected, SourceUnavailable, TableShape
 
 CHUNK_EVENTS = 5_000
 VALIDATE_BATCH = 5_000
-REPLAY_LOCK = 0x64726C6564676572  # "drledger"
 
 
 class Outcome(StrEnum):
@@ -238,38 +225,6 @@ class ReplayInterrupted(DrledgerError):
         self.result = result
 
 
-@dataclass(frozen=True)
-class _TableShape:
-    name: TableName
-    oid: int
-    key_columns: list[str]
-    columns: frozenset[str]  # every column, generated ones included
-    insertable: frozenset[str]  # the columns an INSERT may name (not generated)
-    column_order: tuple[str, ...]
-    parents: frozenset[int] = frozenset()  # OIDs of the other tables its foreign keys reference
-
-
-def _table_shape(conn: psycopg.Connection[Any], name: TableName, oid: int) -> _TableShape:
-    rows = conn.execute(
-        "SELECT attname, attgenerated = '' FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
-        "AND NOT attisdropped ORDER BY attnum",
-        (oid,),
-    ).fetchall()
-    parents = conn.execute(
-        "SELECT DISTINCT confrelid FROM pg_constraint WHERE conrelid = %s AND contype = 'f' AND confrelid <> conrelid",
-        (oid,),
-    ).fetchall()
-    return _TableShape(
-        name,
-        oid,
-        primary_key_columns(conn, name),
-        frozenset(r[0] for r in rows),
-        frozenset(r[0] for r in rows if r[1]),
-        tuple(r[0] for r in rows),
-        frozenset(int(r[0]) for r in parents),
-    )
-
-
 def table_order(first_written: Sequence[str], parents: dict[str, set[str]]) -> list[str]:
     """Tables in an order where each comes after the tables its foreign keys reference. Pure.
 
@@ -292,13 +247,18 @@ class Proof:
     """What the database confirmed of screened events: the valid ones, and the shapes of their tables."""
 
     valid: list[Admitted]
-    shapes: dict[str, _TableShape]
+    shapes: dict[str, TableShape]
 
 
-def prove(conn: psycopg.Connection[Any], admitted: list[Admitted], result: ReplayResult) -> Proof:
+def prove(session: RecoverySession, admitted: list[Admitted], result: ReplayResult) -> Proof:
     """Validate screened events against this database (read only); refusals go to `result`."""
-    shapes = _shapes(conn, admitted)
-    return Proof(_validate(conn, admitted, shapes, result), shapes)
+    captured = session.captured_tables()
+    shapes = {
+        table: session.table_shape(TableName.parse(table), captured[table])
+        for table in dict.fromkeys(a.event.table for a in admitted)
+        if table in captured
+    }
+    return Proof(_validate(session, admitted, shapes, result), shapes)
 
 
 def replay(
@@ -322,9 +282,9 @@ def replay(
         ambiguous=screening.ambiguous,
         malformed=list(malformed),
     )
-    with connect(dsn) as conn:
-        require_outbox(conn)
-        proof = prove(conn, screening.admitted, result)
+    with open_source(dsn).recovery_session() as session:
+        session.require_outbox()
+        proof = prove(session, screening.admitted, result)
         valid, held = hold_back_transactions(proof.valid, result.refused, result.ambiguous)
         result.refused.extend(held)
         for refusal in result.refused:
@@ -332,64 +292,40 @@ def replay(
         plan = plan_replay(a.event for a in valid)
         result.plan = plan
         if apply:
-            _require_recoverer(conn, proof.shapes)
-        conn.rollback()  # validation reads only; what follows runs in transactions of its own
+            rights = session.missing_rights(list(proof.shapes.values()))
+            if rights.missing:
+                raise DrledgerError(
+                    f"The role {rights.role} may not replay here: it lacks {rights.missing[0]} (permission "
+                    "denied); give it the recoverer's grants (drledger init --print-grants)."
+                )
+        session.rollback()  # validation reads only; what follows runs in transactions of its own
         # Fencing comes first: once the application writes again, a sequence behind a key replay is
         # about to restore would hand that key out.
-        result.fence = fence_sequences(conn, [(a.table, a.row) for a in valid], margin, apply=apply)
-        ensure_replay_log(conn)  # in a dry run, rolled back with the rest
+        result.fence = fence_sequences(session, [(a.table, a.row) for a in valid], margin, apply=apply)
+        session.ensure_replay_log()  # in a dry run, rolled back with the rest
         if apply:
-            conn.commit()
+            session.commit()
         try:
-            _apply_plan(conn, plan, proof.shapes, policy, apply, chunk_events, result, on_progress)
-        except psycopg.Error as exc:
+            _apply_plan(session, plan, proof.shapes, policy, apply, chunk_events, result, on_progress)
+        except (SourceUnavailable, RowsRejected) as exc:
+            reason = str(exc).rstrip(".")
             if not apply:
-                raise DrledgerError(f"The dry run stopped: {_reason(exc)}.") from None
+                raise DrledgerError(f"The dry run stopped: {reason}.") from None
             raise ReplayInterrupted(
                 f"Replay stopped after committing {result.transactions} of {len(plan)} source transactions "
-                f"({result.applied} rows applied): {_reason(exc)}; run the same command again to resume.",
+                f"({result.applied} rows applied): {reason}; run the same command again to resume.",
                 result,
             ) from None
         finally:
             if not apply:
-                with contextlib.suppress(psycopg.Error):
-                    conn.rollback()
+                session.rollback()
     return result
 
 
-def _require_recoverer(conn: psycopg.Connection[Any], shapes: dict[str, _TableShape]) -> None:
-    """Before the first write: this role holds what replay writes with, or one sentence says what not."""
-    wanted = [("drledger.outbox", "INSERT"), ("drledger.replay_log", "INSERT")] + [
-        (shape.name.qualified, privilege) for shape in shapes.values() for privilege in ("SELECT", "INSERT")
-    ]
-    for table, privilege in wanted:
-        row = conn.execute(
-            "SELECT to_regclass(%s) IS NULL OR has_table_privilege(current_user, to_regclass(%s), %s)",
-            (table, table, privilege),
-        ).fetchone()
-        if not (row and row[0]):
-            role = conn.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
-            raise DrledgerError(
-                f"The role {role} may not replay here: it lacks {privilege} on {table} (permission denied); "
-                "give it the recoverer's grants (drledger init --print-grants)."
-            )
-
-
-def _shapes(conn: psycopg.Connection[Any], admitted: list[Admitted]) -> dict[str, _TableShape]:
-    """The shape of every captured table the events name; events of any other table are refused."""
-    captured = captured_tables(conn)
-    shapes: dict[str, _TableShape] = {}
-    for table in dict.fromkeys(a.event.table for a in admitted):
-        if table in captured:
-            name = TableName.parse(table)
-            shapes[table] = _table_shape(conn, name, captured[table])
-    return shapes
-
-
 def _validate(
-    conn: psycopg.Connection[Any],
+    session: RecoverySession,
     admitted: list[Admitted],
-    shapes: dict[str, _TableShape],
+    shapes: dict[str, TableShape],
     result: ReplayResult,
 ) -> list[Admitted]:
     """The events the database confirms: captured table, known columns, values of the right types,
@@ -414,34 +350,26 @@ def _validate(
     for table, items in by_table.items():
         for start in range(0, len(items), VALIDATE_BATCH):
             batch = items[start : start + VALIDATE_BATCH]
-            valid.extend(_validate_batch(conn, shapes[table], batch, result))
+            valid.extend(_validate_batch(session, shapes[table], batch, result))
     return valid
 
 
 def _validate_batch(
-    conn: psycopg.Connection[Any], shape: _TableShape, batch: list[Admitted], result: ReplayResult
+    session: RecoverySession, shape: TableShape, batch: list[Admitted], result: ReplayResult
 ) -> list[Admitted]:
-    """Turn each image into a row of the table's type and compute its key, as the capture trigger
-    did; a batch the database rejects is split until the rejected images are found."""
-    statement = sql.SQL(
-        "SELECT {key} FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(doc, ord) "
-        "CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.doc) AS n ORDER BY e.ord"
-    ).format(key=key_expression(shape.key_columns), table=shape.name.ident)
+    """Turn each image into a row of the table's types and key it as the capture trigger did; a
+    batch the database rejects is split until the rejected images are found."""
     try:
-        with conn.transaction():
-            keys = [
-                r[0]
-                for r in conn.execute(statement, (_json_array(a.event.row_json for a in batch),)).fetchall()
-            ]
-    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        keys = session.row_keys(shape, [a.event.row_json for a in batch])
+    except RowsRejected as rejected:
         if len(batch) == 1:
             result.refused.append(
-                Refusal(batch[0].event, f"the database rejects its row image: {_reason(exc)}")
+                Refusal(batch[0].event, f"the database rejects its row image: {rejected.reason}")
             )
             return []
         half = len(batch) // 2
-        return _validate_batch(conn, shape, batch[:half], result) + _validate_batch(
-            conn, shape, batch[half:], result
+        return _validate_batch(session, shape, batch[:half], result) + _validate_batch(
+            session, shape, batch[half:], result
         )
     valid = []
     for item, key in zip(batch, keys, strict=True):
@@ -458,9 +386,9 @@ def _validate_batch(
 
 
 def _apply_plan(
-    conn: psycopg.Connection[Any],
+    session: RecoverySession,
     plan: list[SourceTransaction],
-    shapes: dict[str, _TableShape],
+    shapes: dict[str, TableShape],
     policy: OnConflict,
     apply: bool,
     chunk_events: int,
@@ -469,18 +397,15 @@ def _apply_plan(
 ) -> None:
     done = 0
     for chunk in chunk_transactions(plan, chunk_events):
-        # Capture suppressed for this transaction only; one replay at a time per database, since two
-        # would race between the check of the outbox and the COPY into it.
-        conn.execute("SELECT set_config(%s, 'on', true)", (SUPPRESS_SETTING,))
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (REPLAY_LOCK,))
-        outcome = _apply_chunk_or_each(conn, chunk, shapes)
+        session.begin_chunk()
+        outcome = _apply_chunk_or_each(session, chunk, shapes)
         if outcome.conflicts and policy is OnConflict.FAIL:
-            conn.rollback()
+            session.rollback()
             result.conflicts.extend(outcome.conflicts)
             result.stopped_on_conflict = True
             return
         if apply:
-            conn.commit()  # durable (synchronous_commit as the server has it) before it is counted
+            session.commit()  # durable (synchronous_commit as the server has it) before it is counted
         outcome.merge_into(result)
         done += sum(len(t.events) for t in chunk)
         if on_progress is not None:
@@ -511,36 +436,62 @@ class _ChunkOutcome:
         result.conflicts.extend(self.conflicts)
         result.refused.extend(self.refused)
 
+    def absorb(self, other: _ChunkOutcome) -> None:
+        self.transactions += other.transactions
+        self.outcomes.extend(other.outcomes)
+        self.conflicts.extend(other.conflicts)
+        self.refused.extend(other.refused)
+
 
 def _apply_chunk_or_each(
-    conn: psycopg.Connection[Any], chunk: list[SourceTransaction], shapes: dict[str, _TableShape]
+    session: RecoverySession, chunk: list[SourceTransaction], shapes: dict[str, TableShape]
 ) -> _ChunkOutcome:
     """The chunk in one savepoint; if the database rejects it, each source transaction in its own,
     so a transaction the database refuses (a foreign key, a check) is rolled back alone."""
     try:
-        with conn.transaction():
-            return _apply_chunk(conn, chunk, shapes)
-    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        with session.savepoint():
+            return _apply_chunk(session, chunk, shapes)
+    except RowsRejected as rejected:
         if len(chunk) == 1:
-            reason = f"the database rejected its source transaction: {_reason(exc)}"
+            reason = f"the database rejected its source transaction: {rejected.reason}"
             return _ChunkOutcome(refused=[Refusal(event, reason) for event in chunk[0].events])
     combined = _ChunkOutcome()
     for transaction in chunk:
-        part = _apply_chunk_or_each(conn, [transaction], shapes)
-        combined.transactions += part.transactions
-        combined.outcomes.extend(part.outcomes)
-        combined.conflicts.extend(part.conflicts)
-        combined.refused.extend(part.refused)
+        combined.absorb(_apply_chunk_or_each(session, [transaction], shapes))
     return combined
 
 
 def _apply_chunk(
-    conn: psycopg.Connection[Any], chunk: list[SourceTransaction], shapes: dict[str, _TableShape]
+    session: RecoverySession, chunk: list[SourceTransaction], shapes: dict[str, TableShape]
 ) -> _ChunkOutcome:
     """Apply one chunk inside the open savepoint."""
     outcome = _ChunkOutcome(transactions=len(chunk))
     events = [e for t in chunk for e in t.events]
-    stored = _outbox_fingerprints(conn, events)
+    pending = _not_replayed_before(session, events, outcome)
+    kinds: dict[str, Outcome] = {}
+    by_ref = {shape.ref: name for name, shape in shapes.items()}
+    parents = {name: {by_ref[p] for p in shape.parents if p in by_ref} for name, shape in shapes.items()}
+    # A chunk holds many source transactions; every parent row in it goes in before any child row.
+    for table in table_order([e.table for e in pending], parents):
+        rows = [e for e in pending if e.table == table]
+        kinds.update(_insert_table(session, shapes[table], rows, outcome))
+    restored = [e for e in pending if kinds[e.event_id] is not Outcome.CONFLICT]
+    if restored:
+        session.restore_outbox(restored)
+    if pending:
+        session.log_outcomes(
+            [(e.event_id, kinds[e.event_id].value, _detail(e, kinds[e.event_id])) for e in pending]
+        )
+    outcome.outcomes.extend((e, kinds[e.event_id]) for e in pending)
+    return outcome
+
+
+def _not_replayed_before(
+    session: RecoverySession, events: list[LedgerEvent], outcome: _ChunkOutcome
+) -> list[LedgerEvent]:
+    """The events whose id the outbox does not hold yet; the others are counted in `outcome` — replayed
+    before if the outbox holds the same content, a conflict if it holds another."""
+    stored = session.outbox_fingerprints([e.event_id for e in events])
     pending: list[LedgerEvent] = []
     for event in events:
         print_in_outbox = stored.get(event.event_id)
@@ -553,39 +504,11 @@ def _apply_chunk(
             outcome.conflicts.append(
                 Conflict(event.event_id, event.table, event.key, event.row_json, None, OUTBOX_HOLDS_OTHER)
             )
-    kinds: dict[str, Outcome] = {}
-    by_oid = {shape.oid: name for name, shape in shapes.items()}
-    parents = {name: {by_oid[p] for p in shape.parents if p in by_oid} for name, shape in shapes.items()}
-    # A chunk holds many source transactions; every parent row in it goes in before any child row.
-    for table in table_order([e.table for e in pending], parents):
-        rows = [e for e in pending if e.table == table]
-        kinds.update(_insert_table(conn, shapes[table], rows, outcome))
-    restored = [e for e in pending if kinds[e.event_id] is not Outcome.CONFLICT]
-    if restored:
-        _copy_outbox(conn, restored)
-    if pending:
-        with (
-            conn.cursor() as cursor,
-            cursor.copy("COPY drledger.replay_log (event_id, outcome, detail) FROM STDIN") as copy,
-        ):
-            for e in pending:
-                copy.write_row((e.event_id, kinds[e.event_id].value, _detail(e, kinds[e.event_id])))
-    outcome.outcomes.extend((e, kinds[e.event_id]) for e in pending)
-    return outcome
-
-
-def _outbox_fingerprints(conn: psycopg.Connection[Any], events: list[LedgerEvent]) -> dict[str, bytes]:
-    """event id → the fingerprint of the outbox row holding it, for the ids the outbox already has."""
-    rows = conn.execute(
-        "SELECT o.id::text, coalesce(o.fingerprint, uuid_send(o.id) || sha256(convert_to(o.payload::text, 'UTF8'))) "
-        "FROM drledger.outbox o WHERE o.id IN (SELECT value::uuid FROM jsonb_array_elements_text(%s::jsonb))",
-        (orjson.dumps([e.event_id for e in events]).decode(),),
-    ).fetchall()
-    return {r[0]: bytes(r[1]) for r in rows}
+    return pending
 
 
 def _insert_table(
-    conn: psycopg.Connection[Any], shape: _TableShape, rows: list[LedgerEvent], outcome: _ChunkOutcome
+    session: RecoverySession, shape: TableShape, rows: list[LedgerEvent], outcome: _ChunkOutcome
 ) -> dict[str, Outcome]:
     """Insert-if-absent this table's rows; each event's outcome. Conflicts go to `outcome`."""
     # Images normally hold every column; one that lacks some gets their defaults, so rows are
@@ -597,110 +520,31 @@ def _insert_table(
         groups.setdefault(columns, []).append(event)
     inserted: set[str] = set()
     for columns, members in groups.items():
-        inserted |= _insert_rows(conn, shape, columns, members)
+        inserted |= session.insert_if_absent(shape, columns, [e.row_json for e in members])
     kinds: dict[str, Outcome] = {}
     claimed: set[str] = set()
     not_inserted = [e for e in rows if e.key not in inserted]
-    current = _current_rows(conn, shape, not_inserted) if not_inserted else {}
+    current = session.current_rows(shape, not_inserted) if not_inserted else {}
     for event in rows:
+        now = current.get(event.event_id)
         if event.key in inserted and event.key not in claimed:
             kinds[event.event_id] = Outcome.APPLIED
             claimed.add(event.key)
-        elif event.key in inserted or current.get(event.event_id, (None, False))[1]:
+        elif event.key in inserted or (now is not None and now.same):
             kinds[event.event_id] = Outcome.PRESENT  # the same content under the same key
         else:
             kinds[event.event_id] = Outcome.CONFLICT
-            stored = current.get(event.event_id, (None, False))[0]
             outcome.conflicts.append(
                 Conflict(
                     event.event_id,
                     event.table,
                     event.key,
                     event.row_json,
-                    stored,
-                    KEY_HOLDS_OTHER if stored is not None else OTHER_UNIQUE_KEY,
+                    now.text if now is not None else None,
+                    KEY_HOLDS_OTHER if now is not None else OTHER_UNIQUE_KEY,
                 )
             )
     return kinds
-
-
-def _insert_rows(
-    conn: psycopg.Connection[Any], shape: _TableShape, columns: tuple[str, ...], rows: list[LedgerEvent]
-) -> set[str]:
-    """INSERT … ON CONFLICT DO NOTHING from the row images; the keys actually inserted."""
-    names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    statement = sql.SQL(
-        "INSERT INTO {table} AS n ({columns}) OVERRIDING SYSTEM VALUE "
-        "SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) "
-        "ON CONFLICT DO NOTHING RETURNING {key}"
-    ).format(table=shape.name.ident, columns=names, key=key_expression(shape.key_columns))
-    return {r[0] for r in conn.execute(statement, (_json_array(e.row_json for e in rows),)).fetchall()}
-
-
-def _json_array(documents: Iterable[str]) -> str:
-    """One JSON array of documents each proven to be exactly one JSON value (screening parsed it).
-
-    Joined as text: handing PostgreSQL one array costs a fraction of an array parameter's escaping.
-    """
-    return "[" + ",".join(documents) + "]"
-
-
-def _current_rows(
-    conn: psycopg.Connection[Any], shape: _TableShape, rows: list[LedgerEvent]
-) -> dict[str, tuple[str, bool]]:
-    """event id → (the row now stored under its key as jsonb text, whether it holds the image's
-    content in every column the image names)."""
-    join = sql.SQL(" AND ").join(
-        sql.SQL("n.{c} = k.{c}").format(c=sql.Identifier(c)) for c in shape.key_columns
-    )
-    statement = sql.SQL(
-        "SELECT e.item ->> 'id', to_jsonb(n)::text, "
-        "(SELECT jsonb_object_agg(j.key, j.value) FROM jsonb_each(to_jsonb(n)) AS j "
-        "WHERE e.item -> 'row' ? j.key) = e.item -> 'row' "
-        "FROM jsonb_array_elements(%s::jsonb) AS e(item) "
-        "CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.item -> 'row') AS k "
-        "JOIN {table} AS n ON {join}"
-    ).format(table=shape.name.ident, join=join)
-    # Event ids are UUIDs and images single JSON objects (both proven): the text joins safely.
-    items = _json_array(f'{{"id": "{e.event_id}", "row": {e.row_json}}}' for e in rows)
-    found = conn.execute(statement, (items,)).fetchall()
-    return {r[0]: (r[1], bool(r[2])) for r in found}
-
-
-def _copy_outbox(conn: psycopg.Connection[Any], restored: list[LedgerEvent]) -> None:
-    # COPY is the cheapest way in; no row can clash, since the ids were checked under the lock.
-    with (
-        conn.cursor() as cursor,
-        cursor.copy(
-            "COPY drledger.outbox (id, aggregatetype, aggregateid, type, payload, txid, created_at, fingerprint) "
-            "FROM STDIN"
-        ) as copy,
-    ):
-        for e in restored:
-            copy.write_row(
-                (
-                    e.event_id,
-                    e.table,
-                    e.key,
-                    e.op,
-                    e.row_json,
-                    e.txid,
-                    _timestamp(e.commit_ts_ms),
-                    # The fingerprint of the row image replayed: screening proved row_sha256 is its hash.
-                    e.fingerprint,
-                )
-            )
-
-
-def _timestamp(epoch_ms: int) -> str:
-    """COPY text for a timestamptz; the second's part is cached, since a chunk's events share few seconds."""
-    seconds, millis = divmod(epoch_ms, 1000)
-    return f"{_utc_second(seconds)}.{millis:03d}+00"
-
-
-@functools.lru_cache(maxsize=4096)
-def _utc_second(epoch_s: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch_s))
 
 
 def _detail(event: LedgerEvent, outcome: Outcome) -> str:
@@ -711,9 +555,3 @@ def _short(text: str | None, limit: int = 80) -> str:
     if text is None:
         return "NULL"
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _reason(exc: psycopg.Error) -> str:
-    """The database's own reason, first line, without psycopg's decoration."""
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__).rstrip(".")

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from drledger.db import connect
 from drledger.events import LedgerEvent, MalformedRecord
 from drledger.fence import FenceResult, fence_sequences
 from drledger.ledger import read_all
@@ -23,6 +22,7 @@ from drledger.margins import DEFAULT_MARGIN, validate_margin
 from drledger.recovery import ReconcileRequest, choose_window, open_ledgers, run_reconcile
 from drledger.replay import ReplayResult, prove
 from drledger.screening import screen
+from drledger.source import open_source
 
 
 def fence_from_ledger(
@@ -49,11 +49,11 @@ def fence_from_ledger(
             ledger.close()
     screening = screen(events)
     scratch = ReplayResult(refused=list(screening.refused), ambiguous=screening.ambiguous)
-    with connect(request.dsn) as conn:
-        proof = prove(conn, screening.admitted, scratch)
-        conn.rollback()
-        result = fence_sequences(conn, [(a.table, a.row) for a in proof.valid], margin, apply=apply)
-        conn.commit()
+    with open_source(request.dsn).recovery_session() as session:
+        proof = prove(session, screening.admitted, scratch)
+        session.rollback()
+        result = fence_sequences(session, [(a.table, a.row) for a in proof.valid], margin, apply=apply)
+        session.commit()
     unproven = unreadable + len(scratch.refused) + sum(len(a.events) for a in scratch.ambiguous)
     return result, unproven
 

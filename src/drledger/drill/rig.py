@@ -26,7 +26,7 @@ from drledger.drill.lag import LagInjector
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent
 from drledger.ledger import embedded_ledger_url, open_ledger, with_local_files_in
-from drledger.outbox.postgres import install
+from drledger.source import open_source
 
 DEMO_TABLE = "public.orders"
 WARMUP_TABLE_DDL = "CREATE TABLE public.drill_warmup (id bigserial PRIMARY KEY, note text NOT NULL)"
@@ -100,7 +100,7 @@ class FailoverRig:
             conn.execute(DEMO_TABLE_DDL)
             conn.execute(WARMUP_TABLE_DDL)
         if capture:
-            install(self.primary.dsn, ["public.orders", "public.drill_warmup"])
+            open_source(self.primary.dsn).install(["public.orders", "public.drill_warmup"])
         # The base backup takes dozens of round trips; the lag starts once the replica streams.
         self.injector = LagInjector(self.primary.port, 0.0)
         self.injector.start()

@@ -14,7 +14,6 @@ import hashlib
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -24,6 +23,7 @@ from drledger.db import connect
 from drledger.errors import DrledgerError
 from drledger.events import FINGERPRINT_BYTES, LATEST_MS, OutboxRow
 from drledger.names import TableName
+from drledger.source.base import Finding
 
 SCHEMA = "drledger"
 
@@ -67,6 +67,11 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.heartbeat (
     beat_at  timestamptz NOT NULL
 );
 """
+
+
+def ident(table: TableName) -> sql.Identifier:
+    """The table as a quoted SQL identifier: how every statement names it."""
+    return sql.Identifier(table.schema, table.name)
 
 
 def trigger_function(table: TableName) -> sql.Identifier:
@@ -178,7 +183,7 @@ def _capture_trigger_ddl(on: TableName, captured: TableName) -> sql.Composed:
         "CREATE OR REPLACE TRIGGER drledger_capture AFTER INSERT ON {table} "
         "REFERENCING NEW TABLE AS drledger_new_rows "
         "FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
-    ).format(table=on.ident, function=trigger_function(captured))
+    ).format(table=ident(on), function=trigger_function(captured))
 
 
 def partitions(conn: psycopg.Connection[Any], oid: int) -> list[TableName]:
@@ -242,13 +247,6 @@ def install(dsn: str, tables: list[str]) -> list[str]:
                 )
             )
     return [t.qualified for t in names]
-
-
-@dataclass(frozen=True)
-class Finding:
-    ok: bool
-    what: str
-    fix: str | None = None
 
 
 def check(dsn: str, tables: list[str]) -> list[Finding]:

@@ -1,6 +1,5 @@
-"""Least privilege: what each of drledger's roles needs, the GRANTs that give it, and checks of both.
-
-Four roles, one job each (the README's "Least privilege" section says the same):
+"""Least privilege on PostgreSQL: what each of drledger's roles needs, the GRANTs that give it, and
+checks of both. The four duties (see drledger.roles):
 
 - **installer** runs `init`: it creates schema `drledger` (and so owns the outbox and the capture
   functions, which run with its rights) and the publication, and puts a trigger on each captured
@@ -17,19 +16,15 @@ The application keeps its own role and privileges; it needs nothing on schema `d
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from drledger.errors import DrledgerError
 from drledger.names import TableName, quote_ident
-from drledger.outbox.postgres import SCHEMA, table_oid
-
-DUTIES = ("installer", "relay", "reader", "recoverer")
-DEFAULT_ROLES = {duty: f"drledger_{duty}" for duty in DUTIES}
+from drledger.outbox.postgres import SCHEMA, ident, table_oid
+from drledger.source.base import Finding
 
 
 @dataclass(frozen=True)
@@ -41,27 +36,6 @@ class Need:
     test: sql.Composable  # a boolean expression over the placeholder %(role)s
     grant: sql.Composable  # the statement, with {role} already filled in
     after_init: bool = False  # on drledger's own objects: granted by the installer once init has run
-
-
-@dataclass(frozen=True)
-class PrivilegeFinding:
-    ok: bool
-    what: str
-    fix: str | None = None
-
-
-def parse_roles(pairs: Iterable[str]) -> dict[str, str]:
-    """`duty=role` pairs (a bare role means the relay) → duty → role; one sentence on a typo."""
-    roles: dict[str, str] = {}
-    for pair in pairs:
-        duty, sep, role = pair.partition("=")
-        if not sep:
-            duty, role = "relay", pair
-        duty, role = duty.strip(), role.strip()
-        if duty not in DUTIES or not role:
-            raise DrledgerError(f"'{pair}' is not duty=role; the duties are {', '.join(DUTIES)}.")
-        roles[duty] = role
-    return roles
 
 
 def _table_needs(conn: psycopg.Connection[Any], tables: list[TableName]) -> list[tuple[TableName, list[str]]]:
@@ -133,7 +107,7 @@ def needs(conn: psycopg.Connection[Any], roles: dict[str, str], tables: list[Tab
                         "has_table_privilege(%(role)s, {oid}::oid, 'TRIGGER')",
                         "GRANT TRIGGER ON {table} TO {role}",
                         oid=table_oid(conn, table),
-                        table=table.ident,
+                        table=ident(table),
                     )
                 )
             continue
@@ -195,7 +169,7 @@ def needs(conn: psycopg.Connection[Any], roles: dict[str, str], tables: list[Tab
                             f"has_table_privilege(%(role)s, {{oid}}::oid, '{privilege}')",
                             f"GRANT {privilege} ON {{table}} TO {{role}}",
                             oid=table_oid(conn, table),
-                            table=table.ident,
+                            table=ident(table),
                         )
                     )
                 for sequence in sequences:
@@ -255,14 +229,14 @@ def grant_script(conn: psycopg.Connection[Any], roles: dict[str, str], tables: l
 
 def check_roles(
     conn: psycopg.Connection[Any], roles: dict[str, str], tables: list[TableName]
-) -> list[PrivilegeFinding]:
+) -> list[Finding]:
     """For each role, each privilege its duty needs: held or not, and the GRANT that fixes it."""
-    findings: list[PrivilegeFinding] = []
+    findings: list[Finding] = []
     for role in dict.fromkeys(roles.values()):
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         if not exists:
             findings.append(
-                PrivilegeFinding(
+                Finding(
                     False,
                     f"the role {role} does not exist",
                     f"CREATE ROLE {sql.Identifier(role).as_string(conn)} LOGIN",
@@ -283,7 +257,7 @@ def check_roles(
         ).fetchone()
         ok = bool(row and row[0])
         findings.append(
-            PrivilegeFinding(
+            Finding(
                 ok,
                 f"{role} ({item.duty}) " + ("has " if ok else "lacks ") + item.what,
                 None if ok else item.grant.as_string(conn),

@@ -1,0 +1,21 @@
+"""The source-database seam (see base.py): `open_source` picks the engine from the DSN's form."""
+
+from __future__ import annotations
+
+from drledger.errors import DrledgerError
+from drledger.source.base import SourceDatabase
+
+#: URL schemes by engine; a key=value DSN (host=… dbname=…) is PostgreSQL's libpq form.
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def open_source(dsn: str) -> SourceDatabase:
+    """The database a DSN names, as drledger's one interface to it. Touches nothing until used."""
+    scheme = dsn.split("://", 1)[0].lower() if "://" in dsn else ""
+    if scheme in POSTGRES_SCHEMES or not scheme:
+        from drledger.source.postgres import PostgresSource
+
+        return PostgresSource(dsn)
+    raise DrledgerError(
+        f"drledger does not know the database engine '{scheme}'; give a postgresql:// URL or a key=value DSN."
+    )

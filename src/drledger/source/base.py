@@ -1,0 +1,225 @@
+"""The source-database seam: everything drledger asks of a primary or a promoted DR database.
+
+One interface, one implementation per engine (PostgreSQL first, MySQL next), chosen from the DSN.
+Nothing above this seam speaks SQL or imports a database driver: reconcile, replay, fence, the relay's
+backfill, the command line and the drill see these methods and the neutral types below. Foreign
+errors are translated here: a row the database refuses is `RowsRejected` (replay reports it and goes
+on), a connection lost is `SourceUnavailable`, a missing privilege or prerequisite a `DrledgerError`
+in one sentence.
+
+Two objects: `SourceDatabase`, the database named by a DSN (each call opens what it needs), and
+`RecoverySession`, one connection held through validate → fence → apply, whose transactions replay
+commits or rolls back (a dry run rolls back everything).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from drledger.errors import DatabaseUnavailable
+from drledger.events import LedgerEvent, OutboxRow
+from drledger.names import TableName
+
+
+class RowsRejected(Exception):
+    """The database refused some rows (a value of the wrong type, a foreign key, a check): `reason`
+    is its own first line. Replay narrows a rejected batch down to the rows and reports them."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SourceUnavailable(DatabaseUnavailable):
+    """The database went away part way (a lost connection, a server shutting down)."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing `init --check` looked at: whether it is right, and if not, how to make it so."""
+
+    ok: bool
+    what: str
+    fix: str | None = None
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """A captured table as replay needs it, in the engine's own terms where `ref` is concerned."""
+
+    name: TableName
+    ref: Any  # the engine's handle on the table (PostgreSQL: its OID)
+    key_columns: tuple[str, ...]
+    columns: frozenset[str]  # every column, generated ones included
+    insertable: frozenset[str]  # the columns an INSERT may name (not generated)
+    column_order: tuple[str, ...]
+    parents: frozenset[Any] = frozenset()  # refs of the other tables its foreign keys reference
+
+
+@dataclass(frozen=True)
+class SequenceInfo:
+    """A sequence that hands out a captured table's keys (serial, identity, AUTO_INCREMENT)."""
+
+    column: str
+    ref: Any
+    name: str
+    increment: int
+    minimum: int
+    maximum: int
+
+
+@dataclass(frozen=True)
+class CurrentRow:
+    """What a key holds now: the row as the database prints it, and whether it has the image's content."""
+
+    text: str
+    same: bool
+
+
+@dataclass
+class ReplayRights:
+    """What replay writes with, checked before its first write."""
+
+    missing: list[str] = field(default_factory=list)
+    role: str = ""
+
+
+class RecoverySession(ABC):
+    """One connection to the promoted database, for replay and fence.
+
+    Work happens in an open transaction; `commit` makes it durable, `rollback` drops it, and
+    `savepoint()` scopes a part that may be rolled back alone (translating rejected rows into
+    `RowsRejected`).
+    """
+
+    @abstractmethod
+    def require_outbox(self) -> None: ...
+
+    @abstractmethod
+    def captured_tables(self) -> dict[str, Any]:
+        """Canonical name → ref of every table drledger captures here (never drledger's own)."""
+
+    @abstractmethod
+    def table_shape(self, name: TableName, ref: Any) -> TableShape: ...
+
+    @abstractmethod
+    def row_keys(self, shape: TableShape, images: Sequence[str]) -> list[str | None]:
+        """Each image turned into a row of the table's types and keyed as capture keys it; raises
+        RowsRejected if the database refuses any of them."""
+
+    @abstractmethod
+    def missing_rights(self, shapes: Sequence[TableShape]) -> ReplayRights: ...
+
+    @abstractmethod
+    def ensure_replay_log(self) -> None: ...
+
+    @abstractmethod
+    def begin_chunk(self) -> None:
+        """Start a chunk's transaction: capture suppressed, one replay at a time in this database."""
+
+    @abstractmethod
+    def savepoint(self) -> AbstractContextManager[None]: ...
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def rollback(self) -> None: ...
+
+    @abstractmethod
+    def outbox_fingerprints(self, event_ids: Sequence[str]) -> dict[str, bytes]:
+        """event id → the fingerprint of the outbox row holding it, for ids the outbox has."""
+
+    @abstractmethod
+    def insert_if_absent(self, shape: TableShape, columns: Sequence[str], images: Sequence[str]) -> set[str]:
+        """Insert the rows whose keys are free; the keys inserted."""
+
+    @abstractmethod
+    def current_rows(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, CurrentRow]:
+        """event id → what its key holds now, for the events whose key holds a row."""
+
+    @abstractmethod
+    def restore_outbox(self, events: Sequence[LedgerEvent]) -> None:
+        """Put the original outbox rows back, with their event ids and the images' fingerprints."""
+
+    @abstractmethod
+    def log_outcomes(self, outcomes: Sequence[tuple[str, str, str]]) -> None:
+        """(event id, outcome, detail) into replay's audit log."""
+
+    @abstractmethod
+    def sequences(self, ref: Any) -> list[SequenceInfo]: ...
+
+    @abstractmethod
+    def sequence_state(self, shape_name: TableName, sequence: SequenceInfo) -> tuple[int | None, int | None]:
+        """(the sequence's last value or None if never used, the highest key the table holds)."""
+
+    @abstractmethod
+    def move_sequence(self, sequence: SequenceInfo, value: int) -> None:
+        """Set the sequence so the next key it hands out is past `value`."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> RecoverySession:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class SourceDatabase(ABC):
+    """A database drledger captures from or recovers into, named by a DSN."""
+
+    #: The DSN with its secrets masked: safe to print.
+    display: str
+
+    # -- capture: the outbox and its triggers --------------------------------------------------
+
+    @abstractmethod
+    def install(self, tables: Sequence[str]) -> list[str]:
+        """Create the outbox and a capture trigger per table (safe to run again); canonical names."""
+
+    @abstractmethod
+    def check(self, tables: Sequence[str]) -> list[Finding]:
+        """What the relay needs from this database, each item with how to fix it."""
+
+    @abstractmethod
+    def prune(self, older_than_ms: int, *, apply: bool) -> int: ...
+
+    @abstractmethod
+    def grant_script(self, roles: Mapping[str, str], tables: Sequence[str]) -> str: ...
+
+    @abstractmethod
+    def check_roles(self, roles: Mapping[str, str], tables: Sequence[str]) -> list[Finding]: ...
+
+    # -- reading the outbox, for reconcile and backfill ------------------------------------------
+
+    @abstractmethod
+    def latest_commit_ms(self) -> int | None: ...
+
+    @abstractmethod
+    def read_window(self, since_ms: int | None, until_ms: int | None) -> Iterator[OutboxRow]: ...
+
+    @abstractmethod
+    def read_fingerprints(self, since_ms: int | None, until_ms: int | None) -> list[bytes]: ...
+
+    @abstractmethod
+    def created_at(self, ids: set[bytes]) -> dict[bytes, int]: ...
+
+    @abstractmethod
+    def ids_present(self, ids: set[bytes], since_ms: int, until_ms: int) -> set[bytes]: ...
+
+    @abstractmethod
+    def outbox_rows(self, event_ids: Sequence[str]) -> dict[str, OutboxRow]: ...
+
+    # -- recovery ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def recovery_session(self) -> RecoverySession: ...

@@ -1,0 +1,83 @@
+"""PostgreSQL (and Aurora PostgreSQL) behind the source-database seam.
+
+The outbox, its capture triggers and checks live in `drledger.outbox.postgres`, replay's and fence's
+SQL in `recovery`, the least-privilege grants in `privileges`; this class is the seam's face.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+from drledger.db import connect, mask_dsn
+from drledger.events import OutboxRow
+from drledger.names import TableName
+from drledger.outbox import postgres as outbox
+from drledger.source.base import Finding, RecoverySession, SourceDatabase
+
+
+class PostgresSource(SourceDatabase):
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.display = mask_dsn(dsn)
+
+    def install(self, tables: Sequence[str]) -> list[str]:
+        return outbox.install(self.dsn, list(tables))
+
+    def check(self, tables: Sequence[str]) -> list[Finding]:
+        return [*outbox.check(self.dsn, list(tables)), *outbox.partition_findings(self.dsn, list(tables))]
+
+    def prune(self, older_than_ms: int, *, apply: bool) -> int:
+        return outbox.prune(self.dsn, older_than_ms, apply=apply)
+
+    def _tables(self, conn: object, tables: Sequence[str]) -> list[TableName]:
+        if tables:
+            return [TableName.parse(t) for t in tables]
+        return [TableName.parse(t) for t in sorted(outbox.captured_tables(conn))]  # type: ignore[arg-type]
+
+    def grant_script(self, roles: Mapping[str, str], tables: Sequence[str]) -> str:
+        from drledger.errors import DrledgerError
+        from drledger.source.postgres.privileges import grant_script
+
+        with connect(self.dsn) as conn:
+            names = self._tables(conn, tables)
+            if not names:
+                raise DrledgerError(
+                    "Name the tables to capture with --table; this database captures none yet."
+                )
+            return grant_script(conn, dict(roles), names)
+
+    def check_roles(self, roles: Mapping[str, str], tables: Sequence[str]) -> list[Finding]:
+        from drledger.source.postgres.privileges import check_roles
+
+        with connect(self.dsn) as conn:
+            if not roles:
+                roles = {"relay": str(conn.execute("SELECT current_user").fetchone()[0])}  # type: ignore[index]
+            return check_roles(conn, dict(roles), self._tables(conn, tables))
+
+    def latest_commit_ms(self) -> int | None:
+        with connect(self.dsn) as conn:
+            outbox.require_outbox(conn)
+            row = conn.execute(
+                "SELECT (extract(epoch FROM max(created_at)) * 1000)::bigint FROM drledger.outbox"
+            ).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def read_window(self, since_ms: int | None, until_ms: int | None) -> Iterator[OutboxRow]:
+        return outbox.read_window(self.dsn, since_ms, until_ms)
+
+    def read_fingerprints(self, since_ms: int | None, until_ms: int | None) -> list[bytes]:
+        return outbox.read_fingerprints(self.dsn, since_ms, until_ms)
+
+    def created_at(self, ids: set[bytes]) -> dict[bytes, int]:
+        return outbox.created_at(self.dsn, ids)
+
+    def ids_present(self, ids: set[bytes], since_ms: int, until_ms: int) -> set[bytes]:
+        return outbox.ids_present(self.dsn, ids, since_ms, until_ms)
+
+    def outbox_rows(self, event_ids: Sequence[str]) -> dict[str, OutboxRow]:
+        return outbox.outbox_rows(self.dsn, list(event_ids))
+
+    def recovery_session(self) -> RecoverySession:
+        from drledger.source.postgres.recovery import PostgresRecoverySession
+
+        return PostgresRecoverySession(connect(self.dsn))
