@@ -281,6 +281,17 @@ class FailoverRig:
         with open_ledger(self.ledger_url) as ledger:
             return {int(r.key) for r in ledger.read() if isinstance(r, LedgerEvent) and r.table == DEMO_TABLE}
 
+    def replication_lag_sample(self) -> float | None:
+        """How far the replica's replay trails the primary's commits, in seconds, if it can tell."""
+        try:
+            with psycopg.connect(self.dr_dsn, autocommit=True, connect_timeout=3) as conn:
+                row = conn.execute(
+                    "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())"
+                ).fetchone()
+        except psycopg.Error:
+            return None
+        return float(row[0]) if row and row[0] is not None else None
+
     def keys_in(self, dsn: str) -> set[int]:
         with psycopg.connect(dsn, autocommit=True) as conn:
             return {r[0] for r in conn.execute("SELECT id FROM public.orders").fetchall()}

@@ -16,16 +16,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import psycopg
-
 from drledger.drill.rig import DEMO_TABLE, FailoverRig, GroundTruth
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent
 from drledger.ledger import destroy_ledger, open_ledger
+from drledger.masking import mask_url
 from drledger.reconcile import Report
 from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.relay.engine import lag_percentile, read_stats
 from drledger.replay import replay
+from drledger.runbook import fence_from_ledger
 
 Progress = Callable[[str], None]
 
@@ -92,24 +92,6 @@ class DrillResult:
 
 def _keys_of(events: list[LedgerEvent]) -> set[int]:
     return {int(e.key) for e in events if e.table == DEMO_TABLE}
-
-
-def _phantoms(dsn: str, truth: GroundTruth) -> int:
-    """Rows in the promoted database that no acknowledged commit wrote."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        keys = {r[0] for r in conn.execute("SELECT id FROM public.orders").fetchall()}
-    return len(keys - truth.keys)
-
-
-def _replication_lag_sample(rig: FailoverRig) -> float | None:
-    try:
-        with psycopg.connect(rig.dr_dsn, autocommit=True, connect_timeout=3) as conn:
-            row = conn.execute(
-                "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())"
-            ).fetchone()
-    except psycopg.Error:
-        return None
-    return float(row[0]) if row and row[0] is not None else None
 
 
 class Drill:
@@ -185,7 +167,7 @@ class Drill:
                 pending.pop(0)[1](self.rig)
                 continue
             time.sleep(min(0.5, left, max(0.01, left - pending[0][0]) if pending else left))
-            if left < settings.duration_s / 2 and (sample := _replication_lag_sample(self.rig)) is not None:
+            if left < settings.duration_s / 2 and (sample := self.rig.replication_lag_sample()) is not None:
                 self.lag_samples.append(sample)
         for _, action in pending:
             action(self.rig)
@@ -193,6 +175,15 @@ class Drill:
     def failover(self) -> None:
         self.progress("failover: promoting the replica")
         self.rig.failover()
+
+    def fence(self) -> str | None:
+        """The runbook's first step after promotion, before the application writes; why it could not run."""
+        self.progress("fence: sequences past every key the ledger knows")
+        try:
+            fence_from_ledger(ReconcileRequest([self.rig.ledger_url], self.rig.dr_dsn))
+        except DrledgerError as exc:
+            return str(exc)
+        return None
 
     def reconcile(self) -> tuple[Report | None, float, str | None]:
         self.progress("reconcile: the ledger against the promoted database")
@@ -204,9 +195,9 @@ class Drill:
         return report, time.monotonic() - started, None
 
     def recover(self, report: Report) -> tuple[int, int, float]:
-        self.progress(f"fence and replay: {len(report.missing_in_dr)} events")
+        self.progress(f"replay: {len(report.missing_in_dr)} events")
         started = time.monotonic()
-        # Replay fences the sequences first, then applies: the order the operator's replay --apply runs.
+        # As the operator's replay --apply: validated, fenced again, then applied.
         result = replay(self.rig.dr_dsn, report.missing_in_dr, apply=True)
         return result.applied + result.present, len(result.conflicts), time.monotonic() - started
 
@@ -242,6 +233,45 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
+@dataclass
+class _Findings:
+    """What the disaster left and what recovery did, measured against the ground truth."""
+
+    truth: GroundTruth
+    in_ledger: set[int]
+    on_replica: set[int]
+    unrecoverable: int
+    report: Report | None
+    detect_s: float
+    reconcile_error: str | None
+    recovered: int = 0
+    conflicts: int = 0
+    recover_s: float = 0.0
+    missing_after: int = 0
+    phantoms: int = 0
+
+    @property
+    def lost(self) -> set[int]:
+        return self.truth.keys - self.on_replica
+
+    @property
+    def detected(self) -> int:
+        return len(_keys_of(self.report.missing_in_dr) & self.truth.keys) if self.report is not None else 0
+
+    @property
+    def verdict(self) -> str:
+        """ok when everything that reached the ledger came back, nothing else is missing, and nothing
+        was invented or overwritten."""
+        ok = (
+            self.missing_after == self.unrecoverable
+            and self.recovered == self.detected
+            and self.detected == len(self.lost) - self.unrecoverable
+            and self.conflicts == 0
+            and self.phantoms == 0
+        )
+        return "ok" if ok else "failed"
+
+
 def run_drill(
     settings: DrillSettings,
     progress: Progress,
@@ -250,7 +280,10 @@ def run_drill(
     lose_ledger: bool = False,
 ) -> DrillResult:
     """The whole drill. `before` acts on the rig seconds before the disaster; `lose_ledger` makes the
-    ledger die with the region (the spec's "DB + Kafka down" row)."""
+    ledger die with the region (the spec's "DB + Kafka down" row).
+
+    After the failover the drill runs the operator's runbook, in its order: fence, reconcile, replay.
+    """
     drill = Drill(settings, progress)
     try:
         drill.setup()
@@ -262,55 +295,59 @@ def run_drill(
             destroy_ledger(drill.rig.ledger_url)
         drill.failover()
         on_replica = drill.rig.keys_in(drill.rig.dr_dsn)
-        committed = truth.keys
-        lost = committed - on_replica
-        unrecoverable = len(lost - in_ledger) if not lose_ledger else len(lost)
+        lost = truth.keys - on_replica
+        fence_error = drill.fence()
         report, detect_s, failure = drill.reconcile()
-        recovered = conflicts = 0
-        recover_s = 0.0
+        found = _Findings(
+            truth,
+            in_ledger,
+            on_replica,
+            len(lost) if lose_ledger else len(lost - in_ledger),
+            report,
+            detect_s,
+            failure or fence_error,
+        )
         if report is not None and report.missing_in_dr:
-            recovered, conflicts, recover_s = drill.recover(report)
+            found.recovered, found.conflicts, found.recover_s = drill.recover(report)
         progress("verifying the promoted database against the ground truth")
-        missing_after = len(committed - drill.rig.keys_in(drill.rig.dr_dsn))
-        detected = len(_keys_of(report.missing_in_dr) & committed) if report is not None else 0
-        phantoms = _phantoms(drill.rig.dr_dsn, truth)
-        ok = (
-            missing_after == unrecoverable
-            and recovered == detected
-            and detected == len(lost) - unrecoverable
-            and conflicts == 0
-            and phantoms == 0
-        )
-        measured = round(sum(drill.lag_samples) / len(drill.lag_samples), 2) if drill.lag_samples else None
-        return DrillResult(
-            committed=len(committed),
-            on_replica_at_failover=len(committed & on_replica),
-            lost_without_ledger=len(lost),
-            detected=detected,
-            recovered=recovered,
-            unrecoverable=unrecoverable,
-            missing_after_replay=missing_after,
-            replication_lag_s=drill.lag_s,
-            ledger_lag_p99_ms=p99,
-            ledger_lag_p50_ms=p50,
-            replication_lag_measured_s=measured,
-            detect_seconds=round(detect_s, 3),
-            recover_seconds=round(recover_s, 3),
-            verdict="ok" if ok else "failed",
-            conflicts=conflicts,
-            phantom_rows=phantoms,
-            rolled_back=len(truth.rolled_back),
-            rolled_back_in_ledger=len(in_ledger & truth.rolled_back),
-            total_seconds=round(time.monotonic() - drill.started, 1),
-            ledger=drill.rig.ledger_url,
-            reconcile_exit_code=report.exit_code if report is not None else 2,
-            reconcile_error=failure,
-            missing_in_ledger=len(report.missing_in_ledger) if report is not None else 0,
-            ledger_blind_seconds=_blind_seconds(drill.disaster_at_ms, report),
-            keep=drill.kept() if settings.keep else {},
-        )
+        on_dr = drill.rig.keys_in(drill.rig.dr_dsn)
+        found.missing_after = len(truth.keys - on_dr)
+        found.phantoms = len(on_dr - truth.keys)  # rows no acknowledged commit wrote
+        return _result(drill, found, p50, p99)
     finally:
         drill.close()
+
+
+def _result(drill: Drill, found: _Findings, p50: float | None, p99: float | None) -> DrillResult:
+    report, truth = found.report, found.truth
+    samples = drill.lag_samples
+    return DrillResult(
+        committed=len(truth.keys),
+        on_replica_at_failover=len(truth.keys & found.on_replica),
+        lost_without_ledger=len(found.lost),
+        detected=found.detected,
+        recovered=found.recovered,
+        unrecoverable=found.unrecoverable,
+        missing_after_replay=found.missing_after,
+        replication_lag_s=drill.lag_s,
+        ledger_lag_p99_ms=p99,
+        ledger_lag_p50_ms=p50,
+        replication_lag_measured_s=round(sum(samples) / len(samples), 2) if samples else None,
+        detect_seconds=round(found.detect_s, 3),
+        recover_seconds=round(found.recover_s, 3),
+        verdict=found.verdict,
+        conflicts=found.conflicts,
+        phantom_rows=found.phantoms,
+        rolled_back=len(truth.rolled_back),
+        rolled_back_in_ledger=len(found.in_ledger & truth.rolled_back),
+        total_seconds=round(time.monotonic() - drill.started, 1),
+        ledger=mask_url(drill.rig.ledger_url),
+        reconcile_exit_code=report.exit_code if report is not None else 2,
+        reconcile_error=found.reconcile_error,
+        missing_in_ledger=len(report.missing_in_ledger) if report is not None else 0,
+        ledger_blind_seconds=_blind_seconds(drill.disaster_at_ms, report),
+        keep=drill.kept() if drill.settings.keep else {},
+    )
 
 
 def _blind_seconds(disaster_at_ms: int | None, report: Report | None) -> float | None:
