@@ -11,6 +11,7 @@ from urllib.parse import SplitResult, parse_qs
 
 from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.masking import mask_url
+from drledger.retry import backoff
 
 T = TypeVar("T")
 
@@ -150,13 +151,11 @@ def with_backoff(what: str, function: Callable[[], T]) -> T:
     """`call`, retrying throttling with exponential backoff before giving up."""
     from botocore.exceptions import ClientError
 
-    delay = 0.1
-    for attempt in range(ATTEMPTS):
+    for attempt, delay in zip(range(ATTEMPTS), backoff(), strict=False):
         try:
             return call(what, function)
         except ClientError:
             if attempt == ATTEMPTS - 1:
-                raise LedgerUnavailable(f"{what} was throttled {ATTEMPTS} times in a row.") from None
+                break
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    raise AssertionError("unreachable")
+    raise LedgerUnavailable(f"{what} was throttled {ATTEMPTS} times in a row.")

@@ -30,6 +30,7 @@ from drledger.ledger.aws import (
 )
 from drledger.ledger.base import Ledger, window_bounds
 from drledger.masking import mask_url
+from drledger.retry import backoff
 
 _BATCH = 500
 _BATCH_BYTES = 4_500_000  # under PutRecords' 5 MiB
@@ -113,8 +114,7 @@ class KinesisLedger(Ledger):
 
     def _put(self, records: list[dict[str, Any]]) -> None:
         pending = records
-        delay = 0.1
-        for _attempt in range(ATTEMPTS):
+        for _attempt, delay in zip(range(ATTEMPTS), backoff(), strict=False):
             answer = with_backoff(
                 f"writing to the Kinesis stream {self.stream}",
                 lambda: self.client.put_records(StreamName=self.stream, Records=pending),  # noqa: B023
@@ -126,7 +126,6 @@ class KinesisLedger(Ledger):
                 r for r, result in zip(pending, answer["Records"], strict=True) if "ErrorCode" in result
             ]
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
         raise LedgerUnavailable(f"Kinesis did not accept {len(pending)} records after {ATTEMPTS} attempts.")
 
     def shards(self) -> list[str]:
