@@ -157,6 +157,24 @@ class KafkaLedger(Ledger):
                     producer.poll(0.05)
         remaining = producer.flush(_TIMEOUT_S * 3)
         if remaining:
+            # Withdraw what was not acknowledged: the caller retries the whole batch, and copies left
+            # queued here would go out too, one more with every retry.
+            producer.purge()
+            producer.flush(0)
+        if remaining or failures:
+            # A topic that vanished (a broker replaced by an empty one, a deleted topic) is not for a
+            # retry to mend. Listing every topic asks the broker nothing it might auto-create.
+            try:
+                present = producer.list_topics(timeout=_TIMEOUT_S / 2).topics
+            except KafkaException:
+                present = None  # the broker is unreachable: that is what the retry is for
+            if present is not None and self.topic not in present:
+                raise DrledgerError(
+                    f"The Kafka topic '{self.topic}' no longer exists on {self._common['bootstrap.servers']} (was the "
+                    "broker replaced or the topic deleted?): see what the ledger lost with drledger ledger inspect, "
+                    "recreate the topic (or start the relay with --create), then start the relay again."
+                )
+        if remaining:
             raise LedgerUnavailable(
                 f"The Kafka broker did not acknowledge {remaining} events within {_TIMEOUT_S * 3:.0f}s."
             )
