@@ -162,17 +162,24 @@ class KafkaLedger(Ledger):
             producer.purge()
             producer.flush(0)
         if remaining or failures:
-            # A topic that vanished (a broker replaced by an empty one, a deleted topic) is not for a
-            # retry to mend. Listing every topic asks the broker nothing it might auto-create.
+            # A broker replaced by an empty one (another cluster id; the producer may even have had the
+            # topic auto-created there) or a deleted topic is not for a retry to mend.
             try:
-                present = producer.list_topics(timeout=_TIMEOUT_S / 2).topics
+                metadata = producer.list_topics(timeout=_TIMEOUT_S / 2)
             except KafkaException:
-                present = None  # the broker is unreachable: that is what the retry is for
-            if present is not None and self.topic not in present:
+                metadata = None  # the broker is unreachable: that is what the retry is for
+            where = self._common["bootstrap.servers"]
+            if metadata is not None and str(metadata.cluster_id) != self._cluster_id:
                 raise DrledgerError(
-                    f"The Kafka topic '{self.topic}' no longer exists on {self._common['bootstrap.servers']} (was the "
-                    "broker replaced or the topic deleted?): see what the ledger lost with drledger ledger inspect, "
-                    "recreate the topic (or start the relay with --create), then start the relay again."
+                    f"The Kafka broker at {where} is now another cluster (id {metadata.cluster_id}, was "
+                    f"{self._cluster_id}): the broker was replaced, so see what the ledger lost with drledger ledger "
+                    "inspect, make sure the topic is as it should be, then start the relay again."
+                )
+            if metadata is not None and self.topic not in metadata.topics:
+                raise DrledgerError(
+                    f"The Kafka topic '{self.topic}' no longer exists on {where} (was the topic deleted?): see what the "
+                    "ledger lost with drledger ledger inspect, recreate the topic (or start the relay with --create), "
+                    "then start the relay again."
                 )
         if remaining:
             raise LedgerUnavailable(
