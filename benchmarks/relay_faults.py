@@ -258,8 +258,9 @@ class LedgerWatch:
                 batch = []
                 for message in consumer.consume(2000, timeout=0.1):
                     if message.error() is None:
-                        headers = dict(message.headers() or [])
-                        batch.append(headers["event_id"].decode())
+                        event_id = dict(message.headers() or []).get("event_id")
+                        if isinstance(event_id, bytes):
+                            batch.append(event_id.decode())
                 if batch:
                     yield batch
         finally:
@@ -284,8 +285,35 @@ def catch_up(
     return None
 
 
-def tally(row: Row, dsn: str, watch: LedgerWatch, since: float, supervisor: Supervisor) -> Row:
+class Backlog:
+    """Measures, in a thread, how long after a moment the ledger held everything committed until then."""
+
+    def __init__(self, dsn: str, watch: LedgerWatch) -> None:
+        self.since = time.monotonic()
+        self.truth = outbox_ids(dsn)
+        self.seconds: float | None = None
+        threading.Thread(target=self._wait, args=(watch,), daemon=True).start()
+
+    def _wait(self, watch: LedgerWatch) -> None:
+        deadline = self.since + 300
+        while time.monotonic() < deadline:
+            if self.truth <= watch.ids:
+                self.seconds = round(time.monotonic() - self.since, 2)
+                return
+            time.sleep(0.05)
+
+
+def tally(
+    row: Row,
+    dsn: str,
+    watch: LedgerWatch,
+    since: float,
+    supervisor: Supervisor,
+    backlog: Backlog | None = None,
+) -> Row:
     row.catch_up_s = catch_up(dsn, watch, since)
+    if backlog is not None:
+        row.note += f"what was committed by the fault's end was in the ledger {backlog.seconds} s after it; "
     truth = outbox_ids(dsn)
     time.sleep(1)  # a redelivery in flight is counted too
     row.committed = len(truth)
@@ -355,11 +383,13 @@ class Bench:
             relay.mark = time.monotonic()
             time.sleep(stall_s)
             os.kill(broker.process.pid, signal.SIGCONT)
-            resumed = time.monotonic()
+            backlog = Backlog(dsn, watch)
             time.sleep(5)
-        row = tally(Row(f"Kafka broker SIGSTOPped {stall_s:.0f} s"), dsn, watch, resumed, relay)
-        row.note = f"--ledger-timeout {ledger_timeout}; catch-up counted from SIGCONT" + (
-            f"; first exit {relay.exit_seconds[0]:.0f} s into the stall" if len(relay.exits) > 1 else ""
+        load_end = time.monotonic()
+        row = tally(Row(f"Kafka broker SIGSTOPped {stall_s:.0f} s"), dsn, watch, load_end, relay, backlog)
+        row.note += (
+            f"--ledger-timeout {ledger_timeout}; catch-up counted from the load's end, 5 s after SIGCONT"
+            + (f"; first exit {relay.exit_seconds[0]:.0f} s into the stall" if len(relay.exits) > 1 else "")
         )
         watch.close()
         return row
@@ -436,11 +466,12 @@ class Bench:
             cluster.stop()
             time.sleep(down_s)
             cluster.start()
-            up = time.monotonic()
+            backlog = Backlog(dsn, watch)
             time.sleep(10)
+        load_end = time.monotonic()
         title = "PostgreSQL restarted" if down_s == 0 else f"PostgreSQL stopped {down_s:.0f} s"
-        row = tally(Row(title), dsn, watch, up, relay)
-        row.note = f"catch-up counted from the restart; {load.failed} inserts refused while it was down"
+        row = tally(Row(title), dsn, watch, load_end, relay, backlog)
+        row.note += f"catch-up counted from the load's end, 10 s after the restart; {load.failed} inserts refused while it was down"
         watch.close()
         cluster.stop()
         return row

@@ -189,8 +189,8 @@ class Relay:
         """Publish, retrying the whole batch with backoff while the ledger is unavailable, for at most
         `settings.ledger_timeout_s`; then RetryLater. A requested stop ends the wait at once."""
         delay = 0.1
-        give_up_after = self.settings.ledger_timeout_s
-        deadline = time.monotonic() + give_up_after
+        began = time.monotonic()
+        deadline = began + self.settings.ledger_timeout_s
         while True:
             if self._stop_requested.is_set():
                 raise _Stopping()
@@ -200,7 +200,7 @@ class Relay:
             except LedgerUnavailable as exc:
                 if time.monotonic() + delay > deadline:
                     raise RetryLater(
-                        f"The ledger {self.ledger.display_url} did not take a batch for {give_up_after:.0f} s "
+                        f"The ledger {self.ledger.display_url} did not take a batch for {time.monotonic() - began:.0f} s "
                         f"({str(exc).rstrip('.')}): {RESTART}."
                     ) from None
                 log.warning("ledger write failed, retrying in %.1fs: %s", delay, exc)
