@@ -235,7 +235,9 @@ def test_an_outbox_column_dropped_is_named_and_init_check_finds_it(
     assert "lacks the column txid" in the_sentence(again.stderr)
 
 
-def test_a_missing_privilege_is_refused_before_the_engine_starts(database: str, workdir: Path) -> None:
+def test_a_missing_privilege_is_refused_before_the_engine_starts_and_a_revoked_one_stops_it(
+    database: str, workdir: Path, relay_factory
+) -> None:
     postgres.install(database, ["public.orders"])
     role = f"relay_{uuid.uuid4().hex[:6]}"
     with psycopg.connect(database, autocommit=True) as conn:
@@ -257,10 +259,38 @@ def test_a_missing_privilege_is_refused_before_the_engine_starts(database: str, 
         result = run_cli("relay", "--db", dsn, "--ledger", url, "--state-dir", str(workdir / "s3"))
         assert result.returncode == EXIT_OPERATOR
         assert "heartbeat" in the_sentence(result.stderr)
+        # Revoked while the relay runs: the first failed heartbeat stops it, not a retry loop.
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute(f"GRANT SELECT, INSERT, UPDATE ON drledger.heartbeat TO {role}")
+        relay = started(relay_factory(dsn, url, "--heartbeat", "500ms"), database)
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute(f"REVOKE INSERT, UPDATE ON drledger.heartbeat FROM {role}")
+        code, took = exits_within(relay, 60)
+        assert code == EXIT_OPERATOR and took < 30
+        assert "lacks a privilege the relay needs (permission denied for table heartbeat)" in the_sentence(
+            relay.output()
+        )
     finally:
         with psycopg.connect(database, autocommit=True) as conn:
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_a_database_or_broker_unreachable_at_start_asks_to_be_restarted(database: str, workdir: Path) -> None:
+    result = run_cli(
+        "relay", "--db", "postgresql://drl:s3cret@127.0.0.1:1/x", "--ledger", f"sqlite:///{workdir}/l.db"
+    )
+    assert result.returncode == EXIT_RETRY
+    assert "Cannot connect to the database" in the_sentence(result.stderr) and "s3cret" not in result.stderr
+    postgres.install(database, ["public.orders"])
+    result = run_cli(
+        "relay", "--db", database, "--ledger", "kafka://127.0.0.1:1/ledger", "--state-dir", str(workdir)
+    )
+    assert result.returncode == EXIT_RETRY
+    assert "Cannot reach the Kafka broker at 127.0.0.1:1" in the_sentence(result.stderr)
+    # Bad input is not worth a restart.
+    result = run_cli("relay", "--db", database, "--ledger", "kafka://127.0.0.1:1/ledger", "--snapshot", "all")
+    assert result.returncode == EXIT_OPERATOR
 
 
 # -- offsets belong to one database ------------------------------------------------------------------

@@ -311,8 +311,10 @@ def _outbox_findings(conn: psycopg.Connection[Any]) -> list[Finding]:
     if not has_heartbeat:
         findings.append(Finding(False, "the drledger.heartbeat table is missing", "run drledger init"))
         return findings
+    # The snapshot reads the heartbeat table too (it is in the publication); the heartbeat upserts it.
     can_beat = conn.execute(
-        "SELECT has_table_privilege('drledger.heartbeat', 'INSERT') AND has_table_privilege('drledger.heartbeat', 'UPDATE')"
+        "SELECT bool_and(has_table_privilege('drledger.heartbeat', p)) FROM unnest(%s::text[]) p",
+        (["SELECT", "INSERT", "UPDATE"],),
     ).fetchone()[0]  # type: ignore[index]
     findings.append(
         Finding(
@@ -320,7 +322,7 @@ def _outbox_findings(conn: psycopg.Connection[Any]) -> list[Finding]:
             "this user "
             + ("may" if can_beat else "may not")
             + " write the relay's heartbeat (drledger.heartbeat)",
-            None if can_beat else "run GRANT INSERT, UPDATE ON drledger.heartbeat TO <user>",
+            None if can_beat else "run GRANT SELECT, INSERT, UPDATE ON drledger.heartbeat TO <user>",
         )
     )
     return findings
