@@ -107,6 +107,17 @@ def test_a_loose_state_directory_is_tightened(tmp_path: Path) -> None:
     assert stat.S_IMODE((directory / "drledger_slot.stats.json").stat().st_mode) == 0o600
 
 
+def test_a_shared_directory_is_never_chmodded(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o755)
+    (shared / "notes.txt").write_text("not the relay's")
+    state = RelayState(RelaySettings(state_dir=shared))
+    state.open()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    assert stat.S_IMODE(state.settings.offsets_file.stat().st_mode) == 0o600
+
+
 def test_only_one_relay_per_state_directory_and_slot(tmp_path: Path) -> None:
     open_state(tmp_path)
     with pytest.raises(DrledgerError, match=r"Another relay \(pid \d+\) is running with slot drledger_slot"):

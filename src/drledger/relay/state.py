@@ -36,6 +36,7 @@ from drledger.timeutil import format_instant, now_ms
 log = logging.getLogger("drledger.relay")
 
 DIR_MODE = 0o700
+_STATE_SUFFIXES = (".offsets", ".source.json", ".stats.json", ".lock", ".tmp")
 FILE_MODE = 0o600
 # A backfill from the relay's last event reaches back this much further, for transactions that were
 # open then (an outbox row carries its transaction's start time, not its commit time).
@@ -122,8 +123,7 @@ class RelayState:
         directory = self.directory
         try:
             directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            if directory.stat().st_uid == os.geteuid():
-                os.chmod(directory, DIR_MODE)
+            self._make_private(directory)
             for path in (self.settings.offsets_file, self.settings.stats_file, self.settings.identity_file):
                 if path.exists():
                     os.chmod(path, FILE_MODE)
@@ -149,6 +149,26 @@ class RelayState:
         # "no offsets yet": creating it here is how it comes to be private.
         if not self.settings.offsets_file.exists():
             os.close(os.open(self.settings.offsets_file, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+
+    @staticmethod
+    def _make_private(directory: Path) -> None:
+        """0700 for a directory of relay state only (one an older relay made 0755, say); a directory that
+        holds anything else (a home, /tmp, `.`) is not the relay's to change: a warning says so."""
+        info = directory.stat()
+        if info.st_mode & 0o077 == 0:
+            return
+        ours = info.st_uid == os.geteuid() and all(
+            entry.name.endswith(_STATE_SUFFIXES) or ".offsets.replaced-" in entry.name
+            for entry in directory.iterdir()
+        )
+        if ours:
+            os.chmod(directory, DIR_MODE)
+        else:
+            log.warning(
+                "the state directory %s is open to other users and holds more than relay state: give the relay "
+                "a directory of its own (it makes one 0700)",
+                directory,
+            )
 
     def has_offsets(self) -> bool:
         try:
@@ -228,9 +248,11 @@ def check_source(
         )
     if slot is not None and slot.lost:
         reason = slot.invalidation_reason or f"wal_status {slot.wal_status}"
+        if reason in ("wal_status lost", "wal_removed"):
+            reason += ": PostgreSQL removed WAL it still needed, see max_slot_wal_keep_size"
         raise DrledgerError(
-            f"The replication slot '{name}' was invalidated ({reason}: PostgreSQL removed WAL it still needed, "
-            "see max_slot_wal_keep_size), so changes since the relay's last position cannot be streamed: drop it "
+            f"The replication slot '{name}' was invalidated ({reason}), so changes since the relay's last "
+            "position cannot be streamed: drop it "
             f"(SELECT pg_drop_replication_slot('{name}')) and start the relay with --backfill-since "
             f"{state.backfill_hint()}, which creates the slot anew and publishes what the ledger lacks."
         )
