@@ -209,7 +209,8 @@ class LedgerWatch:
     def __init__(self, url: str) -> None:
         self.url = url
         self.events = 0
-        self.ids: set[str] = set()
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -217,8 +218,19 @@ class LedgerWatch:
     def _run(self) -> None:
         reader = self._sqlite if self.url.startswith("sqlite://") else self._kafka
         for batch in reader():
-            self.events += len(batch)
-            self.ids.update(batch)
+            with self._lock:
+                self.events += len(batch)
+                self._ids.update(batch)
+
+    @property
+    def ids(self) -> set[str]:
+        """A copy of the event ids seen so far (the reader thread keeps adding to the original)."""
+        with self._lock:
+            return set(self._ids)
+
+    def holds(self, wanted: set[str]) -> bool:
+        with self._lock:
+            return wanted <= self._ids
 
     def _sqlite(self) -> Iterator[list[str]]:
         path = self.url.removeprefix("sqlite://")
@@ -279,7 +291,7 @@ def catch_up(
     deadline = time.monotonic() + timeout
     truth = outbox_ids(dsn) - elsewhere
     while time.monotonic() < deadline:
-        if truth <= watch.ids:
+        if watch.holds(truth):
             return round(time.monotonic() - since, 2)
         time.sleep(0.1)
     return None
@@ -297,7 +309,7 @@ class Backlog:
     def _wait(self, watch: LedgerWatch) -> None:
         deadline = self.since + 300
         while time.monotonic() < deadline:
-            if self.truth <= watch.ids:
+            if watch.holds(self.truth):
                 self.seconds = round(time.monotonic() - self.since, 2)
                 return
             time.sleep(0.05)
