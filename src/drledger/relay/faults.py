@@ -24,7 +24,8 @@ from drledger.errors import DrledgerError, RetryLater
 from drledger.outbox.postgres import PUBLICATION
 
 RESTART = (
-    "it exits so that its supervisor starts it again, and resumes from the last batch the ledger acknowledged"
+    "the relay exits so that its supervisor starts it again, and resumes from the last batch the ledger "
+    "acknowledged"
 )
 CHECK = "drledger init --check lists what the relay needs"
 
@@ -163,7 +164,7 @@ def classify(chain: Sequence[Cause], *, slot: str, state_dir: str, backfill_hint
     if "55006" in states or "is active for pid" in text:
         return RetryLater(
             f"The replication slot '{slot}' is held by another connection ({reason}): if a relay just died the "
-            f"server frees it shortly, so {RESTART.replace('it exits', 'this one exits')}; if another relay runs on "
+            f"server frees it shortly, so {RESTART.replace('the relay exits', 'this relay exits')}; if another relay runs on "
             "this slot, stop one of them."
         )
     if (
