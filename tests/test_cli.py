@@ -12,8 +12,8 @@ from conftest import dsn_for, run_cli
 from drledger.drill.cluster import LocalCluster
 
 
-def assert_one_sentence(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+def assert_one_sentence(result, *fragments: str, code: int = 2) -> None:  # type: ignore[no-untyped-def]
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -26,9 +26,16 @@ def test_unreachable_database(workdir: Path) -> None:
     assert_one_sentence(result, "Cannot connect to the database", "127.0.0.1:1")
     assert "s3cret" not in result.stderr
     result = run_cli(
-        "relay", "--db", "postgresql://drl:s3cret@127.0.0.1:1/x", "--ledger", f"sqlite:///{workdir}/l.db"
+        "relay",
+        "--db",
+        "postgresql://drl:s3cret@127.0.0.1:1/x",
+        "--ledger",
+        f"sqlite:///{workdir}/l.db",
+        "--state-dir",
+        str(workdir / "state"),
     )
-    assert_one_sentence(result, "Cannot connect to the database")
+    # For the relay, a database that is away may come back: exit 75 asks its supervisor to restart it.
+    assert_one_sentence(result, "Cannot connect to the database", code=75)
     assert "s3cret" not in result.stderr
 
 
@@ -36,7 +43,9 @@ def test_wal_level_not_logical_says_how_to_fix_it(physical_only: LocalCluster, w
     with psycopg.connect(physical_only.dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY)")
     assert run_cli("init", "--db", physical_only.dsn, "--table", "orders").returncode == 0
-    result = run_cli("relay", "--db", physical_only.dsn, "--ledger", f"sqlite:///{workdir}/l.db")
+    result = run_cli(
+        "relay", "--db", physical_only.dsn, "--ledger", f"sqlite:///{workdir}/l.db", "--state-dir", str(workdir)
+    )
     assert_one_sentence(result, "wal_level is 'replica'", "ALTER SYSTEM SET wal_level = logical")
     check = run_cli("init", "--db", physical_only.dsn, "--table", "orders", "--check", "--json")
     assert check.returncode == 1
@@ -57,10 +66,13 @@ def test_malformed_ledger_url(database: str) -> None:
     assert_one_sentence(run_cli("relay", "--db", database, "--ledger", "ftp://x/y"), "unknown scheme")
 
 
-def test_unreachable_broker(database: str) -> None:
+def test_unreachable_broker(database: str, workdir: Path) -> None:
     run_cli("init", "--db", database, "--table", "orders")
-    result = run_cli("relay", "--db", database, "--ledger", "kafka://127.0.0.1:1/ledger")
-    assert_one_sentence(result, "Cannot reach the Kafka broker", "127.0.0.1:1")
+    result = run_cli(
+        "relay", "--db", database, "--ledger", "kafka://127.0.0.1:1/ledger", "--state-dir", str(workdir)
+    )
+    # A broker that is away may come back: the relay asks its supervisor to restart it (exit 75).
+    assert_one_sentence(result, "Cannot reach the Kafka broker", "127.0.0.1:1", code=75)
 
 
 def test_inspect_json_keys_and_malformed_records(workdir: Path) -> None:

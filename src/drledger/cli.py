@@ -1,13 +1,12 @@
 """The drledger command line: parse, call the library, render. No logic of its own lives here.
 
-Exit codes: 0 success; 1 the command ran and found a problem (a failed check, a relay that stopped on
-an error after starting); 2 bad input or an unreachable database, ledger or broker (one sentence on
-stderr, no traceback); 130 interrupted.
+Exit codes: 0 success; 1 the command ran and found a problem (a failed check); 2 bad input or an
+unreachable database, ledger or broker (one sentence on stderr, no traceback); 75 the relay stopped on
+a transient failure (restart it); 130 interrupted.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -41,8 +40,9 @@ if TYPE_CHECKING:
     from drledger.replay import ReplayResult
 
 EXIT_HELP = (
-    "Exit codes: 0 success; 1 a check failed or the relay stopped on an error; "
-    "2 bad input or an unreachable database, ledger or broker; 130 interrupted."
+    "Exit codes: 0 success; 1 a check failed; 2 bad input or an unreachable database, ledger or broker "
+    "(for the relay: an operator is needed); 75 the relay stopped on a transient failure, restart it; "
+    "130 interrupted."
 )
 
 app = typer.Typer(
@@ -182,7 +182,14 @@ def init(
         raise typer.Exit(1)
 
 
-@app.command()
+RELAY_EXIT = (
+    "Exit codes: 0 stopped by SIGINT/SIGTERM; 75 a transient failure (database or ledger unreachable, connection "
+    "lost): restart it, it resumes where the ledger left off; 2 an operator is needed (bad input, the state "
+    "directory belongs to another database, the replication slot was lost, a privilege or the outbox is missing)."
+)
+
+
+@app.command(epilog=RELAY_EXIT)
 def relay(
     db: DbOption,
     ledger: Annotated[
@@ -195,7 +202,10 @@ def relay(
         str, typer.Option(help="Replication slot name (created on first start).")
     ] = "drledger_slot",
     state_dir: Annotated[
-        Path, typer.Option(help="Where Debezium's offsets are kept; keep it across restarts.")
+        Path,
+        typer.Option(
+            help="Where Debezium's offsets are kept (0700), tied to this database and slot; keep it across restarts."
+        ),
     ] = Path(".drledger"),
     snapshot: Annotated[
         str,
@@ -221,54 +231,77 @@ def relay(
             "between the two.",
         ),
     ] = None,
+    ledger_timeout: Annotated[
+        str,
+        typer.Option(
+            help="How long to retry a batch the ledger does not take before exiting 75 (for a supervisor to restart)."
+        ),
+    ] = "2m",
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Debezium's INFO lines and every stack trace, for debugging."),
+    ] = False,
 ) -> None:
     """Stream every committed outbox row to the ledger, at least once, until SIGINT/SIGTERM.
 
     Runs Debezium's embedded PostgreSQL connector (pgoutput) on drledger.outbox. A batch is marked
     processed only after the ledger acknowledged it, so a crash loses nothing; a restart with the same
     --state-dir and --slot resumes where the ledger left off (duplicates possible, removed by event id).
+    If the engine stops for any other reason than a signal, the relay exits within seconds with one
+    sentence and an exit code that says whether to restart it (75) or call an operator (2).
     """
-    from drledger.ledger import open_ledger, parse_ledger_url
-    from drledger.outbox.postgres import require_logical_wal
-    from drledger.relay.engine import Relay, run_until_signalled
     from drledger.relay.properties import RelaySettings
+    from drledger.relay.runner import RelayRequest, serve
     from drledger.timeutil import parse_duration, parse_instant
 
     if snapshot not in ("initial", "no_data"):
         raise DrledgerError("--snapshot must be 'initial' or 'no_data'.")
-    settings = RelaySettings(
-        slot=slot, state_dir=state_dir, snapshot=snapshot, heartbeat_ms=int(parse_duration(heartbeat) * 1000)
-    )
-    parse_ledger_url(ledger)
-    require_logical_wal(db)
-    target = open_ledger(
-        ledger, _client_config(ledger_config, ledger_config_file, endpoint_url), writer=True, create=create
+    if verbose:
+        logging.getLogger("drledger").setLevel(logging.DEBUG)
+    request = RelayRequest(
+        dsn=db,
+        ledger_url=ledger,
+        settings=RelaySettings(
+            slot=slot,
+            state_dir=state_dir,
+            snapshot=snapshot,
+            heartbeat_ms=int(parse_duration(heartbeat) * 1000),
+            ledger_timeout_s=parse_duration(ledger_timeout),
+        ),
+        client_config=_client_config(ledger_config, ledger_config_file, endpoint_url),
+        create=create,
+        backfill_since_ms=parse_instant(backfill_since) if backfill_since is not None else None,
+        verbose=verbose,
     )
     progress = _RelayProgress()
-
-    def on_batch(stats: RelayStats) -> None:
-        progress.maybe_print(stats)
-
-    if backfill_since is not None:
-        from drledger.relay.backfill import backfill, ensure_slot
-
-        since_ms = parse_instant(backfill_since)
-        ensure_slot(db, slot)
-        published = backfill(db, target, since_ms)
-        logging.getLogger("drledger.relay").info("backfilled %d outbox rows the ledger lacked", published)
-        # The slot already marks where streaming starts; a snapshot would only re-send the outbox.
-        settings = dataclasses.replace(settings, snapshot="no_data")
-    if target.created:
-        logging.getLogger("drledger.relay").info("created the ledger %s", target.display_url)
-    the_relay = Relay(db, target, settings, on_batch=on_batch)
-    logging.getLogger("drledger.relay").info(
-        "relaying %s → %s (slot %s)", "drledger.outbox", target.display_url, slot
-    )
     try:
-        run_until_signalled(the_relay)
-    finally:
-        target.close()
-    logging.getLogger("drledger.relay").info("stopped after %d events", the_relay.stats.events)
+        stats = serve(request, on_batch=progress.maybe_print)
+    except DrledgerError as exc:
+        _end_relay(exc.exit_code, exc)
+        raise
+    if stats is not None:
+        logging.getLogger("drledger.relay").info("stopped after %d events", stats.events)
+    _end_relay(0, None)
+
+
+def _end_relay(code: int, error: DrledgerError | None) -> None:
+    """End a relay process whose JVM ran: say why, flush, and exit without waiting for Java's threads.
+
+    Python's exit would wait for every non-daemon Java thread the engine left (DestroyJavaVM), possibly
+    forever; the offsets are already as the ledger acknowledged them, so there is nothing left to wait
+    for. Without a JVM, the ordinary exit (main) does the same job.
+    """
+    jpype = sys.modules.get("jpype")
+    if jpype is None or not jpype.isJVMStarted():
+        return
+    import os
+
+    if error is not None:
+        err.print(f"drledger: {error}", markup=False, highlight=False, soft_wrap=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _RelayProgress:

@@ -1,6 +1,15 @@
-"""The one exception type the command line turns into a one-sentence message and exit code 2."""
+"""The exception types the command line turns into a one-sentence message and an exit code.
+
+Exit codes shared by every command: 2 bad input, or something an operator must fix (one sentence on
+stderr, no traceback). The relay, a long-running process meant to run under a supervisor, adds one:
+75 (EX_TEMPFAIL from sysexits.h), "a transient failure: restart me" — the database or the ledger went
+away; nothing is lost, a restart resumes from the last batch the ledger acknowledged.
+"""
 
 from __future__ import annotations
+
+EXIT_OPERATOR = 2
+EXIT_RETRY = 75
 
 
 class DrledgerError(Exception):
@@ -9,7 +18,7 @@ class DrledgerError(Exception):
     The message is shown as it is, so it must be one plain sentence that says what to do.
     """
 
-    exit_code = 2
+    exit_code = EXIT_OPERATOR
 
 
 class LedgerUnavailable(DrledgerError):
@@ -18,3 +27,12 @@ class LedgerUnavailable(DrledgerError):
 
 class DatabaseUnavailable(DrledgerError):
     """The database could not be reached."""
+
+
+class RetryLater(DrledgerError):
+    """A long-running command stopped on a transient failure (a connection lost, a broker away).
+
+    Exit 75: a supervisor should start it again, after a pause; it resumes where it left off.
+    """
+
+    exit_code = EXIT_RETRY

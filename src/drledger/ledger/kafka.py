@@ -217,6 +217,31 @@ class KafkaLedger(Ledger):
                     producer.poll(0.05)
         remaining = producer.flush(_TIMEOUT_S * 3)
         if remaining:
+            # Withdraw what was not acknowledged: the caller retries the whole batch, and copies left
+            # queued here would go out too, one more with every retry.
+            producer.purge()
+            producer.flush(0)
+        if remaining or failures:
+            # A broker replaced by an empty one (another cluster id; the producer may even have had the
+            # topic auto-created there) or a deleted topic is not for a retry to mend.
+            try:
+                metadata = producer.list_topics(timeout=_TIMEOUT_S / 2)
+            except KafkaException:
+                metadata = None  # the broker is unreachable: that is what the retry is for
+            where = self._common["bootstrap.servers"]
+            if metadata is not None and str(metadata.cluster_id) != self._cluster_id:
+                raise DrledgerError(
+                    f"The Kafka broker at {where} is now another cluster (id {metadata.cluster_id}, was "
+                    f"{self._cluster_id}): the broker was replaced, so see what the ledger lost with drledger ledger "
+                    "inspect, make sure the topic is as it should be, then start the relay again."
+                )
+            if metadata is not None and self.topic not in metadata.topics:
+                raise DrledgerError(
+                    f"The Kafka topic '{self.topic}' no longer exists on {where} (was the topic deleted?): see what the "
+                    "ledger lost with drledger ledger inspect, recreate the topic (or start the relay with --create), "
+                    "then start the relay again."
+                )
+        if remaining:
             raise LedgerUnavailable(
                 f"The Kafka broker did not acknowledge {remaining} events within {_TIMEOUT_S * 3:.0f}s."
             )

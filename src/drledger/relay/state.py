@@ -1,0 +1,275 @@
+"""The relay's state directory, tied to one source database, and the checks made before Debezium starts.
+
+Debezium keeps its position (offsets) in `--state-dir`, one file per slot. A position only means
+something in the database it was read from: resumed against another one, Debezium would either
+refuse with a stack trace or — worse — start from an LSN of another history and skip events. So
+beside the offsets the relay records whose they are (`<slot>.source.json`): PostgreSQL's system
+identifier, the timeline, the database and the slot. A relay whose database does not match is
+refused, in one sentence naming the directory; nothing is overwritten.
+
+The timeline is what tells a promoted replica from its old primary: both share the system identifier,
+but promotion starts a new timeline, and an LSN of the old timeline past the fork point names WAL the
+new one never had. A relay on the promoted database needs its own slot and a backfill (the runbook's
+`relay --slot drledger_dr --backfill-since …`), which starts a new state file; reusing the old
+primary's offsets there is refused.
+
+Everything here is private to the relay's user: the directory is made 0700 and its files 0600
+(offsets and stats name positions and times of business data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from drledger.db import connect
+from drledger.errors import DrledgerError
+from drledger.relay.properties import RelaySettings
+from drledger.timeutil import format_instant, now_ms
+
+log = logging.getLogger("drledger.relay")
+
+DIR_MODE = 0o700
+_STATE_SUFFIXES = (".offsets", ".source.json", ".stats.json", ".lock", ".tmp")
+FILE_MODE = 0o600
+# A backfill from the relay's last event reaches back this much further, for transactions that were
+# open then (an outbox row carries its transaction's start time, not its commit time).
+BACKFILL_MARGIN_MS = 15 * 60_000
+
+
+@dataclass(frozen=True)
+class SourceIdentity:
+    """Which database's history a position belongs to."""
+
+    system_identifier: str
+    timeline: int
+    database: str
+    slot: str
+
+    def describe(self) -> str:
+        return (
+            f"system {self.system_identifier}, timeline {self.timeline}, database {self.database}, "
+            f"slot {self.slot}"
+        )
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    database: str | None
+    plugin: str | None
+    wal_status: str | None
+    invalidation_reason: str | None
+
+    @property
+    def lost(self) -> bool:
+        return self.wal_status == "lost" or bool(self.invalidation_reason)
+
+
+def identify(dsn: str, slot: str) -> SourceIdentity:
+    """IDENTIFY_SYSTEM over a replication connection: the system identifier and the *current* timeline
+    (pg_control's checkpoint timeline lags a promotion until the next checkpoint)."""
+    with connect(dsn, autocommit=True, replication="database") as conn:
+        result = conn.pgconn.exec_(b"IDENTIFY_SYSTEM")
+        if result.ntuples != 1 or result.nfields < 4:
+            message = (result.error_message or b"").decode(errors="replace").strip()
+            raise DrledgerError(
+                f"The database did not identify itself to a replication connection: {message}."
+            )
+        system_id, timeline, _lsn, database = ((result.get_value(0, i) or b"").decode() for i in range(4))
+    return SourceIdentity(system_id, int(timeline), database, slot)
+
+
+def slot_info(dsn: str, slot: str) -> SlotInfo | None:
+    with connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT to_jsonb(s) FROM pg_replication_slots s WHERE slot_name = %s", (slot,)
+        ).fetchone()
+    if row is None:
+        return None
+    doc: dict[str, Any] = row[0]
+    return SlotInfo(
+        doc.get("database"), doc.get("plugin"), doc.get("wal_status"), doc.get("invalidation_reason")
+    )
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` atomically with `text`, readable by this user only."""
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(temporary, FILE_MODE)  # an older temporary file keeps its mode through O_CREAT
+    os.replace(temporary, path)
+
+
+class RelayState:
+    """The state directory of one relay (one slot): lock, offsets, identity and stats files."""
+
+    def __init__(self, settings: RelaySettings) -> None:
+        self.settings = settings
+        self.directory = settings.state_dir
+        self._lock: int | None = None
+
+    def open(self) -> None:
+        """Create the directory (0700), take the slot's lock, make its files private."""
+        directory = self.directory
+        try:
+            directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            self._make_private(directory)
+            for path in (self.settings.offsets_file, self.settings.stats_file, self.settings.identity_file):
+                if path.exists():
+                    os.chmod(path, FILE_MODE)
+            fd = os.open(self.settings.lock_file, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as exc:
+            raise DrledgerError(
+                f"Cannot use {directory} as the relay's state directory: {exc.strerror or exc}; "
+                "give --state-dir a directory this user may write."
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DrledgerError(
+                f"Another relay (pid {holder}) is running with slot {self.settings.slot} in {directory}: "
+                "stop it first, or give this one its own --state-dir and --slot."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock = fd
+        # Debezium's offsets store keeps the mode of a file it overwrites, and reads an empty one as
+        # "no offsets yet": creating it here is how it comes to be private.
+        if not self.settings.offsets_file.exists():
+            os.close(os.open(self.settings.offsets_file, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+
+    @staticmethod
+    def _make_private(directory: Path) -> None:
+        """0700 for a directory of relay state only (one an older relay made 0755, say); a directory that
+        holds anything else (a home, /tmp, `.`) is not the relay's to change: a warning says so."""
+        info = directory.stat()
+        if info.st_mode & 0o077 == 0:
+            return
+        ours = info.st_uid == os.geteuid() and all(
+            entry.name.endswith(_STATE_SUFFIXES) or ".offsets.replaced-" in entry.name
+            for entry in directory.iterdir()
+        )
+        if ours:
+            os.chmod(directory, DIR_MODE)
+        else:
+            log.warning(
+                "the state directory %s is open to other users and holds more than relay state: give the relay "
+                "a directory of its own (it makes one 0700)",
+                directory,
+            )
+
+    def has_offsets(self) -> bool:
+        try:
+            return self.settings.offsets_file.stat().st_size > 0
+        except OSError:
+            return False
+
+    def recorded_identity(self) -> SourceIdentity | None:
+        try:
+            doc = json.loads(self.settings.identity_file.read_text())
+            return SourceIdentity(
+                str(doc["system_identifier"]), int(doc["timeline"]), str(doc["database"]), str(doc["slot"])
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            raise DrledgerError(
+                f"The relay's record of its database, {self.settings.identity_file}, cannot be read; "
+                "restore it, or move the directory aside to start afresh (with --backfill-since if events may be missing)."
+            ) from None
+
+    def record_identity(self, identity: SourceIdentity) -> None:
+        write_private(self.settings.identity_file, json.dumps({**asdict(identity), "recorded_ms": now_ms()}))
+
+    def last_relayed_ms(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            value = json.loads(self.settings.stats_file.read_text()).get("last_commit_ms")
+            return int(value) if value is not None else None
+        return None
+
+    def set_aside_offsets(self) -> Path:
+        """Move the offsets of a slot that no longer exists out of the way; where they went."""
+        aside = self.settings.offsets_file.with_name(f"{self.settings.offsets_file.name}.replaced-{now_ms()}")
+        os.replace(self.settings.offsets_file, aside)
+        os.close(os.open(self.settings.offsets_file, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+        return aside
+
+    def backfill_hint(self) -> str:
+        """A --backfill-since value that surely reaches back before the relay's last event."""
+        last = self.last_relayed_ms()
+        if last is None:
+            return "<the ledger's last commit, from drledger ledger inspect, less 15 minutes>"
+        return str(format_instant(last - BACKFILL_MARGIN_MS)).replace("+00:00", "Z")
+
+
+def check_source(
+    state: RelayState, identity: SourceIdentity, slot: SlotInfo | None, *, backfill: bool
+) -> None:
+    """Refuse, in one sentence, a relay whose state or slot cannot give every event; else record whose
+    state this is. `backfill` says a backfill will create the slot first and cover what it lacks."""
+    directory = state.directory
+    name = identity.slot
+    recorded = state.recorded_identity()
+    offsets = state.has_offsets()
+    if recorded is not None and recorded != identity:
+        if (recorded.system_identifier, recorded.database) != (identity.system_identifier, identity.database):
+            raise DrledgerError(
+                f"The relay state in {directory} belongs to another database ({recorded.describe()}; this is "
+                f"{identity.describe()}): resuming from its offsets would skip or repeat events, so give this "
+                "database its own --state-dir."
+            )
+        raise DrledgerError(
+            f"The relay state in {directory} was written on timeline {recorded.timeline} of this database, which "
+            f"is now on timeline {identity.timeline} (it was promoted or restored since), so its offsets may point "
+            "past what this timeline holds: after a failover start the relay with a new --slot and --backfill-since "
+            "(see the runbook), or give it a new --state-dir."
+        )
+    if slot is not None and slot.database is not None and slot.database != identity.database:
+        raise DrledgerError(
+            f"The replication slot '{name}' belongs to the database '{slot.database}' on this server, not to "
+            f"'{identity.database}': choose another --slot."
+        )
+    if slot is not None and slot.plugin not in (None, "pgoutput"):
+        raise DrledgerError(
+            f"The replication slot '{name}' decodes with '{slot.plugin}', but the relay needs 'pgoutput': "
+            "choose another --slot."
+        )
+    if slot is not None and slot.lost:
+        reason = slot.invalidation_reason or f"wal_status {slot.wal_status}"
+        if reason in ("wal_status lost", "wal_removed"):
+            reason += ": PostgreSQL removed WAL it still needed, see max_slot_wal_keep_size"
+        raise DrledgerError(
+            f"The replication slot '{name}' was invalidated ({reason}), so changes since the relay's last "
+            "position cannot be streamed: drop it "
+            f"(SELECT pg_drop_replication_slot('{name}')) and start the relay with --backfill-since "
+            f"{state.backfill_hint()}, which creates the slot anew and publishes what the ledger lacks."
+        )
+    if slot is None and offsets and not backfill:
+        raise DrledgerError(
+            f"The replication slot '{name}' no longer exists, but {directory} holds the relay's position in it, so "
+            "changes since then may never have reached the ledger: start the relay with --backfill-since "
+            f"{state.backfill_hint()}, which creates the slot and publishes what the ledger lacks."
+        )
+    if recorded is None:
+        if offsets and slot is None:
+            raise DrledgerError(
+                f"{directory} holds offsets for slot '{name}' from an unknown database, and this database has no "
+                "such slot: give this database its own --state-dir."
+            )
+        if offsets:
+            log.info(
+                "recording %s as the source of the existing offsets in %s", identity.describe(), directory
+            )
+        state.record_identity(identity)
