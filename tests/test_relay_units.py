@@ -141,6 +141,14 @@ def test_another_databases_offsets_are_refused_and_kept(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in state.directory.iterdir() if p.suffix != ".lock"} == before
 
 
+def test_a_record_without_offsets_protects_nothing(tmp_path: Path) -> None:
+    state = open_state(tmp_path)
+    check_source(state, PRIMARY, None, backfill=False)  # recorded, but never got to relay
+    other = SourceIdentity("7399999999999999999", 1, "lab", "drledger_slot")
+    check_source(state, other, None, backfill=False)
+    assert state.recorded_identity() == other
+
+
 def test_the_promoted_replica_cannot_resume_from_the_primarys_offsets(tmp_path: Path) -> None:
     state = open_state(tmp_path)
     check_source(state, PRIMARY, SLOT, backfill=False)

@@ -223,6 +223,11 @@ def check_source(
     name = identity.slot
     recorded = state.recorded_identity()
     offsets = state.has_offsets()
+    if recorded is not None and recorded != identity and not offsets:
+        # A record without a position (a relay that never got to relay) protects nothing: start afresh.
+        log.info("%s held no position yet; it is now %s's", directory, identity.describe())
+        state.settings.stats_file.unlink(missing_ok=True)
+        recorded = None
     if recorded is not None and recorded != identity:
         if (recorded.system_identifier, recorded.database) != (identity.system_identifier, identity.database):
             raise DrledgerError(
