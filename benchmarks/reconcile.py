@@ -28,8 +28,8 @@ from drledger.drill.broker import LocalBroker
 from drledger.drill.cluster import ClusterSet
 from drledger.events import LedgerEvent, row_fingerprint
 from drledger.ledger import open_ledger
-from drledger.outbox.postgres import install, read_fingerprints
 from drledger.recovery import ReconcileRequest, run_reconcile
+from drledger.source.postgres.outbox import install, read_fingerprints
 from drledger.timeutil import format_instant
 from ledgers import create_by_hand
 

@@ -34,7 +34,7 @@ from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from drledger.drill.broker import LocalBroker
 from drledger.drill.cluster import ClusterSet, LocalCluster
-from drledger.outbox import postgres
+from drledger.source.postgres import outbox as postgres
 
 Arrivals = Callable[[], Iterator[tuple[str, float]]]
 

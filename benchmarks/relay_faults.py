@@ -40,7 +40,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from drledger.drill.broker import LocalBroker
 from drledger.drill.cluster import ClusterSet, LocalCluster
-from drledger.outbox import postgres
+from drledger.source.postgres import outbox as postgres
 
 EXIT_RETRY = 75
 

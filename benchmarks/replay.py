@@ -21,8 +21,8 @@ import psycopg
 from drledger.drill.cluster import ClusterSet
 from drledger.drill.rig import DEMO_TABLE_DDL
 from drledger.events import LedgerEvent
-from drledger.outbox.postgres import install
 from drledger.replay import plan_replay, replay
+from drledger.source.postgres.outbox import install
 
 
 def lost_events(count: int, transactions: int) -> list[LedgerEvent]:

@@ -44,7 +44,13 @@ def test_wal_level_not_logical_says_how_to_fix_it(physical_only: LocalCluster, w
         conn.execute("CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY)")
     assert run_cli("init", "--db", physical_only.dsn, "--table", "orders").returncode == 0
     result = run_cli(
-        "relay", "--db", physical_only.dsn, "--ledger", f"sqlite:///{workdir}/l.db", "--state-dir", str(workdir)
+        "relay",
+        "--db",
+        physical_only.dsn,
+        "--ledger",
+        f"sqlite:///{workdir}/l.db",
+        "--state-dir",
+        str(workdir),
     )
     assert_one_sentence(result, "wal_level is 'replica'", "ALTER SYSTEM SET wal_level = logical")
     check = run_cli("init", "--db", physical_only.dsn, "--table", "orders", "--check", "--json")

@@ -9,7 +9,7 @@ import pytest
 
 from drledger.errors import DrledgerError
 from drledger.events import fingerprint, row_digest
-from drledger.outbox import postgres
+from drledger.source.postgres import outbox as postgres
 
 
 def outbox_rows(dsn: str) -> list[tuple]:

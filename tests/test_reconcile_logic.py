@@ -5,9 +5,9 @@ from __future__ import annotations
 from drledger.events import LedgerEvent, MalformedRecord, row_digest
 from drledger.fence import key_values
 from drledger.names import TableName
-from drledger.outbox.postgres import OutboxRow
 from drledger.reconcile import Window, compare, reconcile
 from drledger.replay import chunk_transactions, plan_replay
+from drledger.source.postgres.outbox import OutboxRow
 
 T0 = 1_800_000_000_000
 

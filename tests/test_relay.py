@@ -14,7 +14,7 @@ from conftest import slot_active, wait_for
 from drledger.census import take_census
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
-from drledger.outbox import postgres
+from drledger.source.postgres import outbox as postgres
 
 pytestmark = pytest.mark.debezium
 

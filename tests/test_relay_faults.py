@@ -29,7 +29,7 @@ from drledger.drill.broker import LocalBroker
 from drledger.drill.cluster import ClusterSet, LocalCluster
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
-from drledger.outbox import postgres
+from drledger.source.postgres import outbox as postgres
 
 pytestmark = pytest.mark.debezium
 

@@ -31,9 +31,9 @@ from conftest import dsn_for, run_cli
 from drledger.drill.cluster import LocalCluster
 from drledger.events import LedgerEvent, row_digest
 from drledger.ledger import open_ledger
-from drledger.outbox.postgres import read_window
 from drledger.relay.backfill import event_from_row
 from drledger.replay import ReplayInterrupted, replay
+from drledger.source.postgres.outbox import read_window
 
 SOURCE = Path(__file__).resolve().parent.parent / "src"
 SCHEMA = r"""

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import psycopg
 
-from drledger.db import connect
 from drledger.events import LedgerEvent, OutboxRow
 from drledger.ledger.base import Ledger
-from drledger.outbox.postgres import read_window
+from drledger.source.postgres.connection import connect
+from drledger.source.postgres.outbox import read_window
 
 BATCH = 5_000
 # Backfilled rows carry created_at (their transaction's start) as commit time; look a little earlier in

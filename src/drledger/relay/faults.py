@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drledger.errors import DrledgerError, RetryLater
-from drledger.outbox.postgres import PUBLICATION
+from drledger.source.postgres.outbox import PUBLICATION
 
 RESTART = (
     "the relay exits so that its supervisor starts it again, and resumes from the last batch the ledger "

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import pq
 
 from drledger.errors import DrledgerError
-from drledger.outbox.postgres import PUBLICATION
+from drledger.source.postgres.outbox import PUBLICATION
 
 TOPIC_PREFIX = "drledger"
 HEARTBEAT_QUERY = (

@@ -16,12 +16,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from drledger.db import connect
 from drledger.errors import DatabaseUnavailable, DrledgerError, LedgerUnavailable, RetryLater
 from drledger.ledger.base import Ledger
 from drledger.relay.engine import Relay, RelayStats, SignalsStop, StopRequested
 from drledger.relay.properties import RelaySettings, debezium_properties
 from drledger.relay.state import RelayState, check_source, identify, slot_info
+from drledger.source.postgres.connection import connect
 
 log = logging.getLogger("drledger.relay")
 
@@ -82,7 +82,7 @@ def serve(request: RelayRequest, on_batch: Callable[[RelayStats], None] | None =
     """Run a relay until SIGINT/SIGTERM (return its stats; None if stopped before it ran) or a failure
     (raise DrledgerError: exit_code 75 for RetryLater, 2 when an operator is needed)."""
     from drledger.ledger import open_ledger, parse_ledger_url
-    from drledger.outbox.postgres import require_logical_wal
+    from drledger.source.postgres.outbox import require_logical_wal
 
     settings = request.settings
     with SignalsStop() as signals:

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from drledger.db import connect
 from drledger.errors import DrledgerError
 from drledger.relay.properties import RelaySettings
+from drledger.source.postgres.connection import connect
 from drledger.timeutil import format_instant, now_ms
 
 log = logging.getLogger("drledger.relay")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
-from drledger.db import connect, mask_dsn
 from drledger.events import OutboxRow
+from drledger.masking import mask_dsn
 from drledger.names import TableName
-from drledger.outbox import postgres as outbox
 from drledger.source.base import Finding, RecoverySession, SourceDatabase
+from drledger.source.postgres import outbox
+from drledger.source.postgres.connection import connect
 
 
 class PostgresSource(SourceDatabase):

@@ -23,8 +23,8 @@ import psycopg
 from psycopg import sql
 
 from drledger.names import TableName, quote_ident
-from drledger.outbox.postgres import SCHEMA, ident, table_oid
 from drledger.source.base import Finding
+from drledger.source.postgres.outbox import SCHEMA, ident, table_oid
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,6 @@ from psycopg import sql
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent
 from drledger.names import TableName
-from drledger.outbox.postgres import (
-    SUPPRESS_SETTING,
-    captured_tables,
-    ensure_replay_log,
-    ident,
-    key_expression,
-    primary_key_columns,
-    require_outbox,
-)
 from drledger.source.base import (
     CurrentRow,
     RecoverySession,
@@ -39,6 +30,15 @@ from drledger.source.base import (
     SequenceInfo,
     SourceUnavailable,
     TableShape,
+)
+from drledger.source.postgres.outbox import (
+    SUPPRESS_SETTING,
+    captured_tables,
+    ensure_replay_log,
+    ident,
+    key_expression,
+    primary_key_columns,
+    require_outbox,
 )
 
 REPLAY_LOCK = 0x64726C6564676572  # "drledger"

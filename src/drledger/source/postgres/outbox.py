@@ -19,11 +19,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from drledger.db import connect
 from drledger.errors import DrledgerError
 from drledger.events import FINGERPRINT_BYTES, LATEST_MS, OutboxRow
 from drledger.names import TableName
 from drledger.source.base import Finding
+from drledger.source.postgres.connection import connect
 
 SCHEMA = "drledger"
 

@@ -1,1 +1,0 @@
-"""The outbox: schema and capture triggers installed in the source database."""
