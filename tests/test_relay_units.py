@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from drledger.errors import EXIT_OPERATOR, EXIT_RETRY, DrledgerError, RetryLater
-from drledger.relay.faults import Cause, classify
-from drledger.relay.properties import RelaySettings, debezium_properties
-from drledger.relay.state import RelayState, SlotInfo, SourceIdentity, check_source
+from drledger.relay.state import RelayState, check_source
+from drledger.source.postgres.debezium import debezium_properties
+from drledger.source.postgres.faults import classify
+from drledger.streaming import Cause, RelaySettings, SlotInfo, SourceIdentity
 
 PRIMARY = SourceIdentity("7300000000000000001", 1, "shop", "drledger_slot")
 SLOT = SlotInfo("shop", "pgoutput", "reserved", None)

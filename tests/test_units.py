@@ -11,8 +11,9 @@ from drledger.config import parse_client_config
 from drledger.errors import DrledgerError
 from drledger.events import WIRE_VERSION, LedgerEvent, MalformedRecord, from_wire, row_digest
 from drledger.masking import mask_dsn
-from drledger.relay.properties import RelaySettings, debezium_properties
 from drledger.relay.translate import outbox_change_to_event
+from drledger.source.postgres.debezium import debezium_properties
+from drledger.streaming import RelaySettings
 from drledger.timeutil import parse_duration, parse_instant
 
 

@@ -250,8 +250,8 @@ def relay(
     If the engine stops for any other reason than a signal, the relay exits within seconds with one
     sentence and an exit code that says whether to restart it (75) or call an operator (2).
     """
-    from drledger.relay.properties import RelaySettings
     from drledger.relay.runner import RelayRequest, serve
+    from drledger.streaming import RelaySettings
     from drledger.timeutil import parse_duration, parse_instant
 
     if snapshot not in ("initial", "no_data"):
@@ -439,7 +439,8 @@ def reconcile(
     mismatched (same id, different content), duplicates (harmless redeliveries) and malformed (unreadable
     ledger records), and reports the exposure: the last commit in each, and the gap between them.
     """
-    from drledger.report import print_summary, report_json, save_report
+    from drledger.report import print_summary, report_json
+    from drledger.saved import save_report
 
     request = _reconcile_request(
         ledger, db, since, until, skew, lookback, ledger_config, ledger_config_file, endpoint_url
@@ -843,20 +844,13 @@ def main() -> None:
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as exc:  # the last line of defence: one sentence, never a traceback
-        import psycopg
+        from drledger.source import explain_failure
 
         if os.environ.get("DRLEDGER_DEBUG"):
             raise
-        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
-            _fail(
-                f"The database refused: {first}; this role lacks a privilege the command needs "
-                "(drledger init --check --as DUTY=ROLE names it, with its GRANT).",
-                2,
-            )
-        if isinstance(exc, psycopg.Error):
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
-            _fail(f"The database refused: {first}.", 2)
+        explained = explain_failure(exc)
+        if explained is not None:
+            _fail(str(explained), explained.exit_code)
         _fail(
             f"An unexpected {type(exc).__name__} stopped drledger: {exc}. "
             "Set DRLEDGER_DEBUG=1 to see where, and report it.",

@@ -11,14 +11,18 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 MASK = "***"
 # Query or client-setting names whose values are secrets (libpq's, and Kafka/AWS client settings').
 _SECRET_NAME = re.compile(r"password|passwd|secret|token|credential|access_key|sasl\.", re.IGNORECASE)
 _KEYVALUE_SECRET = re.compile(r"""((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]+)""", re.IGNORECASE)
 _USERINFO = re.compile(r"(://)([^/?#@]*)@")
+
+
+def _unquote(value: str) -> str:
+    """A key=value DSN's value as libpq reads it: quotes removed, backslash escapes undone."""
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
 
 
 def is_secret_name(name: str) -> bool:
@@ -56,17 +60,10 @@ def mask_url(url: str) -> str:
 
 
 def mask_dsn(dsn: str) -> str:
-    """The DSN with every password masked, in URL or key=value form."""
+    """The DSN with every password masked, in URL or key=value form (valid or not)."""
     if "://" in dsn:
         return mask_url(dsn)
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return _KEYVALUE_SECRET.sub(rf"\1{MASK}", dsn)
-    for name in list(params):
-        if is_secret_name(name):
-            params[name] = MASK
-    return make_conninfo(**{k: str(v) for k, v in params.items()})
+    return _KEYVALUE_SECRET.sub(rf"\1{MASK}", dsn)
 
 
 def secrets_of(text: str) -> set[str]:
@@ -87,10 +84,7 @@ def secrets_of(text: str) -> set[str]:
             if match and ":" in match.group(2):
                 found.add(match.group(2).split(":", 1)[1])
     else:
-        try:
-            found.update(str(v) for k, v in conninfo_to_dict(text).items() if is_secret_name(k) and v)
-        except psycopg.ProgrammingError:
-            found.update(m.group(2).strip("'") for m in _KEYVALUE_SECRET.finditer(text))
+        found.update(_unquote(m.group(2)) for m in _KEYVALUE_SECRET.finditer(text))
     return {s for s in found if s}
 
 

@@ -11,8 +11,8 @@ Parsing follows PostgreSQL: a bare part folds to lower case, a quoted part keeps
 spaces; a name without a schema is in `public`. PostgreSQL silently truncates an identifier longer
 than 63 bytes, which would name a different table, so such a name is refused instead.
 
-SQL is never built from this text: statements quote the parts with psycopg's `sql.Identifier`, and
-catalog lookups compare the parts with `pg_namespace.nspname` and `pg_class.relname`.
+SQL is never built from this text: the source database's engine quotes the parts itself, and its
+catalog lookups compare the parts, never parse the text.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-
-from psycopg import sql
 
 from drledger.errors import DrledgerError
 
@@ -151,10 +149,6 @@ class TableName:
 
     def __str__(self) -> str:
         return self.qualified
-
-    @property
-    def ident(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -6,22 +6,16 @@ The HTML page lives in report_html.py; this module holds the shapes every output
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from drledger.errors import DrledgerError
-from drledger.events import LedgerEvent, MalformedRecord, from_wire
-from drledger.files import write_private
 from drledger.masking import mask_dsn, mask_url
 from drledger.reconcile import Report
 from drledger.timeutil import format_instant
 
-SAVE_FORMAT = "drledger-reconcile/1"
 UNKNOWABLE = (
     "Commits on the failed primary after the ledger's last commit reached neither the DR database nor the "
     "ledger, if there were any: nothing here can count them."
@@ -104,48 +98,6 @@ def report_json(report: Report, *, ledgers: list[str], db: str) -> dict[str, Any
         "verdict": verdict(report),
         "exit_code": report.exit_code,
     }
-
-
-def save_report(path: Path, summary: dict[str, Any], report: Report) -> None:
-    """Write the summary and every missing event (in wire format), for `replay --from`.
-
-    Events held in conflicting versions are saved too, so replay reports them; it holds them back
-    again by itself, as it would any input. The file holds row images: it is created 0600.
-    """
-    held = [e for a in report.ambiguous for e in a.events]
-    body = {
-        "format": SAVE_FORMAT,
-        "summary": summary,
-        "events": [orjson.loads(e.to_wire()) for e in [*report.missing_in_dr, *held]],
-    }
-    write_private(path, orjson.dumps(body, option=orjson.OPT_INDENT_2), "report")
-
-
-def load_saved_events(path: Path) -> tuple[list[LedgerEvent], list[MalformedRecord]]:
-    """The saved events, and those that are unreadable (replay reports them; it never writes them)."""
-    try:
-        body = orjson.loads(path.read_bytes())
-    except OSError as exc:
-        raise DrledgerError(f"Cannot read the saved report {path}: {exc.strerror}.") from None
-    except orjson.JSONDecodeError:
-        raise DrledgerError(f"The file {path} is not a saved reconcile report (not JSON).") from None
-    if (
-        not isinstance(body, dict)
-        or body.get("format") != SAVE_FORMAT
-        or not isinstance(body.get("events"), list)
-    ):
-        raise DrledgerError(
-            f"The file {path} is not a saved reconcile report; make one with reconcile --save."
-        )
-    events: list[LedgerEvent] = []
-    unreadable: list[MalformedRecord] = []
-    for index, item in enumerate(body["events"]):
-        record = from_wire(orjson.dumps(item), f"event {index}")
-        if isinstance(record, MalformedRecord):
-            unreadable.append(record)
-        else:
-            events.append(record)
-    return events, unreadable
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:

@@ -68,7 +68,7 @@ def lost_events(
     them): from a saved report, or reconciled now (missing and conflicting both; replay holds back
     the conflicting ones itself, as it would any input)."""
     if from_file is not None:
-        from drledger.report import load_saved_events
+        from drledger.saved import load_saved_events
 
         return load_saved_events(from_file)
     if request is None:

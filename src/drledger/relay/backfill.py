@@ -11,29 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import psycopg
-
 from drledger.events import LedgerEvent, OutboxRow
 from drledger.ledger.base import Ledger
-from drledger.source.postgres.connection import connect
-from drledger.source.postgres.outbox import read_window
+from drledger.source.base import SourceDatabase
 
 BATCH = 5_000
 # Backfilled rows carry created_at (their transaction's start) as commit time; look a little earlier in
 # the ledger so an event it holds with a later, true commit time is still recognised.
 _LEDGER_LOOKBACK_MS = 60_000
-
-
-def ensure_slot(dsn: str, slot: str) -> bool:
-    """Create the logical replication slot if it does not exist; True if it was created."""
-    with connect(dsn, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone():
-            return False
-        try:
-            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
-        except psycopg.errors.DuplicateObject:
-            return False
-    return True
 
 
 def event_from_row(row: OutboxRow) -> LedgerEvent:
@@ -62,13 +47,13 @@ def _batches(rows: Iterator[OutboxRow], known: set[str]) -> Iterator[list[Ledger
         yield batch
 
 
-def backfill(dsn: str, ledger: Ledger, since_ms: int) -> int:
+def backfill(source: SourceDatabase, ledger: Ledger, since_ms: int) -> int:
     """Publish the outbox rows created since `since_ms` that the ledger lacks; how many were published."""
     known = {
         r.event_id for r in ledger.read(since_ms - _LEDGER_LOOKBACK_MS, None) if isinstance(r, LedgerEvent)
     }
     published = 0
-    for batch in _batches(read_window(dsn, since_ms, None), known):
+    for batch in _batches(source.read_window(since_ms, None), known):
         ledger.publish(batch)
         published += len(batch)
     return published

@@ -31,10 +31,11 @@ from drledger.errors import DrledgerError, LedgerUnavailable, RetryLater
 from drledger.events import LedgerEvent
 from drledger.java import start_jvm
 from drledger.ledger.base import Ledger
-from drledger.relay.faults import CHECK, RESTART, causes_of, classify, stack_trace
-from drledger.relay.properties import RelaySettings, debezium_properties
+from drledger.relay.faults import CHECK, RESTART, causes_of, stack_trace
 from drledger.relay.state import write_private
 from drledger.relay.translate import outbox_change_to_event
+from drledger.source import open_source
+from drledger.streaming import RelaySettings
 from drledger.timeutil import now_ms
 
 log = logging.getLogger("drledger.relay")
@@ -135,6 +136,7 @@ class Relay:
         verbose: bool = False,
     ) -> None:
         self.dsn = dsn
+        self.source = open_source(dsn)
         self.ledger = ledger
         self.settings = settings
         self.stats = RelayStats()
@@ -225,7 +227,7 @@ class Relay:
             return
         log.debug("Debezium's error:\n%s", stack_trace(error))
         self.fail(
-            classify(
+            self.source.classify_failure(
                 causes_of(error),
                 slot=self.settings.slot,
                 state_dir=str(self.settings.state_dir),
@@ -287,7 +289,7 @@ class Relay:
                 relay.streaming.set()
 
         props = jpype.JClass("java.util.Properties")()
-        for key, value in debezium_properties(self.dsn, self.settings, password=self.password).items():
+        for key, value in self.source.connector_properties(self.settings, password=self.password).items():
             props.setProperty(key, value)
         engine_class = jpype.JClass("io.debezium.engine.DebeziumEngine")
         json_format = jpype.JClass("io.debezium.engine.format.Json")
@@ -306,7 +308,7 @@ class Relay:
         any error that a retry cannot mend, and leaves only the transient ones to Debezium's retries."""
         if self._stop_requested.is_set() or self.failure is not None:
             return
-        failure = classify(
+        failure = self.source.classify_failure(
             causes_of(error),
             slot=self.settings.slot,
             state_dir=str(self.settings.state_dir),

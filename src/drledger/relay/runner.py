@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from drledger.errors import DatabaseUnavailable, DrledgerError, LedgerUnavailable, RetryLater
 from drledger.ledger.base import Ledger
 from drledger.relay.engine import Relay, RelayStats, SignalsStop, StopRequested
-from drledger.relay.properties import RelaySettings, debezium_properties
-from drledger.relay.state import RelayState, check_source, identify, slot_info
-from drledger.source.postgres.connection import connect
+from drledger.relay.state import RelayState, check_source
+from drledger.source import open_source
+from drledger.streaming import RelaySettings
 
 log = logging.getLogger("drledger.relay")
 
@@ -65,12 +65,6 @@ def retry_if_transient(exc: DrledgerError, transient: tuple[str, ...]) -> Drledg
     )
 
 
-def _source_password(dsn: str) -> str | None:
-    """The password libpq used (the DSN's, PGPASSWORD, or ~/.pgpass), for Debezium's Java driver."""
-    with connect(dsn) as conn:
-        return conn.info.password or None
-
-
 def _close_quietly(ledger: Ledger, within_s: float = 5.0) -> None:
     """Close the ledger (flushing a client's buffers), but never wait long for an absent broker."""
     closer = threading.Thread(target=ledger.close, name="ledger-close", daemon=True)
@@ -82,23 +76,23 @@ def serve(request: RelayRequest, on_batch: Callable[[RelayStats], None] | None =
     """Run a relay until SIGINT/SIGTERM (return its stats; None if stopped before it ran) or a failure
     (raise DrledgerError: exit_code 75 for RetryLater, 2 when an operator is needed)."""
     from drledger.ledger import open_ledger, parse_ledger_url
-    from drledger.source.postgres.outbox import require_logical_wal
 
     settings = request.settings
+    source = open_source(request.dsn)
     with SignalsStop() as signals:
         try:
-            debezium_properties(request.dsn, settings)  # the DSN's settings, before anything connects
+            source.connector_properties(settings)  # the DSN's settings, before anything connects
             parse_ledger_url(request.ledger_url)
             try:
-                require_logical_wal(request.dsn)
-                identity = identify(request.dsn, settings.slot)
-                password = _source_password(request.dsn)
+                source.relay_prerequisites()
+                identity = source.identify(settings.slot)
+                password = source.connector_password()
                 state = RelayState(settings)
                 state.open()
                 check_source(
                     state,
                     identity,
-                    slot_info(request.dsn, settings.slot),
+                    source.slot_info(settings.slot),
                     backfill=request.backfill_since_ms is not None,
                 )
             except DatabaseUnavailable as exc:
@@ -136,11 +130,11 @@ def serve(request: RelayRequest, on_batch: Callable[[RelayStats], None] | None =
 
 def _backfill(request: RelayRequest, state: RelayState, target: Ledger) -> RelaySettings:
     """Create the slot, publish what the ledger lacks since T, and stream from the slot from then on."""
-    from drledger.relay.backfill import backfill, ensure_slot
+    from drledger.relay.backfill import backfill
 
     assert request.backfill_since_ms is not None
     try:
-        created = ensure_slot(request.dsn, request.settings.slot)
+        created = open_source(request.dsn).ensure_slot(request.settings.slot)
     except DatabaseUnavailable as exc:
         raise retry_if_transient(exc, _TRANSIENT) from None
     if created and state.has_offsets():
@@ -151,7 +145,7 @@ def _backfill(request: RelayRequest, state: RelayState, target: Ledger) -> Relay
             "the slot %s was created anew; its old offsets were moved to %s", request.settings.slot, aside
         )
     try:
-        published = backfill(request.dsn, target, request.backfill_since_ms)
+        published = backfill(open_source(request.dsn), target, request.backfill_since_ms)
     except LedgerUnavailable as exc:
         raise retry_if_transient(exc, _LEDGER_TRANSIENT) from None
     log.info("backfilled %d outbox rows the ledger lacked", published)

@@ -24,13 +24,11 @@ import fcntl
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from drledger.errors import DrledgerError
-from drledger.relay.properties import RelaySettings
-from drledger.source.postgres.connection import connect
+from drledger.streaming import RelaySettings, SlotInfo, SourceIdentity
 from drledger.timeutil import format_instant, now_ms
 
 log = logging.getLogger("drledger.relay")
@@ -41,61 +39,6 @@ FILE_MODE = 0o600
 # A backfill from the relay's last event reaches back this much further, for transactions that were
 # open then (an outbox row carries its transaction's start time, not its commit time).
 BACKFILL_MARGIN_MS = 15 * 60_000
-
-
-@dataclass(frozen=True)
-class SourceIdentity:
-    """Which database's history a position belongs to."""
-
-    system_identifier: str
-    timeline: int
-    database: str
-    slot: str
-
-    def describe(self) -> str:
-        return (
-            f"system {self.system_identifier}, timeline {self.timeline}, database {self.database}, "
-            f"slot {self.slot}"
-        )
-
-
-@dataclass(frozen=True)
-class SlotInfo:
-    database: str | None
-    plugin: str | None
-    wal_status: str | None
-    invalidation_reason: str | None
-
-    @property
-    def lost(self) -> bool:
-        return self.wal_status == "lost" or bool(self.invalidation_reason)
-
-
-def identify(dsn: str, slot: str) -> SourceIdentity:
-    """IDENTIFY_SYSTEM over a replication connection: the system identifier and the *current* timeline
-    (pg_control's checkpoint timeline lags a promotion until the next checkpoint)."""
-    with connect(dsn, autocommit=True, replication="database") as conn:
-        result = conn.pgconn.exec_(b"IDENTIFY_SYSTEM")
-        if result.ntuples != 1 or result.nfields < 4:
-            message = (result.error_message or b"").decode(errors="replace").strip()
-            raise DrledgerError(
-                f"The database did not identify itself to a replication connection: {message}."
-            )
-        system_id, timeline, _lsn, database = ((result.get_value(0, i) or b"").decode() for i in range(4))
-    return SourceIdentity(system_id, int(timeline), database, slot)
-
-
-def slot_info(dsn: str, slot: str) -> SlotInfo | None:
-    with connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT to_jsonb(s) FROM pg_replication_slots s WHERE slot_name = %s", (slot,)
-        ).fetchone()
-    if row is None:
-        return None
-    doc: dict[str, Any] = row[0]
-    return SlotInfo(
-        doc.get("database"), doc.get("plugin"), doc.get("wal_status"), doc.get("invalidation_reason")
-    )
 
 
 def write_private(path: Path, text: str) -> None:

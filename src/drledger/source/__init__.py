@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from drledger.errors import DrledgerError
 from drledger.source.base import SourceDatabase
 
@@ -19,3 +21,13 @@ def open_source(dsn: str) -> SourceDatabase:
     raise DrledgerError(
         f"drledger does not know the database engine '{scheme}'; give a postgresql:// URL or a key=value DSN."
     )
+
+
+def explain_failure(exc: BaseException) -> DrledgerError | None:
+    """A database driver's exception that escaped a command, as one sentence and an exit code; None
+    if it is not one (a driver never loaded raised nothing)."""
+    if "psycopg" in sys.modules:
+        from drledger.source.postgres.connection import explain
+
+        return explain(exc)
+    return None

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from drledger.errors import DatabaseUnavailable
+from drledger.errors import DatabaseUnavailable, DrledgerError
 from drledger.events import LedgerEvent, OutboxRow
 from drledger.names import TableName
+from drledger.streaming import Cause, RelaySettings, SlotInfo, SourceIdentity
 
 
 class RowsRejected(Exception):
@@ -223,3 +224,34 @@ class SourceDatabase(ABC):
 
     @abstractmethod
     def recovery_session(self) -> RecoverySession: ...
+
+    # -- the relay: the engine's change-capture connector and its replication stream -------------
+
+    @abstractmethod
+    def relay_prerequisites(self) -> None:
+        """Everything the relay needs from the database, or the first thing missing as one sentence."""
+
+    @abstractmethod
+    def identify(self, slot: str) -> SourceIdentity:
+        """Whose history a position read through `slot` belongs to."""
+
+    @abstractmethod
+    def slot_info(self, slot: str) -> SlotInfo | None: ...
+
+    @abstractmethod
+    def ensure_slot(self, slot: str) -> bool:
+        """Create the replication stream's slot if missing; True if it was created."""
+
+    @abstractmethod
+    def connector_password(self) -> str | None:
+        """The password the database driver found (DSN, environment, password file), for the connector."""
+
+    @abstractmethod
+    def connector_properties(self, settings: RelaySettings, *, password: str | None = None) -> dict[str, str]:
+        """The Debezium connector's properties for a relay on this database (validates the DSN)."""
+
+    @abstractmethod
+    def classify_failure(
+        self, chain: Sequence[Cause], *, slot: str, state_dir: str, backfill_hint: str
+    ) -> DrledgerError:
+        """The one-sentence error (exit 2 or 75) a relay whose connector failed with `chain` exits with."""

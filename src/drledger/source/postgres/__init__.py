@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
+from drledger.errors import DrledgerError
 from drledger.events import OutboxRow
 from drledger.masking import mask_dsn
 from drledger.names import TableName
 from drledger.source.base import Finding, RecoverySession, SourceDatabase
 from drledger.source.postgres import outbox
 from drledger.source.postgres.connection import connect
+from drledger.streaming import Cause, RelaySettings, SlotInfo, SourceIdentity
 
 
 class PostgresSource(SourceDatabase):
@@ -36,7 +38,6 @@ class PostgresSource(SourceDatabase):
         return [TableName.parse(t) for t in sorted(outbox.captured_tables(conn))]  # type: ignore[arg-type]
 
     def grant_script(self, roles: Mapping[str, str], tables: Sequence[str]) -> str:
-        from drledger.errors import DrledgerError
         from drledger.source.postgres.privileges import grant_script
 
         with connect(self.dsn) as conn:
@@ -82,3 +83,38 @@ class PostgresSource(SourceDatabase):
         from drledger.source.postgres.recovery import PostgresRecoverySession
 
         return PostgresRecoverySession(connect(self.dsn))
+
+    def relay_prerequisites(self) -> None:
+        outbox.require_logical_wal(self.dsn)
+
+    def identify(self, slot: str) -> SourceIdentity:
+        from drledger.source.postgres.replication import identify
+
+        return identify(self.dsn, slot)
+
+    def slot_info(self, slot: str) -> SlotInfo | None:
+        from drledger.source.postgres.replication import slot_info
+
+        return slot_info(self.dsn, slot)
+
+    def ensure_slot(self, slot: str) -> bool:
+        from drledger.source.postgres.replication import ensure_slot
+
+        return ensure_slot(self.dsn, slot)
+
+    def connector_password(self) -> str | None:
+        from drledger.source.postgres.replication import source_password
+
+        return source_password(self.dsn)
+
+    def connector_properties(self, settings: RelaySettings, *, password: str | None = None) -> dict[str, str]:
+        from drledger.source.postgres.debezium import debezium_properties
+
+        return debezium_properties(self.dsn, settings, password=password)
+
+    def classify_failure(
+        self, chain: Sequence[Cause], *, slot: str, state_dir: str, backfill_hint: str
+    ) -> DrledgerError:
+        from drledger.source.postgres.faults import classify
+
+        return classify(chain, slot=slot, state_dir=state_dir, backfill_hint=backfill_hint)

@@ -30,3 +30,16 @@ def _first_line(exc: Exception) -> str:
     lines = str(exc).strip().splitlines()
     first = lines[0] if lines else exc.__class__.__name__
     return first.rsplit("failed: ", 1)[-1].strip().rstrip(".")
+
+
+def explain(exc: BaseException) -> DrledgerError | None:
+    """psycopg's exception as the one sentence the command line prints; None for anything else."""
+    if not isinstance(exc, psycopg.Error):
+        return None
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return DrledgerError(
+            f"The database refused: {first}; this role lacks a privilege the command needs "
+            "(drledger init --check --as DUTY=ROLE names it, with its GRANT)."
+        )
+    return DrledgerError(f"The database refused: {first}.")

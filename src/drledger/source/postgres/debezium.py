@@ -1,4 +1,4 @@
-"""The Debezium PostgreSQL connector's configuration for one relay, built from a DSN and options.
+"""The Debezium PostgreSQL connector's configuration for one relay, built from a DSN and its settings.
 
 The connection settings are libpq's, as psycopg would use them: the DSN first, then the PG*
 environment variables (PGHOST, PGSSLMODE, PGSSLROOTCERT, …), then libpq's defaults. Every TLS setting
@@ -8,14 +8,12 @@ is refused in one sentence rather than dropped, because dropping it would weaken
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import psycopg
 from psycopg import pq
 
 from drledger.errors import DrledgerError
 from drledger.source.postgres.outbox import PUBLICATION
+from drledger.streaming import RelaySettings
 
 TOPIC_PREFIX = "drledger"
 HEARTBEAT_QUERY = (
@@ -41,40 +39,6 @@ _TLS_UNSUPPORTED = {
     "ssl_min_protocol_version": "TLSv1.2",  # Java's own floor
     "sslnegotiation": "postgres",
 }
-
-
-@dataclass(frozen=True)
-class RelaySettings:
-    slot: str = "drledger_slot"
-    state_dir: Path = Path(".drledger")
-    snapshot: str = "initial"
-    heartbeat_ms: int = 1000
-    # Debezium's default of 500 ms is a floor under commit→ledger latency; 5 ms costs little CPU.
-    poll_interval_ms: int = 5
-    max_batch_size: int = 4096
-    max_queue_size: int = 32768
-    # How long a batch is retried against an unavailable ledger before the relay exits (code 75).
-    ledger_timeout_s: float = 120.0
-    # How often Debezium restarts its connector after a transient error (a database that went away),
-    # 5 s apart, before the relay exits 75: about two minutes. Debezium's -1 (forever) would hide an
-    # outage from supervisors. Errors that are not transient stop the relay at once (see engine.py).
-    db_retries: int = 20
-
-    @property
-    def offsets_file(self) -> Path:
-        return self.state_dir / f"{self.slot}.offsets"
-
-    @property
-    def stats_file(self) -> Path:
-        return self.state_dir / f"{self.slot}.stats.json"
-
-    @property
-    def identity_file(self) -> Path:
-        return self.state_dir / f"{self.slot}.source.json"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.state_dir / f"{self.slot}.lock"
 
 
 def connection_settings(dsn: str) -> dict[str, str]:

@@ -1,0 +1,96 @@
+"""What the relay and a source database's change-capture connector share: neutral types.
+
+The relay's settings, whose history a saved position belongs to (`SourceIdentity`), the state of the
+source's replication stream (`SlotInfo`), and a connector failure as plain data (`Cause`). The relay
+(above the seams) and each engine's connector configuration (behind the source seam) both use them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    slot: str = "drledger_slot"
+    state_dir: Path = Path(".drledger")
+    snapshot: str = "initial"
+    heartbeat_ms: int = 1000
+    # Debezium's default of 500 ms is a floor under commit→ledger latency; 5 ms costs little CPU.
+    poll_interval_ms: int = 5
+    max_batch_size: int = 4096
+    max_queue_size: int = 32768
+    # How long a batch is retried against an unavailable ledger before the relay exits (code 75).
+    ledger_timeout_s: float = 120.0
+    # How often Debezium restarts its connector after a transient error (a database that went away),
+    # 5 s apart, before the relay exits 75: about two minutes. Debezium's -1 (forever) would hide an
+    # outage from supervisors. Errors that are not transient stop the relay at once (see engine.py).
+    db_retries: int = 20
+
+    @property
+    def offsets_file(self) -> Path:
+        return self.state_dir / f"{self.slot}.offsets"
+
+    @property
+    def stats_file(self) -> Path:
+        return self.state_dir / f"{self.slot}.stats.json"
+
+    @property
+    def identity_file(self) -> Path:
+        return self.state_dir / f"{self.slot}.source.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / f"{self.slot}.lock"
+
+
+@dataclass(frozen=True)
+class SourceIdentity:
+    """Which database's history a position belongs to."""
+
+    system_identifier: str
+    timeline: int
+    database: str
+    slot: str
+
+    def describe(self) -> str:
+        return (
+            f"system {self.system_identifier}, timeline {self.timeline}, database {self.database}, "
+            f"slot {self.slot}"
+        )
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    database: str | None
+    plugin: str | None
+    wal_status: str | None
+    invalidation_reason: str | None
+
+    @property
+    def lost(self) -> bool:
+        return self.wal_status == "lost" or bool(self.invalidation_reason)
+
+
+@dataclass(frozen=True)
+class Cause:
+    """One link of a Java exception chain."""
+
+    java_class: str
+    message: str
+    sqlstate: str | None = None
+
+
+RESTART = (
+    "the relay exits so that its supervisor starts it again, and resumes from the last batch the ledger "
+    "acknowledged"
+)
+CHECK = "drledger init --check lists what the relay needs"
+
+
+def first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = re.sub(r"^(ERROR|FATAL):\s*", "", line.strip())
+    return line.rstrip(".")
