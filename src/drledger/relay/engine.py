@@ -34,6 +34,7 @@ from drledger.ledger.base import Ledger
 from drledger.relay.faults import CHECK, RESTART, causes_of, stack_trace
 from drledger.relay.state import write_private
 from drledger.relay.translate import outbox_change_to_event
+from drledger.retry import backoff
 from drledger.source import open_source
 from drledger.streaming import RelaySettings
 from drledger.timeutil import now_ms
@@ -190,10 +191,9 @@ class Relay:
     def publish(self, events: list[LedgerEvent]) -> None:
         """Publish, retrying the whole batch with backoff while the ledger is unavailable, for at most
         `settings.ledger_timeout_s`; then RetryLater. A requested stop ends the wait at once."""
-        delay = 0.1
         began = time.monotonic()
         deadline = began + self.settings.ledger_timeout_s
-        while True:
+        for delay in backoff():
             if self._stop_requested.is_set():
                 raise _Stopping()
             try:
@@ -207,7 +207,6 @@ class Relay:
                     ) from None
                 log.warning("ledger write failed, retrying in %.1fs: %s", delay, exc)
                 self._stop_requested.wait(delay)
-                delay = min(delay * 2, 5.0)
 
     def fail(self, failure: DrledgerError) -> None:
         """Record why the relay must stop (the first reason wins) and wake the main thread."""

@@ -263,37 +263,12 @@ RELAY_COLUMNS = {
 
 def check(dsn: str, tables: list[str]) -> list[Finding]:
     """What the relay needs from this database, each item said plainly with how to fix it."""
-    findings: list[Finding] = []
     with connect(dsn) as conn:
-        wal_level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
+        findings = [_wal_level_finding(conn), _replication_finding(conn)]
+        has_outbox = outbox_exists(conn)
         findings.append(
             Finding(
-                wal_level == "logical",
-                f"wal_level is '{wal_level}'" + ("" if wal_level == "logical" else ", not 'logical'"),
-                None
-                if wal_level == "logical"
-                else "run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL "
-                "(on Aurora/RDS: set rds.logical_replication = 1 in the cluster parameter group)",
-            )
-        )
-        can_replicate = conn.execute(
-            "SELECT rolreplication OR rolsuper OR coalesce(pg_has_role(current_user, "
-            "(SELECT oid FROM pg_roles WHERE rolname = 'rds_replication'), 'member'), false) "
-            "FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()[0]  # type: ignore[index]
-        findings.append(
-            Finding(
-                bool(can_replicate),
-                "this user " + ("may" if can_replicate else "may not") + " open a replication connection",
-                None
-                if can_replicate
-                else "run ALTER ROLE <user> WITH REPLICATION (on RDS: GRANT rds_replication)",
-            )
-        )
-        has_outbox = conn.execute("SELECT to_regclass('drledger.outbox') IS NOT NULL").fetchone()[0]  # type: ignore[index]
-        findings.append(
-            Finding(
-                bool(has_outbox),
+                has_outbox,
                 "the drledger.outbox table " + ("exists" if has_outbox else "is missing"),
                 None if has_outbox else "run drledger init",
             )
@@ -310,26 +285,49 @@ def check(dsn: str, tables: list[str]) -> list[Finding]:
         )
         if has_pub:
             findings.extend(_publication_findings(conn))
-        for text in tables:
-            table = TableName.parse(text)
-            trigger = conn.execute(
-                "SELECT t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = %s AND c.relname = %s AND t.tgname = 'drledger_capture'",
-                (table.schema, table.name),
-            ).fetchone()
-            ok = trigger is not None and trigger[0] != "D"
-            state = (
-                "is missing" if trigger is None else ("is disabled" if trigger[0] == "D" else "is installed")
-            )
-            findings.append(
-                Finding(
-                    ok,
-                    f"the capture trigger on {table.qualified} {state}",
-                    None if ok else f"run drledger init --table {table.qualified}",
-                )
-            )
+        findings.extend(_trigger_finding(conn, TableName.parse(text)) for text in tables)
     return findings
+
+
+def _wal_level_finding(conn: psycopg.Connection[Any]) -> Finding:
+    wal_level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
+    return Finding(
+        wal_level == "logical",
+        f"wal_level is '{wal_level}'" + ("" if wal_level == "logical" else ", not 'logical'"),
+        None
+        if wal_level == "logical"
+        else "run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL "
+        "(on Aurora/RDS: set rds.logical_replication = 1 in the cluster parameter group)",
+    )
+
+
+def _replication_finding(conn: psycopg.Connection[Any]) -> Finding:
+    can_replicate = conn.execute(
+        "SELECT rolreplication OR rolsuper OR coalesce(pg_has_role(current_user, "
+        "(SELECT oid FROM pg_roles WHERE rolname = 'rds_replication'), 'member'), false) "
+        "FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()[0]  # type: ignore[index]
+    return Finding(
+        bool(can_replicate),
+        "this user " + ("may" if can_replicate else "may not") + " open a replication connection",
+        None if can_replicate else "run ALTER ROLE <user> WITH REPLICATION (on RDS: GRANT rds_replication)",
+    )
+
+
+def _trigger_finding(conn: psycopg.Connection[Any], table: TableName) -> Finding:
+    trigger = conn.execute(
+        "SELECT t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND t.tgname = 'drledger_capture'",
+        (table.schema, table.name),
+    ).fetchone()
+    ok = trigger is not None and trigger[0] != "D"
+    state = "is missing" if trigger is None else ("is disabled" if trigger[0] == "D" else "is installed")
+    return Finding(
+        ok,
+        f"the capture trigger on {table.qualified} {state}",
+        None if ok else f"run drledger init --table {table.qualified}",
+    )
 
 
 def _outbox_findings(conn: psycopg.Connection[Any]) -> list[Finding]:
@@ -561,9 +559,13 @@ def created_at(dsn: str, ids: set[bytes]) -> dict[bytes, int]:
     return {bytes(r[0]): int(r[1]) for r in rows}
 
 
+def outbox_exists(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT to_regclass('drledger.outbox') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
 def require_outbox(conn: psycopg.Connection[Any]) -> None:
-    has_outbox = conn.execute("SELECT to_regclass('drledger.outbox') IS NOT NULL").fetchone()
-    if not has_outbox or not has_outbox[0]:
+    if not outbox_exists(conn):
         raise DrledgerError("The DR database has no drledger.outbox; is this the right database?")
 
 
