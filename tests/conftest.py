@@ -5,6 +5,7 @@ Everything started here is stopped by PID and every temp directory removed when 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -45,25 +46,36 @@ def dsn_for(cluster: LocalCluster, dbname: str) -> str:
     return f"postgresql://postgres@127.0.0.1:{cluster.port}/{dbname}"
 
 
+@contextlib.contextmanager
+def fresh_database(cluster: LocalCluster, ddl: str = "") -> Iterator[str]:
+    """A new database on `cluster` with `ddl` run in it, dropped (with its slots) afterwards; its DSN."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    dsn = dsn_for(cluster, name)
+    if ddl:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(ddl)
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
+                (name,),
+            )
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def database(primary: LocalCluster) -> Iterator[str]:
     """A fresh database on the shared primary, with a demo table; its DSN."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(primary.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    dsn = dsn_for(primary, name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE orders (id bigserial PRIMARY KEY, customer text NOT NULL, amount numeric(12,2), "
-            "placed_at timestamptz NOT NULL DEFAULT now(), tags jsonb)"
-        )
-    yield dsn
-    with psycopg.connect(primary.dsn, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
-            (name,),
-        )
-        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    with fresh_database(
+        primary,
+        "CREATE TABLE orders (id bigserial PRIMARY KEY, customer text NOT NULL, amount numeric(12,2), "
+        "placed_at timestamptz NOT NULL DEFAULT now(), tags jsonb)",
+    ) as dsn:
+        yield dsn
 
 
 @pytest.fixture

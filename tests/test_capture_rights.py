@@ -4,37 +4,30 @@ tables without a key, and a second run by an installer that may no longer create
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from conftest import dsn_for, run_cli
+from conftest import fresh_database, run_cli
 from drledger.drill.cluster import LocalCluster
+
+SHOP = """
+CREATE TABLE orders (id bigserial PRIMARY KEY, v text);
+CREATE VIEW recent_orders AS SELECT * FROM orders;
+CREATE TABLE nokey (v text);
+CREATE TABLE measures (region text, id int, v numeric, PRIMARY KEY (region, id)) PARTITION BY LIST (region);
+CREATE TABLE measures_eu PARTITION OF measures FOR VALUES IN ('EU');
+CREATE TABLE measures_us PARTITION OF measures FOR VALUES IN ('US') PARTITION BY RANGE (id);
+CREATE TABLE measures_us_low PARTITION OF measures_us FOR VALUES FROM (0) TO (1000);
+"""
 
 
 @pytest.fixture
 def shop(primary: LocalCluster) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:10]}"
+    with fresh_database(primary, SHOP) as dsn:
+        yield dsn
     with psycopg.connect(primary.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    dsn = dsn_for(primary, name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            """
-            CREATE TABLE orders (id bigserial PRIMARY KEY, v text);
-            CREATE VIEW recent_orders AS SELECT * FROM orders;
-            CREATE TABLE nokey (v text);
-            CREATE TABLE measures (region text, id int, v numeric, PRIMARY KEY (region, id)) PARTITION BY LIST (region);
-            CREATE TABLE measures_eu PARTITION OF measures FOR VALUES IN ('EU');
-            CREATE TABLE measures_us PARTITION OF measures FOR VALUES IN ('US') PARTITION BY RANGE (id);
-            CREATE TABLE measures_us_low PARTITION OF measures_us FOR VALUES FROM (0) TO (1000);
-            """
-        )
-    yield dsn
-    with psycopg.connect(primary.dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
         conn.execute("DROP ROLE IF EXISTS drl_again")
 
 

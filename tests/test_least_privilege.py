@@ -52,6 +52,13 @@ def one_sentence(result: subprocess.CompletedProcess[str], *fragments: str) -> N
         assert fragment in lines[0], lines[0]
 
 
+def check_roles(dsn: str) -> dict:
+    """`init --check` with every role named for its duty, as JSON."""
+    tables = (a for t in TABLES for a in ("--table", t))
+    roles = (a for d, r in ROLES.items() for a in ("--as", f"{d}={r}"))
+    return json.loads(run_cli("init", "--db", dsn, "--check", "--json", *tables, *roles).stdout)
+
+
 @dataclass
 class Story:
     rig: FailoverRig
@@ -86,34 +93,14 @@ def story() -> Iterator[Story]:
         before, after = grants.stdout.split("\n\n")
         creates = [line for line in before.splitlines() if line.startswith("CREATE ROLE")]
         run_sql(primary, "\n".join(creates))
-        check_before = json.loads(
-            run_cli(
-                "init",
-                "--db",
-                primary,
-                "--check",
-                "--json",
-                *(a for t in TABLES for a in ("--table", t)),
-                *(a for d, r in ROLES.items() for a in ("--as", f"{d}={r}")),
-            ).stdout
-        )
+        check_before = check_roles(primary)
         run_sql(primary, "\n".join(line for line in before.splitlines() if line not in creates))
         init = run_cli(
             "init", "--db", as_role(primary, ROLES["installer"]), *(a for t in TABLES for a in ("--table", t))
         )
         assert init.returncode == 0, init.stderr
         run_sql(as_role(primary, ROLES["installer"]), after)
-        check_after = json.loads(
-            run_cli(
-                "init",
-                "--db",
-                primary,
-                "--check",
-                "--json",
-                *(a for t in TABLES for a in ("--table", t)),
-                *(a for d, r in ROLES.items() for a in ("--as", f"{d}={r}")),
-            ).stdout
-        )
+        check_after = check_roles(primary)
         app = application_attempts(as_role(primary, APP))
         rig.start_relay(dsn=as_role(primary, ROLES["relay"]))
         truth = rig.run_workload(tps=100, seconds=5, dsn=as_role(primary, APP))

@@ -27,7 +27,7 @@ import orjson
 import psycopg
 import pytest
 
-from conftest import dsn_for, run_cli
+from conftest import dsn_for, fresh_database, run_cli
 from drledger.drill.cluster import LocalCluster
 from drledger.events import LedgerEvent, row_digest
 from drledger.ledger import open_ledger
@@ -125,12 +125,13 @@ class World:
 
 @pytest.fixture
 def world(primary: LocalCluster, workdir: Path) -> Iterator[World]:
-    name = f"t_{uuid.uuid4().hex[:10]}"
+    with fresh_database(primary, SCHEMA) as dsn:
+        yield from _build_world(dsn, workdir)
     with psycopg.connect(primary.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    dsn = dsn_for(primary, name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
+        conn.execute("DROP ROLE IF EXISTS drl_no_sequences")
+
+
+def _build_world(dsn: str, workdir: Path) -> Iterator[World]:
     init = run_cli("init", "--db", dsn, *(arg for t in CAPTURED for arg in ("--table", t)), "--json")
     assert init.returncode == 0, init.stderr
     assert json.loads(init.stdout)["installed"] == CAPTURED  # typed the SQL way, printed canonically
@@ -151,10 +152,6 @@ def world(primary: LocalCluster, workdir: Path) -> Iterator[World]:
         )
         conn.commit()
     yield World(dsn, events, originals, workdir)
-    with psycopg.connect(primary.dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    with psycopg.connect(primary.dsn, autocommit=True) as conn:
-        conn.execute("DROP ROLE IF EXISTS drl_no_sequences")
 
 
 def forged(event: LedgerEvent, **fields: object) -> LedgerEvent:
