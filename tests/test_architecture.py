@@ -45,8 +45,8 @@ LAYERS = [
     {"drledger.report", "drledger.report_html", "drledger.cli", "drledger.drill", "drledger.__main__"},
 ]
 # Database drivers: the source seam's engines, and the drill's local clusters (per engine too).
-DRIVERS = ("psycopg",)
-DRIVER_HOMES = ("drledger.source.", "drledger.drill.rig", "drledger.drill.cluster")
+DRIVERS = ("psycopg", "pymysql")
+DRIVER_HOMES = ("drledger.source.", "drledger.drill.rig", "drledger.drill.cluster", "drledger.drill.mariadb")
 SCHEME = re.compile(r"""["'](sqlite|kafka|sqs|kinesis)(://|:)""")
 
 

@@ -81,6 +81,7 @@ def start_jvm(*, verbose: bool = False) -> None:
     except ImportError:
         raise DrledgerError("The relay needs the Debezium engine: pip install 'drledger[relay]'.") from None
     log_config = resources.files("drledger.relay").joinpath("log4j2.properties")
+    jul_config = resources.files("drledger.relay").joinpath("jul.properties")
     jpype.config.destroy_jvm = False
     jpype.startJVM(
         str(find_libjvm()),
@@ -89,6 +90,7 @@ def start_jvm(*, verbose: bool = False) -> None:
         # -Xrs leaves SIGINT/SIGTERM to Python, so the relay can stop the engine and flush offsets.
         "-Xrs",
         f"-Dlog4j2.configurationFile={log_config}",
+        f"-Djava.util.logging.config.file={jul_config}",
         # One logging context for every class loader, so the relay's error watch sees Debezium's errors.
         "-Dlog4j2.contextSelector=org.apache.logging.log4j.core.selector.BasicContextSelector",
         # Debezium's warnings and errors, one line each; its stack traces and INFO lines with --verbose.

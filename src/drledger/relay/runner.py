@@ -150,4 +150,4 @@ def _backfill(request: RelayRequest, state: RelayState, target: Ledger) -> Relay
         raise retry_if_transient(exc, _LEDGER_TRANSIENT) from None
     log.info("backfilled %d outbox rows the ledger lacked", published)
     # The slot already marks where streaming starts; a snapshot would only re-send the outbox.
-    return dataclasses.replace(request.settings, snapshot="no_data")
+    return dataclasses.replace(request.settings, snapshot=open_source(request.dsn).snapshot_after_backfill)

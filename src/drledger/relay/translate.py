@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -16,31 +18,69 @@ def outbox_change_to_event(value: str | bytes) -> LedgerEvent | None:
     """One Debezium JSON change value (schemas disabled) → the ledger event it carries.
 
     None for anything else on the stream: heartbeats, the heartbeat table's own changes, tombstones,
-    deletes made by pruning. Commit time is Debezium's `source.ts_ms`, the source database's commit
-    clock, never the connector's; a snapshot read has no commit of its own, so the outbox row's
-    created_at stands in.
+    deletes made by pruning, transaction markers. Commit time is the source database's commit clock,
+    never the connector's: PostgreSQL's `source.ts_ms`; on MySQL, whose binlog gives whole seconds, the
+    later of that and the outbox row's created_at (the inserting statement's time, in microseconds,
+    just before its commit). A snapshot read has no commit of its own, so created_at stands in. The
+    transaction id is the outbox's `txid` where the trigger could write one (PostgreSQL); MySQL's
+    comes from the binlog, the position of its transaction (file number and offset as one number).
     """
     change: dict[str, Any] = orjson.loads(value)
     op = change.get("op")
     if op not in ("c", "r"):
         return None
     source = change["source"]
-    if (source.get("schema"), source.get("table")) != OUTBOX_SOURCE:
+    if (source.get("schema") or source.get("db"), source.get("table")) != OUTBOX_SOURCE:
         return None
     after = change["after"]
     payload = after["payload"]
     row_json = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
-    commit_ts_ms = _iso_to_ms(after["created_at"]) if op == "r" else int(source["ts_ms"])
+    created_ms = _iso_to_ms(after["created_at"])
+    if op == "r":
+        commit_ts_ms = created_ms
+    elif source.get("connector") == "mysql":
+        commit_ts_ms = max(int(source["ts_ms"]), created_ms)
+    else:
+        commit_ts_ms = int(source["ts_ms"])
+    txid = after.get("txid")
+    if txid is None and op == "r":
+        # A MySQL snapshot read knows no transaction: each row is its own, never one giant one.
+        txid = _SNAPSHOT_TXIDS | int.from_bytes(uuid.UUID(str(after["id"])).bytes[:8], "big") >> 2
     return LedgerEvent.from_outbox(
         event_id=str(after["id"]),
         table=str(after["aggregatetype"]),
         key=str(after["aggregateid"]),
         op=str(after["type"]),
         row_json=row_json,
-        txid=int(after["txid"]),
-        lsn=int(source.get("lsn") or 0),
+        txid=int(txid) if txid is not None else binlog_txid(change),
+        lsn=int(source.get("lsn") or 0) or _binlog_position(source),
         commit_ts_ms=commit_ts_ms,
     )
+
+
+# Synthetic transaction ids of snapshot reads live above every binlog position (file << 32 | offset).
+_SNAPSHOT_TXIDS = 1 << 61
+_BINLOG_POSITION = re.compile(r"file=[^,]*?(\d+),pos=(\d+)")
+
+
+def binlog_txid(change: dict[str, Any]) -> int:
+    """A MySQL transaction's id: where it begins in the binlog, as (file number << 32) | offset, from
+    Debezium's transaction metadata (or, without it, the change's own position)."""
+    transaction = change.get("transaction") or {}
+    found = _BINLOG_POSITION.search(str(transaction.get("id") or ""))
+    if found:
+        return (int(found.group(1)) << 32) | int(found.group(2))
+    return _binlog_position(change.get("source") or {})
+
+
+def _binlog_position(source: dict[str, Any]) -> int:
+    """A MySQL change's place in the binlog, as one number that grows with it (0 if unknown): file
+    number, offset of its rows event, and its row within that event (an event holds several)."""
+    found = re.search(r"(\d+)$", str(source.get("file") or ""))
+    if not found:
+        return 0
+    event = (int(found.group(1)) << 32) | int(source.get("pos") or 0)
+    return (event << 10) | min(int(source.get("row") or 0), 1023)
 
 
 def _iso_to_ms(text: str | int) -> int:

@@ -9,6 +9,7 @@ from drledger.source.base import SourceDatabase
 
 #: URL schemes by engine; a key=value DSN (host=… dbname=…) is PostgreSQL's libpq form.
 POSTGRES_SCHEMES = ("postgresql", "postgres")
+MYSQL_SCHEMES = ("mysql", "mariadb")
 
 
 def open_source(dsn: str) -> SourceDatabase:
@@ -18,8 +19,13 @@ def open_source(dsn: str) -> SourceDatabase:
         from drledger.source.postgres import PostgresSource
 
         return PostgresSource(dsn)
+    if scheme in MYSQL_SCHEMES:
+        from drledger.source.mysql import MySQLSource
+
+        return MySQLSource(dsn)
     raise DrledgerError(
-        f"drledger does not know the database engine '{scheme}'; give a postgresql:// URL or a key=value DSN."
+        f"drledger does not know the database engine '{scheme}'; give a postgresql:// or mysql:// URL, or a "
+        "PostgreSQL key=value DSN."
     )
 
 
@@ -29,5 +35,11 @@ def explain_failure(exc: BaseException) -> DrledgerError | None:
     if "psycopg" in sys.modules:
         from drledger.source.postgres.connection import explain
 
-        return explain(exc)
+        explained = explain(exc)
+        if explained is not None:
+            return explained
+    if "pymysql" in sys.modules:
+        from drledger.source.mysql.connection import explain as explain_mysql
+
+        return explain_mysql(exc)
     return None

@@ -180,6 +180,9 @@ class SourceDatabase(ABC):
 
     #: The DSN with its secrets masked: safe to print.
     display: str
+    #: How the relay starts streaming after a backfill: from the slot `ensure_slot` made before it
+    #: ("no_data"), or, where no slot can be made first, with a snapshot of the outbox ("initial").
+    snapshot_after_backfill: str = "no_data"
 
     # -- capture: the outbox and its triggers --------------------------------------------------
 

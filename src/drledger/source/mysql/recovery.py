@@ -1,0 +1,330 @@
+"""Replay's and fence's SQL on MySQL: one connection, its transactions steered by replay.
+
+Images are handed to the server as one JSON array and split by JSON_TABLE; each column is read back
+with the cast its type allows (see columns.py), so a value that does not fit raises a warning, and any
+warning rejects the rows (the session runs in strict mode, in UTC). MySQL has no INSERT … RETURNING:
+insert-if-absent is `INSERT IGNORE` between two reads of which keys exist, and a warning other than a
+duplicate key rejects the batch too, since IGNORE would otherwise have stored a truncated value.
+Fencing is `ALTER TABLE … AUTO_INCREMENT`, DDL that commits by itself: it runs in a step of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from typing import Any
+
+from drledger.errors import DrledgerError
+from drledger.events import LedgerEvent
+from drledger.names import TableName
+from drledger.source.base import (
+    CurrentRow,
+    RecoverySession,
+    ReplayRights,
+    RowsRejected,
+    SequenceInfo,
+    SourceUnavailable,
+    TableShape,
+)
+from drledger.source.mysql.columns import Column, image_expression, key_expression, quote
+from drledger.source.mysql.connection import error_code
+from drledger.source.mysql.outbox import (
+    SCHEMA,
+    captured_tables,
+    ident,
+    primary_key_columns,
+    query,
+    require_outbox,
+    table_columns,
+)
+
+REPLAY_LOCK = "drledger_replay"
+_DUPLICATE_KEY = 1062
+_PRIVILEGE_ERRORS = {1044, 1142, 1143, 1227}
+_INTEGER_MAX = {"tinyint": 8, "smallint": 16, "mediumint": 24, "int": 32, "integer": 32, "bigint": 64}
+
+
+def _json_array(documents: Sequence[str]) -> str:
+    return "[" + ",".join(documents) + "]"
+
+
+_IMAGES = "\x00images\x00"
+_ROWS = f"JSON_TABLE({_IMAGES}, '$[*]' COLUMNS (ord FOR ORDINALITY, img JSON PATH '$')) AS jt"
+
+
+def _over_images(statement: str) -> str:
+    """A statement over the images' JSON array, its one parameter; generated names may hold a %."""
+    return statement.replace("%", "%%").replace(_IMAGES, "%s")
+
+
+class MySQLRecoverySession(RecoverySession):
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self._columns: dict[tuple[str, str], list[Column]] = {}
+        self._savepoints = 0
+        self._locked = False
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        import pymysql
+
+        try:
+            yield
+        except pymysql.err.OperationalError as exc:
+            if error_code(exc) in _PRIVILEGE_ERRORS:
+                raise DrledgerError(
+                    f"The database refused: {exc.args[1] if len(exc.args) > 1 else exc}; this role lacks a privilege "
+                    "replay needs (drledger init --print-grants lists the recoverer's)."
+                ) from None
+            if error_code(exc) in (2006, 2013, 2003):
+                raise SourceUnavailable(f"The database went away: {exc.args[-1]}.") from None
+            raise RowsRejected(str(exc.args[-1])) from None
+        except (pymysql.err.DataError, pymysql.err.IntegrityError, pymysql.err.InternalError) as exc:
+            raise RowsRejected(str(exc.args[-1])) from None
+
+    def _warnings(self) -> list[tuple[Any, ...]]:
+        return query(self.conn, "SHOW WARNINGS")
+
+    def _columns_of(self, table: TableName) -> list[Column]:
+        key = (table.schema, table.name)
+        if key not in self._columns:
+            self._columns[key] = table_columns(self.conn, table)
+        return self._columns[key]
+
+    def require_outbox(self) -> None:
+        require_outbox(self.conn)
+
+    def captured_tables(self) -> dict[str, Any]:
+        return dict(captured_tables(self.conn))
+
+    def table_shape(self, name: TableName, ref: Any) -> TableShape:
+        columns = self._columns_of(name)
+        parents = query(
+            self.conn,
+            "SELECT DISTINCT REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME FROM information_schema.KEY_COLUMN_USAGE "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND REFERENCED_TABLE_NAME IS NOT NULL",
+            (name.schema, name.name),
+        )
+        return TableShape(
+            name,
+            ref,
+            tuple(primary_key_columns(self.conn, name)),
+            frozenset(c.name for c in columns),
+            frozenset(c.name for c in columns if not c.generated),
+            tuple(c.name for c in columns),
+            frozenset((s, t) for s, t in parents if (s, t) != (name.schema, name.name)),
+        )
+
+    def _typed(self, shape: TableShape, source: str = "jt.img") -> dict[str, str]:
+        return {c.name: c.decode(source) for c in self._columns_of(shape.name)}
+
+    def _key_sql(self, shape: TableShape, typed: dict[str, str]) -> str:
+        by_name = {c.name: c for c in self._columns_of(shape.name)}
+        return key_expression([by_name[k] for k in shape.key_columns], typed)
+
+    def row_keys(self, shape: TableShape, images: Sequence[str]) -> list[str | None]:
+        typed = self._typed(shape)
+        # Every column is read back with its cast, so a value that does not fit shows as a warning.
+        values = ", ".join(typed.values())
+        statement = _over_images(
+            f"SELECT {self._key_sql(shape, typed)}, {values} FROM {_ROWS} ORDER BY jt.ord"
+        )
+        with self._translated():
+            rows = query(self.conn, statement, (_json_array(images),))
+            warnings = self._warnings()
+        if warnings:
+            raise RowsRejected(str(warnings[0][2]))
+        return [r[0] for r in rows]
+
+    def missing_rights(self, shapes: Sequence[TableShape]) -> ReplayRights:
+        # MySQL has no has_table_privilege(): a missing privilege shows at the first write (listing this
+        # connection in drledger.replay_session), before any row, as one sentence.
+        return ReplayRights(role=str(query(self.conn, "SELECT CURRENT_USER()")[0][0]))
+
+    def ensure_replay_log(self) -> None:
+        present = query(
+            self.conn,
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+            "AND TABLE_NAME IN ('replay_log', 'replay_session')",
+            (SCHEMA,),
+        )
+        if present[0][0] != 2:
+            raise DrledgerError(
+                "This database has no drledger.replay_log; run drledger init (a current one) first."
+            )
+
+    def begin_chunk(self) -> None:
+        with self._translated():
+            if not self._locked:
+                # One replay at a time per server: two would race between the outbox check and the insert.
+                self._locked = bool(query(self.conn, "SELECT GET_LOCK(%s, 600)", (REPLAY_LOCK,))[0][0])
+            query(self.conn, f"INSERT INTO {SCHEMA}.replay_session (connection_id) VALUES (CONNECTION_ID())")
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._savepoints += 1
+        name = f"drledger_{self._savepoints}"
+        with self._translated():
+            query(self.conn, f"SAVEPOINT {name}")
+        try:
+            with self._translated():
+                yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                query(self.conn, f"ROLLBACK TO SAVEPOINT {name}")
+            raise
+        with self._translated():
+            query(self.conn, f"RELEASE SAVEPOINT {name}")
+
+    def commit(self) -> None:
+        with self._translated():
+            # The suppression row never outlives the transaction that needed it.
+            query(self.conn, f"DELETE FROM {SCHEMA}.replay_session WHERE connection_id = CONNECTION_ID()")
+            self.conn.commit()
+
+    def rollback(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.rollback()
+
+    def outbox_fingerprints(self, event_ids: Sequence[str]) -> dict[str, bytes]:
+        if not event_ids:
+            return {}
+        rows = query(
+            self.conn,
+            f"SELECT id, COALESCE(fingerprint, CONCAT(UNHEX(REPLACE(id, '-', '')), UNHEX(SHA2(payload, 256)))) "
+            f"FROM {SCHEMA}.outbox WHERE id IN %s",
+            (list(event_ids),),
+        )
+        return {r[0]: bytes(r[1]) for r in rows}
+
+    def _existing_keys(self, shape: TableShape, images: str) -> set[str]:
+        typed = self._typed(shape)
+        join = " AND ".join(f"t.{quote(k)} <=> {typed[k]}" for k in shape.key_columns)
+        by_name = {c.name: c for c in self._columns_of(shape.name)}
+        stored = key_expression(
+            [by_name[k] for k in shape.key_columns], {k: f"t.{quote(k)}" for k in shape.key_columns}
+        )
+        rows = query(
+            self.conn,
+            _over_images(f"SELECT {stored} FROM {_ROWS} JOIN {ident(shape.name)} AS t ON {join}"),
+            (images,),
+        )
+        return {r[0] for r in rows}
+
+    def insert_if_absent(self, shape: TableShape, columns: Sequence[str], images: Sequence[str]) -> set[str]:
+        document = _json_array(images)
+        with self._translated():
+            before = self._existing_keys(shape, document)
+            typed = self._typed(shape)
+            names = ", ".join(quote(c) for c in columns)
+            values = ", ".join(typed[c] for c in columns)
+            query(
+                self.conn,
+                _over_images(
+                    f"INSERT IGNORE INTO {ident(shape.name)} ({names}) SELECT {values} FROM {_ROWS}"
+                ),
+                (document,),
+            )
+            trouble = [w for w in self._warnings() if w[1] != _DUPLICATE_KEY]
+            if trouble:
+                raise RowsRejected(str(trouble[0][2]))
+            after = self._existing_keys(shape, document)
+        return after - before
+
+    def current_rows(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, CurrentRow]:
+        typed = self._typed(shape)
+        join = " AND ".join(f"t.{quote(k)} <=> {typed[k]}" for k in shape.key_columns)
+        stored = image_expression(self._columns_of(shape.name), "t")
+        document = _json_array([e.row_json for e in events])
+        with self._translated():
+            rows = query(
+                self.conn,
+                _over_images(f"SELECT jt.ord, {stored} FROM {_ROWS} JOIN {ident(shape.name)} AS t ON {join}"),
+                (document,),
+            )
+        found: dict[str, CurrentRow] = {}
+        for ordinal, text in rows:
+            event = events[int(ordinal) - 1]
+            mine, theirs = _parse(event.row_json), _parse(text)
+            found[event.event_id] = CurrentRow(text, all(theirs.get(k) == v for k, v in mine.items()))
+        return found
+
+    def restore_outbox(self, events: Sequence[LedgerEvent]) -> None:
+        with self._translated(), self.conn.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {SCHEMA}.outbox (id, aggregatetype, aggregateid, type, payload, txid, created_at, fingerprint) "
+                "VALUES (%s, %s, %s, %s, %s, %s, FROM_UNIXTIME(%s), %s)",
+                [
+                    (
+                        e.event_id,
+                        e.table,
+                        e.key,
+                        e.op,
+                        e.row_json,
+                        e.txid,
+                        e.commit_ts_ms / 1000.0,
+                        e.fingerprint,
+                    )
+                    for e in events
+                ],
+            )
+
+    def log_outcomes(self, outcomes: Sequence[tuple[str, str, str]]) -> None:
+        with self._translated(), self.conn.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {SCHEMA}.replay_log (event_id, outcome, detail) VALUES (%s, %s, %s)", outcomes
+            )
+
+    def sequences(self, ref: Any) -> list[SequenceInfo]:
+        schema, table = ref
+        rows = query(
+            self.conn,
+            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND EXTRA LIKE %s",
+            (schema, table, "%auto_increment%"),
+        )
+        found = []
+        for column, data_type, column_type in rows:
+            bits = _INTEGER_MAX.get(data_type, 64)
+            maximum = 2**bits - 1 if "unsigned" in column_type.lower() else 2 ** (bits - 1) - 1
+            name = f"{TableName(schema, table).qualified} AUTO_INCREMENT"
+            found.append(SequenceInfo(column, ref, name, 1, 1, maximum))
+        return found
+
+    def sequence_state(self, shape_name: TableName, sequence: SequenceInfo) -> tuple[int | None, int | None]:
+        schema, table = sequence.ref
+        with contextlib.suppress(Exception):
+            query(
+                self.conn, "SET SESSION information_schema_stats_expiry = 0"
+            )  # MySQL 8 caches AUTO_INCREMENT
+        following = query(
+            self.conn,
+            "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (schema, table),
+        )
+        stored = query(
+            self.conn, f"SELECT MAX({quote(sequence.column)}) FROM {ident(shape_name)}".replace("%", "%%"), ()
+        )
+        last = int(following[0][0]) - 1 if following and following[0][0] is not None else None
+        return (last if last and last > 0 else None), (
+            int(stored[0][0]) if stored and stored[0][0] is not None else None
+        )
+
+    def move_sequence(self, sequence: SequenceInfo, value: int) -> None:
+        schema, table = sequence.ref
+        with self._translated():
+            query(self.conn, f"ALTER TABLE {quote(schema)}.{quote(table)} AUTO_INCREMENT = {int(value) + 1}")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._locked:
+                query(self.conn, "SELECT RELEASE_LOCK(%s)", (REPLAY_LOCK,))
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+def _parse(text: str) -> dict[str, Any]:
+    value = json.loads(text, parse_float=Decimal)
+    return value if isinstance(value, dict) else {}
