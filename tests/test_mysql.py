@@ -1,0 +1,263 @@
+"""MySQL sources end to end, on MariaDB servers the tests start (`version=8.0.2`, the code path Debezium's
+MySQL connector takes on Aurora MySQL 3): capture, the relay, reconcile, replay, fence and init --check,
+with every column type a user brings and the application writing as its own plain user."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import DRLEDGER, run_cli, wait_for
+from drledger.drill.mariadb import LocalMariaDB, MariaDBSet
+from drledger.events import LedgerEvent, row_digest
+from drledger.ledger import open_ledger
+
+pytestmark = pytest.mark.debezium
+
+TABLES = r"""
+CREATE TABLE `Sales`.`Order` (
+    region VARCHAR(8), id INT, amount DECIMAL(65,30), placed DATETIME(6), seen TIMESTAMP(6) NULL,
+    doc JSON, blob_ VARBINARY(16), big MEDIUMBLOB, e ENUM('a','b'), s SET('x','y'), flags BIT(5),
+    note TEXT CHARACTER SET utf8mb4, f DOUBLE, `select` VARCHAR(10), PRIMARY KEY (region, id));
+CREATE TABLE `Sales`.customer (id BIGINT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100) NOT NULL,
+    name_len INT AS (CHAR_LENGTH(name)) STORED);
+CREATE TABLE `Sales`.line (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer_id BIGINT NOT NULL,
+    qty INT NOT NULL DEFAULT 1, FOREIGN KEY (customer_id) REFERENCES `Sales`.customer (id));
+"""
+CAPTURED = ['"Sales"."Order"', '"Sales".customer', '"Sales".line']
+IMAGE = (
+    "SELECT JSON_OBJECT('r', region, 'i', id, 'a', amount, 'p', placed, 's', UNIX_TIMESTAMP(seen), 'd', doc, "
+    "'bl', HEX(blob_), 'big', MD5(big), 'e', e, 'ss', s, 'fl', flags + 0, 'n', note, 'f', f, 'sel', `select`) "
+    "FROM `Sales`.`Order` ORDER BY region, id"
+)
+
+
+@dataclass
+class Shop:
+    server: LocalMariaDB
+    dsn: str
+    app_dsn: str
+    workdir: Path
+
+    def cli(self, *args: str, db: str | None = None) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, "--db", db or self.dsn, timeout=300)
+
+    def rows(self, statement: str) -> list[tuple]:
+        return self.server.execute(statement)
+
+
+@pytest.fixture(scope="module")
+def mariadb() -> Iterator[LocalMariaDB]:
+    with MariaDBSet() as servers:
+        yield servers.server("primary")
+
+
+@pytest.fixture
+def shop(mariadb: LocalMariaDB, tmp_path: Path) -> Iterator[Shop]:
+    mariadb.execute("DROP DATABASE IF EXISTS drledger")
+    mariadb.execute("DROP DATABASE IF EXISTS `Sales`")
+    mariadb.execute("CREATE DATABASE `Sales`")
+    for statement in TABLES.split(";"):
+        if statement.strip():
+            mariadb.execute(statement)
+    app = f"app_{uuid.uuid4().hex[:6]}"
+    mariadb.execute(f"CREATE USER '{app}'@'%'")
+    mariadb.execute(f"GRANT SELECT, INSERT ON `Sales`.* TO '{app}'@'%'")
+    yield Shop(mariadb, mariadb.dsn("Sales"), f"mysql://{app}@127.0.0.1:{mariadb.port}/Sales", tmp_path)
+    mariadb.execute(f"DROP USER '{app}'@'%'")
+
+
+def write_as_the_application(shop: Shop, *, session_time_zone: str = "+05:30") -> None:
+    """Rows of every type, written by the application's own user in a time zone of its own."""
+    import pymysql
+
+    conn = pymysql.connect(
+        host="127.0.0.1",
+        port=shop.server.port,
+        user=shop.app_dsn.split("//")[1].split("@")[0],
+        database="Sales",
+        charset="utf8mb4",
+        autocommit=False,
+    )
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(f"SET time_zone = '{session_time_zone}'")
+            cursor.execute(
+                "INSERT INTO `Order` VALUES ('EU', 1, 12345678901234567890.012345678901234567890123456789, "
+                '\'2026-11-29 10:00:00.123456\', \'2026-11-29 10:00:00.5\', \'{"a": [1, {"b": null}], "ü": "😀"}\', '
+                "X'00FF10', REPEAT(X'AB', 70000), 'b', 'x,y', b'10101', 'naïve 😀 \"q\" \\\\ back', 0.1, 'from'), "
+                "('US', 2, -0.5, NULL, NULL, NULL, NULL, NULL, NULL, '', NULL, NULL, 1e300, NULL)"
+            )
+            conn.commit()
+            cursor.execute("INSERT INTO customer (name) VALUES ('Zoë')")
+            customer = cursor.lastrowid
+            cursor.execute(
+                "INSERT INTO line (customer_id, qty) VALUES (%s, 1), (%s, 2)", (customer, customer)
+            )
+            conn.commit()
+            # The application tries to hide a row and to forge an event: neither is its to do.
+            with pytest.raises(pymysql.err.OperationalError):
+                cursor.execute("INSERT INTO drledger.replay_session VALUES (CONNECTION_ID())")
+            with pytest.raises(pymysql.err.OperationalError):
+                cursor.execute(
+                    "INSERT INTO drledger.outbox (id, aggregatetype, aggregateid, payload, created_at) "
+                    "VALUES (UUID(), 'Sales.customer', '9', '{}', NOW())"
+                )
+            conn.rollback()
+    finally:
+        conn.close()
+
+
+def start_relay(shop: Shop, url: str) -> subprocess.Popen[str]:
+    log = (shop.workdir / "relay.log").open("w")
+    return subprocess.Popen(
+        [*DRLEDGER, "relay", "--db", shop.dsn, "--ledger", url, "--state-dir", str(shop.workdir / "state")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def ledger_events(url: str) -> list[LedgerEvent]:
+    try:
+        with open_ledger(url) as ledger:
+            return [r for r in ledger.read() if isinstance(r, LedgerEvent)]
+    except Exception:
+        return []
+
+
+def test_every_type_survives_capture_relay_and_replay(shop: Shop) -> None:
+    init = shop.cli(
+        "init",
+        *(a for t in ["`Sales`.`Order`", "Sales.customer", "Sales.line"] for a in ("--table", t)),
+        "--json",
+    )
+    assert init.returncode == 0, init.stderr
+    assert json.loads(init.stdout)["installed"] == CAPTURED
+    url = f"sqlite:///{shop.workdir}/ledger.db"
+    relay = start_relay(shop, url)
+    try:
+        # Streaming (not the first snapshot) once its heartbeat has written a row.
+        wait_for(
+            lambda: shop.rows("SELECT COUNT(*) FROM drledger.heartbeat") == [(1,)], 120, "the relay to stream"
+        )
+        write_as_the_application(shop)
+        wait_for(lambda: len(ledger_events(url)) >= 5, 120, "the relay to publish the application's rows")
+        time.sleep(1)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(60) == 0, (shop.workdir / "relay.log").read_text()[-2000:]
+    events = ledger_events(url)
+    assert sorted(e.table for e in events) == sorted(
+        ['"Sales"."Order"'] * 2 + ['"Sales".customer'] + ['"Sales".line'] * 2
+    )
+    outbox = {r[0]: r[1] for r in shop.rows("SELECT id, payload FROM drledger.outbox")}
+    assert {e.event_id: e.row_json for e in events} == outbox  # the relay ships the text the trigger wrote
+    assert all(e.row_sha256 == row_digest(outbox[e.event_id]) for e in events)
+    lines = [e for e in events if e.table == '"Sales".line']
+    assert len({e.txid for e in lines}) == 1  # one application transaction, one source transaction
+    originals = (
+        shop.rows(IMAGE),
+        shop.rows("SELECT * FROM `Sales`.customer"),
+        shop.rows("SELECT * FROM `Sales`.line"),
+    )
+
+    reconcile = shop.cli("reconcile", "--ledger", url, "--since", "1h", "--json")
+    assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr
+
+    # The failover: the rows and their outbox rows are gone, the counter stands where it stood.
+    for table in ("`Sales`.line", "`Sales`.customer", "`Sales`.`Order`", "drledger.outbox"):
+        shop.server.execute(f"DELETE FROM {table}")
+    shop.server.execute("ALTER TABLE `Sales`.customer AUTO_INCREMENT = 1")
+    lost = shop.cli("reconcile", "--ledger", url, "--since", "1h", "--json")
+    assert lost.returncode == 1 and json.loads(lost.stdout)["counts"]["missing_in_dr"] == 5
+    dry = shop.cli("replay", "--ledger", url, "--since", "1h", "--json")
+    assert dry.returncode == 0 and json.loads(dry.stdout)["applied"] == 5
+    assert shop.rows("SELECT COUNT(*) FROM `Sales`.`Order`") == [(0,)]  # a rehearsal only
+    applied = shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", "--json")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    result = json.loads(applied.stdout)
+    assert (result["applied"], result["refused"], result["conflicts"]) == (5, [], [])
+    assert (
+        shop.rows(IMAGE),
+        shop.rows("SELECT * FROM `Sales`.customer"),
+        shop.rows("SELECT * FROM `Sales`.line"),
+    ) == originals
+    assert [f["sequence"] for f in result["fenced"]] == [
+        '"Sales".customer AUTO_INCREMENT',
+        '"Sales".line AUTO_INCREMENT',
+    ]
+    shop.server.execute("INSERT INTO `Sales`.customer (name) VALUES ('after the failover')")
+    assert shop.rows("SELECT MAX(id) > 1000 FROM `Sales`.customer") == [(1,)]  # fenced past the lost keys
+    again = shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", "--json")
+    assert json.loads(again.stdout)["applied"] == 0  # idempotent
+    assert shop.rows("SELECT COUNT(*) FROM drledger.replay_session") == [(0,)]
+
+
+def test_a_forged_ledger_writes_nothing_on_mysql(shop: Shop) -> None:
+    assert shop.cli("init", "--table", "Sales.customer").returncode == 0
+    shop.server.execute("CREATE TABLE `Sales`.secret (id INT PRIMARY KEY, v TEXT)")
+
+    def event(table: str, key: str, row: str, txid: int) -> LedgerEvent:
+        # Each in a transaction of its own, so each is refused for its own reason.
+        return LedgerEvent.from_outbox(
+            event_id=str(uuid.uuid4()),
+            table=table,
+            key=key,
+            op="insert",
+            row_json=row,
+            txid=txid,
+            lsn=1,
+            commit_ts_ms=int(time.time() * 1000),
+        )
+
+    forged = [
+        event('"Sales".secret', "1", '{"id": 1, "v": "x"}', 1),  # never captured
+        event('"Sales".customer', "5", '{"id": 6, "name": "n", "name_len": 1}', 2),  # key is not the image's
+        event('"Sales".customer', "7", '{"id": 7, "name": "n", "admin": 1}', 3),  # a column the table lacks
+        event('"Sales".customer', "8", '{"id": "eight", "name": "n"}', 4),  # a value that does not fit
+    ]
+    url = f"sqlite:///{shop.workdir}/forged.db"
+    with open_ledger(url, writer=True) as ledger:
+        ledger.publish(forged)
+    result = shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", "--json")
+    assert result.returncode == 3, result.stdout + result.stderr
+    reasons = {r["key"]: r["reason"] for r in json.loads(result.stdout)["refused"]}
+    assert "not captured" in reasons["1"] and "holds key 6" in reasons["5"]
+    assert "lacks: admin" in reasons["7"] and "rejects its row image" in reasons["8"]
+    assert shop.rows("SELECT COUNT(*) FROM `Sales`.customer") == [(0,)]
+    assert shop.rows("SELECT COUNT(*) FROM `Sales`.secret") == [(0,)]
+
+
+def test_init_check_names_each_missing_setting(shop: Shop) -> None:
+    shop.server.execute("SET GLOBAL binlog_format = 'MIXED'")
+    try:
+        check = shop.cli("init", "--check", "--json")
+    finally:
+        shop.server.execute("SET GLOBAL binlog_format = 'ROW'")
+    assert check.returncode == 1
+    missing = {f["what"]: f["fix"] for f in json.loads(check.stdout)["findings"] if not f["ok"]}
+    assert any("binlog_format" in what and "parameter group" in fix for what, fix in missing.items())
+    assert any("outbox table is missing" in what for what in missing)
+
+
+def test_bad_mysql_input_is_one_sentence(shop: Shop) -> None:
+    for dsn, fragment in (
+        ("mysql://root:hunter2@127.0.0.1:1/Sales", "Cannot connect to the database"),
+        ("mysql://root@127.0.0.1/Sales?bogus=1", "does not know: bogus"),
+        ("oracle://x@y/z", "does not know the database engine"),
+    ):
+        result = run_cli("reconcile", "--db", dsn, "--ledger", f"sqlite:///{shop.workdir}/none.db")
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], result.stderr
+        assert "hunter2" not in result.stderr
+    result = shop.cli("init", "--table", "Sales.nothing")
+    assert result.returncode == 2 and "does not exist" in result.stderr
