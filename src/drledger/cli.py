@@ -691,6 +691,12 @@ def drill(
         int,
         typer.Option(help="Rows pushed through the relay before measuring, so its JVM is warm (0: none)."),
     ] = 20_000,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="The database engine: 'postgresql', or 'mysql' (MariaDB servers standing in for Aurora MySQL)."
+        ),
+    ] = "postgresql",
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the clusters afterwards and print how to connect.")
     ] = False,
@@ -715,7 +721,11 @@ def drill(
         ledger_url=ledger,
         seed=seed,
         keep=keep,
+        engine=engine,
     )
+    from drledger.drill.run import rig_for
+
+    rig_for(engine)  # a wrong --engine is one sentence before anything starts
     if tps <= 0 or settings.duration_s <= 0:
         raise DrledgerError("--tps and --duration must be positive.")
     if scenario is not None:

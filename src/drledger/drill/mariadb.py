@@ -134,16 +134,9 @@ class LocalMariaDB:
     def connect(self, database: str = "", **kwargs: Any) -> Any:
         import pymysql
 
+        settings: dict[str, Any] = {"charset": "utf8mb4", "autocommit": True, "connect_timeout": 5, **kwargs}
         return pymysql.connect(
-            host="127.0.0.1",
-            port=self.port,
-            user="root",
-            password="",
-            database=database or None,
-            charset="utf8mb4",
-            autocommit=True,
-            connect_timeout=5,
-            **kwargs,
+            host="127.0.0.1", port=self.port, user="root", password="", database=database or None, **settings
         )
 
     def execute(self, statement: str, database: str = "") -> list[tuple[Any, ...]]:

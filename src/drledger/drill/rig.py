@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -65,8 +67,13 @@ def _wait(predicate: object, timeout: float, what: str) -> None:
 
 
 class FailoverRig:
+    """PostgreSQL's failover rig; `MySQLFailoverRig` (rig_mysql.py) is MySQL's, with the same face."""
+
+    engine = "postgresql"
+    demo_table = DEMO_TABLE
+
     def __init__(self, base: Path | None = None, lag_s: float = 2.0, ledger_url: str | None = None) -> None:
-        self.clusters = ClusterSet(base)
+        self.clusters: Any = self._servers(base)
         self.lag_s = lag_s
         # Whatever a ledger keeps on local disk (an SQS index) goes in the rig's directory, so a drill
         # leaves none behind; without a URL, the ledger is an embedded file there.
@@ -81,6 +88,9 @@ class FailoverRig:
         self.relay: subprocess.Popen[bytes] | None = None
         self.relay_log = self.clusters.base / "relay.log"
         self.truth = GroundTruth()
+
+    def _servers(self, base: Path | None) -> Any:
+        return ClusterSet(base)
 
     @property
     def primary_dsn(self) -> str:
@@ -142,13 +152,16 @@ class FailoverRig:
         def active() -> bool:
             if self.relay is not None and self.relay.poll() is not None:
                 raise DrledgerError(f"The relay exited at start: {self.relay_log.read_text()[-500:]}")
-            with psycopg.connect(target, autocommit=True) as conn:
-                row = conn.execute(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-                ).fetchone()
-            return bool(row and row[0])
+            return self._relay_streaming(target, slot)
 
         _wait(active, 120, "the relay to open its replication slot")
+
+    def _relay_streaming(self, dsn: str, slot: str) -> bool:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+            ).fetchone()
+        return bool(row and row[0])
 
     @property
     def relay_stats_file(self) -> Path:
@@ -160,11 +173,7 @@ class FailoverRig:
         A relay that has run for days has its JVM's hot paths compiled; a freshly started one spends its
         first seconds compiling. Measuring lag on a cold one would report the JIT, not the relay.
         """
-        with psycopg.connect(self.primary_dsn, autocommit=True) as conn:
-            for _ in range(rows // 500):
-                conn.execute(
-                    "INSERT INTO public.drill_warmup (note) SELECT 'warm-up' FROM generate_series(1, 500)"
-                )
+        self._write_warm_up_rows(rows)
 
         def relayed() -> bool:
             try:
@@ -173,6 +182,20 @@ class FailoverRig:
                 return False
 
         _wait(relayed, 120, "the relay to warm up")
+
+    def _write_warm_up_rows(self, rows: int) -> None:
+        with psycopg.connect(self.primary_dsn, autocommit=True) as conn:
+            for _ in range(rows // 500):
+                conn.execute(
+                    "INSERT INTO public.drill_warmup (note) SELECT 'warm-up' FROM generate_series(1, 500)"
+                )
+
+    def stop_command(self) -> str:
+        """How to stop the servers a kept drill left running, and remove them."""
+        base = self.clusters.base
+        data_dir = self.replica.data_dir if self.replica is not None else base
+        run_as = "runuser -u postgres -- " if os.geteuid() == 0 else ""
+        return f"{run_as}{self.clusters.bin_dir}/pg_ctl -D {data_dir} stop && rm -rf {base}"
 
     def stop_relay(self, sig: int = signal.SIGTERM) -> None:
         if self.relay is not None:
@@ -207,7 +230,7 @@ class FailoverRig:
         truth = GroundTruth()
         try:
             self._insert_loop(truth, tps, seconds, dsn, rollback_every, multi_row_every, on_tick, stop)
-        except psycopg.OperationalError:
+        except Exception:  # the primary died under the writer: the end of the run, if it was meant to
             if stop is None or not stop.is_set():
                 raise
         self.truth.commits.extend(truth.commits)
@@ -279,7 +302,9 @@ class FailoverRig:
     def keys_in_ledger(self) -> set[int]:
         """Keys of the demo table's rows that the ledger holds (the warm-up table's are not counted)."""
         with open_ledger(self.ledger_url) as ledger:
-            return {int(r.key) for r in ledger.read() if isinstance(r, LedgerEvent) and r.table == DEMO_TABLE}
+            return {
+                int(r.key) for r in ledger.read() if isinstance(r, LedgerEvent) and r.table == self.demo_table
+            }
 
     def replication_lag_sample(self) -> float | None:
         """How far the replica's replay trails the primary's commits, in seconds, if it can tell."""

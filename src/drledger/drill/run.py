@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from drledger.drill.rig import DEMO_TABLE, FailoverRig, GroundTruth
+from drledger.drill.rig import FailoverRig, GroundTruth
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent
 from drledger.ledger import destroy_ledger, open_ledger
@@ -55,6 +55,21 @@ class DrillSettings:
     multi_row_every: int = 0
     rollback_every: int = 0
     warmup_rows: int = 20_000
+    engine: str = "postgresql"
+
+
+ENGINES = ("postgresql", "mysql")
+
+
+def rig_for(engine: str) -> type[FailoverRig]:
+    """The failover rig of a database engine: PostgreSQL clusters, or MariaDB servers for MySQL."""
+    if engine == "mysql":
+        from drledger.drill.rig_mysql import MySQLFailoverRig
+
+        return MySQLFailoverRig
+    if engine == "postgresql":
+        return FailoverRig
+    raise DrledgerError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'.")
 
 
 @dataclass
@@ -90,8 +105,8 @@ class DrillResult:
         return asdict(self)
 
 
-def _keys_of(events: list[LedgerEvent]) -> set[int]:
-    return {int(e.key) for e in events if e.table == DEMO_TABLE}
+def _keys_of(events: list[LedgerEvent], table: str) -> set[int]:
+    return {int(e.key) for e in events if e.table == table}
 
 
 class Drill:
@@ -102,7 +117,7 @@ class Drill:
         self.progress = progress
         self.rng = random.Random(settings.seed)
         self.lag_s = draw_lag(settings.lag, self.rng)
-        self.rig = FailoverRig(lag_s=self.lag_s, ledger_url=settings.ledger_url)
+        self.rig = rig_for(settings.engine)(lag_s=self.lag_s, ledger_url=settings.ledger_url)
         self.started = time.monotonic()
         self.lag_samples: list[float] = []
         self.workload_stop = threading.Event()
@@ -215,28 +230,19 @@ class Drill:
             self.rig.close()
 
     def kept(self) -> dict[str, str]:
-        base = self.rig.clusters.base
-        replica = self.rig.replica
-        data_dir = replica.data_dir if replica is not None else base
-        run_as = "runuser -u postgres -- " if _is_root() else ""
         return {
             "promoted_dr": self.rig.dr_dsn,
             "ledger": self.rig.ledger_url,
-            "directory": str(base),
-            "stop": f"{run_as}{self.rig.clusters.bin_dir}/pg_ctl -D {data_dir} stop && rm -rf {base}",
+            "directory": str(self.rig.clusters.base),
+            "stop": self.rig.stop_command(),
         }
-
-
-def _is_root() -> bool:
-    import os
-
-    return os.geteuid() == 0
 
 
 @dataclass
 class _Findings:
     """What the disaster left and what recovery did, measured against the ground truth."""
 
+    demo_table: str
     truth: GroundTruth
     in_ledger: set[int]
     on_replica: set[int]
@@ -256,7 +262,9 @@ class _Findings:
 
     @property
     def detected(self) -> int:
-        return len(_keys_of(self.report.missing_in_dr) & self.truth.keys) if self.report is not None else 0
+        if self.report is None:
+            return 0
+        return len(_keys_of(self.report.missing_in_dr, self.demo_table) & self.truth.keys)
 
     @property
     def verdict(self) -> str:
@@ -299,6 +307,7 @@ def run_drill(
         fence_error = drill.fence()
         report, detect_s, failure = drill.reconcile()
         found = _Findings(
+            drill.rig.demo_table,
             truth,
             in_ledger,
             on_replica,

@@ -1,0 +1,180 @@
+"""The failover rig on MySQL: a MariaDB primary, a GTID replica behind the lag injector, the relay.
+
+The same face as PostgreSQL's rig (rig.py), so the drill and its scenarios run on either. Replication is
+MariaDB's GTID replication (`MASTER_USE_GTID=slave_pos`); its IO thread connects through the lag
+injector with no delay first (it makes a dozen round trips at connect), and the delay is set once it
+replicates. Promotion is what Aurora's failover amounts to: replication stopped and forgotten, and
+the replica writable. `Seconds_Behind_Master` is not trusted for lag (it reads 0 while hundreds of
+rows behind): the lag sample is the age of the newest replicated row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from drledger.drill.lag import LagInjector
+from drledger.drill.mariadb import LocalMariaDB, MariaDBSet
+from drledger.drill.rig import Commit, FailoverRig, GroundTruth, _wait
+from drledger.source import open_source
+
+DATABASE = "drill"
+DEMO_TABLE_DDL = (
+    "CREATE TABLE drill.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer VARCHAR(100) NOT NULL, "
+    "amount DECIMAL(12,2) NOT NULL, placed_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
+)
+WARMUP_TABLE_DDL = (
+    "CREATE TABLE drill.drill_warmup (id BIGINT AUTO_INCREMENT PRIMARY KEY, note TEXT NOT NULL)"
+)
+
+
+class MySQLFailoverRig(FailoverRig):
+    engine = "mysql"
+    demo_table = "drill.orders"
+
+    def _servers(self, base: Path | None) -> Any:
+        return MariaDBSet(base)
+
+    @property
+    def primary_dsn(self) -> str:
+        assert isinstance(self.primary, LocalMariaDB)
+        return self.primary.dsn(DATABASE)
+
+    @property
+    def dr_dsn(self) -> str:
+        assert isinstance(self.replica, LocalMariaDB)
+        return self.replica.dsn(DATABASE)
+
+    def start(self, *, relay: bool = True, capture: bool = True) -> None:
+        primary: LocalMariaDB = self.clusters.server("primary")
+        self.primary = primary  # type: ignore[assignment]
+        primary.execute(f"CREATE DATABASE {DATABASE}")
+        primary.execute(DEMO_TABLE_DDL)
+        primary.execute(WARMUP_TABLE_DDL)
+        if capture:
+            open_source(self.primary_dsn).install([self.demo_table, "drill.drill_warmup"])
+        self.injector = LagInjector(primary.port, 0.0)
+        self.injector.start()
+        replica: LocalMariaDB = self.clusters.server("replica", {"read-only": "ON"})
+        self.replica = replica  # type: ignore[assignment]
+        replica.replicate_from(self.injector.port)
+        _wait(lambda: self._caught_up(primary, replica), 120, "the replica to replicate")
+        self.injector.set_delay(self.lag_s)
+        if relay:
+            self.start_relay()
+
+    @staticmethod
+    def _caught_up(primary: LocalMariaDB, replica: LocalMariaDB) -> bool:
+        """The replica replicates and has every table the primary has (and drledger's)."""
+        try:
+            if not replica.replicating():
+                return False
+            wanted = {r[0] for r in primary.execute("SHOW TABLES FROM drill")}
+            return wanted <= {r[0] for r in replica.execute("SHOW TABLES FROM drill")}
+        except Exception:  # the database is not there yet
+            return False
+
+    def _relay_streaming(self, dsn: str, slot: str) -> bool:
+        # Streaming once its heartbeat (a query the connector runs only while streaming) has written.
+        assert isinstance(self.primary, LocalMariaDB)
+        return self.primary.execute("SELECT COUNT(*) FROM drledger.heartbeat") == [(1,)]
+
+    def _connect(self, dsn: str | None = None, **kwargs: Any) -> Any:
+        server = self.primary if dsn is None or dsn == self.primary_dsn else self.replica
+        assert isinstance(server, LocalMariaDB)
+        conn = server.connect(DATABASE, **kwargs)
+        with conn.cursor() as cursor:
+            cursor.execute("SET time_zone = '+00:00'")
+        return conn
+
+    def _write_warm_up_rows(self, rows: int) -> None:
+        conn = self._connect()
+        try:
+            with conn.cursor() as cursor:
+                for _ in range(rows // 500):
+                    cursor.execute(
+                        "INSERT INTO drill_warmup (note) VALUES " + ", ".join(["('warm-up')"] * 500)
+                    )
+        finally:
+            conn.close()
+
+    def _insert_loop(
+        self,
+        truth: GroundTruth,
+        tps: float,
+        seconds: float,
+        dsn: str | None,
+        rollback_every: int,
+        multi_row_every: int,
+        on_tick: Callable[[float], None] | None,
+        stop: threading.Event | None,
+    ) -> None:
+        conn = self._connect(dsn, autocommit=False)
+        try:
+            with conn.cursor() as cursor:
+                started = time.monotonic()
+                for i in range(int(tps * seconds)):
+                    if stop is not None and stop.is_set():
+                        return
+                    pause = started + i / tps - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+                    rows = 3 if multi_row_every and i % multi_row_every == multi_row_every - 1 else 1
+                    doomed = rollback_every > 0 and i % rollback_every == rollback_every - 1
+                    prefix = "rolled-back-" if doomed else "customer-"
+                    values = ", ".join(f"('{prefix}{g}', {g * 7.25:.2f})" for g in range(1, rows + 1))
+                    cursor.execute(f"INSERT INTO orders (customer, amount) VALUES {values}")
+                    # A multi-row insert takes consecutive keys (innodb_autoinc_lock_mode 1 or 2 alike
+                    # for a lone writer), the first of them LAST_INSERT_ID().
+                    first = int(cursor.lastrowid)
+                    keys = list(range(first, first + rows))
+                    if doomed:
+                        conn.rollback()
+                        truth.rolled_back.update(keys)
+                        continue
+                    conn.commit()
+                    truth.commits.append(Commit(keys, time.time_ns() // 1_000_000))
+                    if on_tick is not None and i % 50 == 0:
+                        on_tick(min(1.0, (time.monotonic() - started) / seconds))
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def failover(self) -> None:
+        assert isinstance(self.replica, LocalMariaDB)
+        self.replica.promote()
+        replica = self.replica
+        _wait(lambda: replica.execute("SELECT @@read_only") == [(0,)], 60, "the replica to be promoted")
+
+    def replication_lag_sample(self) -> float | None:
+        with contextlib.suppress(Exception):
+            conn = self._connect(self.dr_dsn, connect_timeout=3)
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT TIMESTAMPDIFF(MICROSECOND, MAX(placed_at), UTC_TIMESTAMP(6)) / 1e6 FROM orders"
+                    )
+                    row = cursor.fetchone()
+            finally:
+                conn.close()
+            return float(row[0]) if row and row[0] is not None else None
+        return None
+
+    def keys_in(self, dsn: str) -> set[int]:
+        conn = self._connect(dsn)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT id FROM orders")
+                return {int(r[0]) for r in cursor.fetchall()}
+        finally:
+            conn.close()
+
+    def stop_command(self) -> str:
+        pids = " ".join(
+            str(server.process.pid) for server in self.clusters.servers if server.process is not None
+        )
+        return f"kill {pids} && rm -rf {self.clusters.base}"
