@@ -162,7 +162,9 @@ def test_replay_restores_then_changes_nothing(clean: Aftermath, tmp_path: Path) 
 def test_malformed_ledger_records_are_counted_and_the_run_completes(clean: Aftermath) -> None:
     ledger_file = Path(clean.rig.ledger_url.removeprefix("sqlite://"))
     copy = ledger_file.with_name("ledger-with-garbage.db")
-    shutil.copy(ledger_file, copy)
+    # SQLite's backup copies what the write-ahead log holds too (a file copy would miss it).
+    with sqlite3.connect(ledger_file) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
     with sqlite3.connect(copy) as db:
         db.execute("INSERT INTO ledger_events (commit_ts_ms, event_id, body) VALUES (NULL, NULL, x'00ff00')")
         db.execute(
