@@ -12,7 +12,7 @@ from drledger.errors import DrledgerError
 from drledger.events import OutboxRow
 from drledger.masking import mask_dsn
 from drledger.names import TableName
-from drledger.source.base import Finding, RecoverySession, SourceDatabase
+from drledger.source.base import Finding, OutboxSlice, RecoverySession, SlotHealth, SourceDatabase
 from drledger.source.postgres import outbox
 from drledger.source.postgres.connection import connect
 from drledger.streaming import Cause, RelaySettings, SlotInfo, SourceIdentity
@@ -78,6 +78,21 @@ class PostgresSource(SourceDatabase):
 
     def outbox_rows(self, event_ids: Sequence[str]) -> dict[str, OutboxRow]:
         return outbox.outbox_rows(self.dsn, list(event_ids))
+
+    def outbox_slice(self, since_ms: int, until_ms: int, limit: int) -> OutboxSlice:
+        from drledger.source.postgres.readiness import outbox_slice
+
+        return outbox_slice(self.dsn, since_ms, until_ms, limit)
+
+    def count_events(self, since_ms: int, until_ms: int, cap: int) -> int:
+        from drledger.source.postgres.readiness import count_events
+
+        return count_events(self.dsn, since_ms, until_ms, cap)
+
+    def slot_health(self, slot: str) -> SlotHealth | None:
+        from drledger.source.postgres.readiness import slot_health
+
+        return slot_health(self.dsn, slot)
 
     def recovery_session(self) -> RecoverySession:
         from drledger.source.postgres.recovery import PostgresRecoverySession
