@@ -275,8 +275,7 @@ class SqliteLedger(Ledger):
     def newest_commit_ms(self, since_ms: int | None = None) -> int | None:
         """One step down the commit-time index: the newest event the relay stored (raw records, whose
         time is not proven, are skipped)."""
-        has_blocks, marks_digested = self._layout
-        if not marks_digested:
+        if not self._layout[1]:  # a file from before rows were marked digested
             return super().newest_commit_ms(since_ms)
         reader = self._reader()
         try:
@@ -294,8 +293,7 @@ class SqliteLedger(Ledger):
     def event_ids(self, since_ms: int, until_ms: int) -> set[bytes]:
         """The window's ids straight from the commit-time index (rows the relay stored whole, whose id
         column it wrote from the proven event), and the few raw rows decoded."""
-        has_blocks, marks_digested = self._layout
-        if not marks_digested:
+        if not self._layout[1]:
             return super().event_ids(since_ms, until_ms)
         reader = self._reader()
         found: set[bytes] = set()
