@@ -885,6 +885,14 @@ def drill(
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the clusters afterwards and print how to connect.")
     ] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write the drill as one self-contained page: commits, frontiers, the lost window, "
+            "what was recovered, and drledger watch's readiness gauges over time.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """The disaster, for real, on this machine: what replication alone loses and what drledger gets back.
@@ -910,6 +918,8 @@ def drill(
     if tps <= 0 or settings.duration_s <= 0:
         raise DrledgerError("--tps and --duration must be positive.")
     if scenario is not None:
+        if html is not None:
+            raise DrledgerError("--html draws one drill; run it without --scenario.")
         _drill_scenarios(scenario, settings, as_json)
         return
     from drledger.drill.present import comparison_table
@@ -917,6 +927,10 @@ def drill(
 
     with err.status("drill starting…") as status:
         result = run_drill(settings, progress=_phases(status))
+    if html is not None:
+        from drledger.drill.html import write_drill_html
+
+        write_drill_html(html, result, tps)
     if as_json:
         out.print_json(json.dumps(result.as_json()))
     else:
