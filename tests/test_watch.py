@@ -254,10 +254,12 @@ def test_watch_serves_metrics_and_survives_an_unreachable_primary(database: str,
         assert 'drledger_watch_up{target="primary"} 1.0' in text
         assert "# TYPE drledger_readiness_at_risk_events gauge" in text
 
-        # The database goes away (its name dropped under the watcher): a gauge and a log line, no exit.
+        # The database goes away (connections refused, the watcher's cut): a gauge and a log line, no exit.
         name = database.rsplit("/", 1)[1]
         with psycopg.connect(database.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
             conn.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")
+            # The watcher keeps its connection between reads: cut it too.
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
         try:
             wait_for(
                 lambda: 'drledger_watch_up{target="primary"} 0.0' in _text(metrics_url), 30, "primary down"

@@ -265,6 +265,10 @@ class SourceDatabase(ABC):
     def slot_health(self, slot: str) -> SlotHealth | None:
         """The replication slot's health (see SlotHealth); None if there is no such slot."""
 
+    def close(self) -> None:  # noqa: B027 - an engine that keeps nothing open has nothing to close
+        """Release any connection kept between calls (the watcher's reads share one); calls after
+        this open anew."""
+
     # -- recovery ------------------------------------------------------------------------------
 
     @abstractmethod

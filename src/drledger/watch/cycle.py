@@ -162,6 +162,9 @@ class Watcher:
 
     def close(self) -> None:
         self._drop_ledger()
+        self.primary.close()
+        if self.replica is not None:
+            self.replica.close()
 
     def cycle(self) -> Snapshot:
         """Measure once. Never raises for an outage: a side that fails is marked down."""
