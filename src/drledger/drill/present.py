@@ -43,7 +43,9 @@ def comparison_table(result: DrillResult, tps: float) -> Table:
             f"{result.predicted_at_risk:,} → {result.lost_without_ledger:,}",
         )
         table.add_row(
-            "recoverable, predicted → recovered", "", f"{result.predicted_recoverable:,} → {result.recovered:,}"
+            "recoverable, predicted → recovered",
+            "",
+            f"{result.predicted_recoverable:,} → {result.recovered:,}",
         )
         table.add_row(
             "unrecoverable, predicted → measured",
