@@ -145,11 +145,15 @@ class DrillWatch:
     INTERVAL_S = 1.0
 
     def __init__(self, primary_dsn: str, replica_dsn: str, ledger_url: str) -> None:
-        self.watcher = Watcher(
-            WatchSettings(primary_dsn, ledger_url, replica_dsn, grace_s=5.0, skew_s=1.0, lookback_s=60)
-        )
+        settings = WatchSettings(primary_dsn, ledger_url, replica_dsn, grace_s=5.0, skew_s=1.0, lookback_s=60)
+        self.watcher = Watcher(settings)
+        # A watcher of its own for the prediction: the sampler may be in the middle of a slow cycle
+        # (a remote ledger) when the disaster is due, and the disaster must not wait for it.
+        self.predictor = Watcher(settings)
         self.samples: list[WatchSample] = []
         self.prediction: WatchSample | None = None
+        self._predicting: threading.Thread | None = None
+        self._prediction: list[Snapshot] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drill-watch", daemon=True)
 
@@ -160,18 +164,40 @@ class DrillWatch:
         while not self._stop.wait(self.INTERVAL_S):
             self.samples.append(WatchSample.of(self.watcher.cycle()))
 
-    def predict(self) -> WatchSample:
-        """Stop sampling and measure once more, now: what a failover at this instant would do."""
+    def predict(self) -> None:
+        """Stop sampling and measure once more, now: what a failover at this instant would do.
+
+        Returns once the primary and the replica have been read (what is at risk is fixed then); the
+        ledger is read on, in the background, while the disaster strikes (`prediction_done`). The
+        relay dies with the region, so the ledger it leaves is the ledger of that instant.
+        """
         self._stop.set()
-        self._thread.join(10)
-        self.prediction = WatchSample.of(self.watcher.cycle())
-        self.samples.append(self.prediction)
-        return self.prediction
+        read = threading.Event()
+        done: list[Snapshot] = []
+        self._predicting = threading.Thread(
+            target=lambda: done.append(self.predictor.cycle(databases_read=read.set)),
+            name="drill-watch-prediction",
+            daemon=True,
+        )
+        self._prediction = done
+        self._predicting.start()
+        read.wait(30)
+
+    def prediction_done(self) -> None:
+        self._thread.join(120)
+        if self._predicting is not None:
+            self._predicting.join(120)
+            if self._prediction:
+                self.prediction = WatchSample.of(self._prediction[0])
+                self.samples.append(self.prediction)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(10)
+        if self._predicting is not None:
+            self._predicting.join(30)
         self.watcher.close()
+        self.predictor.close()
 
 
 def _keys_of(events: list[LedgerEvent]) -> set[int]:
@@ -241,6 +267,8 @@ class Drill:
             self.watch.predict()
         self.disaster_at_ms = time.time_ns() // 1_000_000
         self.rig.disaster()
+        if self.watch is not None:
+            self.watch.prediction_done()
         self.progress("disaster: the primary region died (in-flight WAL dropped, primary and relay killed)")
         writer.join(30)
         if not outcome:

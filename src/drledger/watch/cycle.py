@@ -166,19 +166,29 @@ class Watcher:
         if self.replica is not None:
             self.replica.close()
 
-    def cycle(self) -> Snapshot:
-        """Measure once. Never raises for an outage: a side that fails is marked down."""
+    def cycle(self, databases_read: Callable[[], None] | None = None) -> Snapshot:
+        """Measure once. Never raises for an outage: a side that fails is marked down.
+
+        The databases are read first — what is at risk is fixed by the primary and the replica at one
+        moment — and the ledger after; `databases_read` is called in between (the drill takes its
+        prediction there, and lets the disaster strike while a slow ledger is still being read).
+        """
         began = time.monotonic()
         now = self.clock()
         snap = Snapshot(now, Side(), Side() if self.replica is not None else None, Side(), RelayView())
         self._primary(snap)
         if self.replica is not None and snap.replica is not None:
             self._replica_newest(snap.replica)
+        at_risk = None
+        if snap.primary.up and snap.replica is not None and snap.replica.up:
+            at_risk = self._at_risk(snap, now)
+        if databases_read is not None:
+            databases_read()
         self._ledger_newest(snap)
+        if at_risk is not None and snap.ledger.up:
+            self._readiness(snap, now, *at_risk)
         if snap.primary.up and snap.ledger.up:
             self._completeness(snap, now)
-        if snap.primary.up and snap.replica is not None and snap.replica.up and snap.ledger.up:
-            self._readiness(snap, now)
         self._relay(snap)
         newest = snap.primary.newest_commit_ms
         if newest is not None and snap.replica is not None and snap.replica.up:
@@ -251,7 +261,8 @@ class Watcher:
         snap.missing_oldest_age_s = 0.0 if oldest is None else max(0.0, (now - oldest) / 1000)
         snap.ledger_checked_until_ms = check.checked_until_ms
 
-    def _readiness(self, snap: Snapshot, now: int) -> None:
+    def _at_risk(self, snap: Snapshot, now: int) -> tuple[OutboxSlice, set[bytes], int] | None:
+        """The primary's recent events, those the replica has, and how many more were only counted."""
         replica = self.replica
         assert replica is not None and snap.replica is not None
         skew = int(self.settings.skew_s * 1000)
@@ -270,8 +281,18 @@ class Watcher:
             on_replica: set[bytes] = (
                 self._on("replica", replica.ids_present, ids, since - skew, LATEST_MS) if ids else set()
             )
-            at_risk_since = min((t for i, t in recent.events if i not in on_replica), default=None)
-            in_ledger: set[bytes] = set()
+        except _Down as down:
+            self._mark_down(snap, down)
+            return None
+        return recent, on_replica, unchecked
+
+    def _readiness(
+        self, snap: Snapshot, now: int, recent: OutboxSlice, on_replica: set[bytes], unchecked: int
+    ) -> None:
+        skew = int(self.settings.skew_s * 1000)
+        at_risk_since = min((t for i, t in recent.events if i not in on_replica), default=None)
+        in_ledger: set[bytes] = set()
+        try:
             if at_risk_since is not None:
                 in_ledger = self._on("ledger", self._ledger_ids, at_risk_since - skew, LATEST_MS)
         except _Down as down:
