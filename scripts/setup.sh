@@ -53,4 +53,22 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   echo "setup: installing chromium (headless check of the HTML report)" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
+# Prometheus and Alertmanager (and promtool), for the alert rules' tests: the tests start their own
+# instances on free loopback ports and stop them by PID. The packages' own services are not wanted:
+# policy-rc.d keeps the install from starting them (where there is an init system at all).
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  need=()
+  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]} (alert rules and their tests)" >&2
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+    fi
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    if [ "$made_policy" = 1 ]; then rm -f "$policy"; fi
+  fi
+fi
 echo "setup: ready ($("$VENV/bin/drledger" --version))"

@@ -40,6 +40,7 @@ LAYERS = [
         "drledger.runbook",
         "drledger.saved",
         "drledger.relay",
+        "drledger.watch",
     },
     # what people run and read
     {"drledger.report", "drledger.report_html", "drledger.cli", "drledger.drill", "drledger.__main__"},

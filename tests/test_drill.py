@@ -21,6 +21,9 @@ pytestmark = pytest.mark.debezium
 
 DRILL_KEYS = {
     "committed",
+    "predicted_at_risk",
+    "predicted_recoverable",
+    "predicted_unrecoverable",
     "on_replica_at_failover",
     "lost_without_ledger",
     "detected",
@@ -47,7 +50,9 @@ def leftovers(directory: Path) -> tuple[set[str], set[int]]:
                 cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if str(directory) in cmdline:  # the directory is this test's own: whatever names it is the drill's
+            if (
+                str(directory) in cmdline
+            ):  # the directory is this test's own: whatever names it is the drill's
                 pids.add(int(proc.name))
     pids.discard(os.getpid())
     return dirs, pids
@@ -85,9 +90,77 @@ def check_drill(result: dict) -> None:
 
 
 def test_default_drill_recovers_everything_that_reached_the_ledger(clean_machine: dict[str, str]) -> None:
-    result = run_cli("drill", "--duration", "6s", "--lag", "1-2s", "--json", timeout=300, env=clean_machine)
+    page = Path(clean_machine["TMPDIR"]) / "drill.html"
+    result = run_cli(
+        "drill",
+        "--duration",
+        "6s",
+        "--lag",
+        "1-2s",
+        "--json",
+        "--html",
+        str(page),
+        timeout=300,
+        env=clean_machine,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    check_drill(json.loads(result.stdout))
+    summary = json.loads(result.stdout)
+    check_drill(summary)
+    # drledger watch's prediction at the disaster, against what the failover then did.
+    assert abs(summary["predicted_at_risk"] - summary["lost_without_ledger"]) <= max(
+        10, summary["lost_without_ledger"] // 10
+    ), summary
+    assert abs(summary["predicted_unrecoverable"] - summary["unrecoverable"]) <= 5, summary
+    assert (
+        summary["predicted_recoverable"] == summary["predicted_at_risk"] - summary["predicted_unrecoverable"]
+    )
+    check_drill_page(page)
+
+
+def check_drill_page(page: Path) -> None:
+    """The drill's picture: self-contained, and Chromium renders its panels offline."""
+    text = page.read_text()
+    assert "<script" not in text and "http" not in text.split("</style>")[0]
+    for ident in (
+        "commits",
+        "lost-window",
+        "frontiers",
+        "replica-frontier",
+        "ledger-frontier",
+        "readiness",
+        "at-risk",
+    ):
+        assert f"id='{ident}'" in text, ident
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium is not installed; make install installs it (Debian package chromium)")
+    profile = page.parent / "profile"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+    ]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    assert (
+        'id="lost-window"' in dom.stdout and 'id="readiness"' in dom.stdout and 'id="outcome"' in dom.stdout
+    )
+    shot = page.parent / "drill.png"
+    subprocess.run(
+        [chromium, *flags, "--window-size=1000,1300", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.exists() and shot.stat().st_size > 20_000
+    keep = Path(__file__).parent.parent / ".drledger" / "drill-screenshot.png"
+    keep.parent.mkdir(exist_ok=True)
+    shutil.copy(shot, keep)
 
 
 def test_every_scenario_of_the_spec(clean_machine: dict[str, str]) -> None:

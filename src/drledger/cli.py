@@ -241,6 +241,14 @@ def relay(
         bool,
         typer.Option("--verbose", "-v", help="Debezium's INFO lines and every stack trace, for debugging."),
     ] = False,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-listen",
+            help="Serve the relay's Prometheus /metrics on HOST:PORT (events published, batch and publish "
+            "latency, last commit relayed, engine up).",
+        ),
+    ] = None,
 ) -> None:
     """Stream every committed outbox row to the ledger, at least once, until SIGINT/SIGTERM.
 
@@ -272,6 +280,7 @@ def relay(
         create=create,
         backfill_since_ms=parse_instant(backfill_since) if backfill_since is not None else None,
         verbose=verbose,
+        metrics_listen=parse_listen(metrics_listen) if metrics_listen is not None else None,
     )
     progress = _RelayProgress()
     try:
@@ -664,6 +673,188 @@ def fence(
         raise typer.Exit(3)
 
 
+WATCH_EXIT = (
+    "Exit codes: 0 stopped by SIGINT/SIGTERM (with --once: all is well); 1 with --once: a problem was found "
+    "(a side unreadable, the relay down, events missing from the ledger, events a failover now would lose "
+    "for good); 2 bad input (one sentence). An outage of the primary, the replica or the ledger is a "
+    "gauge and a log line, never an exit."
+)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'127.0.0.1:9187', '[::1]:9187' or ':9187' (loopback) → (host, port)."""
+    host, colon, port = text.strip().rpartition(":")
+    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise DrledgerError(f"--listen '{text}' is not an address; write it like 127.0.0.1:9187.")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+@app.command(epilog=WATCH_EXIT)
+def watch(
+    db: Annotated[
+        str | None,
+        typer.Option("--db", envvar="DRLEDGER_DB", help="The primary's DSN; env DRLEDGER_DB."),
+    ] = None,
+    ledger: Annotated[
+        str | None, typer.Option("--ledger", envvar="DRLEDGER_LEDGER", help="The ledger's URL.")
+    ] = None,
+    replica: Annotated[
+        str | None,
+        typer.Option(
+            "--replica",
+            envvar="DRLEDGER_REPLICA",
+            help="The DR replica's DSN (a hot standby is readable); without it, no readiness gauges.",
+        ),
+    ] = None,
+    listen: Annotated[
+        str, typer.Option(help="Serve /metrics here (HOST:PORT; port 0 picks a free one).")
+    ] = "127.0.0.1:9187",
+    slot: Annotated[str, typer.Option(help="The relay's replication slot.")] = "drledger_slot",
+    relay_metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--relay-metrics",
+            help="The relay's /metrics URL (relay --metrics-listen): its engine state and last publish.",
+        ),
+    ] = None,
+    interval: Annotated[str, typer.Option(help="Time between two measurements.")] = "5s",
+    grace: Annotated[
+        str,
+        typer.Option(
+            help="How long the relay has to bring a commit into the ledger before it counts as missing."
+        ),
+    ] = "30s",
+    skew: SkewOption = "5s",
+    lookback: Annotated[
+        str, typer.Option(help="How far back a freshly started watcher checks the ledger's completeness.")
+    ] = "10m",
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="Measure once, print, and exit 1 if a problem was found (for cron)."),
+    ] = False,
+    print_rules: Annotated[
+        bool, typer.Option("--print-rules", help="Print drledger's Prometheus alert rules and exit.")
+    ] = False,
+    ledger_config: LedgerConfigOption = None,
+    ledger_config_file: LedgerConfigFileOption = None,
+    endpoint_url: EndpointOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every few seconds: would the ledger save us if the primary region died now? Gauges on /metrics.
+
+    Compares the primary's outbox, the DR replica's and the ledger, by index only: events missing from
+    the ledger (older than --grace), what a failover now would lose (at risk: not yet on the replica),
+    how much of that the ledger holds (recoverable), the rest (unrecoverable if now), lags, the relay's
+    liveness and its slot's WAL. One log line whenever a state changes. `--print-rules` prints the
+    Prometheus alert rules for these gauges.
+    """
+    from importlib.resources import files
+
+    if print_rules:
+        rules = files("drledger.watch").joinpath("rules/drledger-rules.yml").read_text()
+        out.print(rules, markup=False, highlight=False, end="")
+        return
+    import signal
+    import threading
+
+    from drledger.ledger import parse_ledger_url
+    from drledger.timeutil import parse_duration
+    from drledger.watch.cycle import Watcher, WatchSettings
+    from drledger.watch.service import first_misconfiguration, run_watch
+
+    if not db:
+        raise DrledgerError("Name the primary with --db DSN (or DRLEDGER_DB).")
+    if not ledger:
+        raise DrledgerError("Name the ledger with --ledger URL (or DRLEDGER_LEDGER).")
+    parse_ledger_url(ledger)
+    address = parse_listen(listen)
+    if relay_metrics is not None and not relay_metrics.startswith(("http://", "https://")):
+        raise DrledgerError(f"--relay-metrics '{relay_metrics}' is not an http:// URL.")
+    durations = {
+        name: parse_duration(text)
+        for name, text in (("interval", interval), ("grace", grace), ("skew", skew), ("lookback", lookback))
+    }
+    if durations["interval"] < 0.1:
+        raise DrledgerError("--interval must be at least 100ms.")
+    settings = WatchSettings(
+        primary_dsn=db,
+        ledger_url=ledger,
+        replica_dsn=replica,
+        slot=slot,
+        relay_metrics_url=relay_metrics,
+        client_config=_client_config(ledger_config, ledger_config_file, endpoint_url),
+        interval_s=durations["interval"],
+        grace_s=durations["grace"],
+        skew_s=durations["skew"],
+        lookback_s=durations["lookback"],
+    )
+    if once:
+        watcher = Watcher(settings)
+        try:
+            snap = watcher.cycle()
+        finally:
+            watcher.close()
+        problem = first_misconfiguration(snap)
+        if problem is not None:
+            raise problem
+        if as_json:
+            out.print_json(json.dumps({**snap.as_json(), "problems": snap.problems}))
+        else:
+            _print_snapshot(snap)
+        if snap.problems:
+            raise typer.Exit(1)
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log = logging.getLogger("drledger.watch")
+
+    def listening(port: int) -> None:
+        log.info(
+            "serving /metrics on http://%s:%d/metrics (every %gs)", address[0], port, settings.interval_s
+        )
+
+    run_watch(
+        settings,
+        stop,
+        listen=address,
+        on_listening=listening,
+        on_cycle=(lambda snap: out.print_json(json.dumps(snap.as_json()))) if as_json else None,
+    )
+
+
+def _print_snapshot(snap: object) -> None:
+    from drledger.watch.cycle import Snapshot
+
+    assert isinstance(snap, Snapshot)
+    table = Table(title="drledger watch", show_header=False)
+
+    def row(name: str, value: object) -> None:
+        table.add_row(name, Text("n/a" if value is None else str(value)))
+
+    for name, side in (("primary", snap.primary), ("replica", snap.replica), ("ledger", snap.ledger)):
+        if side is not None:
+            row(name, "up" if side.up else f"DOWN: {side.error}")
+    row("relay", None if snap.relay.up is None else ("alive" if snap.relay.up else "DOWN"))
+    row("missing in ledger", snap.missing_in_ledger)
+    ready = snap.readiness
+    row("at risk (not yet on the replica)", ready.at_risk if ready else None)
+    row("recoverable (in the ledger)", ready.recoverable if ready else None)
+    row("unrecoverable if the primary died now", ready.unrecoverable_if_now if ready else None)
+    row("replica lag (s)", snap.replica_lag_s)
+    row("ledger lag (s)", snap.ledger_lag_s)
+    if snap.slot is not None:
+        row(
+            "slot",
+            f"{'active' if snap.slot.active else 'inactive'}, WAL {snap.slot.wal_status}, "
+            f"retained {snap.slot.retained_bytes} bytes",
+        )
+    out.print(table)
+    for problem in snap.problems:
+        out.print(Text("problem ", style="red") + Text(problem))
+
+
 DRILL_EXIT = "Exit codes: 0 the verdict is ok; 1 the drill ran and its verdict failed; 2 it could not run."
 
 
@@ -700,6 +891,14 @@ def drill(
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the clusters afterwards and print how to connect.")
     ] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write the drill as one self-contained page: commits, frontiers, the lost window, "
+            "what was recovered, and drledger watch's readiness gauges over time.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """The disaster, for real, on this machine: what replication alone loses and what drledger gets back.
@@ -729,6 +928,8 @@ def drill(
     if tps <= 0 or settings.duration_s <= 0:
         raise DrledgerError("--tps and --duration must be positive.")
     if scenario is not None:
+        if html is not None:
+            raise DrledgerError("--html draws one drill; run it without --scenario.")
         _drill_scenarios(scenario, settings, as_json)
         return
     from drledger.drill.present import comparison_table
@@ -736,6 +937,10 @@ def drill(
 
     with err.status("drill starting…") as status:
         result = run_drill(settings, progress=_phases(status))
+    if html is not None:
+        from drledger.drill.html import write_drill_html
+
+        write_drill_html(html, result, tps)
     if as_json:
         out.print_json(json.dumps(result.as_json()))
     else:

@@ -35,6 +35,23 @@ def comparison_table(result: DrillResult, tps: float) -> Table:
     )
     table.add_row("time to detect", "never", f"{result.detect_seconds:.2f} s")
     table.add_row("time to recover", "—", f"{result.recover_seconds:.2f} s")
+    if result.predicted_at_risk is not None:
+        table.add_section()
+        table.add_row(
+            "at risk, predicted by drledger watch at the disaster → lost",
+            "",
+            f"{result.predicted_at_risk:,} → {result.lost_without_ledger:,}",
+        )
+        table.add_row(
+            "recoverable, predicted → recovered",
+            "",
+            f"{result.predicted_recoverable:,} → {result.recovered:,}",
+        )
+        table.add_row(
+            "unrecoverable, predicted → measured",
+            "",
+            f"{result.predicted_unrecoverable:,} → {result.unrecoverable:,}",
+        )
     table.add_section()
     p50 = "n/a" if result.ledger_lag_p50_ms is None else f"{result.ledger_lag_p50_ms:.0f} ms"
     p99 = "n/a" if result.ledger_lag_p99_ms is None else f"{result.ledger_lag_p99_ms:.0f} ms"

@@ -26,6 +26,7 @@ from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.relay.engine import lag_percentile, read_stats
 from drledger.replay import replay
 from drledger.runbook import fence_from_ledger
+from drledger.watch.cycle import Snapshot, Watcher, WatchSettings
 
 Progress = Callable[[str], None]
 
@@ -99,10 +100,119 @@ class DrillResult:
     # Seconds between the ledger's last event and the disaster: commits in there could not be known.
     ledger_blind_seconds: float | None = None
     rolled_back_in_ledger: int = 0
+    # What `drledger watch` predicted at the moment of disaster (None: it could not measure then).
+    predicted_at_risk: int | None = None
+    predicted_recoverable: int | None = None
+    predicted_unrecoverable: int | None = None
     keep: dict[str, str] = field(default_factory=dict)
+    # For the picture (drill --html); not part of --json.
+    timeline: DrillTimeline | None = field(default=None, repr=False)
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        doc = asdict(self)
+        doc.pop("timeline", None)
+        return doc
+
+
+@dataclass
+class WatchSample:
+    """One cycle of the watcher during the drill: when, the three frontiers, and the readiness gauges."""
+
+    at_ms: int
+    primary_ms: int | None
+    replica_ms: int | None
+    ledger_ms: int | None
+    at_risk: int | None
+    recoverable: int | None
+    unrecoverable: int | None
+
+    @classmethod
+    def of(cls, snap: Snapshot) -> WatchSample:
+        ready = snap.readiness
+        return cls(
+            snap.at_ms,
+            snap.primary.newest_commit_ms if snap.primary.up else None,
+            snap.replica.newest_commit_ms if snap.replica is not None and snap.replica.up else None,
+            snap.ledger.newest_commit_ms if snap.ledger.up else None,
+            ready.at_risk if ready else None,
+            ready.recoverable if ready else None,
+            ready.unrecoverable_if_now if ready else None,
+        )
+
+
+@dataclass
+class DrillTimeline:
+    """What the drill's picture shows: every acknowledged commit, what became of it, the watcher's view."""
+
+    commits: list[tuple[int, int]]  # (acknowledged at ms, key)
+    lost: set[int]
+    recovered: set[int]
+    samples: list[WatchSample]
+    disaster_at_ms: int | None
+    prediction: WatchSample | None
+    title: str = ""
+
+
+class DrillWatch:
+    """`drledger watch` beside the workload: a cycle a second on the primary, the replica and the
+    ledger, and one more at the moment of disaster — the prediction the drill then checks."""
+
+    INTERVAL_S = 1.0
+
+    def __init__(self, primary_dsn: str, replica_dsn: str, ledger_url: str) -> None:
+        settings = WatchSettings(primary_dsn, ledger_url, replica_dsn, grace_s=5.0, skew_s=1.0, lookback_s=60)
+        self.watcher = Watcher(settings)
+        # A watcher of its own for the prediction: the sampler may be in the middle of a slow cycle
+        # (a remote ledger) when the disaster is due, and the disaster must not wait for it.
+        self.predictor = Watcher(settings)
+        self.samples: list[WatchSample] = []
+        self.prediction: WatchSample | None = None
+        self._predicting: threading.Thread | None = None
+        self._prediction: list[Snapshot] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="drill-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.INTERVAL_S):
+            self.samples.append(WatchSample.of(self.watcher.cycle()))
+
+    def predict(self) -> None:
+        """Stop sampling and measure once more, now: what a failover at this instant would do.
+
+        Returns once the primary and the replica have been read (what is at risk is fixed then); the
+        ledger is read on, in the background, while the disaster strikes (`prediction_done`). The
+        relay dies with the region, so the ledger it leaves is the ledger of that instant.
+        """
+        self._stop.set()
+        read = threading.Event()
+        done: list[Snapshot] = []
+        self._predicting = threading.Thread(
+            target=lambda: done.append(self.predictor.cycle(databases_read=read.set)),
+            name="drill-watch-prediction",
+            daemon=True,
+        )
+        self._prediction = done
+        self._predicting.start()
+        read.wait(30)
+
+    def prediction_done(self) -> None:
+        self._thread.join(120)
+        if self._predicting is not None:
+            self._predicting.join(120)
+            if self._prediction:
+                self.prediction = WatchSample.of(self._prediction[0])
+                self.samples.append(self.prediction)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        if self._predicting is not None:
+            self._predicting.join(30)
+        self.watcher.close()
+        self.predictor.close()
 
 
 def _keys_of(events: list[LedgerEvent], table: str) -> set[int]:
@@ -123,6 +233,7 @@ class Drill:
         self.workload_stop = threading.Event()
         self.lag_before_workload: dict[int, int] = {}
         self.disaster_at_ms: int | None = None
+        self.watch: DrillWatch | None = None
 
     def setup(self) -> None:
         with open_ledger(self.rig.ledger_url, writer=True, create=True) as ledger:
@@ -134,6 +245,8 @@ class Drill:
             self.progress(f"warming the relay up ({self.settings.warmup_rows:,} rows of a side table)")
             self.rig.warm_up(self.settings.warmup_rows)
         self.lag_before_workload = read_stats(self.rig.relay_stats_file)
+        self.watch = DrillWatch(self.rig.primary_dsn, self.rig.dr_dsn, self.rig.ledger_url)
+        self.watch.start()
 
     def workload_then_disaster(
         self, before: dict[float, Callable[[FailoverRig], None]] | None = None
@@ -165,9 +278,13 @@ class Drill:
             self._until_disaster(settings, pending)
         finally:
             stop.set()  # also on Ctrl-C: the writer must not outlive the clusters it writes to
-        self.progress("disaster: the primary region dies (in-flight WAL dropped, primary and relay killed)")
+        if self.watch is not None:
+            self.watch.predict()
         self.disaster_at_ms = time.time_ns() // 1_000_000
         self.rig.disaster()
+        if self.watch is not None:
+            self.watch.prediction_done()
+        self.progress("disaster: the primary region died (in-flight WAL dropped, primary and relay killed)")
         writer.join(30)
         if not outcome:
             raise DrledgerError("The workload did not finish; see the relay log.")
@@ -226,6 +343,8 @@ class Drill:
 
     def close(self) -> None:
         self.workload_stop.set()
+        if self.watch is not None:
+            self.watch.close()
         if not self.settings.keep:
             self.rig.close()
 
@@ -330,6 +449,7 @@ def run_drill(
 def _result(drill: Drill, found: _Findings, p50: float | None, p99: float | None) -> DrillResult:
     report, truth = found.report, found.truth
     samples = drill.lag_samples
+    predicted = drill.watch.prediction if drill.watch is not None else None
     return DrillResult(
         committed=len(truth.keys),
         on_replica_at_failover=len(truth.keys & found.on_replica),
@@ -355,7 +475,18 @@ def _result(drill: Drill, found: _Findings, p50: float | None, p99: float | None
         reconcile_error=found.reconcile_error,
         missing_in_ledger=len(report.missing_in_ledger) if report is not None else 0,
         ledger_blind_seconds=_blind_seconds(drill.disaster_at_ms, report),
+        predicted_at_risk=predicted.at_risk if predicted else None,
+        predicted_recoverable=predicted.recoverable if predicted else None,
+        predicted_unrecoverable=predicted.unrecoverable if predicted else None,
         keep=drill.kept() if drill.settings.keep else {},
+        timeline=DrillTimeline(
+            commits=[(c.acked_at_ms, k) for c in truth.commits for k in c.keys],
+            lost=found.lost,
+            recovered=found.lost & found.in_ledger if found.recovered else set(),
+            samples=drill.watch.samples if drill.watch else [],
+            disaster_at_ms=drill.disaster_at_ms,
+            prediction=predicted,
+        ),
     )
 
 

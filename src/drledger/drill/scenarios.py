@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -11,11 +12,15 @@ from typing import Any
 from rich.table import Table
 
 from drledger.drill import SCENARIO_NAMES
-from drledger.drill.rig import FailoverRig
+from drledger.drill.alerting import LocalAlerting, binaries
+from drledger.drill.cluster import free_port
+from drledger.drill.rig import FailoverRig, GroundTruth
 from drledger.drill.run import Drill, DrillSettings, Progress, run_drill
 from drledger.ledger import sibling_ledger_url
 from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.timeutil import format_instant
+from drledger.watch.cycle import Snapshot, WatchSettings
+from drledger.watch.service import run_watch
 
 
 @dataclass
@@ -116,9 +121,11 @@ def ledger_up_relay_down(settings: DrillSettings, progress: Progress) -> Scenari
         progress(f"writing; the relay dies after {half:g} s while the primary stays up")
         truth = drill.rig.run_workload(settings.tps, half)
         time.sleep(0.5)
-        drill.rig.stop_relay(signal.SIGKILL)
-        down_since = format_instant(time.time_ns() // 1_000_000)
-        truth_after = drill.rig.run_workload(settings.tps, half)
+        with _AlertWatch(drill, progress) as alerting:
+            killed_at = time.time()
+            drill.rig.stop_relay(signal.SIGKILL)
+            down_since = format_instant(time.time_ns() // 1_000_000)
+            truth_after, alert_s, how = alerting.write_until_alert(settings, half, killed_at)
         never_relayed = (truth.keys | truth_after.keys) - drill.rig.keys_in_ledger()
         progress("reconcile: the ledger against the live primary (a routine check)")
         report = run_reconcile(ReconcileRequest([drill.rig.ledger_url], drill.rig.primary_dsn))
@@ -127,11 +134,12 @@ def ledger_up_relay_down(settings: DrillSettings, progress: Progress) -> Scenari
             f"ALERT drledger: {flagged} committed inserts never reached the ledger; the relay has been down since "
             f"{down_since}. Restart it (drledger relay) before a failover makes them unrecoverable."
         )
-        passed = report.exit_code == 3 and flagged == len(never_relayed) > 0
+        heard = f"relay death → {how}: {alert_s:.1f} s" if alert_s is not None else f"no alert heard ({how})"
+        passed = report.exit_code == 3 and flagged == len(never_relayed) > 0 and alert_s is not None
         return ScenarioOutcome(
             "ledger-up-relay-down",
-            "Capture breaks while the primary is alive: reconcile shows events missing_in_ledger and raises an alert.",
-            f"{len(never_relayed)} rows committed after the relay died; reconcile exit {report.exit_code}, "
+            "Capture breaks while the primary is alive: an alert fires, and reconcile shows events missing_in_ledger.",
+            f"{len(never_relayed)} rows committed after the relay died; {heard}; reconcile exit {report.exit_code}, "
             f"missing_in_ledger {flagged}. {alert}",
             passed,
             {
@@ -139,10 +147,107 @@ def ledger_up_relay_down(settings: DrillSettings, progress: Progress) -> Scenari
                 "missing_in_ledger": flagged,
                 "exit_code": report.exit_code,
                 "alert": alert,
+                "relay_death_to_alert_s": None if alert_s is None else round(alert_s, 1),
+                "alert_path": how,
             },
         )
     finally:
         drill.close()
+
+
+class _AlertWatch:
+    """How the relay's death is heard. With Prometheus and Alertmanager installed: for real — the
+    watcher serves its gauges, a local Prometheus evaluates drledger's packaged rules, and the time is
+    until DrledgerRelayDown reaches Alertmanager's webhook. Without them: until the watcher itself
+    first reports the relay down (the rule's 30 s `for` not included), and the outcome says so."""
+
+    TIMEOUT_S = 120.0
+
+    def __init__(self, drill: Drill, progress: Progress) -> None:
+        self.drill = drill
+        self.progress = progress
+        self.stop = threading.Event()
+        self.port = free_port()
+        self.alerting: LocalAlerting | None = None
+        self.relay_seen_down: float | None = None
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> _AlertWatch:
+        rig = self.drill.rig
+        settings = WatchSettings(
+            rig.primary_dsn, rig.ledger_url, rig.dr_dsn, interval_s=1.0, grace_s=5.0, skew_s=1.0
+        )
+
+        def seen(snap: Snapshot) -> None:
+            if snap.relay.up is False and self.relay_seen_down is None:
+                self.relay_seen_down = time.time()
+
+        self.thread = threading.Thread(
+            target=run_watch,
+            args=(settings, self.stop),
+            kwargs={"listen": ("127.0.0.1", self.port), "on_cycle": seen},
+            name="drill-watch-service",
+            daemon=True,
+        )
+        self.thread.start()
+        if binaries() is not None:
+            self.progress("Prometheus and Alertmanager scrape drledger watch, with drledger's alert rules")
+            self.alerting = LocalAlerting([f"127.0.0.1:{self.port}"]).start()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not self._query("drledger_relay_up == 1"):
+                time.sleep(0.5)
+        else:
+            self.progress(
+                "Prometheus and Alertmanager are not installed: the watcher's own detection is timed"
+            )
+        return self
+
+    def _query(self, expr: str) -> bool:
+        assert self.alerting is not None
+        try:
+            return bool(self.alerting.query(expr))
+        except OSError:
+            return False
+
+    def write_until_alert(
+        self, settings: DrillSettings, at_least_s: float, killed_at: float
+    ) -> tuple[GroundTruth, float | None, str]:
+        """Keep the application writing for `at_least_s`, and on until the alert is heard."""
+        stop = threading.Event()
+        outcome: list[GroundTruth] = []
+        writer = threading.Thread(
+            target=lambda: outcome.append(
+                self.drill.rig.run_workload(settings.tps, at_least_s + self.TIMEOUT_S, stop=stop)
+            ),
+            name="workload",
+            daemon=True,
+        )
+        writer.start()
+        heard: float | None = None
+        if self.alerting is not None:
+            how = "DrledgerRelayDown at Alertmanager's webhook"
+            self.progress(f"waiting for {how}")
+            note = self.alerting.webhook.first("DrledgerRelayDown", self.TIMEOUT_S)
+            heard = None if note is None else note.received_at - killed_at
+        else:
+            how = "the watcher reporting the relay down"
+            deadline = time.monotonic() + self.TIMEOUT_S
+            while self.relay_seen_down is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            heard = None if self.relay_seen_down is None else self.relay_seen_down - killed_at
+        left = at_least_s - (time.time() - killed_at)
+        if left > 0:
+            time.sleep(left)
+        stop.set()
+        writer.join(60)
+        return (outcome[0] if outcome else GroundTruth()), heard, how
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(15)
+        if self.alerting is not None:
+            self.alerting.close()
 
 
 def healthy(settings: DrillSettings, progress: Progress) -> ScenarioOutcome:

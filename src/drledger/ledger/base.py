@@ -176,6 +176,20 @@ class Ledger(ABC):
         """The same window as `read`, as fingerprint and commit-time columns (see LedgerScan)."""
         return scan_records(self.read(since_ms, until_ms), on_progress)
 
+    def newest_commit_ms(self, since_ms: int | None = None) -> int | None:
+        """The newest source commit time among the events committed at or after `since_ms` (None: any
+        time), or None if there is none. The watcher asks every few seconds, with `since_ms` at the
+        last answer, so this default (a scan from there) reads little; a backend with an index on
+        commit times answers at once."""
+        scan = self.scan(since_ms, None)
+        return max(scan.commit_ms) if scan.commit_ms else None
+
+    def event_ids(self, since_ms: int, until_ms: int) -> set[bytes]:
+        """The ids (16 bytes each) of the readable events committed in [since_ms, until_ms]: what the
+        watcher checks a few seconds of the primary's outbox against. Malformed records hold no id
+        anyone may trust and are left out."""
+        return {fingerprint[:16] for fingerprint in self.scan(since_ms, until_ms).fingerprints}
+
     def close(self) -> None:  # noqa: B027 - a backend with nothing to release need not override it
         """Release connections and flush client buffers."""
 

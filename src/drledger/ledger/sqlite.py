@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import SplitResult, quote
@@ -270,6 +271,48 @@ class SqliteLedger(Ledger):
             found.get(s) or MalformedRecord(f"row {s}", "listed by its block but no longer in the file", "")
             for s in seqs
         ]
+
+    def newest_commit_ms(self, since_ms: int | None = None) -> int | None:
+        """One step down the commit-time index: the newest event the relay stored (raw records, whose
+        time is not proven, are skipped)."""
+        if not self._layout[1]:  # a file from before rows were marked digested
+            return super().newest_commit_ms(since_ms)
+        reader = self._reader()
+        try:
+            row = reader.execute(
+                "SELECT commit_ts_ms FROM ledger_events WHERE commit_ts_ms >= ? AND digested = 1 "
+                "ORDER BY commit_ts_ms DESC LIMIT 1",
+                (since_ms if since_ms is not None else 0,),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(f"Cannot read the ledger file {self.path}: {exc}.") from None
+        finally:
+            reader.close()
+        return int(row[0]) if row else None
+
+    def event_ids(self, since_ms: int, until_ms: int) -> set[bytes]:
+        """The window's ids straight from the commit-time index (rows the relay stored whole, whose id
+        column it wrote from the proven event), and the few raw rows decoded."""
+        if not self._layout[1]:
+            return super().event_ids(since_ms, until_ms)
+        reader = self._reader()
+        found: set[bytes] = set()
+        try:
+            reader.execute("BEGIN")
+            for (text,) in reader.execute(
+                "SELECT event_id FROM ledger_events WHERE commit_ts_ms BETWEEN ? AND ? AND digested = 1",
+                (since_ms, until_ms),
+            ):
+                found.add(uuid.UUID(text).bytes)
+            for seq, body in reader.execute("SELECT seq, body FROM ledger_events WHERE digested = 0"):
+                record = from_wire(body, f"row {seq}")
+                if isinstance(record, LedgerEvent) and since_ms <= record.commit_ts_ms <= until_ms:
+                    found.add(record.fingerprint[:16])
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(f"Cannot read the ledger file {self.path}: {exc}.") from None
+        finally:
+            reader.close()
+        return found
 
     def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
         low, high = window_bounds(since_ms, until_ms)

@@ -32,6 +32,7 @@ from drledger.events import LedgerEvent
 from drledger.java import start_jvm
 from drledger.ledger.base import Ledger
 from drledger.relay.faults import CHECK, RESTART, causes_of, stack_trace
+from drledger.relay.metrics import RelayMetrics
 from drledger.relay.state import write_private
 from drledger.relay.translate import outbox_change_to_event
 from drledger.retry import backoff
@@ -135,8 +136,10 @@ class Relay:
         password: str | None = None,
         backfill_hint: Callable[[], str] = lambda: "<the ledger's last commit, less 15 minutes>",
         verbose: bool = False,
+        metrics: RelayMetrics | None = None,
     ) -> None:
         self.dsn = dsn
+        self.metrics = metrics
         self.source = open_source(dsn)
         self.ledger = ledger
         self.settings = settings
@@ -167,6 +170,7 @@ class Relay:
 
     def handle_batch(self, records: list[Any]) -> None:
         """Publish a batch's outbox events; return only once the ledger acknowledged every one."""
+        began = time.monotonic()
         events: list[LedgerEvent] = []
         for record in records:
             # One call into Java per record: the value says itself whether it is an outbox insert.
@@ -180,9 +184,22 @@ class Relay:
             if event is not None:
                 events.append(event)
         if events:
+            publishing = time.monotonic()
             self.publish(events)
-            self.stats.record(events, now_ms())
+            acked = now_ms()
+            self.stats.record(events, acked)
+            if self.metrics is not None:
+                self.metrics.published(
+                    len(events),
+                    time.monotonic() - publishing,
+                    [acked - e.commit_ts_ms for e in events],
+                    events[-1].commit_ts_ms,
+                    acked,
+                )
         self.stats.batches += 1
+        if self.metrics is not None:
+            self.metrics.batches.inc()
+            self.metrics.batch_seconds.observe(time.monotonic() - began)
         if time.monotonic() - self._stats_written_at >= 0.2:
             self.write_stats()
         if self.on_batch is not None:
@@ -206,6 +223,8 @@ class Relay:
                         f"({str(exc).rstrip('.')}): {RESTART}."
                     ) from None
                 log.warning("ledger write failed, retrying in %.1fs: %s", delay, exc)
+                if self.metrics is not None:
+                    self.metrics.publish_failures.inc()
                 self._stop_requested.wait(delay)
 
     def fail(self, failure: DrledgerError) -> None:
@@ -286,6 +305,13 @@ class Relay:
             @jpype.JOverride
             def taskStarted(self) -> None:
                 relay.streaming.set()
+                if relay.metrics is not None:
+                    relay.metrics.engine_up.set(1)
+
+            @jpype.JOverride
+            def taskStopped(self) -> None:
+                if relay.metrics is not None:
+                    relay.metrics.engine_up.set(0)
 
         props = jpype.JClass("java.util.Properties")()
         for key, value in self.source.connector_properties(self.settings, password=self.password).items():
@@ -327,6 +353,8 @@ class Relay:
             else:
                 self.fail(RetryLater(f"The Debezium engine stopped ({exc}): {RESTART}."))
         finally:
+            if self.metrics is not None:
+                self.metrics.engine_up.set(0)
             self._engine_done.set()
             self._wake.set()
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from drledger.errors import DatabaseUnavailable, DrledgerError, LedgerUnavailable, RetryLater
 from drledger.ledger.base import Ledger
 from drledger.relay.engine import Relay, RelayStats, SignalsStop, StopRequested
+from drledger.relay.metrics import RelayMetrics
 from drledger.relay.state import RelayState, check_source
 from drledger.source import open_source
 from drledger.streaming import RelaySettings
@@ -53,6 +54,8 @@ class RelayRequest:
     create: bool = False
     backfill_since_ms: int | None = None
     verbose: bool = False
+    #: Serve the relay's /metrics here (host, port); None: no endpoint.
+    metrics_listen: tuple[str, int] | None = None
 
 
 def retry_if_transient(exc: DrledgerError, transient: tuple[str, ...]) -> DrledgerError:
@@ -108,6 +111,15 @@ def serve(request: RelayRequest, on_batch: Callable[[RelayStats], None] | None =
                     log.info("created the ledger %s", target.display_url)
                 if request.backfill_since_ms is not None:
                     settings = _backfill(request, state, target)
+                metrics = None
+                if request.metrics_listen is not None:
+                    metrics = RelayMetrics()
+                    port = metrics.serve(*request.metrics_listen)
+                    log.info(
+                        "serving the relay's /metrics on http://%s:%d/metrics",
+                        request.metrics_listen[0],
+                        port,
+                    )
                 relay = Relay(
                     request.dsn,
                     target,
@@ -116,6 +128,7 @@ def serve(request: RelayRequest, on_batch: Callable[[RelayStats], None] | None =
                     password=password,
                     backfill_hint=state.backfill_hint,
                     verbose=request.verbose,
+                    metrics=metrics,
                 )
                 signals.relay = relay
                 log.info("relaying %s → %s (slot %s)", "drledger.outbox", target.display_url, settings.slot)

@@ -90,6 +90,33 @@ class ReplayRights:
     role: str = ""
 
 
+@dataclass(frozen=True)
+class OutboxSlice:
+    """Outbox events read oldest first from a time range: each event's id (16 bytes) and the time its
+    row was created (ms). `until_ms` is where the read stopped: the range [since_ms, until_ms) is
+    covered completely (no event of it left out), which may be short of the range asked for."""
+
+    events: list[tuple[bytes, int]]
+    until_ms: int
+
+
+@dataclass(frozen=True)
+class SlotHealth:
+    """The relay's replication slot as the watcher reports it.
+
+    `wal_status` is the engine's word for how safe the retained log is (PostgreSQL: reserved, extended,
+    unreserved, lost); `safe_wal_bytes` how much more log may be written before the slot is at risk of
+    being invalidated (None: no limit is set); `retained_bytes` the log kept for the slot;
+    `unconfirmed_bytes` the log written since the position the relay last confirmed.
+    """
+
+    active: bool
+    wal_status: str | None
+    safe_wal_bytes: int | None
+    retained_bytes: int | None
+    unconfirmed_bytes: int | None
+
+
 class RecoverySession(ABC):
     """One connection to the promoted database, for replay and fence.
 
@@ -222,6 +249,28 @@ class SourceDatabase(ABC):
 
     @abstractmethod
     def outbox_rows(self, event_ids: Sequence[str]) -> dict[str, OutboxRow]: ...
+
+    # -- watching: cheap reads, by index only, made every few seconds on a live primary and replica ---
+
+    @abstractmethod
+    def outbox_slice(self, since_ms: int, until_ms: int, limit: int) -> OutboxSlice:
+        """The ids and creation times of the outbox events created in [since_ms, until_ms), oldest
+        first, read by the creation-time index. At most about `limit` events: a larger range is cut
+        short at a millisecond boundary and `until_ms` of the answer says where (at least one whole
+        millisecond is always read, however many events it holds)."""
+
+    @abstractmethod
+    def count_events(self, since_ms: int, until_ms: int, cap: int) -> int:
+        """How many outbox events were created in [since_ms, until_ms), counting at most `cap` (the
+        answer is `cap` when there are more): an index range, never a scan of the outbox."""
+
+    @abstractmethod
+    def slot_health(self, slot: str) -> SlotHealth | None:
+        """The replication slot's health (see SlotHealth); None if there is no such slot."""
+
+    def close(self) -> None:  # noqa: B027 - an engine that keeps nothing open has nothing to close
+        """Release any connection kept between calls (the watcher's reads share one); calls after
+        this open anew."""
 
     # -- recovery ------------------------------------------------------------------------------
 

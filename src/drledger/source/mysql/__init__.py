@@ -14,7 +14,7 @@ from drledger.errors import DrledgerError
 from drledger.events import OutboxRow
 from drledger.masking import mask_dsn
 from drledger.names import TableName
-from drledger.source.base import Finding, RecoverySession, SourceDatabase
+from drledger.source.base import Finding, OutboxSlice, RecoverySession, SlotHealth, SourceDatabase
 from drledger.source.mysql import outbox
 from drledger.source.mysql.connection import connect, parse_dsn
 from drledger.streaming import Cause, RelaySettings, SlotInfo, SourceIdentity
@@ -86,6 +86,16 @@ class MySQLSource(SourceDatabase):
 
     def outbox_rows(self, event_ids: Sequence[str]) -> dict[str, OutboxRow]:
         return outbox.outbox_rows(self.dsn, list(event_ids))
+
+    def outbox_slice(self, since_ms: int, until_ms: int, limit: int) -> OutboxSlice:
+        events, end = outbox.outbox_slice(self.dsn, since_ms, until_ms, limit)
+        return OutboxSlice(events, end)
+
+    def count_events(self, since_ms: int, until_ms: int, cap: int) -> int:
+        return outbox.count_events(self.dsn, since_ms, until_ms, cap)
+
+    def slot_health(self, slot: str) -> SlotHealth | None:
+        return None  # no slot on MySQL: the binlog's retention is the server's (see init --check)
 
     def recovery_session(self) -> RecoverySession:
         from drledger.source.mysql.recovery import MySQLRecoverySession

@@ -452,3 +452,43 @@ def latest_commit_ms(dsn: str) -> int | None:
     finally:
         conn.close()
     return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+def outbox_slice(dsn: str, since_ms: int, until_ms: int, limit: int) -> tuple[list[tuple[bytes, int]], int]:
+    """Ids and creation times in [since_ms, until_ms), oldest first, by the created_at index, cut at a
+    millisecond boundary once past `limit` (a transaction's rows share a millisecond)."""
+    conn = connect(dsn)
+    try:
+        end = until_ms
+        cut = query(
+            conn,
+            f"SELECT FLOOR(UNIX_TIMESTAMP(created_at) * 1000) FROM {SCHEMA}.outbox "
+            "WHERE created_at >= FROM_UNIXTIME(%s) AND created_at < FROM_UNIXTIME(%s) "
+            "ORDER BY created_at LIMIT 1 OFFSET %s",
+            (since_ms / 1000.0, until_ms / 1000.0, limit),
+        )
+        if cut:
+            end = max(int(cut[0][0]), since_ms + 1)
+        rows = query(
+            conn,
+            f"SELECT id, FLOOR(UNIX_TIMESTAMP(created_at) * 1000) FROM {SCHEMA}.outbox "
+            "WHERE created_at >= FROM_UNIXTIME(%s) AND created_at < FROM_UNIXTIME(%s) ORDER BY created_at",
+            (since_ms / 1000.0, end / 1000.0),
+        )
+    finally:
+        conn.close()
+    return [(uuid.UUID(r[0]).bytes, int(r[1])) for r in rows], end
+
+
+def count_events(dsn: str, since_ms: int, until_ms: int, cap: int) -> int:
+    conn = connect(dsn)
+    try:
+        rows = query(
+            conn,
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM {SCHEMA}.outbox WHERE created_at >= FROM_UNIXTIME(%s) "
+            "AND created_at < FROM_UNIXTIME(%s) LIMIT %s) capped",
+            (since_ms / 1000.0, until_ms / 1000.0, cap),
+        )
+    finally:
+        conn.close()
+    return int(rows[0][0]) if rows else 0

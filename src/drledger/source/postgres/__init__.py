@@ -12,7 +12,7 @@ from drledger.errors import DrledgerError
 from drledger.events import OutboxRow
 from drledger.masking import mask_dsn
 from drledger.names import TableName
-from drledger.source.base import Finding, RecoverySession, SourceDatabase
+from drledger.source.base import Finding, OutboxSlice, RecoverySession, SlotHealth, SourceDatabase
 from drledger.source.postgres import outbox
 from drledger.source.postgres.connection import connect
 from drledger.streaming import Cause, RelaySettings, SlotInfo, SourceIdentity
@@ -20,8 +20,15 @@ from drledger.streaming import Cause, RelaySettings, SlotInfo, SourceIdentity
 
 class PostgresSource(SourceDatabase):
     def __init__(self, dsn: str) -> None:
+        from drledger.source.postgres.readiness import KeptConnection
+
         self.dsn = dsn
         self.display = mask_dsn(dsn)
+        # The repeated small reads (the watcher's every few seconds) share one connection.
+        self._kept = KeptConnection(dsn)
+
+    def close(self) -> None:
+        self._kept.close()
 
     def install(self, tables: Sequence[str]) -> list[str]:
         return outbox.install(self.dsn, list(tables))
@@ -57,12 +64,9 @@ class PostgresSource(SourceDatabase):
             return check_roles(conn, dict(roles), self._tables(conn, tables))
 
     def latest_commit_ms(self) -> int | None:
-        with connect(self.dsn) as conn:
-            outbox.require_outbox(conn)
-            row = conn.execute(
-                "SELECT (extract(epoch FROM max(created_at)) * 1000)::bigint FROM drledger.outbox"
-            ).fetchone()
-        return int(row[0]) if row and row[0] is not None else None
+        from drledger.source.postgres.readiness import latest_commit_ms
+
+        return latest_commit_ms(self._kept)
 
     def read_window(self, since_ms: int | None, until_ms: int | None) -> Iterator[OutboxRow]:
         return outbox.read_window(self.dsn, since_ms, until_ms)
@@ -74,10 +78,27 @@ class PostgresSource(SourceDatabase):
         return outbox.created_at(self.dsn, ids)
 
     def ids_present(self, ids: set[bytes], since_ms: int, until_ms: int) -> set[bytes]:
-        return outbox.ids_present(self.dsn, ids, since_ms, until_ms)
+        from drledger.source.postgres.readiness import ids_present
+
+        return ids_present(self._kept, ids, since_ms, until_ms)
 
     def outbox_rows(self, event_ids: Sequence[str]) -> dict[str, OutboxRow]:
         return outbox.outbox_rows(self.dsn, list(event_ids))
+
+    def outbox_slice(self, since_ms: int, until_ms: int, limit: int) -> OutboxSlice:
+        from drledger.source.postgres.readiness import outbox_slice
+
+        return outbox_slice(self._kept, since_ms, until_ms, limit)
+
+    def count_events(self, since_ms: int, until_ms: int, cap: int) -> int:
+        from drledger.source.postgres.readiness import count_events
+
+        return count_events(self._kept, since_ms, until_ms, cap)
+
+    def slot_health(self, slot: str) -> SlotHealth | None:
+        from drledger.source.postgres.readiness import slot_health
+
+        return slot_health(self._kept, slot)
 
     def recovery_session(self) -> RecoverySession:
         from drledger.source.postgres.recovery import PostgresRecoverySession

@@ -600,18 +600,6 @@ def ensure_replay_log(conn: psycopg.Connection[Any]) -> None:
         ) from None
 
 
-def ids_present(dsn: str, ids: set[bytes], since_ms: int, until_ms: int) -> set[bytes]:
-    """Which of these event ids (16-byte UUIDs) the outbox holds among rows created in the window."""
-    with connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT uuid_send(id) FROM drledger.outbox WHERE id = ANY(%s::uuid[]) "
-            "AND created_at BETWEEN to_timestamp(%s / 1000.0) AND to_timestamp(%s / 1000.0)",
-            ([uuid.UUID(bytes=i) for i in ids], since_ms, until_ms),
-            binary=True,
-        ).fetchall()
-    return {bytes(r[0]) for r in rows}
-
-
 def outbox_rows(dsn: str, event_ids: list[str]) -> dict[str, OutboxRow]:
     """event id → the whole outbox row, payload included."""
     if not event_ids:

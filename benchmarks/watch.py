@@ -1,0 +1,239 @@
+"""What `drledger watch` costs the primary (issue #14).
+
+1. Insert TPS with `drledger watch` running at its default interval, divided by insert TPS without
+   it: the same primary, hot standby, relay and ledger, alternating runs (A B A B …) so drift in this
+   shared machine's load falls on both sides. Target ≥ 0.98.
+2. One watch cycle on a 10,000,000-row outbox (rows spread over the last 7 days, the newest 15 minutes
+   also in an embedded ledger): the first cycle (which checks the 10-minute lookback) and the median of
+   the next ones; and the outbox's sequential scans during all of them (PostgreSQL's own counter),
+   which must stay 0. Target < 50 ms. The primary stands in for its replica here: the replica's reads
+   are the same index reads, and a base backup of 10 M rows would only make the run slower.
+
+Everything is real: throw-away PostgreSQL clusters, `drledger relay` and `drledger watch` as child
+processes, the embedded SQLite ledger.
+
+    .venv/bin/python benchmarks/watch.py [--seconds 15] [--rounds 3] [--rows 10000000] [--only tps|cycle]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import psycopg
+
+from drledger.drill.cluster import ClusterSet, LocalCluster, free_port
+from drledger.events import LedgerEvent
+from drledger.ledger import open_ledger
+from drledger.source import open_source
+from drledger.watch.cycle import Watcher, WatchSettings
+
+DRLEDGER = [sys.executable, "-m", "drledger"]
+WRITERS = 2
+
+
+def insert_tps(dsn: str, seconds: float) -> float:
+    """Single-row insert transactions from WRITERS connections as fast as they go."""
+    counts = [0] * WRITERS
+    stop = threading.Event()
+
+    def write(slot: int) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while not stop.is_set():
+                conn.execute("INSERT INTO orders (customer, amount) VALUES ('bench', 1)")
+                counts[slot] += 1
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(WRITERS)]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.monotonic() - began)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except psycopg.Error:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def tps_ratio(seconds: float, rounds: int) -> dict[str, object]:
+    with ClusterSet() as clusters, tempfile.TemporaryDirectory(prefix="drledger-bench-") as work:
+        primary = clusters.primary("primary")
+        with psycopg.connect(primary.dsn, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE orders (id bigserial PRIMARY KEY, customer text, amount numeric(12,2))"
+            )
+        open_source(primary.dsn).install(["public.orders"])
+        standby = clusters.replica(primary, "standby")
+        url = f"sqlite:///{work}/ledger.db"
+        relay = subprocess.Popen(
+            [*DRLEDGER, "relay", "--db", primary.dsn, "--ledger", url, "--state-dir", f"{work}/state"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(lambda: _slot_active(primary), 120, "the relay")
+            insert_tps(primary.dsn, 5)  # warm-up: caches, the relay's JIT
+            without, with_watch = [], []
+            for _ in range(rounds):
+                without.append(insert_tps(primary.dsn, seconds))
+                watch = subprocess.Popen(
+                    [
+                        *DRLEDGER,
+                        "watch",
+                        "--db",
+                        primary.dsn,
+                        "--replica",
+                        standby.dsn,
+                        "--ledger",
+                        url,
+                        "--listen",
+                        f"127.0.0.1:{free_port()}",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                try:
+                    time.sleep(3)  # past its start and first cycle
+                    with_watch.append(insert_tps(primary.dsn, seconds))
+                finally:
+                    watch.send_signal(signal.SIGTERM)
+                    watch.wait(30)
+        finally:
+            relay.send_signal(signal.SIGTERM)
+            relay.wait(60)
+    ratio = statistics.median(w / o for w, o in zip(with_watch, without, strict=True))
+    return {
+        "tps_without_watch": [round(x) for x in without],
+        "tps_with_watch": [round(x) for x in with_watch],
+        "ratio_median": round(ratio, 3),
+    }
+
+
+def _slot_active(primary: LocalCluster) -> bool:
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT active FROM pg_replication_slots").fetchone()
+    return bool(row and row[0])
+
+
+def cycle_on_big_outbox(rows: int, cycles: int) -> dict[str, object]:
+    with ClusterSet() as clusters, tempfile.TemporaryDirectory(prefix="drledger-bench-") as work:
+        primary = clusters.primary("primary")
+        with psycopg.connect(primary.dsn, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE orders (id bigserial PRIMARY KEY, customer text, amount numeric(12,2))"
+            )
+        open_source(primary.dsn).install(["public.orders"])
+        began = time.monotonic()
+        with psycopg.connect(primary.dsn, autocommit=True) as conn:
+            # Spread over the last 7 days, oldest first; one insert per million rows.
+            span_s = 7 * 86400
+            for start in range(0, rows, 1_000_000):
+                conn.execute(
+                    "INSERT INTO drledger.outbox (aggregatetype, aggregateid, payload, created_at) "
+                    "SELECT 'public.orders', g::text, jsonb_build_object('id', g), "
+                    "now() - make_interval(secs => %s * (1 - g::float8 / %s)) "
+                    "FROM generate_series(%s, %s) g",
+                    (span_s, rows, start + 1, min(rows, start + 1_000_000)),
+                )
+            conn.execute("VACUUM ANALYZE drledger.outbox")
+            size = conn.execute(
+                "SELECT pg_size_pretty(pg_total_relation_size('drledger.outbox'))"
+            ).fetchone()[0]  # type: ignore[index]
+            recent = conn.execute(
+                "SELECT id::text, aggregateid, payload::text, txid, (extract(epoch FROM created_at) * 1000)::bigint "
+                "FROM drledger.outbox WHERE created_at > now() - interval '15 minutes'"
+            ).fetchall()
+        load_s = time.monotonic() - began
+        url = f"sqlite:///{work}/ledger.db"
+        with open_ledger(url, writer=True) as ledger:
+            ledger.publish(
+                [
+                    LedgerEvent.from_outbox(
+                        event_id=r[0],
+                        table="public.orders",
+                        key=r[1],
+                        op="insert",
+                        row_json=r[2],
+                        txid=int(r[3]),
+                        lsn=1,
+                        commit_ts_ms=int(r[4]),
+                    )
+                    for r in recent
+                ]
+            )
+        scans_before = _seq_scans(primary)
+        watcher = Watcher(WatchSettings(primary.dsn, url, primary.dsn))
+        try:
+            first = watcher.cycle()
+            later = [watcher.cycle() for _ in range(cycles)]
+        finally:
+            watcher.close()
+        scans = _seq_scans(primary) - scans_before
+        assert first.primary.up and first.ledger.up and first.missing_in_ledger == 0, first
+    times = sorted(s.cycle_seconds * 1000 for s in later)
+    return {
+        "outbox_rows": rows,
+        "outbox_size": size,
+        "ledger_events": len(recent),
+        "load_seconds": round(load_s, 1),
+        "first_cycle_ms": round(first.cycle_seconds * 1000, 1),
+        "cycle_ms_median": round(statistics.median(times), 1),
+        "cycle_ms_max": round(times[-1], 1),
+        "cycles": cycles,
+        "outbox_seq_scans": scans,
+    }
+
+
+def _seq_scans(primary: LocalCluster) -> int:
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT seq_scan FROM pg_stat_user_tables WHERE schemaname = 'drledger' AND relname = 'outbox'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--only", choices=("tps", "cycle"))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    figures: dict[str, object] = {}
+    if args.only in (None, "tps"):
+        figures["tps"] = tps_ratio(args.seconds, args.rounds)
+        if not args.json:
+            print("insert TPS with / without drledger watch:", json.dumps(figures["tps"]), flush=True)
+    if args.only in (None, "cycle"):
+        figures["cycle"] = cycle_on_big_outbox(args.rows, args.cycles)
+        if not args.json:
+            print("one watch cycle on a large outbox:", json.dumps(figures["cycle"]), flush=True)
+    if args.json:
+        print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""`drledger watch` against real servers: a primary, its hot standby (replay paused to make a lag that
+stays put), the relay as a child process, and the embedded ledger. Also the pure arithmetic, the
+relay's /metrics, and bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conftest import DRLEDGER, dsn_for, run_cli, slot_active, wait_for
+from drledger.drill.cluster import ClusterSet, LocalCluster, free_port
+from drledger.watch.cycle import Watcher, WatchSettings, scrape
+from drledger.watch.readiness import LedgerCompleteness, clusters, readiness
+
+
+def eid(n: int) -> bytes:
+    return uuid.UUID(int=n).bytes
+
+
+# -- the arithmetic, pure ------------------------------------------------------------------------------
+
+
+def test_readiness_counts_what_a_failover_now_would_lose_and_keep() -> None:
+    primary = [(eid(i), 1000 + i) for i in range(10)]
+    on_replica = {eid(i) for i in range(6)}
+    in_ledger = {eid(i) for i in range(9)}  # the last one is still on its way
+    ready = readiness(primary, on_replica, in_ledger, now_ms=2000)
+    assert (ready.at_risk, ready.recoverable, ready.unrecoverable_if_now) == (4, 3, 1)
+    assert ready.at_risk_age_s == pytest.approx(0.994) and ready.unrecoverable_age_s == pytest.approx(0.991)
+    assert ready.exact
+    counted = readiness(primary, on_replica, in_ledger, 2000, unchecked=100, unchecked_since_ms=1500)
+    assert (counted.at_risk, counted.recoverable, counted.unrecoverable_if_now, counted.exact) == (
+        104,
+        3,
+        101,
+        False,
+    )
+    idle = readiness([], set(), set(), 2000)
+    assert (idle.at_risk, idle.unrecoverable_if_now, idle.at_risk_age_s) == (0, 0, 0.0)
+
+
+def test_completeness_remembers_a_hole_until_the_ledger_fills_it() -> None:
+    check = LedgerCompleteness(checked_until_ms=0, grace_ms=1000, skew_ms=100, max_tracked=3)
+    assert check.due(500) is None  # nothing is a grace period old yet
+    assert check.due(5000) == (0, 4000)
+    events = [(eid(i), 100 * i) for i in range(1, 6)]
+    assert check.take(events, 4000, {eid(1), eid(2)}, now_ms=5000) == 3
+    assert check.checked_until_ms == 4000 and len(check.missing) == 3
+    assert check.recheck_windows() == [(200, 5100)]
+    assert check.due(9000) is None  # at the cap: the check waits instead of growing
+    assert check.settle({eid(3), eid(99)}) == 1
+    assert check.oldest_missing_ms == 400
+    assert check.due(9000) == (4000, 8000)
+    # Past the cap, the check stops where it was and resumes there.
+    more = [(eid(10), 4100), (eid(11), 4200), (eid(12), 4300)]
+    assert check.take(more, 8000, set(), 9000) == 1
+    assert check.checked_until_ms == 4200 and len(check.missing) == 3
+    assert clusters([1, 2, 50, 51, 200], 10) == [(1, 2), (50, 51), (200, 200)]
+
+
+# -- against real servers --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def standby(primary: LocalCluster) -> Iterator[LocalCluster]:
+    """A hot standby of the shared primary, in a cluster set of its own."""
+    with ClusterSet() as own:
+        replica = own.replica(primary, "standby")
+        yield replica
+
+
+def replay(standby: LocalCluster, paused: bool) -> None:
+    with psycopg.connect(standby.dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_wal_replay_pause()" if paused else "SELECT pg_wal_replay_resume()")
+
+
+def insert(dsn: str, rows: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(rows):
+            conn.execute("INSERT INTO orders (customer, amount) VALUES (%s, 1)", (f"c{i}",))
+
+
+def on_standby(standby: LocalCluster, database: str) -> int:
+    name = database.rsplit("/", 1)[1]
+    try:
+        with psycopg.connect(dsn_for(standby, name), autocommit=True) as conn:
+            return int(conn.execute("SELECT count(*) FROM drledger.outbox").fetchone()[0])  # type: ignore[index]
+    except psycopg.Error:
+        return -1
+
+
+def outbox_count(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return int(conn.execute("SELECT count(*) FROM drledger.outbox").fetchone()[0])  # type: ignore[index]
+
+
+def ledger_count(url: str) -> int:
+    from drledger.ledger import open_ledger
+
+    with open_ledger(url) as ledger:
+        return len(ledger.event_ids(0, 2**62))
+
+
+@pytest.mark.debezium
+def test_readiness_and_completeness_follow_the_replica_the_relay_and_the_ledger(
+    database: str, standby: LocalCluster, workdir: Path, relay_factory
+) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{workdir}/ledger.db"
+    assert run_cli("init", "--db", database, "--table", "orders").returncode == 0
+    replica_dsn = dsn_for(standby, database.rsplit("/", 1)[1])
+    relay = relay_factory(database, url)
+    wait_for(lambda: slot_active(database, "drledger_slot"), 120, "the relay to start")
+    insert(database, 20)
+    wait_for(lambda: ledger_count(url) == 20 and on_standby(standby, database) == 20, 60, "both sides")
+    settings = WatchSettings(database, url, replica_dsn, grace_s=1.0, skew_s=1.0, lookback_s=60)
+    watcher = Watcher(settings)
+    try:
+        healthy = watcher.cycle()
+        assert healthy.primary.up and healthy.replica and healthy.replica.up and healthy.ledger.up
+        assert healthy.relay.up is True and healthy.slot is not None and healthy.slot.active
+        assert healthy.readiness is not None and healthy.readiness.at_risk == 0
+        assert healthy.missing_in_ledger == 0
+
+        # The replica stops replaying: what the primary commits now is at risk, and the ledger has it.
+        replay(standby, paused=True)
+        insert(database, 30)
+        wait_for(lambda: ledger_count(url) == 50, 60, "the ledger to have the 30")
+        lagging = watcher.cycle()
+        assert lagging.readiness is not None
+        assert (lagging.readiness.at_risk, lagging.readiness.recoverable) == (30, 30)
+        assert lagging.readiness.unrecoverable_if_now == 0
+        assert lagging.replica_lag_s is not None and lagging.replica_lag_s > 0
+
+        # The relay dies: new commits are at risk and unrecoverable, and after the grace period missing.
+        relay.kill(signal.SIGKILL)
+        wait_for(lambda: not slot_active(database, "drledger_slot"), 30, "the slot to lose its reader")
+        insert(database, 7)
+        time.sleep(1.5)
+        blind = watcher.cycle()
+        assert blind.relay.up is False
+        assert blind.readiness is not None
+        assert (
+            blind.readiness.at_risk,
+            blind.readiness.recoverable,
+            blind.readiness.unrecoverable_if_now,
+        ) == (
+            37,
+            30,
+            7,
+        )
+        assert blind.missing_in_ledger == 7 and blind.problems
+
+        # The relay comes back and catches up; the replica resumes: all clear again.
+        relay_factory(database, url)
+        replay(standby, paused=False)
+        wait_for(lambda: ledger_count(url) == 57 and on_standby(standby, database) == 57, 120, "catch-up")
+        time.sleep(1.2)
+        again = watcher.cycle()
+        assert again.missing_in_ledger == 0 and again.relay.up is True
+        assert again.readiness is not None and again.readiness.at_risk == 0
+    finally:
+        replay(standby, paused=False)
+        watcher.close()
+
+
+def test_watch_once_json_and_bad_input(database: str, workdir: Path) -> None:
+    url = f"sqlite:///{workdir}/ledger.db"
+    assert run_cli("init", "--db", database, "--table", "orders").returncode == 0
+    from drledger.ledger import open_ledger
+
+    with open_ledger(url, writer=True):
+        pass
+    insert(database, 3)
+    # No relay has ever run: no slot, and nothing in the ledger.
+    result = run_cli("watch", "--db", database, "--ledger", url, "--once", "--json", "--grace", "0s")
+    assert result.returncode == 1, result.stderr
+    snap = json.loads(result.stdout)
+    assert snap["missing_in_ledger"] == 3 and snap["relay"]["up"] is False and snap["slot"] is None
+    assert any("missing from the ledger" in p for p in snap["problems"])
+
+    # An unreachable replica is a finding, not a crash.
+    away = run_cli(
+        "watch",
+        "--db",
+        database,
+        "--ledger",
+        url,
+        "--replica",
+        "postgresql://x:pw@127.0.0.1:1/x",
+        "--once",
+        "--json",
+    )
+    assert away.returncode == 1 and "Traceback" not in away.stderr
+    doc = json.loads(away.stdout)
+    assert doc["replica"]["up"] is False and "Cannot connect" in doc["replica"]["error"]
+    assert "pw@" not in away.stdout
+
+    for args, fragment in (
+        (["--db", database, "--ledger", url, "--listen", "nowhere"], "is not an address"),
+        (["--ledger", url], "--db"),
+        (["--db", database, "--ledger", "ftp://x/y"], "unknown scheme"),
+        (["--db", database, "--ledger", f"sqlite:///{workdir}/absent.db", "--once"], "does not exist"),
+        (["--db", database, "--ledger", url, "--interval", "soon"], "not a duration"),
+    ):
+        bad = run_cli("watch", *args, env={"DRLEDGER_DB": ""})
+        lines = [line for line in bad.stderr.splitlines() if line.strip()]
+        assert bad.returncode == 2 and len(lines) == 1 and fragment in lines[0], (args, bad.stderr)
+
+    rules = run_cli("watch", "--print-rules")
+    assert rules.returncode == 0 and "alert: DrledgerRelayDown" in rules.stdout
+
+
+def test_watch_serves_metrics_and_survives_an_unreachable_primary(database: str, workdir: Path) -> None:
+    url = f"sqlite:///{workdir}/ledger.db"
+    assert run_cli("init", "--db", database, "--table", "orders").returncode == 0
+    from drledger.ledger import open_ledger
+
+    with open_ledger(url, writer=True):
+        pass
+    port = free_port()
+    log = (workdir / "watch.log").open("w")
+    process = subprocess.Popen(
+        [
+            *DRLEDGER,
+            "watch",
+            "--db",
+            database,
+            "--ledger",
+            url,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--interval",
+            "0.5s",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        values = wait_for(lambda: _scrape_or_none(metrics_url), 60, "the watcher's /metrics")
+        assert values["drledger_watch_cycles_total"] >= 1
+        assert values["drledger_slot_exists"] == 0 and values["drledger_relay_up"] == 0
+        with urllib.request.urlopen(metrics_url) as response:
+            text = response.read().decode()
+        assert 'drledger_watch_up{target="primary"} 1.0' in text
+        assert "# TYPE drledger_readiness_at_risk_events gauge" in text
+
+        # The database goes away (connections refused, the watcher's cut): a gauge and a log line, no exit.
+        name = database.rsplit("/", 1)[1]
+        with psycopg.connect(database.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")
+            # The watcher keeps its connection between reads: cut it too.
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        try:
+            wait_for(
+                lambda: 'drledger_watch_up{target="primary"} 0.0' in _text(metrics_url), 30, "primary down"
+            )
+            assert process.poll() is None
+        finally:
+            with psycopg.connect(database.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+                conn.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
+        wait_for(lambda: 'drledger_watch_up{target="primary"} 1.0' in _text(metrics_url), 30, "primary back")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+        log.close()
+    output = (workdir / "watch.log").read_text()
+    assert code == 0, output
+    assert "primary: down (was up)" in output and "primary: up (was down)" in output
+    assert "Traceback" not in output
+
+
+def _text(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
+
+
+def _scrape_or_none(url: str) -> dict[str, float] | None:
+    try:
+        return scrape(url)
+    except OSError:
+        return None
+
+
+@pytest.mark.debezium
+def test_relay_serves_its_metrics(database: str, workdir: Path, relay_factory) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{workdir}/ledger.db"
+    assert run_cli("init", "--db", database, "--table", "orders").returncode == 0
+    port = free_port()
+    relay = relay_factory(database, url, "--metrics-listen", f"127.0.0.1:{port}")
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    wait_for(lambda: slot_active(database, "drledger_slot"), 120, "the relay to start")
+    before = time.time()
+    insert(database, 25)
+    values = wait_for(
+        lambda: (
+            (v := _scrape_or_none(metrics_url))
+            and v.get("drledger_relay_events_published_total", 0) >= 25
+            and v
+        ),
+        60,
+        "the relay to publish",
+    )
+    assert values["drledger_relay_engine_up"] == 1
+    assert values["drledger_relay_last_commit_timestamp_seconds"] >= before - 5
+    assert (
+        values["drledger_relay_last_publish_timestamp_seconds"]
+        >= values["drledger_relay_last_commit_timestamp_seconds"]
+    )
+    text = _text(metrics_url)
+    for histogram in (
+        "drledger_relay_batch_duration_seconds_bucket",
+        "drledger_relay_publish_duration_seconds_bucket",
+        "drledger_relay_commit_to_ledger_seconds_count",
+    ):
+        assert histogram in text
+    # The watcher reads them: the relay is up by its slot and by its engine.
+    watcher = Watcher(WatchSettings(database, url, relay_metrics_url=metrics_url, grace_s=1))
+    try:
+        seen = watcher.cycle()
+        assert seen.relay.up is True and seen.relay.engine_up is True and seen.relay.last_publish_ms
+        relay.kill(signal.SIGKILL)
+        gone = watcher.cycle()
+        assert gone.relay.up is False and gone.relay.metrics_up is False
+    finally:
+        watcher.close()
