@@ -28,6 +28,18 @@ from drledger.source.mysql.connection import connect, parse_dsn
 
 SCHEMA = "drledger"
 TRIGGER_PREFIX = "drledger_capture_"
+# created_at is a DATETIME(6) in UTC. Instants go in and out as epoch milliseconds by arithmetic, not
+# FROM_UNIXTIME/UNIX_TIMESTAMP, which stop at 2038 on MariaDB and would make an open window empty.
+_AT = "TIMESTAMPADD(MICROSECOND, %s, '1970-01-01 00:00:00')"  # its parameter: microseconds
+
+
+def _ms_of(column: str) -> str:
+    return f"TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {column}) DIV 1000"
+
+
+def _us(ms: float) -> int:
+    return int(ms) * 1000
+
 
 _DDL = [
     f"CREATE DATABASE IF NOT EXISTS {SCHEMA} CHARACTER SET utf8mb4",
@@ -336,17 +348,11 @@ def require_outbox(conn: Any) -> None:
 def prune(dsn: str, older_than_ms: int, *, apply: bool) -> int:
     conn = connect(dsn)
     try:
-        bound = (older_than_ms / 1000.0,)
+        bound = (_us(older_than_ms),)
         if apply:
             with conn.cursor() as cursor:
-                return int(
-                    cursor.execute(f"DELETE FROM {SCHEMA}.outbox WHERE created_at < FROM_UNIXTIME(%s)", bound)
-                )
-        return int(
-            query(conn, f"SELECT COUNT(*) FROM {SCHEMA}.outbox WHERE created_at < FROM_UNIXTIME(%s)", bound)[
-                0
-            ][0]
-        )
+                return int(cursor.execute(f"DELETE FROM {SCHEMA}.outbox WHERE created_at < {_AT}", bound))
+        return int(query(conn, f"SELECT COUNT(*) FROM {SCHEMA}.outbox WHERE created_at < {_AT}", bound)[0][0])
     finally:
         conn.close()
 
@@ -354,7 +360,7 @@ def prune(dsn: str, older_than_ms: int, *, apply: bool) -> int:
 # An OutboxRow's columns; the digest is of the payload text exactly as stored.
 _ROW_COLUMNS = (
     "id, aggregatetype, aggregateid, type, payload, COALESCE(txid, 0), "
-    "CAST(ROUND(UNIX_TIMESTAMP(created_at) * 1000) AS SIGNED), SHA2(payload, 256)"
+    f"{_ms_of('created_at')}, SHA2(payload, 256)"
 )
 
 
@@ -372,7 +378,7 @@ def read_window(dsn: str, since_ms: int | None, until_ms: int | None) -> Iterato
     try:
         with conn.cursor(pymysql.cursors.SSCursor) as cursor:
             cursor.execute(
-                f"SELECT {_ROW_COLUMNS} FROM {SCHEMA}.outbox WHERE created_at BETWEEN FROM_UNIXTIME(%s) AND FROM_UNIXTIME(%s)",
+                f"SELECT {_ROW_COLUMNS} FROM {SCHEMA}.outbox WHERE created_at BETWEEN {_AT} AND {_AT}",
                 _bounds(since_ms, until_ms),
             )
             for row in cursor:
@@ -389,7 +395,7 @@ def read_fingerprints(dsn: str, since_ms: int | None, until_ms: int | None) -> l
         rows = query(
             conn,
             f"SELECT COALESCE(fingerprint, CONCAT(UNHEX(REPLACE(id, '-', '')), UNHEX(SHA2(payload, 256)))) "
-            f"FROM {SCHEMA}.outbox WHERE created_at BETWEEN FROM_UNIXTIME(%s) AND FROM_UNIXTIME(%s)",
+            f"FROM {SCHEMA}.outbox WHERE created_at BETWEEN {_AT} AND {_AT}",
             _bounds(since_ms, until_ms),
         )
     finally:
@@ -408,7 +414,7 @@ def created_at(dsn: str, ids: set[bytes]) -> dict[bytes, int]:
     try:
         rows = query(
             conn,
-            f"SELECT id, CAST(ROUND(UNIX_TIMESTAMP(created_at) * 1000) AS SIGNED) FROM {SCHEMA}.outbox WHERE id IN %s",
+            f"SELECT id, {_ms_of('created_at')} FROM {SCHEMA}.outbox WHERE id IN %s",
             (_id_texts(ids),),
         )
     finally:
@@ -423,8 +429,8 @@ def ids_present(dsn: str, ids: set[bytes], since_ms: int, until_ms: int) -> set[
     try:
         rows = query(
             conn,
-            f"SELECT id FROM {SCHEMA}.outbox WHERE id IN %s AND created_at BETWEEN FROM_UNIXTIME(%s) AND FROM_UNIXTIME(%s)",
-            (_id_texts(ids), since_ms / 1000.0, until_ms / 1000.0),
+            f"SELECT id FROM {SCHEMA}.outbox WHERE id IN %s AND created_at BETWEEN {_AT} AND {_AT}",
+            (_id_texts(ids), _us(since_ms), _us(until_ms)),
         )
     finally:
         conn.close()
@@ -446,9 +452,7 @@ def latest_commit_ms(dsn: str) -> int | None:
     conn = connect(dsn)
     try:
         require_outbox(conn)
-        rows = query(
-            conn, f"SELECT CAST(ROUND(UNIX_TIMESTAMP(MAX(created_at)) * 1000) AS SIGNED) FROM {SCHEMA}.outbox"
-        )
+        rows = query(conn, f"SELECT {_ms_of('MAX(created_at)')} FROM {SCHEMA}.outbox")
     finally:
         conn.close()
     return int(rows[0][0]) if rows and rows[0][0] is not None else None
@@ -462,18 +466,17 @@ def outbox_slice(dsn: str, since_ms: int, until_ms: int, limit: int) -> tuple[li
         end = until_ms
         cut = query(
             conn,
-            f"SELECT FLOOR(UNIX_TIMESTAMP(created_at) * 1000) FROM {SCHEMA}.outbox "
-            "WHERE created_at >= FROM_UNIXTIME(%s) AND created_at < FROM_UNIXTIME(%s) "
-            "ORDER BY created_at LIMIT 1 OFFSET %s",
-            (since_ms / 1000.0, until_ms / 1000.0, limit),
+            f"SELECT {_ms_of('created_at')} FROM {SCHEMA}.outbox "
+            f"WHERE created_at >= {_AT} AND created_at < {_AT} ORDER BY created_at LIMIT 1 OFFSET %s",
+            (_us(since_ms), _us(until_ms), limit),
         )
         if cut:
             end = max(int(cut[0][0]), since_ms + 1)
         rows = query(
             conn,
-            f"SELECT id, FLOOR(UNIX_TIMESTAMP(created_at) * 1000) FROM {SCHEMA}.outbox "
-            "WHERE created_at >= FROM_UNIXTIME(%s) AND created_at < FROM_UNIXTIME(%s) ORDER BY created_at",
-            (since_ms / 1000.0, end / 1000.0),
+            f"SELECT id, {_ms_of('created_at')} FROM {SCHEMA}.outbox "
+            f"WHERE created_at >= {_AT} AND created_at < {_AT} ORDER BY created_at",
+            (_us(since_ms), _us(end)),
         )
     finally:
         conn.close()
@@ -485,9 +488,9 @@ def count_events(dsn: str, since_ms: int, until_ms: int, cap: int) -> int:
     try:
         rows = query(
             conn,
-            f"SELECT COUNT(*) FROM (SELECT 1 FROM {SCHEMA}.outbox WHERE created_at >= FROM_UNIXTIME(%s) "
-            "AND created_at < FROM_UNIXTIME(%s) LIMIT %s) capped",
-            (since_ms / 1000.0, until_ms / 1000.0, cap),
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM {SCHEMA}.outbox WHERE created_at >= {_AT} "
+            f"AND created_at < {_AT} LIMIT %s) capped",
+            (_us(since_ms), _us(until_ms), cap),
         )
     finally:
         conn.close()

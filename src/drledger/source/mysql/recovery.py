@@ -255,7 +255,7 @@ class MySQLRecoverySession(RecoverySession):
         with self._translated(), self.conn.cursor() as cursor:
             cursor.executemany(
                 f"INSERT INTO {SCHEMA}.outbox (id, aggregatetype, aggregateid, type, payload, txid, created_at, fingerprint) "
-                "VALUES (%s, %s, %s, %s, %s, %s, FROM_UNIXTIME(%s), %s)",
+                "VALUES (%s, %s, %s, %s, %s, %s, TIMESTAMPADD(MICROSECOND, %s, '1970-01-01 00:00:00'), %s)",
                 [
                     (
                         e.event_id,
@@ -264,7 +264,7 @@ class MySQLRecoverySession(RecoverySession):
                         e.op,
                         e.row_json,
                         e.txid,
-                        e.commit_ts_ms / 1000.0,
+                        e.commit_ts_ms * 1000,
                         e.fingerprint,
                     )
                     for e in events
