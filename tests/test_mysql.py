@@ -261,3 +261,68 @@ def test_bad_mysql_input_is_one_sentence(shop: Shop) -> None:
         assert "hunter2" not in result.stderr
     result = shop.cli("init", "--table", "Sales.nothing")
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_watch_sees_the_relay_come_and_go_as_least_privileged_accounts(shop: Shop) -> None:
+    """MySQL has no slot: the watcher finds the relay by the account it registered, reading as an
+    account holding only the reader's grants, while the relay runs as one holding only the relay's."""
+    relay_user, reader_user = f"rel_{uuid.uuid4().hex[:6]}", f"rd_{uuid.uuid4().hex[:6]}"
+    roles = ("--role", f"relay={relay_user}", "--role", f"reader={reader_user}")
+    grants = shop.cli("init", "--print-grants", *roles, "--table", "Sales.customer")
+    assert grants.returncode == 0, grants.stderr
+    before, _, after = grants.stdout.partition("-- After drledger init")
+    after = after.partition("\n")[2]  # the rest of the heading's line
+    conn = shop.server.connect()
+    try:
+        with conn.cursor() as cursor:
+            for script in (before, None, after):
+                if script is None:
+                    assert shop.cli("init", "--table", "Sales.customer").returncode == 0
+                    continue
+                for statement in script.split(";"):
+                    body = "\n".join(
+                        line for line in statement.splitlines() if line.strip() and not line.startswith("--")
+                    )
+                    if body.strip():
+                        cursor.execute(body)
+    finally:
+        conn.close()
+    port = shop.server.port
+    relay_dsn = f"mysql://{relay_user}@127.0.0.1:{port}/drledger"
+    reader_dsn = f"mysql://{reader_user}@127.0.0.1:{port}/drledger"
+    url = f"sqlite:///{shop.workdir}/ledger.db"
+    with open_ledger(url, writer=True):
+        pass
+
+    def watch() -> dict:
+        result = run_cli(
+            "watch", "--db", reader_dsn, "--ledger", url, "--once", "--json", "--listen", "127.0.0.1:0"
+        )
+        assert result.returncode in (0, 1), result.stdout + result.stderr
+        snap = json.loads(result.stdout)
+        assert snap["primary"]["up"], snap["primary"]
+        return snap
+
+    assert watch()["relay"]["up"] is False  # no relay ever registered
+    log = (shop.workdir / "relay.log").open("w")
+    relay = subprocess.Popen(
+        [*DRLEDGER, "relay", "--db", relay_dsn, "--ledger", url, "--state-dir", str(shop.workdir / "state")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: watch()["relay"]["up"] is True, 120, "the watcher to see the relay reading")
+    finally:
+        relay.send_signal(signal.SIGKILL)
+        relay.wait(60)
+
+    def write_then_watch() -> bool:
+        # A binlog dump thread notices its reader is gone when it next has an event to send: on an idle
+        # server, at the next write.
+        shop.server.execute("INSERT INTO `Sales`.customer (name) VALUES ('after the relay died')")
+        return watch()["relay"]["up"] is False
+
+    wait_for(write_then_watch, 60, "the watcher to see the relay gone")
+    for user in (relay_user, reader_user):
+        shop.server.execute(f"DROP USER '{user}'@'%'")

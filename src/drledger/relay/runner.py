@@ -87,7 +87,7 @@ def serve(request: RelayRequest, on_batch: Callable[[RelayStats], None] | None =
             source.connector_properties(settings)  # the DSN's settings, before anything connects
             parse_ledger_url(request.ledger_url)
             try:
-                source.relay_prerequisites()
+                source.prepare_relay(settings.slot)
                 identity = source.identify(settings.slot)
                 password = source.connector_password()
                 state = RelayState(settings)

@@ -266,7 +266,8 @@ class SourceDatabase(ABC):
 
     @abstractmethod
     def slot_health(self, slot: str) -> SlotHealth | None:
-        """The replication slot's health (see SlotHealth); None if there is no such slot."""
+        """The replication slot's health (see SlotHealth); None if there is no such slot (on an engine
+        without slots: if no relay by that name ever registered)."""
 
     def close(self) -> None:  # noqa: B027 - an engine that keeps nothing open has nothing to close
         """Release any connection kept between calls (the watcher's reads share one); calls after
@@ -280,8 +281,9 @@ class SourceDatabase(ABC):
     # -- the relay: the engine's change-capture connector and its replication stream -------------
 
     @abstractmethod
-    def relay_prerequisites(self) -> None:
-        """Everything the relay needs from the database, or the first thing missing as one sentence."""
+    def prepare_relay(self, slot: str) -> None:
+        """Everything the relay needs from the database, or the first thing missing as one sentence;
+        and whatever lets a watcher find the relay reading through `slot` (where no slot shows it)."""
 
     @abstractmethod
     def identify(self, slot: str) -> SourceIdentity:

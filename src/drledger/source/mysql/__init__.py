@@ -95,15 +95,20 @@ class MySQLSource(SourceDatabase):
         return outbox.count_events(self.dsn, since_ms, until_ms, cap)
 
     def slot_health(self, slot: str) -> SlotHealth | None:
-        return None  # no slot on MySQL: the binlog's retention is the server's (see init --check)
+        from drledger.source.mysql.relay import relay_health
+
+        return relay_health(self.dsn, slot)
 
     def recovery_session(self) -> RecoverySession:
         from drledger.source.mysql.recovery import MySQLRecoverySession
 
         return MySQLRecoverySession(connect(self.dsn, autocommit=False))
 
-    def relay_prerequisites(self) -> None:
+    def prepare_relay(self, slot: str) -> None:
+        from drledger.source.mysql.relay import register
+
         outbox.require_relay_prerequisites(self.dsn)
+        register(self.dsn, slot)
 
     def identify(self, slot: str) -> SourceIdentity:
         from drledger.source.mysql.relay import identify

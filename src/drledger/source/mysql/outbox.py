@@ -57,6 +57,14 @@ _DDL = [
     f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.heartbeat (
         id INT PRIMARY KEY, beat_at DATETIME(6) NOT NULL
     ) ENGINE=InnoDB""",
+    # Each relay by name, with the account it reads the binlog as: a binlog reader is a thread of that
+    # account, which is how a watcher tells the relay is reading (MySQL has no slot to show it).
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.relays (
+        slot          VARCHAR(64) CHARACTER SET utf8mb4 NOT NULL PRIMARY KEY,
+        account       VARCHAR(128) CHARACTER SET utf8mb4 NOT NULL,
+        server_id     BIGINT UNSIGNED NOT NULL,
+        registered_at DATETIME(6) NOT NULL
+    ) ENGINE=InnoDB""",
     f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.replay_log (
         event_id  CHAR(36) CHARACTER SET ascii NOT NULL,
         outcome   VARCHAR(32) NOT NULL,

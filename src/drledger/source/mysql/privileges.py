@@ -57,10 +57,14 @@ def needs(roles: dict[str, str], tables: list[TableName]) -> list[tuple[str, Nee
             out.append((role, Need(duty, "REPLICATION SLAVE", "global")))
             out.append((role, Need(duty, "REPLICATION CLIENT", "global")))
             out.append((role, Need(duty, "SELECT", f"{SCHEMA}.outbox", False)))
-            for privilege in ("SELECT", "INSERT", "UPDATE"):
-                out.append((role, Need(duty, privilege, f"{SCHEMA}.heartbeat", False)))
+            for kept in ("heartbeat", "relays"):
+                for privilege in ("SELECT", "INSERT", "UPDATE"):
+                    out.append((role, Need(duty, privilege, f"{SCHEMA}.{kept}", False)))
         elif duty == "reader":
             out.append((role, Need(duty, "SELECT", f"{SCHEMA}.outbox", False)))
+            # watch: whether the relay is reading is a thread of the relay's account, seen with PROCESS.
+            out.append((role, Need(duty, "SELECT", f"{SCHEMA}.relays", False)))
+            out.append((role, Need(duty, "PROCESS", "global")))
         elif duty == "recoverer":
             for name, privilege in (
                 ("outbox", "SELECT"),

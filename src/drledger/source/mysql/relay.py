@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Sequence
 
 from drledger.errors import DrledgerError, RetryLater
+from drledger.source.base import SlotHealth
 from drledger.source.mysql.connection import connect, parse_dsn
 from drledger.source.mysql.outbox import SCHEMA, query
 from drledger.streaming import CHECK, RESTART, Cause, RelaySettings, SlotInfo, SourceIdentity, first_line
@@ -92,6 +93,74 @@ def identify(dsn: str, slot: str) -> SourceIdentity:
     finally:
         conn.close()
     return SourceIdentity(system, 1, parse_dsn(dsn).database or SCHEMA, slot)
+
+
+def register(dsn: str, slot: str) -> None:
+    """Record the account this relay reads the binlog as, which is how a watcher finds its thread."""
+    import pymysql
+
+    conn = connect(dsn)
+    try:
+        query(
+            conn,
+            f"INSERT INTO {SCHEMA}.relays (slot, account, server_id, registered_at) "
+            "VALUES (%s, SUBSTRING_INDEX(USER(), '@', 1), %s, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE "
+            "account = VALUES(account), server_id = VALUES(server_id), registered_at = VALUES(registered_at)",
+            (slot, server_id(slot)),
+        )
+    except pymysql.err.ProgrammingError as exc:  # 1146: an outbox from before drledger.relays
+        raise DrledgerError(
+            f"This database's drledger schema predates the relay registry ({exc.args[-1]}): run drledger "
+            "init again (it is idempotent)."
+        ) from None
+    except pymysql.err.OperationalError as exc:  # 1142: the relay's account may not write it
+        raise DrledgerError(f"The relay cannot register itself ({exc.args[-1]}): {CHECK}.") from None
+    finally:
+        conn.close()
+
+
+def relay_health(dsn: str, slot: str) -> SlotHealth | None:
+    """Whether the relay named `slot` is reading the binlog now: a binlog dump thread of the account it
+    registered with. None if no relay by that name ever registered. What the binlog keeps is the
+    server's to say (binlog_expire_logs_seconds; init --check), not a slot's, so the rest is unknown."""
+    conn = connect(dsn)
+    try:
+        registered = query(conn, f"SELECT account FROM {SCHEMA}.relays WHERE slot = %s", (slot,))
+        if not registered:
+            return None
+        account = str(registered[0][0])
+        readers = query(
+            conn,
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s AND COMMAND LIKE 'Binlog Dump%%'",
+            (account,),
+        )[0][0]
+        if not readers and not _sees_every_thread(conn, account):
+            raise DrledgerError(
+                f"This account cannot see the relay's threads (it runs as {account}): grant it PROCESS "
+                "to watch the relay on MySQL (drledger init --print-grants lists it)."
+            )
+    finally:
+        conn.close()
+    return SlotHealth(
+        active=bool(readers),
+        wal_status=None,
+        safe_wal_bytes=None,
+        retained_bytes=None,
+        unconfirmed_bytes=None,
+    )
+
+
+def _sees_every_thread(conn: object, account: str) -> bool:
+    me = str(query(conn, "SELECT SUBSTRING_INDEX(USER(), '@', 1)")[0][0])
+    if me == account:
+        return True
+    held = query(
+        conn,
+        "SELECT 1 FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE IN ('PROCESS', 'SUPER') "
+        "AND GRANTEE = CONCAT(\"'\", SUBSTRING_INDEX(CURRENT_USER(), '@', 1), \"'@'\", "
+        "SUBSTRING_INDEX(CURRENT_USER(), '@', -1), \"'\")",
+    )
+    return bool(held)
 
 
 def slot_info(dsn: str, slot: str) -> SlotInfo | None:

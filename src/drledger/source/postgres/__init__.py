@@ -105,7 +105,7 @@ class PostgresSource(SourceDatabase):
 
         return PostgresRecoverySession(connect(self.dsn))
 
-    def relay_prerequisites(self) -> None:
+    def prepare_relay(self, slot: str) -> None:
         outbox.require_logical_wal(self.dsn)
 
     def identify(self, slot: str) -> SourceIdentity:
