@@ -26,6 +26,7 @@ LAYERS = [
         "drledger.retry",
         "drledger.streaming",
         "drledger.java",
+        "drledger.metrics_endpoint",
     },
     # the two seams: ledgers and source databases
     {"drledger.ledger", "drledger.source"},

@@ -8,19 +8,19 @@ reads the last three.
 
 from __future__ import annotations
 
-import threading
-from typing import Any
+from prometheus_client import Counter, Gauge, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from drledger.errors import DrledgerError
+from drledger.metrics_endpoint import MetricsEndpoint
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
-class RelayMetrics:
+class RelayMetrics(MetricsEndpoint):
+    server_name = "The relay"
+
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
+        super().__init__()
+        r = self.registry
         self.events = Counter(
             "drledger_relay_events_published_total", "Outbox events the ledger acknowledged.", registry=r
         )
@@ -67,7 +67,6 @@ class RelayMetrics:
         self.engine_up = Gauge(
             "drledger_relay_engine_up", "1 while the Debezium engine streams from the slot.", registry=r
         )
-        self._server: Any = None
 
     def published(
         self, count: int, publish_s: float, lags_ms: list[int], last_commit_ms: int, acked_ms: int
@@ -79,19 +78,3 @@ class RelayMetrics:
             self.commit_to_ledger.observe(max(0, lag) / 1000)
         self.last_commit.set(last_commit_ms / 1000)
         self.last_publish.set(acked_ms / 1000)
-
-    def serve(self, host: str, port: int) -> int:
-        try:
-            server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            raise DrledgerError(
-                f"The relay cannot serve /metrics on {host}:{port}: {exc.strerror or exc}."
-            ) from None
-        self._server = server
-        return int(server.server_address[1])
-
-    def stop(self) -> None:
-        if self._server is not None:
-            threading.Thread(target=self._server.shutdown, daemon=True).start()
-            self._server.server_close()
-            self._server = None

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
-from drledger.errors import DrledgerError
+from drledger.metrics_endpoint import MetricsEndpoint
 from drledger.watch.cycle import Snapshot
 
 log = logging.getLogger("drledger.watch")
@@ -34,11 +32,14 @@ def _value(x: float | int | bool | None) -> float:
     return NAN if x is None else float(x)
 
 
-class WatchMetrics:
-    """One registry per watcher (never the process-wide default, so tests and the drill can run several)."""
+class WatchMetrics(MetricsEndpoint):
+    """The watcher's gauges, in a registry of its own."""
+
+    server_name = "The watcher"
 
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
+        super().__init__()
+        r = self.registry
         self.up = Gauge(
             "drledger_watch_up",
             "1 if the watcher could read this side in its last cycle.",
@@ -156,7 +157,6 @@ class WatchMetrics:
             registry=r,
         )
         self._states: dict[str, str] = {}
-        self._server: Any = None
 
     def update(self, snap: Snapshot) -> None:
         self.cycles.inc()
@@ -214,21 +214,6 @@ class WatchMetrics:
                     + (f": {detail}" if detail else "")
                 )
                 (log.info if state in _CALM else log.warning)(line)
-
-    def serve(self, host: str, port: int) -> int:
-        """Serve /metrics on host:port in a background thread; the port actually bound."""
-        try:
-            server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            raise DrledgerError(f"Cannot serve /metrics on {host}:{port}: {exc.strerror or exc}.") from None
-        self._server = server
-        return int(server.server_address[1])
-
-    def stop(self) -> None:
-        if self._server is not None:
-            threading.Thread(target=self._server.shutdown, daemon=True).start()
-            self._server.server_close()
-            self._server = None
 
 
 UNRECOVERABLE_AFTER_S = 1.0

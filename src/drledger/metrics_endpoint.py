@@ -1,0 +1,40 @@
+"""A Prometheus registry of one's own, served on /metrics from a background thread.
+
+The relay and the watcher each keep their own registry (never the process-wide default), so tests and
+the drill can run several in one process.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from drledger.errors import DrledgerError
+
+
+class MetricsEndpoint:
+    #: Who serves, as the error names it ("The relay", "The watcher").
+    server_name = "drledger"
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._server: Any = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve /metrics on host:port in a background thread; the port actually bound (port 0 picks)."""
+        try:
+            server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise DrledgerError(
+                f"{self.server_name} cannot serve /metrics on {host}:{port}: {exc.strerror or exc}."
+            ) from None
+        self._server = server
+        return int(server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            threading.Thread(target=self._server.shutdown, daemon=True).start()
+            self._server.server_close()
+            self._server = None
