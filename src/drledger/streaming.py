@@ -46,6 +46,34 @@ class RelaySettings:
         return self.state_dir / f"{self.slot}.lock"
 
 
+def engine_properties(settings: RelaySettings) -> dict[str, str]:
+    """The Debezium engine's properties every connector shares: batching, offsets and retries."""
+    return {
+        "name": f"drledger-relay-{settings.slot}",
+        "snapshot.mode": settings.snapshot,
+        "heartbeat.interval.ms": str(settings.heartbeat_ms),
+        "poll.interval.ms": str(settings.poll_interval_ms),
+        "max.batch.size": str(settings.max_batch_size),
+        "max.queue.size": str(settings.max_queue_size),
+        "tombstones.on.delete": "false",
+        "decimal.handling.mode": "string",
+        # Offsets are flushed after every batch: the saved position follows what the ledger holds.
+        "offset.storage": "org.apache.kafka.connect.storage.FileOffsetBackingStore",
+        "offset.storage.file.filename": str(settings.offsets_file),
+        "offset.flush.interval.ms": "0",
+        "offset.flush.timeout.ms": "10000",
+        "converter.schemas.enable": "false",
+        "key.converter.schemas.enable": "false",
+        "value.converter.schemas.enable": "false",
+        # Reconnect after a lost connection a bounded number of times, then fail: the relay exits 75 and
+        # its supervisor restarts it.
+        "errors.max.retries": str(settings.db_retries),
+        "errors.retry.delay.initial.ms": "500",
+        "errors.retry.delay.max.ms": "5000",
+        "retriable.restart.connector.wait.ms": "5000",
+    }
+
+
 @dataclass(frozen=True)
 class SourceIdentity:
     """Which database's history a position belongs to."""

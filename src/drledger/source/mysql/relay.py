@@ -15,7 +15,16 @@ from drledger.errors import DrledgerError, RetryLater
 from drledger.source.base import SlotHealth
 from drledger.source.mysql.connection import connect, parse_dsn
 from drledger.source.mysql.outbox import SCHEMA, query
-from drledger.streaming import CHECK, RESTART, Cause, RelaySettings, SlotInfo, SourceIdentity, first_line
+from drledger.streaming import (
+    CHECK,
+    RESTART,
+    Cause,
+    RelaySettings,
+    SlotInfo,
+    SourceIdentity,
+    engine_properties,
+    first_line,
+)
 
 HEARTBEAT_QUERY = (
     f"INSERT INTO {SCHEMA}.heartbeat (id, beat_at) VALUES (1, UTC_TIMESTAMP(6)) "
@@ -30,45 +39,31 @@ def server_id(slot: str) -> int:
 
 def debezium_properties(dsn: str, settings: RelaySettings, *, password: str | None = None) -> dict[str, str]:
     address = parse_dsn(dsn)
-    props = {
-        "name": f"drledger-relay-{settings.slot}",
-        "connector.class": "io.debezium.connector.mysql.MySqlConnector",
-        "database.hostname": address.host,
-        "database.port": str(address.port),
-        "database.user": address.user,
-        "database.server.id": str(server_id(settings.slot)),
-        "topic.prefix": "drledger",
-        "database.include.list": SCHEMA,
-        "table.include.list": f"{SCHEMA}.outbox,{SCHEMA}.heartbeat",
-        "include.schema.changes": "false",
-        # The transaction each change belongs to: MySQL's triggers cannot know it, the binlog does.
-        "provide.transaction.metadata": "true",
-        "snapshot.mode": settings.snapshot,
-        # Only the outbox is read: no global read lock is needed (nor the RELOAD privilege it takes).
-        "snapshot.locking.mode": "none",
-        "schema.history.internal": "io.debezium.storage.file.history.FileSchemaHistory",
-        "schema.history.internal.file.filename": str(settings.state_dir / f"{settings.slot}.schema-history"),
-        "heartbeat.interval.ms": str(settings.heartbeat_ms),
-        "heartbeat.action.query": HEARTBEAT_QUERY,
-        "poll.interval.ms": str(settings.poll_interval_ms),
-        "max.batch.size": str(settings.max_batch_size),
-        "max.queue.size": str(settings.max_queue_size),
-        "tombstones.on.delete": "false",
-        "decimal.handling.mode": "string",
-        "binary.handling.mode": "base64",
-        "connect.keep.alive": "true",
-        "offset.storage": "org.apache.kafka.connect.storage.FileOffsetBackingStore",
-        "offset.storage.file.filename": str(settings.offsets_file),
-        "offset.flush.interval.ms": "0",
-        "offset.flush.timeout.ms": "10000",
-        "converter.schemas.enable": "false",
-        "key.converter.schemas.enable": "false",
-        "value.converter.schemas.enable": "false",
-        "errors.max.retries": str(settings.db_retries),
-        "errors.retry.delay.initial.ms": "500",
-        "errors.retry.delay.max.ms": "5000",
-        "retriable.restart.connector.wait.ms": "5000",
-    }
+    props = engine_properties(settings)
+    props.update(
+        {
+            "connector.class": "io.debezium.connector.mysql.MySqlConnector",
+            "database.hostname": address.host,
+            "database.port": str(address.port),
+            "database.user": address.user,
+            "database.server.id": str(server_id(settings.slot)),
+            "topic.prefix": "drledger",
+            "database.include.list": SCHEMA,
+            "table.include.list": f"{SCHEMA}.outbox,{SCHEMA}.heartbeat",
+            "include.schema.changes": "false",
+            # The transaction each change belongs to: MySQL's triggers cannot know it, the binlog does.
+            "provide.transaction.metadata": "true",
+            # Only the outbox is read: no global read lock is needed (nor the RELOAD privilege it takes).
+            "snapshot.locking.mode": "none",
+            "schema.history.internal": "io.debezium.storage.file.history.FileSchemaHistory",
+            "schema.history.internal.file.filename": str(
+                settings.state_dir / f"{settings.slot}.schema-history"
+            ),
+            "heartbeat.action.query": HEARTBEAT_QUERY,
+            "binary.handling.mode": "base64",
+            "connect.keep.alive": "true",
+        }
+    )
     secret = address.password or password
     if secret:
         props["database.password"] = secret

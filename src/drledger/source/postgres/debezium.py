@@ -13,7 +13,7 @@ from psycopg import pq
 
 from drledger.errors import DrledgerError
 from drledger.source.postgres.outbox import PUBLICATION
-from drledger.streaming import RelaySettings
+from drledger.streaming import RelaySettings, engine_properties
 
 TOPIC_PREFIX = "drledger"
 HEARTBEAT_QUERY = (
@@ -78,44 +78,26 @@ def debezium_properties(dsn: str, settings: RelaySettings, *, password: str | No
                 "remove it from the DSN and the environment, or the relay would connect with weaker TLS than asked."
             )
     user = params.get("user", "postgres")
-    props = {
-        "name": f"drledger-relay-{settings.slot}",
-        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
-        "database.hostname": host,
-        "database.port": params.get("port", "5432"),
-        "database.user": user,
-        "database.dbname": params.get("dbname") or user,
-        "topic.prefix": TOPIC_PREFIX,
-        "plugin.name": "pgoutput",
-        "slot.name": settings.slot,
-        "publication.name": PUBLICATION,
-        "publication.autocreate.mode": "disabled",
-        "table.include.list": "drledger.outbox,drledger.heartbeat",
-        "snapshot.mode": settings.snapshot,
-        "heartbeat.interval.ms": str(settings.heartbeat_ms),
-        "heartbeat.action.query": HEARTBEAT_QUERY,
-        "poll.interval.ms": str(settings.poll_interval_ms),
-        "max.batch.size": str(settings.max_batch_size),
-        "max.queue.size": str(settings.max_queue_size),
-        "tombstones.on.delete": "false",
-        "decimal.handling.mode": "string",
-        # Offsets are flushed after every batch: the slot's confirmed LSN follows what the ledger holds.
-        "offset.storage": "org.apache.kafka.connect.storage.FileOffsetBackingStore",
-        "offset.storage.file.filename": str(settings.offsets_file),
-        "offset.flush.interval.ms": "0",
-        "offset.flush.timeout.ms": "10000",
-        "converter.schemas.enable": "false",
-        "key.converter.schemas.enable": "false",
-        "value.converter.schemas.enable": "false",
-        # Reconnect after a lost connection a bounded number of times, then fail: the relay exits 75 and
-        # its supervisor restarts it. A slot held by a relay that just died is retried for 30 s.
-        "errors.max.retries": str(settings.db_retries),
-        "errors.retry.delay.initial.ms": "500",
-        "errors.retry.delay.max.ms": "5000",
-        "retriable.restart.connector.wait.ms": "5000",
-        "slot.max.retries": "6",
-        "slot.retry.delay.ms": "5000",
-    }
+    props = engine_properties(settings)
+    props.update(
+        {
+            "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+            "database.hostname": host,
+            "database.port": params.get("port", "5432"),
+            "database.user": user,
+            "database.dbname": params.get("dbname") or user,
+            "topic.prefix": TOPIC_PREFIX,
+            "plugin.name": "pgoutput",
+            "slot.name": settings.slot,
+            "publication.name": PUBLICATION,
+            "publication.autocreate.mode": "disabled",
+            "table.include.list": "drledger.outbox,drledger.heartbeat",
+            "heartbeat.action.query": HEARTBEAT_QUERY,
+            # A slot held by a relay that just died is retried for 30 s.
+            "slot.max.retries": "6",
+            "slot.retry.delay.ms": "5000",
+        }
+    )
     secret = params.get("password") or password
     if secret:
         props["database.password"] = secret
