@@ -124,6 +124,14 @@ def test_snapshot_read_uses_created_at_and_other_changes_are_ignored() -> None:
     assert outbox_change_to_event('{"ts_ms": 1795791600400}') is None  # a Debezium heartbeat
 
 
+def test_a_postgresql_outbox_row_without_txid_is_refused_by_name() -> None:
+    """Only MySQL's outbox has no txid column; on PostgreSQL its absence is a damaged outbox."""
+    change = json.loads(debezium_value("c"))
+    del change["after"]["txid"]
+    with pytest.raises(KeyError, match="txid"):
+        outbox_change_to_event(json.dumps(change))
+
+
 def test_durations_and_instants() -> None:
     assert parse_duration("7d") == 7 * 86400
     assert parse_duration("250ms") == 0.25

@@ -32,17 +32,19 @@ def outbox_change_to_event(value: str | bytes) -> LedgerEvent | None:
     source = change["source"]
     if (source.get("schema") or source.get("db"), source.get("table")) != OUTBOX_SOURCE:
         return None
+    mysql = source.get("connector") == "mysql"
     after = change["after"]
     payload = after["payload"]
     row_json = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
     created_ms = _iso_to_ms(after["created_at"])
     if op == "r":
         commit_ts_ms = created_ms
-    elif source.get("connector") == "mysql":
+    elif mysql:
         commit_ts_ms = max(int(source["ts_ms"]), created_ms)
     else:
         commit_ts_ms = int(source["ts_ms"])
-    txid = after.get("txid")
+    # PostgreSQL's trigger always writes txid: a row without it is a damaged outbox, said by name.
+    txid = after.get("txid") if mysql else after["txid"]
     if txid is None and op == "r":
         # A MySQL snapshot read knows no transaction: each row is its own, never one giant one.
         txid = _SNAPSHOT_TXIDS | int.from_bytes(uuid.UUID(str(after["id"])).bytes[:8], "big") >> 2

@@ -372,11 +372,9 @@ _ROW_COLUMNS = (
 )
 
 
-def _bounds(since_ms: int | None, until_ms: int | None) -> tuple[float, float]:
-    return (
-        (since_ms if since_ms is not None else 0) / 1000.0,
-        (until_ms if until_ms is not None else LATEST_MS) / 1000.0,
-    )
+def _bounds(since_ms: int | None, until_ms: int | None) -> tuple[int, int]:
+    """A window's ends as _AT's parameters (microseconds); an open end is the epoch or the latest time."""
+    return _us(since_ms if since_ms is not None else 0), _us(until_ms if until_ms is not None else LATEST_MS)
 
 
 def read_window(dsn: str, since_ms: int | None, until_ms: int | None) -> Iterator[OutboxRow]:
