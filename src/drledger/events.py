@@ -198,6 +198,16 @@ class MalformedTally:
             yield record
 
 
+# Transaction ids made up for events that know none live above every real one (PostgreSQL's are 64-bit
+# but far below this; MySQL's are binlog positions, file << 32 | offset).
+OWN_TRANSACTION_TXIDS = 1 << 61
+
+
+def own_transaction_txid(event_id: str) -> int:
+    """A transaction id of the event's own, from its id: for an event no source transaction is known for."""
+    return OWN_TRANSACTION_TXIDS | int.from_bytes(event_id_bytes(event_id)[:8], "big") >> 2
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     """One row of a source database's outbox, as reconcile and backfill see it, whatever the engine."""
@@ -210,6 +220,23 @@ class OutboxRow:
     txid: int
     created_at_ms: int
     row_sha256: str
+
+    def as_event(self) -> LedgerEvent:
+        """The event this row records, read from the table rather than a change stream: its commit
+        time is created_at (its statement's time, just before the commit) and its position unknown, so
+        replay orders it by commit time, then transaction. A row without a transaction id (MySQL's
+        outbox has none) is a transaction of its own, never one giant one with every other such row."""
+        txid = self.txid or own_transaction_txid(self.event_id)
+        return LedgerEvent.from_outbox(
+            event_id=self.event_id,
+            table=self.table,
+            key=self.key,
+            op=self.op,
+            row_json=self.row_json,
+            txid=txid,
+            lsn=0,
+            commit_ts_ms=self.created_at_ms,
+        )
 
 
 def from_wire(data: bytes | str, position: str) -> LedgerRecord:

@@ -64,6 +64,21 @@ class Mismatch:
     dr_row: str | None  # filled in by the caller when the window was read without payloads
 
 
+@dataclass(frozen=True)
+class KeyCollision:
+    """Split brain: a lost event whose key the DR database has since given to another row (written
+    after promotion, before fencing). Both versions, each with when it was written; neither is
+    overwritten, so a person decides."""
+
+    event_id: str
+    table: str
+    key: str
+    ledger_row: str
+    ledger_written_ms: int
+    dr_row: str
+    dr_written_ms: int | None  # None when the DR row was written without capture
+
+
 @dataclass
 class Report:
     window: Window
@@ -77,6 +92,9 @@ class Report:
     missing_in_ledger: list[OutboxRow] = field(default_factory=list)
     mismatched: list[Mismatch] = field(default_factory=list)
     malformed_samples: list[MalformedRecord] = field(default_factory=list)
+    # Lost events (still counted in missing_in_dr) whose key the DR database holds with other content.
+    split_brain: list[KeyCollision] = field(default_factory=list)
+    split_brain_unchecked: str | None = None  # why the DR database could not be asked, if it could not
     dr_last_commit_ms: int | None = None
     ledger_last_commit_ms: int | None = None
     # Events per second on each side, for the timeline picture.
@@ -85,7 +103,9 @@ class Report:
 
     @property
     def needs_a_human(self) -> bool:
-        return bool(self.mismatched or self.missing_in_ledger or self.malformed or self.ambiguous)
+        return bool(
+            self.mismatched or self.missing_in_ledger or self.malformed or self.ambiguous or self.split_brain
+        )
 
     @property
     def exit_code(self) -> int:

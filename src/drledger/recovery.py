@@ -7,7 +7,7 @@ the drill. Backend-agnostic: ledgers are opened by URL and read through `Ledger.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import compress
@@ -17,7 +17,7 @@ from drledger.events import EVENT_ID_BYTES, LedgerEvent, MalformedRecord, Malfor
 from drledger.ledger import open_ledger, parse_ledger_url
 from drledger.ledger.base import Ledger, LedgerScan
 from drledger.reconcile import Report, Window, build_report, compare
-from drledger.source import open_source
+from drledger.source import explain_failure, open_source
 from drledger.source.base import SourceDatabase
 from drledger.timeutil import now_ms
 
@@ -33,17 +33,26 @@ class ReconcileRequest:
     client_config: Mapping[str, str] | None = None
 
 
-def choose_window(request: ReconcileRequest) -> Window:
-    """The window asked for; by default from the DR database's last commit minus the lookback, to now."""
-    until = request.until_ms if request.until_ms is not None else now_ms()
+def choose_window(request: ReconcileRequest, ledgers: Sequence[Ledger] = ()) -> Window:
+    """The window asked for; by default from the DR database's last commit minus the lookback, to now
+    (or, when every ledger has ended for good, an old primary's outbox, say, to the last commit in one:
+    what the DR database wrote after that cannot be in them)."""
+    until = request.until_ms if request.until_ms is not None else _default_until(ledgers)
     if request.since_ms is not None:
         since = request.since_ms
     else:
         latest = open_source(request.dsn).latest_commit_ms()
-        since = (latest if latest is not None else until) - request.lookback_ms
+        since = (min(latest, until) if latest is not None else until) - request.lookback_ms
     if since >= until:
         raise DrledgerError("The window is empty: --since must be earlier than --until.")
     return Window(since, until, request.skew_ms)
+
+
+def _default_until(ledgers: Sequence[Ledger]) -> int:
+    ends = [ledger.closed_at_ms() for ledger in ledgers]
+    if ends and all(end is not None for end in ends):
+        return max(end for end in ends if end is not None) + 1
+    return now_ms()
 
 
 def open_ledgers(urls: list[str], client_config: Mapping[str, str] | None) -> list[Ledger]:
@@ -65,8 +74,13 @@ def run_reconcile(request: ReconcileRequest, on_progress: Callable[[int], None] 
         raise DrledgerError("Name at least one ledger with --ledger URL.")
     for url in request.ledger_urls:
         parse_ledger_url(url)
-    window = choose_window(request)
     ledgers = open_ledgers(request.ledger_urls, request.client_config)
+    try:
+        window = choose_window(request, ledgers)
+    except BaseException:
+        for ledger in ledgers:
+            ledger.close()
+        raise
     # Millions of short-lived records and no cycles among them: the cyclic collector would only rescan
     # the growing sets again and again.
     collecting = gc.isenabled()
@@ -125,7 +139,7 @@ def _reconcile(
         [event_id_text(p[:EVENT_ID_BYTES]) for p in comparison.missing_in_ledger]
         + [event_id_text(pair[1][:EVENT_ID_BYTES]) for pair in comparison.mismatched],
     )
-    return build_report(
+    report = build_report(
         window,
         comparison,
         [events[p] for p in comparison.missing_in_dr],
@@ -133,6 +147,24 @@ def _reconcile(
         [(events[lp], rows[event_id_text(dp[:EVENT_ID_BYTES])]) for lp, dp in comparison.mismatched],
         malformed,
     )
+    if report.missing_in_dr:
+        _find_split_brain(dr_side, report)
+    return report
+
+
+def _find_split_brain(dr_side: SourceDatabase, report: Report) -> None:
+    """Which lost events' keys the DR database has given to other rows since; a role that may not read
+    the application's tables (the reader) leaves the question open, said in the report."""
+    from drledger.collisions import key_collisions
+
+    try:
+        with dr_side.recovery_session() as session:
+            report.split_brain = key_collisions(session, report.missing_in_dr)
+    except Exception as exc:
+        explained = explain_failure(exc) if not isinstance(exc, DrledgerError) else exc
+        if explained is None:
+            raise
+        report.split_brain_unchecked = str(explained)
 
 
 def _created_at(dr_side: SourceDatabase, prints: set[bytes]) -> dict[bytes, int]:

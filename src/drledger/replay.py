@@ -47,6 +47,7 @@ from drledger.names import TableName
 from drledger.screening import Admitted, Ambiguity, Refusal, screen
 from drledger.source import open_source
 from drledger.source.base import RecoverySession, RowsRejected, SourceUnavailable, TableShape
+from drledger.timeutil import format_instant
 
 CHUNK_EVENTS = 5_000
 VALIDATE_BATCH = 5_000
@@ -147,6 +148,9 @@ class Conflict:
     ledger_row: str
     current_row: str | None  # None when no row is stored under the key (see `why`)
     why: str = KEY_HOLDS_OTHER
+    # When each version was written: the lost one's commit, and the current row's capture (split brain).
+    ledger_written_at: str | None = None
+    current_written_at: str | None = None
 
 
 @dataclass
@@ -502,7 +506,15 @@ def _not_replayed_before(
         else:
             outcome.outcomes.append((event, Outcome.CONFLICT))
             outcome.conflicts.append(
-                Conflict(event.event_id, event.table, event.key, event.row_json, None, OUTBOX_HOLDS_OTHER)
+                Conflict(
+                    event.event_id,
+                    event.table,
+                    event.key,
+                    event.row_json,
+                    None,
+                    OUTBOX_HOLDS_OTHER,
+                    format_instant(event.commit_ts_ms),
+                )
             )
     return pending
 
@@ -525,6 +537,7 @@ def _insert_table(
     claimed: set[str] = set()
     not_inserted = [e for e in rows if e.key not in inserted]
     current = session.current_rows(shape, not_inserted) if not_inserted else {}
+    conflicting: list[LedgerEvent] = []
     for event in rows:
         now = current.get(event.event_id)
         if event.key in inserted and event.key not in claimed:
@@ -534,16 +547,23 @@ def _insert_table(
             kinds[event.event_id] = Outcome.PRESENT  # the same content under the same key
         else:
             kinds[event.event_id] = Outcome.CONFLICT
-            outcome.conflicts.append(
-                Conflict(
-                    event.event_id,
-                    event.table,
-                    event.key,
-                    event.row_json,
-                    now.text if now is not None else None,
-                    KEY_HOLDS_OTHER if now is not None else OTHER_UNIQUE_KEY,
-                )
+            conflicting.append(event)
+    # One table's rows: they all carry its captured name, the outbox's aggregatetype.
+    written = session.written_at(conflicting[0].table, [e.key for e in conflicting]) if conflicting else {}
+    for event in conflicting:
+        now = current.get(event.event_id)
+        outcome.conflicts.append(
+            Conflict(
+                event.event_id,
+                event.table,
+                event.key,
+                event.row_json,
+                now.text if now is not None else None,
+                KEY_HOLDS_OTHER if now is not None else OTHER_UNIQUE_KEY,
+                format_instant(event.commit_ts_ms),
+                format_instant(written.get(event.key)) if now is not None else None,
             )
+        )
     return kinds
 
 

@@ -43,6 +43,11 @@ def verdict(report: Report) -> str:
                 f"{len(report.ambiguous)} lost events or rows are held in the ledger in conflicting versions "
                 "and will not be replayed"
             )
+        if report.split_brain:
+            parts.append(
+                f"{len(report.split_brain)} lost events collide with rows the DR database wrote under the same "
+                "keys since (split brain): replay keeps the DR rows and reports both versions"
+            )
         return "Needs a human: " + "; ".join(parts) + "."
     if report.missing_in_dr:
         return f"{len(report.missing_in_dr)} committed events are missing from the DR database and can be replayed."
@@ -70,6 +75,7 @@ def report_json(report: Report, *, ledgers: list[str], db: str) -> dict[str, Any
             "duplicates": report.duplicates,
             "malformed": report.malformed,
             "conflicting": sum(len(a.events) for a in report.ambiguous),
+            "split_brain": len(report.split_brain),
         },
         "exposure": {
             "dr_last_commit": format_instant(report.dr_last_commit_ms),
@@ -92,6 +98,19 @@ def report_json(report: Report, *, ledgers: list[str], db: str) -> dict[str, Any
             for m in report.mismatched
         ],
         "conflicting": [a.as_json() for a in report.ambiguous],
+        "split_brain": [
+            {
+                "event_id": c.event_id,
+                "table": c.table,
+                "key": c.key,
+                "ledger_row": c.ledger_row,
+                "ledger_written_at": format_instant(c.ledger_written_ms),
+                "dr_row": c.dr_row,
+                "dr_written_at": format_instant(c.dr_written_ms),
+            }
+            for c in report.split_brain
+        ],
+        "split_brain_unchecked": report.split_brain_unchecked,
         "malformed_samples": [
             {"position": s.position, "reason": s.reason, "sample": s.sample} for s in report.malformed_samples
         ],
@@ -109,7 +128,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         title=Text(f"reconcile {summary['window']['since']} → {summary['window']['until']}"),
         show_header=False,
     )
-    alarming = ("missing_in_dr", "missing_in_ledger", "mismatched", "malformed", "conflicting")
+    alarming = ("missing_in_dr", "missing_in_ledger", "mismatched", "malformed", "conflicting", "split_brain")
     for key, value in counts.items():
         table.add_row(key, Text(str(value), style="bold red" if key in alarming and value else ""))
     table.add_section()
@@ -134,5 +153,15 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             Text("  conflicting ", style="red")
             + Text(f"{group['table']} key {group['key']}: {group['reason']} ({ids})")
         )
+    for collision in summary["split_brain"][:10]:
+        console.print(
+            Text("  split brain ", style="red")
+            + Text(
+                f"{collision['table']} key {collision['key']}: lost version written {collision['ledger_written_at']}, "
+                f"DR version written {collision['dr_written_at']}"
+            )
+        )
+    if summary["split_brain_unchecked"]:
+        console.print(Text(f"  split brain not checked: {summary['split_brain_unchecked']}", style="yellow"))
     console.print(Text(summary["verdict"]))
     console.print(Text(exposure["unknowable"], style="dim"))

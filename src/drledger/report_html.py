@@ -101,6 +101,26 @@ def _ambiguous_section(summary: dict[str, Any]) -> str:
     )
 
 
+def _split_brain_section(summary: dict[str, Any]) -> str:
+    """Lost events whose key the DR database has given to another row: both versions, never overwritten."""
+    collisions = summary["split_brain"]
+    if not collisions:
+        return ""
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(c['table'])}</td><td>{esc(c['key'])}</td><td><code>{esc(c['event_id'])}</code></td>"
+        f"<td>{esc(str(c['ledger_written_at']))}</td><td><code>{esc(c['ledger_row'][:300])}</code></td>"
+        f"<td>{esc(str(c['dr_written_at']))}</td><td><code>{esc(c['dr_row'][:300])}</code></td></tr>"
+        for c in collisions[:200]
+    )
+    return (
+        "<h2>Split brain: keys written on both sides (neither is overwritten)</h2>"
+        "<table id='split-brain'><tr><th>table</th><th>key</th><th>event id</th><th>lost version written</th>"
+        "<th>lost version</th><th>DR version written</th><th>DR version</th></tr>"
+        f"{rows}</table>"
+    )
+
+
 def render_html(summary: dict[str, Any], report: Report) -> str:
     counts, exposure = summary["counts"], summary["exposure"]
     tone = "ok" if summary["exit_code"] == 0 else "bad"
@@ -140,6 +160,7 @@ def render_html(summary: dict[str, Any], report: Report) -> str:
 {timeline_svg(report)}
 <h2>Missing from the DR database, by table</h2><table id="missing-by-table">{tables}</table>
 {_ambiguous_section(summary)}
+{_split_brain_section(summary)}
 <h2>Missing events</h2>
 <table id="missing-events"><tr><th>event id</th><th>table</th><th>key</th><th>txid</th></tr>{missing}</table>
 {f"<p class='muted'>… and {more:,} more (see --json or --save).</p>" if more > 0 else ""}

@@ -34,11 +34,11 @@ def fence_from_ledger(
     conflicting or malformed), which fencing ignores — replay reports each of them.
     """
     validate_margin(margin)
-    window = choose_window(request)
     ledgers = open_ledgers(request.ledger_urls, request.client_config)
     events: list[LedgerEvent] = []
     unreadable = 0
     try:
+        window = choose_window(request, ledgers)
         for record in read_all(ledgers, window.since_ms, window.until_ms):
             if isinstance(record, MalformedRecord):
                 unreadable += 1

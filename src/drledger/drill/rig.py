@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from drledger.drill.cluster import ClusterSet, LocalCluster
+from drledger.drill.cluster import ClusterSet, LocalCluster, free_port
 from drledger.drill.lag import LagInjector
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent
@@ -84,6 +84,7 @@ class FailoverRig:
         )
         self.primary: LocalCluster | None = None
         self.replica: LocalCluster | None = None
+        self.old_primary: LocalCluster | None = None
         self.injector: LagInjector | None = None
         self.relay: subprocess.Popen[bytes] | None = None
         self.relay_log = self.clusters.base / "relay.log"
@@ -293,6 +294,18 @@ class FailoverRig:
         assert self.replica is not None
         self.replica.promote()
         _wait(lambda: self._promoted(), 60, "the replica to be promoted")
+
+    def old_region_returns(self) -> str:
+        """The failed region is back: the killed primary's data directory starts again, isolated (a port
+        of its own, no application, not a replica of the new primary, so nothing rewinds it) and
+        read-only. Crash recovery replays its WAL: it holds every commit it acknowledged. Its DSN."""
+        assert self.primary is not None and self.primary.pid is None, "the primary is still running"
+        old = LocalCluster(self.primary.data_dir, free_port(), self.clusters.bin_dir, "old-primary")
+        old.configure({"default_transaction_read_only": "on"})
+        self.clusters.clusters.append(old)
+        old.start()
+        self.old_primary = old
+        return old.dsn
 
     def _promoted(self) -> bool:
         with psycopg.connect(self.dr_dsn, autocommit=True) as conn:

@@ -184,6 +184,12 @@ class Ledger(ABC):
         scan = self.scan(since_ms, None)
         return max(scan.commit_ms) if scan.commit_ms else None
 
+    def closed_at_ms(self) -> int | None:
+        """Where this ledger ends for good, if it does: a stopped database's outbox takes no more
+        events, so nothing committed after its last one can be in it, and reconcile's window ends
+        there by default. None for a ledger that is still being written (every stream)."""
+        return None
+
     def event_ids(self, since_ms: int, until_ms: int) -> set[bytes]:
         """The ids (16 bytes each) of the readable events committed in [since_ms, until_ms]: what the
         watcher checks a few seconds of the primary's outbox against. Malformed records hold no id

@@ -21,25 +21,12 @@ BATCH = 5_000
 _LEDGER_LOOKBACK_MS = 60_000
 
 
-def event_from_row(row: OutboxRow) -> LedgerEvent:
-    return LedgerEvent.from_outbox(
-        event_id=row.event_id,
-        table=row.table,
-        key=row.key,
-        op=row.op,
-        row_json=row.row_json,
-        txid=row.txid,
-        lsn=0,  # not known from the table; replay orders these by commit time, then txid
-        commit_ts_ms=row.created_at_ms,
-    )
-
-
 def _batches(rows: Iterator[OutboxRow], known: set[str]) -> Iterator[list[LedgerEvent]]:
     batch: list[LedgerEvent] = []
     for row in rows:
         if row.event_id in known:
             continue
-        batch.append(event_from_row(row))
+        batch.append(row.as_event())
         if len(batch) >= BATCH:
             yield batch
             batch = []

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import datetime
 from typing import Any
 
 import orjson
 
-from drledger.events import LedgerEvent
+from drledger.events import LedgerEvent, own_transaction_txid
 
 OUTBOX_SOURCE = ("drledger", "outbox")
 
@@ -47,7 +46,7 @@ def outbox_change_to_event(value: str | bytes) -> LedgerEvent | None:
     txid = after.get("txid") if mysql else after["txid"]
     if txid is None and op == "r":
         # A MySQL snapshot read knows no transaction: each row is its own, never one giant one.
-        txid = _SNAPSHOT_TXIDS | int.from_bytes(uuid.UUID(str(after["id"])).bytes[:8], "big") >> 2
+        txid = own_transaction_txid(str(after["id"]))
     return LedgerEvent.from_outbox(
         event_id=str(after["id"]),
         table=str(after["aggregatetype"]),
@@ -60,8 +59,6 @@ def outbox_change_to_event(value: str | bytes) -> LedgerEvent | None:
     )
 
 
-# Synthetic transaction ids of snapshot reads live above every binlog position (file << 32 | offset).
-_SNAPSHOT_TXIDS = 1 << 61
 _BINLOG_POSITION = re.compile(r"file=[^,]*?(\d+),pos=(\d+)")
 
 

@@ -172,6 +172,11 @@ class RecoverySession(ABC):
         """event id → what its key holds now, for the events whose key holds a row."""
 
     @abstractmethod
+    def written_at(self, table: str, keys: Sequence[str]) -> dict[str, int]:
+        """key → when the row now under it was written (ms), for the keys this table's outbox has a row
+        for (the newest); a row written without capture has none. Asked only about conflicting keys."""
+
+    @abstractmethod
     def restore_outbox(self, events: Sequence[LedgerEvent]) -> None:
         """Put the original outbox rows back, with their event ids and the images' fingerprints."""
 
@@ -249,6 +254,12 @@ class SourceDatabase(ABC):
 
     @abstractmethod
     def outbox_rows(self, event_ids: Sequence[str]) -> dict[str, OutboxRow]: ...
+
+    @abstractmethod
+    def writable_by_others(self) -> str | None:
+        """Why this database could be taking application writes right now (it accepts writes by default,
+        and how many other sessions are connected), or None if it refuses them (a standby, a database
+        or server set read-only). Asked before an old primary's outbox is read as a ledger."""
 
     # -- watching: cheap reads, by index only, made every few seconds on a live primary and replica ---
 

@@ -75,6 +75,9 @@ class MySQLSource(SourceDatabase):
     def read_window(self, since_ms: int | None, until_ms: int | None) -> Iterator[OutboxRow]:
         return outbox.read_window(self.dsn, since_ms, until_ms)
 
+    def writable_by_others(self) -> str | None:
+        return outbox.writable_by_others(self.dsn)
+
     def read_fingerprints(self, since_ms: int | None, until_ms: int | None) -> list[bytes]:
         return outbox.read_fingerprints(self.dsn, since_ms, until_ms)
 

@@ -33,7 +33,7 @@ TRIGGER_PREFIX = "drledger_capture_"
 _AT = "TIMESTAMPADD(MICROSECOND, %s, '1970-01-01 00:00:00')"  # its parameter: microseconds
 
 
-def _ms_of(column: str) -> str:
+def ms_of(column: str) -> str:
     return f"TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {column}) DIV 1000"
 
 
@@ -368,7 +368,7 @@ def prune(dsn: str, older_than_ms: int, *, apply: bool) -> int:
 # An OutboxRow's columns; the digest is of the payload text exactly as stored.
 _ROW_COLUMNS = (
     "id, aggregatetype, aggregateid, type, payload, COALESCE(txid, 0), "
-    f"{_ms_of('created_at')}, SHA2(payload, 256)"
+    f"{ms_of('created_at')}, SHA2(payload, 256)"
 )
 
 
@@ -420,7 +420,7 @@ def created_at(dsn: str, ids: set[bytes]) -> dict[bytes, int]:
     try:
         rows = query(
             conn,
-            f"SELECT id, {_ms_of('created_at')} FROM {SCHEMA}.outbox WHERE id IN %s",
+            f"SELECT id, {ms_of('created_at')} FROM {SCHEMA}.outbox WHERE id IN %s",
             (_id_texts(ids),),
         )
     finally:
@@ -458,7 +458,7 @@ def latest_commit_ms(dsn: str) -> int | None:
     conn = connect(dsn)
     try:
         require_outbox(conn)
-        rows = query(conn, f"SELECT {_ms_of('MAX(created_at)')} FROM {SCHEMA}.outbox")
+        rows = query(conn, f"SELECT {ms_of('MAX(created_at)')} FROM {SCHEMA}.outbox")
     finally:
         conn.close()
     return int(rows[0][0]) if rows and rows[0][0] is not None else None
@@ -472,7 +472,7 @@ def outbox_slice(dsn: str, since_ms: int, until_ms: int, limit: int) -> tuple[li
         end = until_ms
         cut = query(
             conn,
-            f"SELECT {_ms_of('created_at')} FROM {SCHEMA}.outbox "
+            f"SELECT {ms_of('created_at')} FROM {SCHEMA}.outbox "
             f"WHERE created_at >= {_AT} AND created_at < {_AT} ORDER BY created_at LIMIT 1 OFFSET %s",
             (_us(since_ms), _us(until_ms), limit),
         )
@@ -480,7 +480,7 @@ def outbox_slice(dsn: str, since_ms: int, until_ms: int, limit: int) -> tuple[li
             end = max(int(cut[0][0]), since_ms + 1)
         rows = query(
             conn,
-            f"SELECT id, {_ms_of('created_at')} FROM {SCHEMA}.outbox "
+            f"SELECT id, {ms_of('created_at')} FROM {SCHEMA}.outbox "
             f"WHERE created_at >= {_AT} AND created_at < {_AT} ORDER BY created_at",
             (_us(since_ms), _us(end)),
         )
@@ -501,3 +501,20 @@ def count_events(dsn: str, since_ms: int, until_ms: int, cap: int) -> int:
     finally:
         conn.close()
     return int(rows[0][0]) if rows else 0
+
+
+def writable_by_others(dsn: str) -> str | None:
+    """Why this server could be taking writes (see SourceDatabase.writable_by_others), or None: read_only
+    (Aurora's readers, a server set read-only) refuses every write but a privileged account's."""
+    conn = connect(dsn)
+    try:
+        read_only, others = query(
+            conn,
+            "SELECT @@global.read_only, (SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+            "WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Daemon', 'Binlog Dump', 'Binlog Dump GTID'))",
+        )[0]
+    finally:
+        conn.close()
+    if int(read_only):
+        return None
+    return f"it accepts writes (read_only is off), with {others} other session{'' if others == 1 else 's'} connected"

@@ -34,6 +34,7 @@ from drledger.source.mysql.outbox import (
     SCHEMA,
     captured_tables,
     ident,
+    ms_of,
     primary_key_columns,
     query,
     require_outbox,
@@ -198,6 +199,17 @@ class MySQLRecoverySession(RecoverySession):
             (list(event_ids),),
         )
         return {r[0]: bytes(r[1]) for r in rows}
+
+    def written_at(self, table: str, keys: Sequence[str]) -> dict[str, int]:
+        if not keys:
+            return {}
+        rows = query(
+            self.conn,
+            f"SELECT aggregateid, {ms_of('MAX(created_at)')} FROM {SCHEMA}.outbox "
+            "WHERE aggregatetype = %s AND aggregateid IN %s GROUP BY aggregateid",
+            (table, list(keys)),
+        )
+        return {r[0]: int(r[1]) for r in rows}
 
     def _existing_keys(self, shape: TableShape, images: str) -> set[str]:
         typed = self._typed(shape)

@@ -85,6 +85,9 @@ class PostgresSource(SourceDatabase):
     def outbox_rows(self, event_ids: Sequence[str]) -> dict[str, OutboxRow]:
         return outbox.outbox_rows(self.dsn, list(event_ids))
 
+    def writable_by_others(self) -> str | None:
+        return outbox.writable_by_others(self.dsn)
+
     def outbox_slice(self, since_ms: int, until_ms: int, limit: int) -> OutboxSlice:
         from drledger.source.postgres.readiness import outbox_slice
 

@@ -609,3 +609,19 @@ def outbox_rows(dsn: str, event_ids: list[str]) -> dict[str, OutboxRow]:
             f"SELECT {_ROW_COLUMNS} FROM drledger.outbox WHERE id = ANY(%s::uuid[])", (event_ids,)
         ).fetchall()
     return {r[0]: OutboxRow(*r) for r in rows}
+
+
+def writable_by_others(dsn: str) -> str | None:
+    """Why this server could be taking writes (see SourceDatabase.writable_by_others), or None.
+
+    transaction_read_only is on in a standby and where default_transaction_read_only is set for the
+    server, the database or this role: what every application session would get too."""
+    with connect(dsn, autocommit=True) as conn:
+        read_only, others = conn.execute(
+            "SELECT current_setting('transaction_read_only') = 'on', "
+            "(SELECT count(*) FROM pg_stat_activity "
+            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())"
+        ).fetchone() or (False, 0)
+    if read_only:
+        return None
+    return f"it is a primary accepting writes, with {others} other session{'' if others == 1 else 's'} connected"

@@ -148,6 +148,14 @@ class PostgresRecoverySession(RecoverySession):
         ).fetchall()
         return {r[0]: bytes(r[1]) for r in rows}
 
+    def written_at(self, table: str, keys: Sequence[str]) -> dict[str, int]:
+        rows = self.conn.execute(
+            "SELECT aggregateid, (extract(epoch FROM max(created_at)) * 1000)::bigint FROM drledger.outbox "
+            "WHERE aggregatetype = %s AND aggregateid = ANY(%s) GROUP BY aggregateid",
+            (table, list(keys)),
+        ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
     def insert_if_absent(self, shape: TableShape, columns: Sequence[str], images: Sequence[str]) -> set[str]:
         names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
         statement = sql.SQL(
