@@ -33,6 +33,7 @@ LAYERS = [
     # what works through the seams: pure comparison and screening, the recovery steps, the relay
     {
         "drledger.census",
+        "drledger.collisions",
         "drledger.screening",
         "drledger.reconcile",
         "drledger.fence",
