@@ -1,0 +1,116 @@
+"""When the old region comes back: its primary's outbox, read as a ledger, returns the tail the ledger
+never saw — through a real failover, with the relay stalled before the disaster and the application
+writing to the new primary before fencing (split brain).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from conftest import run_cli
+from drledger.drill.rig import FailoverRig
+
+pytestmark = pytest.mark.debezium
+
+
+def dr_rows(dsn: str) -> dict[int, str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return {r[0]: r[1] for r in conn.execute("SELECT id, customer FROM public.orders").fetchall()}
+
+
+@pytest.fixture(scope="module")
+def aftermath() -> Iterator[tuple[FailoverRig, set[int]]]:
+    with FailoverRig(lag_s=1.0) as rig:
+        rig.start()
+        rig.run_workload(tps=100, seconds=2)
+        rig.pause_relay()  # the ledger falls behind: what follows reaches only the primary (and part the replica)
+        rig.run_workload(tps=100, seconds=3)
+        rig.disaster()
+        rig.failover()
+        # The application is pointed at the new primary before anyone fences: its sequence, behind the
+        # old primary's, hands out keys the old primary had already committed.
+        with psycopg.connect(rig.dr_dsn, autocommit=True) as conn:
+            split = {
+                r[0]
+                for r in conn.execute(
+                    "INSERT INTO public.orders (customer, amount) SELECT 'after-failover', 1 "
+                    "FROM generate_series(1, 3) RETURNING id"
+                ).fetchall()
+            }
+        yield rig, split
+
+
+def test_the_old_primary_returns_every_commit_the_ledger_missed(
+    aftermath: tuple[FailoverRig, set[int]],
+) -> None:
+    rig, split = aftermath
+    dr, ledger = rig.dr_dsn, rig.ledger_url
+    truth = rig.truth.keys
+    collide = split & truth
+    assert collide, "the new primary's keys never met the old primary's: nothing to prove"
+
+    # The ledger's recovery first, as the runbook goes.
+    assert run_cli("fence", "--db", dr, "--ledger", ledger, "--json").returncode == 0
+    replay = run_cli("replay", "--db", dr, "--ledger", ledger, "--apply", "--json")
+    assert replay.returncode in (0, 3), replay.stderr
+    # Lost after the ledger: committed keys the DR database lacks, and those the new primary took over.
+    after_ledger = (truth - dr_rows(dr).keys()) | collide
+    assert len(after_ledger) > 50, "the stalled relay should have left a tail only the old primary holds"
+
+    # A database that accepts writes is not read as a ledger unless forced: the new primary is one.
+    refused = run_cli("reconcile", "--db", dr, "--ledger", dr, "--json")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "Refusing to read" in refused.stderr and "writable=accept" in refused.stderr
+
+    old = rig.old_region_returns()
+    reconcile = run_cli("reconcile", "--db", dr, "--ledger", old, "--json")
+    assert reconcile.returncode == 3, reconcile.stdout + reconcile.stderr  # split brain needs a person
+    report = json.loads(reconcile.stdout)
+    missing = {int(json.loads(e)["id"]) for e in _rows_of(report, old)}
+    assert missing == after_ledger
+    assert report["counts"]["missing_in_ledger"] == 0  # what the new primary wrote since is not "missing"
+    collisions = {int(c["key"]): c for c in report["split_brain"]}
+    assert set(collisions) == collide
+    for key, collision in collisions.items():
+        assert json.loads(collision["dr_row"])["customer"] == "after-failover"
+        assert json.loads(collision["ledger_row"])["customer"] != "after-failover"
+        assert collision["ledger_written_at"] < collision["dr_written_at"], key
+
+    replay = run_cli("replay", "--db", dr, "--ledger", old, "--apply", "--json")
+    assert replay.returncode == 3, replay.stdout + replay.stderr
+    result = json.loads(replay.stdout)
+    assert {int(c["key"]) for c in result["conflicts"]} == set(collisions)
+    assert all(c["ledger_written_at"] and c["current_written_at"] for c in result["conflicts"])
+    assert result["applied"] == len(after_ledger - set(collisions))
+    rows = dr_rows(dr)
+    assert truth - rows.keys() == set()  # every committed key is back or held by the new primary
+    assert all(rows[k] == "after-failover" for k in split)  # nothing the new primary wrote was overwritten
+    assert not (rows.keys() & rig.truth.rolled_back)
+
+    again = run_cli("replay", "--db", dr, "--ledger", old, "--apply", "--json")
+    assert json.loads(again.stdout)["applied"] == 0  # idempotent
+
+
+def _rows_of(report: dict, old_dsn: str) -> list[str]:
+    """The lost rows' images, read from the old primary's outbox by the event ids the report names."""
+    with psycopg.connect(old_dsn, autocommit=True) as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT payload::text FROM drledger.outbox WHERE id = ANY(%s::uuid[])",
+                (report["missing_event_ids"],),
+            ).fetchall()
+        ]
+
+
+def test_a_bad_database_ledger_url_is_one_sentence(aftermath: tuple[FailoverRig, set[int]]) -> None:
+    rig, _split = aftermath
+    bad = run_cli("reconcile", "--db", rig.dr_dsn, "--ledger", rig.dr_dsn + "?writable=yes")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "'accept'" in bad.stderr, bad.stderr
+    forced = run_cli("reconcile", "--db", rig.dr_dsn, "--ledger", rig.dr_dsn + "?writable=accept", "--json")
+    assert forced.returncode in (0, 1, 3), forced.stderr  # read, as asked
+    assert json.loads(forced.stdout)["ledgers"] == [rig.dr_dsn + "?writable=accept"]
