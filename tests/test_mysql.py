@@ -326,3 +326,52 @@ def test_watch_sees_the_relay_come_and_go_as_least_privileged_accounts(shop: Sho
     wait_for(write_then_watch, 60, "the watcher to see the relay gone")
     for user in (relay_user, reader_user):
         shop.server.execute(f"DROP USER '{user}'@'%'")
+
+
+@pytest.fixture(scope="module")
+def promoted() -> Iterator[LocalMariaDB]:
+    """A second server: the database promoted when the shop's primary was lost, without its last rows."""
+    with MariaDBSet() as servers:
+        server = servers.server("promoted")
+        server.execute("CREATE DATABASE `Sales`")
+        for statement in TABLES.split(";"):
+            if statement.strip():
+                server.execute(statement)
+        yield server
+
+
+def test_the_old_mysql_primary_is_read_as_a_ledger_once_read_only(shop: Shop, promoted: LocalMariaDB) -> None:
+    tables = [a for t in ["`Sales`.`Order`", "Sales.customer", "Sales.line"] for a in ("--table", t)]
+    dr = promoted.dsn("Sales")
+    assert shop.cli("init", *tables).returncode == 0
+    assert shop.cli("init", *tables, db=dr).returncode == 0
+    write_as_the_application(shop)
+    originals = (
+        shop.rows(IMAGE),
+        shop.rows("SELECT * FROM `Sales`.customer"),
+        shop.rows("SELECT * FROM `Sales`.line"),
+    )
+
+    refused = shop.cli("reconcile", "--ledger", shop.dsn, db=dr)
+    assert refused.returncode == 2 and "read_only is off" in refused.stderr, refused.stderr
+    shop.server.execute("SET GLOBAL read_only = 1")
+    try:
+        reconcile = shop.cli("reconcile", "--ledger", shop.dsn, "--json", db=dr)
+        assert reconcile.returncode == 1, reconcile.stdout + reconcile.stderr
+        assert json.loads(reconcile.stdout)["missing_by_table"] == {
+            '"Sales"."Order"': 2,
+            '"Sales".customer': 1,
+            '"Sales".line': 2,
+        }
+        replay = shop.cli("replay", "--ledger", shop.dsn, "--apply", "--json", db=dr)
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        assert json.loads(replay.stdout)["applied"] == 5
+    finally:
+        shop.server.execute("SET GLOBAL read_only = 0")
+    assert (
+        promoted.execute(IMAGE),
+        promoted.execute("SELECT * FROM `Sales`.customer"),
+        promoted.execute("SELECT * FROM `Sales`.line"),
+    ) == originals
+    again = shop.cli("reconcile", "--ledger", shop.dsn + "?writable=accept", "--json", db=dr)
+    assert again.returncode == 0 and json.loads(again.stdout)["counts"]["missing_in_dr"] == 0, again.stdout

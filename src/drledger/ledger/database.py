@@ -61,7 +61,9 @@ class DatabaseLedger(Ledger):
         return DatabaseAddress(dsn, mask_url(url), accept_writable=bool(values))
 
     @classmethod
-    def open(cls, address: DatabaseAddress, config: dict[str, str], *, writer: bool, create: bool) -> DatabaseLedger:
+    def open(
+        cls, address: DatabaseAddress, config: dict[str, str], *, writer: bool, create: bool
+    ) -> DatabaseLedger:
         if writer:
             raise DrledgerError(
                 f"The ledger {address.display} is a database's outbox: drledger reads it, never publishes to it."
