@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import SplitResult, parse_qsl, urlencode
 
-from drledger.errors import DrledgerError
+from drledger.errors import DatabaseUnavailable, DrledgerError
 from drledger.events import LedgerEvent, LedgerRecord
 from drledger.ledger.base import Ledger
 from drledger.masking import mask_url
@@ -38,9 +38,10 @@ class DatabaseAddress:
 class DatabaseLedger(Ledger):
     schemes = (*POSTGRES_SCHEMES, *MYSQL_SCHEMES)
 
-    def __init__(self, source: SourceDatabase, display: str) -> None:
+    def __init__(self, source: SourceDatabase, display: str, newest_ms: int | None) -> None:
         self.source = source
         self.display_url = display
+        self.newest_ms = newest_ms  # its last commit when opened: a stopped database's is its last
 
     @classmethod
     def parse(cls, url: str, parts: SplitResult) -> DatabaseAddress:
@@ -77,7 +78,16 @@ class DatabaseLedger(Ledger):
                     f"application writes; bring it back isolated and read-only (README, 'When the old region "
                     f"returns'), or add ?{WRITABLE_PARAMETER}=accept to its URL if you know nothing writes to it."
                 )
-        return cls(source, address.display)
+        try:
+            newest = source.latest_commit_ms()
+        except DatabaseUnavailable:
+            raise
+        except DrledgerError:
+            raise DrledgerError(
+                f"The ledger {address.display} has no drledger.outbox: it is not a database drledger captured "
+                "from (give the old primary's database, the one `drledger init` ran on)."
+            ) from None
+        return cls(source, address.display, newest)
 
     def publish(self, events: Sequence[LedgerEvent]) -> None:
         raise DrledgerError(f"The ledger {self.display_url} is a database's outbox and is read-only.")
@@ -87,7 +97,7 @@ class DatabaseLedger(Ledger):
             yield row.as_event()
 
     def closed_at_ms(self) -> int | None:
-        return self.source.latest_commit_ms()
+        return self.newest_ms
 
     def newest_commit_ms(self, since_ms: int | None = None) -> int | None:
         newest = self.source.latest_commit_ms()
