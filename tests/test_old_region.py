@@ -67,7 +67,8 @@ def test_the_old_primary_returns_every_commit_the_ledger_missed(
     assert "Refusing to read" in refused.stderr and "writable=accept" in refused.stderr
 
     old = rig.old_region_returns()
-    reconcile = run_cli("reconcile", "--db", dr, "--ledger", old, "--json")
+    page = rig.clusters.base / "old-region.html"
+    reconcile = run_cli("reconcile", "--db", dr, "--ledger", old, "--json", "--html", str(page))
     assert reconcile.returncode == 3, reconcile.stdout + reconcile.stderr  # split brain needs a person
     report = json.loads(reconcile.stdout)
     missing = {int(json.loads(e)["id"]) for e in _rows_of(report, old)}
@@ -79,6 +80,9 @@ def test_the_old_primary_returns_every_commit_the_ledger_missed(
         assert json.loads(collision["dr_row"])["customer"] == "after-failover"
         assert json.loads(collision["ledger_row"])["customer"] != "after-failover"
         assert collision["ledger_written_at"] < collision["dr_written_at"], key
+
+    html = page.read_text()
+    assert "id='split-brain'" in html and html.count("after-failover") == len(collisions)
 
     replay = run_cli("replay", "--db", dr, "--ledger", old, "--apply", "--json")
     assert replay.returncode == 3, replay.stdout + replay.stderr

@@ -84,41 +84,56 @@ def timeline_svg(report: Report) -> str:
 
 def _ambiguous_section(summary: dict[str, Any]) -> str:
     """Lost events the ledger holds in conflicting versions: each version shown, none replayed."""
-    groups = summary["conflicting"]
-    if not groups:
-        return ""
-    esc = html.escape
-    rows = "".join(
-        f"<tr><td>{esc(g['table'])}</td><td>{esc(g['key'])}</td><td>{esc(g['reason'])}</td>"
-        f"<td><code>{esc(v['event_id'])}</code></td><td><code>{esc(v['row'][:300])}</code></td></tr>"
-        for g in groups[:100]
+    rows = [
+        [g["table"], g["key"], g["reason"], v["event_id"], v["row"][:300]]
+        for g in summary["conflicting"][:100]
         for v in g["versions"]
-    )
-    return (
-        "<h2>Conflicting versions in the ledger (held back from replay)</h2>"
-        "<table id='conflicting'><tr><th>table</th><th>key</th><th>why</th><th>event id</th><th>row</th></tr>"
-        f"{rows}</table>"
+    ]
+    return _table_section(
+        "Conflicting versions in the ledger (held back from replay)",
+        "conflicting",
+        {"table": False, "key": False, "why": False, "event id": True, "row": True},
+        rows,
     )
 
 
 def _split_brain_section(summary: dict[str, Any]) -> str:
     """Lost events whose key the DR database has given to another row: both versions, never overwritten."""
-    collisions = summary["split_brain"]
-    if not collisions:
+    rows = [
+        [
+            c["table"],
+            c["key"],
+            c["event_id"],
+            str(c["ledger_written_at"]),
+            c["ledger_row"][:300],
+            str(c["dr_written_at"]),
+            c["dr_row"][:300],
+        ]
+        for c in summary["split_brain"][:200]
+    ]
+    columns = {"table": False, "key": False, "event id": True, "lost version written": False}
+    columns |= {"lost version": True, "DR version written": False, "DR version": True}
+    return _table_section(
+        "Split brain: keys written on both sides (neither is overwritten)", "split-brain", columns, rows
+    )
+
+
+def _table_section(title: str, table_id: str, columns: dict[str, bool], rows: list[list[str]]) -> str:
+    """A titled table, every cell escaped; `columns` maps each header to whether its cells are code."""
+    if not rows:
         return ""
     esc = html.escape
-    rows = "".join(
-        f"<tr><td>{esc(c['table'])}</td><td>{esc(c['key'])}</td><td><code>{esc(c['event_id'])}</code></td>"
-        f"<td>{esc(str(c['ledger_written_at']))}</td><td><code>{esc(c['ledger_row'][:300])}</code></td>"
-        f"<td>{esc(str(c['dr_written_at']))}</td><td><code>{esc(c['dr_row'][:300])}</code></td></tr>"
-        for c in collisions[:200]
+    head = "".join(f"<th>{esc(h)}</th>" for h in columns)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td><code>{esc(cell)}</code></td>" if code else f"<td>{esc(cell)}</td>"
+            for cell, code in zip(row, columns.values(), strict=True)
+        )
+        + "</tr>"
+        for row in rows
     )
-    return (
-        "<h2>Split brain: keys written on both sides (neither is overwritten)</h2>"
-        "<table id='split-brain'><tr><th>table</th><th>key</th><th>event id</th><th>lost version written</th>"
-        "<th>lost version</th><th>DR version written</th><th>DR version</th></tr>"
-        f"{rows}</table>"
-    )
+    return f"<h2>{esc(title)}</h2><table id='{table_id}'><tr>{head}</tr>{body}</table>"
 
 
 def render_html(summary: dict[str, Any], report: Report) -> str:
