@@ -84,6 +84,12 @@ def test_the_old_primary_returns_every_commit_the_ledger_missed(
     html = page.read_text()
     assert "id='split-brain'" in html and html.count("after-failover") == len(collisions)
 
+    fence = run_cli("fence", "--db", dr, "--ledger", old, "--json")
+    assert fence.returncode == 0, fence.stderr
+    with psycopg.connect(dr, autocommit=True) as conn:
+        (next_key,) = conn.execute("SELECT last_value FROM public.orders_id_seq").fetchone()
+    assert next_key > max(truth)  # past every key the old primary handed out
+
     replay = run_cli("replay", "--db", dr, "--ledger", old, "--apply", "--json")
     assert replay.returncode == 3, replay.stdout + replay.stderr
     result = json.loads(replay.stdout)
