@@ -124,3 +124,31 @@ def test_a_bad_database_ledger_url_is_one_sentence(aftermath: tuple[FailoverRig,
     forced = run_cli("reconcile", "--db", rig.dr_dsn, "--ledger", rig.dr_dsn + "?writable=accept", "--json")
     assert forced.returncode in (0, 1, 3), forced.stderr  # read, as asked
     assert json.loads(forced.stdout)["ledgers"] == [rig.dr_dsn + "?writable=accept"]
+
+
+def test_an_outbox_row_changed_after_capture_is_malformed_not_replayed(
+    aftermath: tuple[FailoverRig, set[int]],
+) -> None:
+    rig, _split = aftermath
+    old = rig.old_primary.dsn if rig.old_primary is not None else rig.old_region_returns()
+    with psycopg.connect(old, autocommit=True) as conn:
+        conn.execute("SET default_transaction_read_only = off")
+        (event_id, key) = conn.execute(
+            "UPDATE drledger.outbox SET payload = jsonb_set(payload, '{customer}', '\"forged\"') "
+            "WHERE id = (SELECT id FROM drledger.outbox ORDER BY created_at DESC LIMIT 1) "
+            "RETURNING id::text, aggregateid"
+        ).fetchone()
+    with psycopg.connect(rig.dr_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM public.orders WHERE id = %s", (int(key),))
+        conn.execute("DELETE FROM drledger.outbox WHERE id = %s", (event_id,))
+    reconcile = run_cli("reconcile", "--db", rig.dr_dsn, "--ledger", old, "--json")
+    report = json.loads(reconcile.stdout)
+    assert reconcile.returncode == 3 and report["counts"]["malformed"] == 1, reconcile.stdout
+    assert event_id not in report["missing_event_ids"]
+    assert "changed after capture" in report["malformed_samples"][0]["reason"]
+    replay = run_cli("replay", "--db", rig.dr_dsn, "--ledger", old, "--apply", "--json")
+    assert json.loads(replay.stdout)["applied"] == 0, replay.stdout
+    with psycopg.connect(rig.dr_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM public.orders WHERE id = %s", (int(key),)).fetchone() == (
+            0,
+        )

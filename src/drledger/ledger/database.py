@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import SplitResult, parse_qsl, urlencode
 
 from drledger.errors import DatabaseUnavailable, DrledgerError
-from drledger.events import LedgerEvent, LedgerRecord
+from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord
 from drledger.ledger.base import Ledger
 from drledger.masking import mask_url
 from drledger.source import MYSQL_SCHEMES, POSTGRES_SCHEMES, open_source
@@ -93,8 +93,20 @@ class DatabaseLedger(Ledger):
         raise DrledgerError(f"The ledger {self.display_url} is a database's outbox and is read-only.")
 
     def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
-        for row in self.source.read_window(since_ms, until_ms):
-            yield row.as_event()
+        """Each outbox row as its event; a row whose payload no longer matches the fingerprint the
+        capture trigger wrote beside it (changed after capture) is malformed, never an event."""
+        rows = list(self.source.read_window(since_ms, until_ms))
+        recorded = set(self.source.read_fingerprints(since_ms, until_ms))  # stored where there is one
+        for row in rows:
+            event = row.as_event()
+            if event.fingerprint in recorded:
+                yield event
+            else:
+                yield MalformedRecord(
+                    f"outbox row {row.event_id}",
+                    "its payload was changed after capture: it does not match the fingerprint written with it",
+                    row.row_json[:120],
+                )
 
     def closed_at_ms(self) -> int | None:
         return self.newest_ms
