@@ -184,6 +184,7 @@ def test_every_scenario_of_the_spec(clean_machine: dict[str, str]) -> None:
         "region-lost-with-ledger",
         "ledger-up-relay-down",
         "healthy",
+        "old-region-returns",
     ]
     assert {tuple(sorted(o)) for o in outcomes} == {("expected", "figures", "observed", "pass", "scenario")}
     failed = [o for o in outcomes if not o["pass"]]
@@ -194,6 +195,61 @@ def test_every_scenario_of_the_spec(clean_machine: dict[str, str]) -> None:
     assert by_name["not-committed"]["figures"]["rolled_back_in_ledger"] == 0
     assert by_name["region-lost-with-ledger"]["figures"]["recovered"] == 0
     assert "ALERT" in by_name["ledger-up-relay-down"]["observed"]
+    stalled = by_name["old-region-returns"]["figures"]["relay_stalled"]
+    assert stalled["unrecoverable_after_ledger"] > 0 and stalled["unrecoverable_after_old_region"] == 0
+
+
+def test_old_region_returns_with_everything_the_ledger_missed(clean_machine: dict[str, str]) -> None:
+    # Twice: with the ledger caught up, and with the relay stalled before the disaster. After the ledger's
+    # recovery the killed primary comes back isolated and read-only; what it holds is replayed.
+    result = run_cli(
+        "drill",
+        "--scenario",
+        "old-region-returns",
+        "--duration",
+        "4s",
+        "--lag",
+        "1-2s",
+        "--warmup",
+        "2000",
+        "--json",
+        timeout=300,
+        env=clean_machine,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    (outcome,) = json.loads(result.stdout)
+    assert outcome["scenario"] == "old-region-returns" and outcome["pass"], outcome
+    cases = outcome["figures"]
+    assert set(cases) == {"ledger_caught_up", "relay_stalled"}
+    check_drill(cases["ledger_caught_up"]["drill"])
+    for name, case in cases.items():
+        assert case["drill"]["verdict"] == "ok", case["drill"]
+        assert case["unrecoverable_after_old_region"] == 0, (name, case)
+        assert case["phantom_rows"] == 0 and case["rolled_back_present"] == 0 and case["conflicts"] == 0, case
+        assert case["rolled_back"] > 0
+        assert case["unrecoverable_after_ledger"] == case["drill"]["missing_after_replay"], case
+        assert case["missing_in_ledger"] == 0 and case["split_brain"] == 0, case
+        # What the old primary returned is exactly what the ledger could not (or an unacknowledged commit).
+        assert (
+            case["unrecoverable_after_ledger"]
+            <= case["replayed"]
+            <= case["unrecoverable_after_ledger"] + case["unacknowledged"]
+        ), case
+    stalled = cases["relay_stalled"]
+    assert stalled["relay_stalled_s"] > 0 and cases["ledger_caught_up"]["relay_stalled_s"] is None
+    assert stalled["unrecoverable_after_ledger"] > 0, (
+        "the stalled relay left nothing only the old primary held"
+    )
+
+
+def test_old_region_returns_on_mysql_says_it_cannot() -> None:
+    result = run_cli("drill", "--engine", "mysql", "--scenario", "old-region-returns")
+    # The scenario's progress line, then one sentence; nothing was started.
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("drledger: Not run: the MySQL drill") and last.endswith(
+        "--engine postgresql only."
+    )
 
 
 def all_scenarios(

@@ -9,4 +9,5 @@ SCENARIO_NAMES = (
     "region-lost-with-ledger",
     "ledger-up-relay-down",
     "healthy",
+    "old-region-returns",
 )

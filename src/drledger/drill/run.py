@@ -405,9 +405,11 @@ def run_drill(
     *,
     before: dict[float, Callable[[FailoverRig], None]] | None = None,
     lose_ledger: bool = False,
+    after: Callable[[FailoverRig], None] | None = None,
 ) -> DrillResult:
     """The whole drill. `before` acts on the rig seconds before the disaster; `lose_ledger` makes the
-    ledger die with the region (the spec's "DB + Kafka down" row).
+    ledger die with the region (the spec's "DB + Kafka down" row); `after` acts on the rig once the
+    ledger's recovery is measured, before everything is stopped (the old region returning, say).
 
     After the failover the drill runs the operator's runbook, in its order: fence, reconcile, replay.
     """
@@ -441,7 +443,10 @@ def run_drill(
         on_dr = drill.rig.keys_in(drill.rig.dr_dsn)
         found.missing_after = len(truth.keys - on_dr)
         found.phantoms = len(on_dr - truth.keys)  # rows no acknowledged commit wrote
-        return _result(drill, found, p50, p99)
+        result = _result(drill, found, p50, p99)
+        if after is not None:
+            after(drill.rig)
+        return result
     finally:
         drill.close()
 
