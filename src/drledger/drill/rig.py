@@ -71,8 +71,6 @@ class FailoverRig:
 
     engine = "postgresql"
     demo_table = DEMO_TABLE
-    #: Why this rig cannot bring the killed primary back (`old_region_returns`), if it cannot.
-    old_region_unsupported: str | None = None
 
     def __init__(self, base: Path | None = None, lag_s: float = 2.0, ledger_url: str | None = None) -> None:
         self.clusters: Any = self._servers(base)

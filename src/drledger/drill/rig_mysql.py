@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from drledger.drill.cluster import free_port
 from drledger.drill.lag import LagInjector
 from drledger.drill.mariadb import LocalMariaDB, MariaDBSet
 from drledger.drill.rig import Commit, FailoverRig, GroundTruth, _wait
-from drledger.errors import DrledgerError
 from drledger.source import open_source
 
 DATABASE = "drill"
@@ -36,13 +36,17 @@ WARMUP_TABLE_DDL = (
 class MySQLFailoverRig(FailoverRig):
     engine = "mysql"
     demo_table = "drill.orders"
-    old_region_unsupported = (
-        "the MySQL drill cannot bring the killed MariaDB primary back isolated and read-only yet, so the "
-        "old-region-returns scenario runs on --engine postgresql only"
-    )
-
     def old_region_returns(self) -> str:
-        raise DrledgerError(f"Not run: {self.old_region_unsupported}.")
+        """The killed primary's data directory starts again on a port of its own, read-only, replicating
+        from nothing: InnoDB's crash recovery gives back every commit it acknowledged. Its DSN."""
+        primary = self.primary
+        assert isinstance(primary, LocalMariaDB) and primary.process is None, "the primary is still running"
+        old = LocalMariaDB(primary.base, primary.name, free_port(), primary.server_id)
+        old.write_config({"read-only": "ON", "skip-slave-start": "ON"})
+        self.clusters.servers.append(old)
+        old.start()
+        self.old_primary = old
+        return old.dsn(DATABASE)
 
     def _servers(self, base: Path | None) -> Any:
         return MariaDBSet(base)

@@ -18,8 +18,7 @@ from drledger.drill.cluster import free_port
 from drledger.drill.old_region import OldRegionFindings
 from drledger.drill.old_region import old_region_returns as old_region_returns_step
 from drledger.drill.rig import FailoverRig, GroundTruth
-from drledger.drill.run import Drill, DrillResult, DrillSettings, Progress, rig_for, run_drill
-from drledger.errors import DrledgerError
+from drledger.drill.run import Drill, DrillResult, DrillSettings, Progress, run_drill
 from drledger.ledger import sibling_ledger_url
 from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.timeutil import format_instant
@@ -297,16 +296,9 @@ OLD_REGION_EXPECTED = (
 )
 
 
-class ScenarioNotRun(DrledgerError):
-    """A scenario this engine's rig cannot make happen; the sentence says why."""
-
-
 def old_region_returns(settings: DrillSettings, progress: Progress) -> ScenarioOutcome:
     """Two disasters: one with the ledger caught up, one with the relay stalled before it; after each,
     the ledger's recovery and then the old region's."""
-    unsupported = rig_for(settings.engine).old_region_unsupported
-    if unsupported is not None:
-        raise ScenarioNotRun(f"Not run: {unsupported}.")
     if not settings.rollback_every:
         settings = replace(settings, rollback_every=10)  # rolled-back keys must not come back either
     pause_s = round(max(1.0, min(3.0, settings.duration_s / 3)), 1)
@@ -431,13 +423,8 @@ def run_scenarios(names: list[str], settings: DrillSettings, progress: Progress)
     outcomes = []
     for name in names:
         progress(f"scenario {name}")
-        try:
-            # Each scenario gets its own ledger, so one's events never count in another's.
-            outcomes.append(SCENARIOS[name](_own_ledger(settings, name), progress))
-        except ScenarioNotRun as exc:
-            if len(names) == 1:
-                raise
-            outcomes.append(ScenarioOutcome(name, "", str(exc), False, {"not_run": str(exc)}))
+        # Each scenario gets its own ledger, so one's events never count in another's.
+        outcomes.append(SCENARIOS[name](_own_ledger(settings, name), progress))
     return outcomes
 
 
