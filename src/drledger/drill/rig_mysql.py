@@ -36,6 +36,7 @@ WARMUP_TABLE_DDL = (
 class MySQLFailoverRig(FailoverRig):
     engine = "mysql"
     demo_table = "drill.orders"
+
     def old_region_returns(self) -> str:
         """The killed primary's data directory starts again on a port of its own, read-only, replicating
         from nothing: InnoDB's crash recovery gives back every commit it acknowledged. Its DSN."""

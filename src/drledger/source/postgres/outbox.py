@@ -624,4 +624,6 @@ def writable_by_others(dsn: str) -> str | None:
         ).fetchone() or (False, 0)
     if read_only:
         return None
-    return f"it is a primary accepting writes, with {others} other session{'' if others == 1 else 's'} connected"
+    return (
+        f"it is a primary accepting writes, with {others} other session{'' if others == 1 else 's'} connected"
+    )
