@@ -31,7 +31,6 @@ from conftest import dsn_for, fresh_database, run_cli
 from drledger.drill.cluster import LocalCluster
 from drledger.events import LedgerEvent, row_digest
 from drledger.ledger import open_ledger
-from drledger.relay.backfill import event_from_row
 from drledger.replay import ReplayInterrupted, replay
 from drledger.source.postgres.outbox import read_window
 
@@ -142,7 +141,7 @@ def _build_world(dsn: str, workdir: Path) -> Iterator[World]:
         conn.execute("INSERT INTO secret.accounts VALUES (1, 100)")
         conn.commit()
     originals = table_images(dsn)
-    events = [event_from_row(r) for r in read_window(dsn, None, None)]
+    events = [r.as_event() for r in read_window(dsn, None, None)]
     assert len(events) == 16
     # The failover: the rows and their outbox rows never reached the replica, nor did the sequences.
     with psycopg.connect(dsn) as conn:
