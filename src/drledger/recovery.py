@@ -33,15 +33,23 @@ class ReconcileRequest:
     client_config: Mapping[str, str] | None = None
 
 
-def choose_window(request: ReconcileRequest, ledgers: Sequence[Ledger] = ()) -> Window:
-    """The window asked for; by default from the DR database's last commit minus the lookback, to now
-    (or, when every ledger has ended for good, an old primary's outbox, say, to the last commit in one:
-    what the DR database wrote after that cannot be in them)."""
+def dr_latest_commit(request: ReconcileRequest) -> int | None:
+    """The DR database's last commit, where the default window starts from it (None otherwise). Asked
+    before any ledger is opened: a wrong --db is the first thing an operator should hear about."""
+    return open_source(request.dsn).latest_commit_ms() if request.since_ms is None else None
+
+
+def choose_window(
+    request: ReconcileRequest, ledgers: Sequence[Ledger] = (), dr_latest_ms: int | None = None
+) -> Window:
+    """The window asked for; by default from the DR database's last commit (`dr_latest_ms`) minus the
+    lookback, to now (or, when every ledger has ended for good, an old primary's outbox, say, to the
+    last commit in one: what the DR database wrote after that cannot be in them)."""
     until = request.until_ms if request.until_ms is not None else _default_until(ledgers)
     if request.since_ms is not None:
         since = request.since_ms
     else:
-        latest = open_source(request.dsn).latest_commit_ms()
+        latest = dr_latest_ms
         since = (min(latest, until) if latest is not None else until) - request.lookback_ms
     if since >= until:
         raise DrledgerError("The window is empty: --since must be earlier than --until.")
@@ -74,9 +82,10 @@ def run_reconcile(request: ReconcileRequest, on_progress: Callable[[int], None] 
         raise DrledgerError("Name at least one ledger with --ledger URL.")
     for url in request.ledger_urls:
         parse_ledger_url(url)
+    latest = dr_latest_commit(request)
     ledgers = open_ledgers(request.ledger_urls, request.client_config)
     try:
-        window = choose_window(request, ledgers)
+        window = choose_window(request, ledgers, latest)
     except BaseException:
         for ledger in ledgers:
             ledger.close()

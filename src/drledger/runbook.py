@@ -19,7 +19,7 @@ from drledger.events import LedgerEvent, MalformedRecord
 from drledger.fence import FenceResult, fence_sequences
 from drledger.ledger import read_all
 from drledger.margins import DEFAULT_MARGIN, validate_margin
-from drledger.recovery import ReconcileRequest, choose_window, open_ledgers, run_reconcile
+from drledger.recovery import ReconcileRequest, choose_window, dr_latest_commit, open_ledgers, run_reconcile
 from drledger.replay import ReplayResult, prove
 from drledger.screening import screen
 from drledger.source import open_source
@@ -34,11 +34,12 @@ def fence_from_ledger(
     conflicting or malformed), which fencing ignores — replay reports each of them.
     """
     validate_margin(margin)
+    latest = dr_latest_commit(request)
     ledgers = open_ledgers(request.ledger_urls, request.client_config)
     events: list[LedgerEvent] = []
     unreadable = 0
     try:
-        window = choose_window(request, ledgers)
+        window = choose_window(request, ledgers, latest)
         for record in read_all(ledgers, window.since_ms, window.until_ms):
             if isinstance(record, MalformedRecord):
                 unreadable += 1
