@@ -39,7 +39,7 @@ def lost_events(count: int, transactions: int) -> list[LedgerEvent]:
         tx = i // per_tx
         row = (
             f'{{"id": {i + 1}, "amount": {(i % 1000) * 7.25:.2f}, "customer": "customer-{i}", '
-            f'"placed_at": "2027-01-15T08:00:00.{i % 1000:03d}+00:00"}}'
+            f'"placed_at": "2027-01-15T08:00:00.{(i % 1000) * 1000 + 1:06d}+00:00"}}'
         )
         events.append(
             LedgerEvent.from_outbox(
