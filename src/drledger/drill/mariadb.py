@@ -166,10 +166,10 @@ class LocalMariaDB:
             self.kill()
         self.process = None
 
-    def replicate_from(self, port: int) -> None:
+    def replicate_from(self, port: int, user: str = "root") -> None:
         """Replicate from the server at `port` (a lag injector, say) by GTID, from its first event."""
         self.execute(
-            f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, MASTER_USER='root', "
+            f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, MASTER_USER='{user}', "
             "MASTER_PASSWORD='', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1"
         )
         self.execute("START SLAVE")

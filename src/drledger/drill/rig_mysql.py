@@ -74,7 +74,11 @@ class MySQLFailoverRig(FailoverRig):
         self.injector.start()
         replica: LocalMariaDB = self.clusters.server("replica", {"read-only": "ON"})
         self.replica = replica  # type: ignore[assignment]
-        replica.replicate_from(self.injector.port)
+        # The replica reads the binlog as an account of its own: the watcher tells the relay alive by
+        # its account's binlog dump threads, and the relay here runs as root.
+        primary.execute("CREATE USER IF NOT EXISTS 'drill_replica'@'%'")
+        primary.execute("GRANT REPLICATION SLAVE ON *.* TO 'drill_replica'@'%'")
+        replica.replicate_from(self.injector.port, user="drill_replica")
         _wait(lambda: self._caught_up(primary, replica), 120, "the replica to replicate")
         self.injector.set_delay(self.lag_s)
         if relay:
