@@ -302,7 +302,9 @@ class SqliteLedger(Ledger):
                 "SELECT event_id FROM ledger_events WHERE commit_ts_ms BETWEEN ? AND ? AND digested = 1",
                 (since_ms, until_ms),
             ):
-                found.add(bytes.fromhex(text.replace("-", "")))  # a UUID's text, its bytes without a UUID object
+                found.add(
+                    bytes.fromhex(text.replace("-", ""))
+                )  # a UUID's text, its bytes without a UUID object
             for seq, body in reader.execute("SELECT seq, body FROM ledger_events WHERE digested = 0"):
                 record = from_wire(body, f"row {seq}")
                 if isinstance(record, LedgerEvent) and since_ms <= record.commit_ts_ms <= until_ms:
