@@ -152,6 +152,21 @@ class Conflict:
     ledger_written_at: str | None = None
     current_written_at: str | None = None
 
+    @classmethod
+    def of(
+        cls, event: LedgerEvent, current_row: str | None, why: str, current_ms: int | None = None
+    ) -> Conflict:
+        return cls(
+            event.event_id,
+            event.table,
+            event.key,
+            event.row_json,
+            current_row,
+            why,
+            format_instant(event.commit_ts_ms),
+            format_instant(current_ms),
+        )
+
 
 @dataclass
 class ReplayResult:
@@ -505,17 +520,7 @@ def _not_replayed_before(
             outcome.outcomes.append((event, Outcome.ALREADY_REPLAYED))
         else:
             outcome.outcomes.append((event, Outcome.CONFLICT))
-            outcome.conflicts.append(
-                Conflict(
-                    event.event_id,
-                    event.table,
-                    event.key,
-                    event.row_json,
-                    None,
-                    OUTBOX_HOLDS_OTHER,
-                    format_instant(event.commit_ts_ms),
-                )
-            )
+            outcome.conflicts.append(Conflict.of(event, None, OUTBOX_HOLDS_OTHER))
     return pending
 
 
@@ -552,18 +557,10 @@ def _insert_table(
     written = session.written_at(conflicting[0].table, [e.key for e in conflicting]) if conflicting else {}
     for event in conflicting:
         now = current.get(event.event_id)
-        outcome.conflicts.append(
-            Conflict(
-                event.event_id,
-                event.table,
-                event.key,
-                event.row_json,
-                now.text if now is not None else None,
-                KEY_HOLDS_OTHER if now is not None else OTHER_UNIQUE_KEY,
-                format_instant(event.commit_ts_ms),
-                format_instant(written.get(event.key)) if now is not None else None,
-            )
-        )
+        if now is None:
+            outcome.conflicts.append(Conflict.of(event, None, OTHER_UNIQUE_KEY))
+        else:
+            outcome.conflicts.append(Conflict.of(event, now.text, KEY_HOLDS_OTHER, written.get(event.key)))
     return kinds
 
 
