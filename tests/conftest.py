@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from drledger.drill.cluster import ClusterSet, LocalCluster
+from drledger.source.base import SourceDatabase
 
 DRLEDGER = [sys.executable, "-m", "drledger"]
 
@@ -236,3 +237,22 @@ def sqs_url(aws_endpoint: str, tmp_path: Path) -> str:
 @pytest.fixture
 def kinesis_url(aws_endpoint: str) -> str:
     return f"kinesis://ledger-{uuid.uuid4().hex[:8]}?shards=2"
+
+
+#: (creation ms, rows) of an outbox for `slices_are_cut_between_milliseconds`.
+SLICED_OUTBOX = ((1000, 3), (1001, 6), (1003, 2))
+
+
+def slices_are_cut_between_milliseconds(source: SourceDatabase) -> None:
+    """The watcher's slices of an outbox holding SLICED_OUTBOX, limit 4: cut where a millisecond
+    ends, a millisecond of more than the limit read whole, nothing lost or read twice."""
+    first = source.outbox_slice(0, 5000, 4)
+    assert [t for _, t in first.events] == [1000] * 3 and first.until_ms == 1001
+    whole = source.outbox_slice(1001, 5000, 4)  # six in one millisecond: all of them
+    assert [t for _, t in whole.events] == [1001] * 6 and whole.until_ms == 1002
+    rest = source.outbox_slice(1002, 5000, 4)
+    assert [t for _, t in rest.events] == [1003] * 2 and rest.until_ms == 5000
+    exact = source.outbox_slice(0, 1002, 9)  # as many as the limit: nothing cut
+    assert len(exact.events) == 9 and exact.until_ms == 1002
+    assert len({i for i, _ in first.events + whole.events + rest.events}) == 11
+    assert source.count_events(0, 5000, 100) == 11 and source.count_events(0, 5000, 4) == 4

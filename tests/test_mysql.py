@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DRLEDGER, run_cli, wait_for
+from conftest import DRLEDGER, SLICED_OUTBOX, run_cli, slices_are_cut_between_milliseconds, wait_for
 from drledger.drill.mariadb import LocalMariaDB, MariaDBSet
 from drledger.events import LedgerEvent, row_digest
 from drledger.ledger import open_ledger
+from drledger.source import open_source
 
 pytestmark = pytest.mark.debezium
 
@@ -261,6 +262,23 @@ def test_bad_mysql_input_is_one_sentence(shop: Shop) -> None:
         assert "hunter2" not in result.stderr
     result = shop.cli("init", "--table", "Sales.nothing")
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_an_outbox_slice_is_cut_between_milliseconds_on_mysql(shop: Shop) -> None:
+    assert shop.cli("init", "--table", "Sales.customer").returncode == 0
+    for ms, rows in SLICED_OUTBOX:
+        for n in range(rows):
+            shop.server.execute(
+                "INSERT INTO drledger.outbox (id, aggregatetype, aggregateid, payload, created_at) "
+                # Stored as UTC wall time, as the trigger writes it.
+                f"VALUES (UUID(), 'Sales.customer', '{ms}-{n}', '{{}}', "
+                f"TIMESTAMPADD(MICROSECOND, {ms * 1000}, '1970-01-01 00:00:00'))"
+            )
+    source = open_source(shop.dsn)
+    try:
+        slices_are_cut_between_milliseconds(source)
+    finally:
+        source.close()
 
 
 def test_watch_sees_the_relay_come_and_go_as_least_privileged_accounts(shop: Shop) -> None:

@@ -16,7 +16,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import DRLEDGER, dsn_for, run_cli, slot_active, wait_for
+from conftest import (
+    DRLEDGER,
+    SLICED_OUTBOX,
+    dsn_for,
+    run_cli,
+    slices_are_cut_between_milliseconds,
+    slot_active,
+    wait_for,
+)
 from drledger.drill.cluster import ClusterSet, LocalCluster, free_port
 from drledger.watch.cycle import Watcher, WatchSettings, scrape
 from drledger.watch.readiness import LedgerCompleteness, clusters, readiness
@@ -67,6 +75,56 @@ def test_completeness_remembers_a_hole_until_the_ledger_fills_it() -> None:
     assert clusters([1, 2, 50, 51, 200], 10) == [(1, 2), (50, 51), (200, 200)]
 
 
+def test_the_ledger_ids_are_read_once_each_and_forgotten_when_no_check_needs_them(tmp_path: Path) -> None:
+    """The watcher's memory of the ledger, against a real embedded ledger: each cycle reads only the
+    ledger's end (from its last frontier less the margin), an older window once, and keeps nothing a
+    check no longer asks for. An event that arrives far out of commit order is not known: the watcher
+    asks the ledger itself before calling anything missing (tested with the servers below)."""
+    from drledger.events import LedgerEvent
+    from drledger.ledger import open_ledger
+    from drledger.watch.ledger_ids import LedgerIdCache
+
+    def event(n: int, commit_ms: int) -> LedgerEvent:
+        return LedgerEvent.from_outbox(
+            event_id=str(uuid.UUID(int=n)),
+            table="public.orders",
+            key=str(n),
+            op="insert",
+            row_json=f'{{"id": {n}}}',
+            txid=n,
+            lsn=n,
+            commit_ts_ms=commit_ms,
+        )
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    with open_ledger(url, writer=True) as writer, open_ledger(url) as reader:
+        writer.publish([event(n, 1000 * n) for n in range(1, 31)])  # commits at 1 s … 30 s
+        cache = LedgerIdCache(reader.event_ids, margin_ms=2000)
+        cache.new_cycle(now_ms=31_000, frontier_ms=30_000)
+        known = cache.holding(10_000)
+        assert {eid(n) for n in range(10, 31)} <= set(known) and eid(9) not in known
+        assert cache.ids_read == 21
+        # A second ask in the same cycle, further back: only the older part is read.
+        known = cache.holding(5_000)
+        assert eid(5) in known and cache.ids_read == 21 + 6  # 5 s … 10 s, the 10 s one again
+
+        writer.publish([event(n, 1000 * n) for n in range(31, 36)])
+        writer.publish([event(99, 1_000)])  # a backfill, far below the frontier
+        cache.new_cycle(now_ms=36_000, frontier_ms=35_000)
+        known = cache.holding(20_000)
+        # The ledger's end is read from the last frontier less the margin: 28 s … 35 s.
+        assert cache.ids_read == 27 + 8 and cache.fresh_from_ms == 28_000
+        assert {eid(n) for n in range(31, 36)} <= set(known)
+        assert eid(99) not in known  # out of order: for the ledger itself to say
+
+        # The last cycle asked from 20 s: what holds only older ids is dropped, the rest kept.
+        cache.new_cycle(now_ms=41_000, frontier_ms=35_000)
+        known = cache.holding(20_000)
+        assert cache.ids_read == 35 + 3  # the end again, from 33 s
+        assert {eid(n) for n in range(20, 36)} <= set(known) and eid(5) not in known
+        assert len(cache) <= 26  # at most the first read's older ids (10 s … 19 s) besides
+
+
 # -- against real servers --------------------------------------------------------------------------
 
 
@@ -108,6 +166,27 @@ def ledger_count(url: str) -> int:
 
     with open_ledger(url) as ledger:
         return len(ledger.event_ids(0, 2**62))
+
+
+def test_an_outbox_slice_is_cut_between_milliseconds_never_inside_one(database: str) -> None:
+    """The watcher reads the outbox in slices of at most `limit` events, cut where a millisecond ends
+    (a transaction's rows share one); a millisecond holding more than the limit is read whole."""
+    from drledger.source import open_source
+
+    source = open_source(database)
+    source.install(["public.orders"])
+    with psycopg.connect(database, autocommit=True) as conn:
+        for ms, rows in SLICED_OUTBOX:
+            conn.execute(
+                "INSERT INTO drledger.outbox (aggregatetype, aggregateid, payload, created_at) "
+                "SELECT 'public.orders', g::text, '{}'::jsonb, to_timestamp(%s / 1000.0) "
+                "FROM generate_series(1, %s) g",
+                (ms, rows),
+            )
+    try:
+        slices_are_cut_between_milliseconds(source)
+    finally:
+        source.close()
 
 
 @pytest.mark.debezium

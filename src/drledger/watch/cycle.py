@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,9 +23,20 @@ from drledger.masking import mask_url
 from drledger.source import explain_failure, open_source
 from drledger.source.base import OutboxSlice, SlotHealth, SourceDatabase
 from drledger.timeutil import now_ms
+from drledger.watch.ledger_ids import LedgerIdCache
 from drledger.watch.readiness import LedgerCompleteness, Readiness, readiness
 
 log = logging.getLogger("drledger.watch")
+
+#: The at-risk read lists the events of the last second before the replica's newest one by id; the
+#: older part of its margin is compared by count (see Watcher._settled_until).
+SETTLED_MS = 1000
+
+#: How far out of commit order events may land in the ledger: the relay publishes batch by batch in
+#: commit order, and a batch's events (across a stream's partitions) land together. The watcher reads
+#: the ledger's end from its last frontier less this; what lands further out of order (a backfill) it
+#: finds by asking the ledger again before it calls anything missing.
+ARRIVAL_MARGIN_MS = 2000
 
 #: The relay's own metrics the watcher reads (see relay/metrics.py).
 RELAY_ENGINE_UP = "drledger_relay_engine_up"
@@ -144,6 +155,10 @@ class Watcher:
         )
         self.ledger_display = mask_url(settings.ledger_url)
         self._last_ledger_frontier: int | None = None
+        self.ledger_ids = self._new_ledger_ids()
+
+    def _new_ledger_ids(self) -> LedgerIdCache:
+        return LedgerIdCache(self._ledger_ids, margin_ms=ARRIVAL_MARGIN_MS)
 
     # -- the sides --------------------------------------------------------------------------------
 
@@ -159,6 +174,9 @@ class Watcher:
             except Exception:  # a broken client is dropped, whatever closing it says
                 log.debug("closing the ledger failed", exc_info=True)
             self._ledger = None
+        # A ledger reached anew may not be the one these ids came from (a file replaced, a topic
+        # recreated): they are read again.
+        self.ledger_ids = self._new_ledger_ids()
 
     def close(self) -> None:
         self._drop_ledger()
@@ -185,6 +203,7 @@ class Watcher:
         if databases_read is not None:
             databases_read()
         self._ledger_newest(snap)
+        self.ledger_ids.new_cycle(now, snap.ledger.newest_commit_ms if snap.ledger.up else None)
         if at_risk is not None and snap.ledger.up:
             self._readiness(snap, now, *at_risk)
         if snap.primary.up and snap.ledger.up:
@@ -237,8 +256,6 @@ class Watcher:
     def _completeness(self, snap: Snapshot, now: int) -> None:
         check = self.completeness
         try:
-            for low, high in check.recheck_windows():
-                check.settle(self._on("ledger", self._ledger_ids, low, high))
             for _ in range(self.settings.reads_per_cycle):
                 due = check.due(now)
                 if due is None:
@@ -246,13 +263,17 @@ class Watcher:
                 part: OutboxSlice = self._on(
                     "primary", self.primary.outbox_slice, due[0], due[1], self.settings.read_limit
                 )
-                in_ledger: set[bytes] = set()
+                known: Container[bytes] = frozenset()
                 if part.events:
-                    low, high = check.ledger_window(part.events[0][1], now)
-                    in_ledger = self._on("ledger", self._ledger_ids, low, high)
-                check.take(part.events, part.until_ms, in_ledger, now)
+                    low, _ = check.ledger_window(part.events[0][1], now)
+                    known = self._on("ledger", self.ledger_ids.holding, low)
+                check.take(part.events, part.until_ms, known, now)
                 if part.until_ms >= due[1]:
                     break
+            # Asked of the ledger itself, not of what this watcher read of it before: the events just
+            # found missing (they may have arrived out of commit order) and those missing before.
+            for low, high in check.recheck_windows():
+                check.settle(self._on("ledger", self._ledger_ids, low, high))
         except _Down as down:
             self._mark_down(snap, down)
             return
@@ -271,6 +292,8 @@ class Watcher:
         # From a little before the replica's newest event: transactions commit out of creation order.
         since = (frontier if frontier is not None else now - int(self.settings.lookback_s * 1000)) - skew
         try:
+            if frontier is not None and skew > SETTLED_MS:
+                since = self._settled_until(frontier - skew, frontier - SETTLED_MS)
             recent: OutboxSlice = self._on("primary", self.primary.outbox_slice, since, LATEST_MS, limit)
             unchecked = 0
             if recent.until_ms < LATEST_MS:  # more than can be listed: the rest is counted
@@ -286,15 +309,40 @@ class Watcher:
             return None
         return recent, on_replica, unchecked
 
+    def _settled_until(self, since: int, until: int) -> int:
+        """Where the at-risk read must start: `until` if the replica holds every event the primary
+        created in [since, until), else `since`.
+
+        Told by two counts, not by reading thousands of ids from both: the replica replays the primary's
+        commits in order, so counting the primary first, the replica's rows of a window are either all
+        the primary's then, or include every one of them (and any committed since); equal counts mean
+        the same events. They differ only while a transaction older than the window's end is still
+        open or in flight, and then the ids are compared one by one as before."""
+        assert self.replica is not None
+        cap = 10 * self.settings.read_limit
+        on_primary = self._on("primary", self.primary.count_events, since, until, cap)
+        on_replica = self._on("replica", self.replica.count_events, since, until, cap)
+        return until if on_primary == on_replica < cap else since
+
     def _readiness(
         self, snap: Snapshot, now: int, recent: OutboxSlice, on_replica: set[bytes], unchecked: int
     ) -> None:
         skew = int(self.settings.skew_s * 1000)
-        at_risk_since = min((t for i, t in recent.events if i not in on_replica), default=None)
+        at_risk = [(i, t) for i, t in recent.events if i not in on_replica]
         in_ledger: set[bytes] = set()
         try:
-            if at_risk_since is not None:
-                in_ledger = self._on("ledger", self._ledger_ids, at_risk_since - skew, LATEST_MS)
+            if at_risk:
+                known = self._on("ledger", self.ledger_ids.holding, min(t for _, t in at_risk) - skew)
+                in_ledger = {i for i, _ in at_risk if i in known}
+                # Not read this cycle, yet older than this cycle's read of the ledger's end: it may have
+                # arrived out of commit order since (a backfill), so the ledger itself is asked.
+                fresh_from = self.ledger_ids.fresh_from_ms
+                unknown = [
+                    t for i, t in at_risk if i not in in_ledger and (fresh_from is None or t < fresh_from)
+                ]
+                if unknown:
+                    arrived = self._on("ledger", self._ledger_ids, min(unknown) - skew, LATEST_MS)
+                    in_ledger.update(i for i, _ in at_risk if i in arrived)
         except _Down as down:
             self._mark_down(snap, down)
             return

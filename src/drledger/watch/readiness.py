@@ -5,7 +5,7 @@ Events are (id, created_ms) pairs as the outbox gives them; nothing here touches
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
 
@@ -109,7 +109,9 @@ class LedgerCompleteness:
         at `now_ms` can be: committed after they were created, and by the time they were read."""
         return since_ms - self.skew_ms, now_ms + self.skew_ms
 
-    def take(self, events: list[tuple[bytes, int]], until_ms: int, in_ledger: set[bytes], now_ms: int) -> int:
+    def take(
+        self, events: list[tuple[bytes, int]], until_ms: int, in_ledger: Container[bytes], now_ms: int
+    ) -> int:
         """A checked stretch (its events and the ledger's ids around it); the number newly missing."""
         fresh = 0
         for event_id, created in events:

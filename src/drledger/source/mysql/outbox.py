@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
@@ -467,23 +468,21 @@ def latest_commit_ms(dsn: str) -> int | None:
 def outbox_slice(dsn: str, since_ms: int, until_ms: int, limit: int) -> tuple[list[tuple[bytes, int]], int]:
     """Ids and creation times in [since_ms, until_ms), oldest first, by the created_at index, cut at a
     millisecond boundary once past `limit` (a transaction's rows share a millisecond)."""
+    read = (
+        f"SELECT id, {ms_of('created_at')} FROM {SCHEMA}.outbox "
+        f"WHERE created_at >= {_AT} AND created_at < {_AT} ORDER BY created_at"
+    )
     conn = connect(dsn)
     try:
+        # One pass over the index: a row past the limit says where to cut.
+        rows = query(conn, read + " LIMIT %s", (_us(since_ms), _us(until_ms), limit + 1))
         end = until_ms
-        cut = query(
-            conn,
-            f"SELECT {ms_of('created_at')} FROM {SCHEMA}.outbox "
-            f"WHERE created_at >= {_AT} AND created_at < {_AT} ORDER BY created_at LIMIT 1 OFFSET %s",
-            (_us(since_ms), _us(until_ms), limit),
-        )
-        if cut:
-            end = max(int(cut[0][0]), since_ms + 1)
-        rows = query(
-            conn,
-            f"SELECT id, {ms_of('created_at')} FROM {SCHEMA}.outbox "
-            f"WHERE created_at >= {_AT} AND created_at < {_AT} ORDER BY created_at",
-            (_us(since_ms), _us(end)),
-        )
+        if len(rows) > limit:
+            end = max(int(rows[limit][1]), since_ms + 1)
+            if end == since_ms + 1 and int(rows[limit][1]) == since_ms:
+                rows = query(conn, read, (_us(since_ms), _us(end)))
+            else:
+                rows = rows[: bisect_left(rows, end, key=lambda r: int(r[1]))]
     finally:
         conn.close()
     return [(uuid.UUID(r[0]).bytes, int(r[1])) for r in rows], end
