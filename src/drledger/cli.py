@@ -874,7 +874,8 @@ def drill(
     scenario: Annotated[
         str | None,
         typer.Option(
-            help="Run a row of the spec's DR scenarios table instead, or 'all': " + ", ".join(SCENARIO_NAMES)
+            help="Run rows of the spec's DR scenarios table instead (one, several comma-separated, or "
+            "'all'): " + ", ".join(SCENARIO_NAMES)
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the drawn lag, to repeat a run.")] = None,
@@ -966,9 +967,14 @@ def _phases(status: Status) -> Callable[[str], None]:
 def _drill_scenarios(name: str, settings: DrillSettings, as_json: bool) -> None:
     from drledger.drill.scenarios import run_scenarios, scenario_table
 
-    names = list(SCENARIO_NAMES) if name == "all" else [name]
-    if any(n not in SCENARIO_NAMES for n in names):
-        raise DrledgerError(f"Unknown scenario '{name}'; choose one of: {', '.join(SCENARIO_NAMES)}, all.")
+    asked = [n.strip() for n in name.split(",") if n.strip()]
+    names = list(SCENARIO_NAMES) if asked == ["all"] else list(dict.fromkeys(asked))
+    unknown = [n for n in names if n not in SCENARIO_NAMES]
+    if unknown or not names:
+        raise DrledgerError(
+            f"Unknown scenario '{(unknown or [name])[0]}'; choose one or more of: {', '.join(SCENARIO_NAMES)}, "
+            "or all."
+        )
     with err.status("scenarios starting…") as status:
         outcomes = run_scenarios(names, settings, progress=_phases(status))
     if as_json:
