@@ -524,3 +524,69 @@ def test_a_column_the_image_lacks_gets_its_default_as_the_original_insert_would(
         assert conn.execute("SELECT status FROM public.line WHERE id = %s", (int(line.key),)).fetchone() == (
             "new",
         )
+
+
+#: Columns named like every alias drledger's capture and replay SQL uses, and words that read like SQL.
+ALIAS_COLUMNS = [
+    "n",
+    "e",
+    "j",
+    "k",
+    "item",
+    "doc",
+    "ord",
+    "key",
+    "value",
+    "payload",
+    "row",
+    "id",
+    "drledger_new_rows",
+]
+
+
+def test_no_column_name_changes_what_is_captured_or_replayed(primary: LocalCluster, workdir: Path) -> None:
+    columns = ", ".join(f'"{c}" text' for c in ALIAS_COLUMNS if c != "id")
+    with fresh_database(primary, f"CREATE TABLE public.items (id int PRIMARY KEY, {columns})") as dsn:
+        assert run_cli("init", "--db", dsn, "--table", "public.items").returncode == 0
+        names = ", ".join(f'"{c}"' for c in ALIAS_COLUMNS if c != "id")
+        values = ", ".join(f"'{c}-' || g" for c in ALIAS_COLUMNS if c != "id")
+        with psycopg.connect(dsn) as conn:
+            conn.execute(
+                f"INSERT INTO public.items (id, {names}) SELECT g, {values} FROM generate_series(1, 3) g"
+            )
+            conn.commit()
+            images = {r[0] for r in conn.execute("SELECT to_jsonb(t.*)::text FROM public.items t")}
+            captured = {r[0] for r in conn.execute("SELECT payload::text FROM drledger.outbox")}
+        assert captured == images  # the whole row, whatever its columns are called
+        events = [r.as_event() for r in read_window(dsn, None, None)]
+        with psycopg.connect(dsn) as conn:
+            conn.execute("TRUNCATE public.items, drledger.outbox")
+            conn.commit()
+        url = f"sqlite:///{workdir}/aliases.db"
+        with open_ledger(url, writer=True) as ledger:
+            ledger.publish(events)
+        for expected in (3, 0):  # the second run finds every row already present
+            result = run_cli("replay", "--db", dsn, "--ledger", url, "--since", "1h", "--apply", "--json")
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout)["applied"] == expected
+        with psycopg.connect(dsn) as conn:
+            assert {r[0] for r in conn.execute("SELECT to_jsonb(t.*)::text FROM public.items t")} == images
+
+
+def test_a_row_image_nested_past_any_parser_is_one_refused_event(world: World) -> None:
+    deep = forged(
+        world.event('public."we""ird"', "1"),
+        event_id=str(uuid.uuid4()),
+        txid=600_000,
+        key="40",
+        row_json='{"id": 40, "v": ' + "[" * 10_000 + "]" * 10_000 + "}",
+    )
+    url = world.ledger("deep", [deep, world.event('public."select"')])
+    for command in ("reconcile", "fence"):
+        result = world.cli(command, "--ledger", url, "--since", "1h", "--json")
+        assert "Traceback" not in result.stderr and result.returncode in (0, 1, 3), (command, result.stderr)
+    code, result = replay_json(world, "--ledger", url, "--since", "1h", "--apply")
+    assert code == 3 and result["applied"] == 1
+    assert [r["reason"] for r in result["refused"]] == [
+        "its row image nests deeper than drledger reads (1,024 levels)"
+    ]

@@ -164,6 +164,8 @@ def event_problem(event: LedgerEvent) -> tuple[TableName | None, dict[str, Any] 
             row = json.loads(event.row_json, parse_float=Decimal)
         except ValueError:
             return table, None, "its row image is not one JSON document"
+        except RecursionError:  # orjson stops at 1,024 levels; the standard library at Python's stack
+            return table, None, "its row image nests deeper than drledger reads (1,024 levels)"
     if not isinstance(row, dict):
         return table, None, "its row image is not a JSON object"
     return table, row, None

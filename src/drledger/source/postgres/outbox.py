@@ -160,7 +160,7 @@ def _capture_function_ddl(table: TableName, key_columns: list[str]) -> sql.Compo
         "  END IF;\n"
         "  INSERT INTO drledger.outbox (id, aggregatetype, aggregateid, type, payload, fingerprint)\n"
         "  SELECT e.id, {table_literal}, e.key, 'insert', e.payload, {fingerprint}\n"
-        "  FROM (SELECT gen_random_uuid() AS id, {key} AS key, to_jsonb(n) AS payload FROM drledger_new_rows n) e;\n"
+        "  FROM (SELECT gen_random_uuid() AS id, {key} AS key, to_jsonb(n.*) AS payload FROM drledger_new_rows n) e;\n"
         "  RETURN NULL;\n"
         "END"
     ).format(

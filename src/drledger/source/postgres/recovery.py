@@ -171,8 +171,8 @@ class PostgresRecoverySession(RecoverySession):
         )
         # The same content means: every column the image names holds the image's value.
         statement = sql.SQL(
-            "SELECT e.item ->> 'id', to_jsonb(n)::text, "
-            "(SELECT jsonb_object_agg(j.key, j.value) FROM jsonb_each(to_jsonb(n)) AS j "
+            "SELECT e.item ->> 'id', to_jsonb(n.*)::text, "
+            "(SELECT jsonb_object_agg(j.key, j.value) FROM jsonb_each(to_jsonb(n.*)) AS j "
             "WHERE e.item -> 'row' ? j.key) = e.item -> 'row' "
             "FROM jsonb_array_elements(%s::jsonb) AS e(item) "
             "CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.item -> 'row') AS k "
