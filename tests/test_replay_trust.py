@@ -488,6 +488,8 @@ def test_bad_input_is_one_sentence_and_exit_2(world: World) -> None:
         (("replay", "--ledger", url, "--on-conflict", "maybe"), "--on-conflict"),
         (("reconcile", "--ledger", "kafka://[::1/x"), "cannot be parsed"),
         (("reconcile", "--ledger", "kafka://user:hunter2@127.0.0.1:1/t"), "credentials"),
+        (("reconcile", "--ledger", f"sqlite:///{world.workdir}/{'n' * 5000}.db"), "File name too long"),
+        (("replay", "--from", "/dev/zero"), "is a device"),
     ]
     for args, fragment in cases:
         result = world.cli(*args)

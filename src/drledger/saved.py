@@ -6,6 +6,7 @@ much a second system's input as a topic is, and an unreadable event in it is rep
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,31 @@ def save_report(path: Path, summary: dict[str, Any], report: Report) -> None:
     write_private(path, orjson.dumps(body, option=orjson.OPT_INDENT_2), "report")
 
 
+#: A saved report is parsed whole; past this it is not one reconcile wrote (a million events is ~0.6 GB).
+MAX_SAVED_BYTES = 4 << 30
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, refusing a device (/dev/zero never ends) and anything past MAX_SAVED_BYTES."""
+    mode = path.stat().st_mode
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        raise DrledgerError(
+            f"{path} is a device, not a saved reconcile report; make one with reconcile --save."
+        )
+    with path.open("rb") as stream:  # a pipe (<(…)) has no size to check before reading
+        body = stream.read(MAX_SAVED_BYTES + 1)
+    if len(body) > MAX_SAVED_BYTES:
+        raise DrledgerError(
+            f"The file {path} is larger than any saved reconcile report ({MAX_SAVED_BYTES >> 30} GiB read); "
+            "it is not one."
+        )
+    return body
+
+
 def load_saved_events(path: Path) -> tuple[list[LedgerEvent], list[MalformedRecord]]:
     """The saved events, and those that are unreadable (replay reports them; it never writes them)."""
     try:
-        body = orjson.loads(path.read_bytes())
+        body = orjson.loads(_read_bounded(path))
     except OSError as exc:
         raise DrledgerError(f"Cannot read the saved report {path}: {exc.strerror}.") from None
     except orjson.JSONDecodeError:

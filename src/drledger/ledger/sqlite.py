@@ -84,7 +84,13 @@ class SqliteLedger(Ledger):
         self.path = path
         self.display_url = f"sqlite://{path}"  # absolute paths give sqlite:///abs/path
         self.writer = create
-        if not create and not path.exists():
+        try:
+            exists = path.exists()
+        except OSError as exc:  # a name longer than the file system takes, a component not a folder
+            raise DrledgerError(
+                f"The ledger file cannot be opened: {exc.strerror} ({len(str(path))} characters)."
+            ) from None
+        if not create and not exists:
             raise DrledgerError(f"The ledger file {path} does not exist.")
         if create:
             self._db: sqlite3.Connection | None = self._open_writer(path)
