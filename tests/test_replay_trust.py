@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import stat
 import subprocess
@@ -592,3 +593,70 @@ def test_a_row_image_nested_past_any_parser_is_one_refused_event(world: World) -
     assert [r["reason"] for r in result["refused"]] == [
         "its row image nests deeper than drledger reads (1,024 levels)"
     ]
+
+
+def test_what_replay_writes_is_read_back_and_a_changed_value_holds_its_transaction_back(world: World) -> None:
+    # The DR database's own trigger changes a value on the way in: the row would not be the image.
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION public.shout() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN NEW.v := upper(NEW.v); RETURN NEW; END$$"
+        )
+        conn.execute(
+            'CREATE TRIGGER shout BEFORE INSERT ON public."we""ird" FOR EACH ROW EXECUTE FUNCTION public.shout()'
+        )
+    url = world.ledger("read-back")
+    for apply in ((), ("--apply",)):
+        result = world.cli("replay", "--ledger", url, "--since", "1h", *apply, "--json")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        summary = json.loads(result.stdout)
+        assert summary["exit_code"] == 2 and summary["applied"] == 14
+        reasons = {r["key"]: r["reason"] for r in summary["refused"] if r["table"] == 'public."we""ird"'}
+        assert set(reasons) == {"1", "2"}  # both rows came in one source transaction: both held back
+        assert all(
+            re.search(r'key \d column v: the ledger holds "w\d", the database stored "W\d"', r)
+            for r in reasons.values()
+        ), reasons
+    assert table_images(world.dsn)['public."we""ird"'] == set()  # rolled back, not left changed
+    assert table_images(world.dsn)['public."dot.ted"'] == world.originals['public."dot.ted"']
+
+    # Someone edits a replayed row; a second apply does not call it "already replayed".
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute("""UPDATE public."select" SET "from" = 'edited' WHERE id = 1""")
+    again = world.cli("replay", "--from", str(world.saved("all", world.events)), "--apply", "--json")
+    summary = json.loads(again.stdout)
+    edited = [c for c in summary["conflicts"] if c["table"] == 'public."select"']
+    assert len(edited) == 1 and edited[0]["why"] == "the row replayed before no longer holds its image", (
+        summary
+    )
+    assert '"edited"' in edited[0]["current_row"] and summary["already_replayed"] == 13
+
+
+def test_an_instant_captured_in_one_time_zone_is_the_same_instant_read_in_another(
+    primary: LocalCluster, workdir: Path
+) -> None:
+    ddl = "CREATE TABLE public.stamp (id int PRIMARY KEY, at timestamptz, ats timestamptz[], t timetz)"
+    with fresh_database(primary, ddl) as dsn:
+        assert run_cli("init", "--db", dsn, "--table", "public.stamp").returncode == 0
+        with psycopg.connect(dsn) as conn:
+            conn.execute("SET TimeZone = 'Asia/Kolkata'")
+            conn.execute(
+                "INSERT INTO public.stamp VALUES (1, '2026-11-29 10:00:00.123456+00', "
+                "'{2026-01-01 00:00:00+00,NULL}', '10:00:00+02')"
+            )
+            conn.commit()
+        events = [r.as_event() for r in read_window(dsn, None, None)]
+        assert "+05:30" in events[0].row_json  # printed in the capturing session's zone
+        with psycopg.connect(dsn) as conn:
+            conn.execute("TRUNCATE public.stamp, drledger.outbox")
+            conn.commit()
+        url = f"sqlite:///{workdir}/zones.db"
+        with open_ledger(url, writer=True) as ledger:
+            ledger.publish(events)
+        saved = workdir / "lost.json"
+        reconcile = run_cli("reconcile", "--db", dsn, "--ledger", url, "--since", "1h", "--save", str(saved))
+        assert reconcile.returncode == 1, reconcile.stderr
+        for expected in ("applied", "already_replayed"):  # read in this session's zone, not the capture's
+            result = run_cli("replay", "--db", dsn, "--from", str(saved), "--apply", "--json")
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert json.loads(result.stdout)[expected] == 1, result.stdout

@@ -32,8 +32,10 @@ ReplayInterrupted carrying what was committed; running the same command again re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -46,7 +48,7 @@ from drledger.margins import DEFAULT_MARGIN, validate_margin
 from drledger.names import TableName
 from drledger.screening import Admitted, Ambiguity, Refusal, screen
 from drledger.source import open_source
-from drledger.source.base import RecoverySession, RowsRejected, SourceUnavailable, TableShape
+from drledger.source.base import CurrentRow, RecoverySession, RowsRejected, SourceUnavailable, TableShape
 from drledger.timeutil import format_instant
 
 CHUNK_EVENTS = 5_000
@@ -135,7 +137,13 @@ def hold_back_transactions(
     return kept, held
 
 
+class ReadBackMismatch(RowsRejected):
+    """A row replay wrote does not read back as its image (a user trigger, a type written wrongly, a
+    generated column): its source transaction is rolled back and held back, named."""
+
+
 KEY_HOLDS_OTHER = "the key holds different content"
+REPLAYED_ROW_CHANGED = "the row replayed before no longer holds its image"
 OTHER_UNIQUE_KEY = "another unique key of the table holds a clashing row"
 OUTBOX_HOLDS_OTHER = "the DR outbox holds this event id with different content"
 
@@ -190,7 +198,10 @@ class ReplayResult:
 
     @property
     def exit_code(self) -> int:
-        """0 done (or nothing to do); 3 something was not written and a person must look at it."""
+        """0 done (or nothing to do); 3 something was not written and a person must look at it; 2 what
+        replay wrote read back differently, so this database changes what it is given (fix that first)."""
+        if any(r.reason.startswith(READ_BACK_DIFFERS) for r in self.refused):
+            return 2
         return 3 if self.needs_a_human else 0
 
     def count(self, table: str, outcome: Outcome, n: int = 1) -> None:
@@ -472,7 +483,10 @@ def _apply_chunk_or_each(
             return _apply_chunk(session, chunk, shapes)
     except RowsRejected as rejected:
         if len(chunk) == 1:
-            reason = f"the database rejected its source transaction: {rejected.reason}"
+            if isinstance(rejected, ReadBackMismatch):
+                reason = f"{READ_BACK_DIFFERS} ({rejected.reason}); its source transaction was rolled back"
+            else:
+                reason = f"the database rejected its source transaction: {rejected.reason}"
             return _ChunkOutcome(refused=[Refusal(event, reason) for event in chunk[0].events])
     combined = _ChunkOutcome()
     for transaction in chunk:
@@ -486,7 +500,7 @@ def _apply_chunk(
     """Apply one chunk inside the open savepoint."""
     outcome = _ChunkOutcome(transactions=len(chunk))
     events = [e for t in chunk for e in t.events]
-    pending = _not_replayed_before(session, events, outcome)
+    pending = _not_replayed_before(session, events, shapes, outcome)
     kinds: dict[str, Outcome] = {}
     by_ref = {shape.ref: name for name, shape in shapes.items()}
     parents = {name: {by_ref[p] for p in shape.parents if p in by_ref} for name, shape in shapes.items()}
@@ -506,21 +520,35 @@ def _apply_chunk(
 
 
 def _not_replayed_before(
-    session: RecoverySession, events: list[LedgerEvent], outcome: _ChunkOutcome
+    session: RecoverySession,
+    events: list[LedgerEvent],
+    shapes: dict[str, TableShape],
+    outcome: _ChunkOutcome,
 ) -> list[LedgerEvent]:
     """The events whose id the outbox does not hold yet; the others are counted in `outcome` — replayed
-    before if the outbox holds the same content, a conflict if it holds another."""
+    before if the outbox holds the same content and the row still holds its image, else a conflict."""
     stored = session.outbox_fingerprints([e.event_id for e in events])
     pending: list[LedgerEvent] = []
+    replayed: dict[str, list[LedgerEvent]] = {}
     for event in events:
         print_in_outbox = stored.get(event.event_id)
         if print_in_outbox is None:
             pending.append(event)
         elif print_in_outbox == row_fingerprint(event.event_id, event.row_json):
-            outcome.outcomes.append((event, Outcome.ALREADY_REPLAYED))
+            replayed.setdefault(event.table, []).append(event)
         else:
             outcome.outcomes.append((event, Outcome.CONFLICT))
             outcome.conflicts.append(Conflict.of(event, None, OUTBOX_HOLDS_OTHER))
+    # An event id on record is not enough: the row it wrote must still be its image.
+    for table, members in replayed.items():
+        current = session.current_rows(shapes[table], members)
+        for event in members:
+            now = current.get(event.event_id)
+            if now is not None and now.same:
+                outcome.outcomes.append((event, Outcome.ALREADY_REPLAYED))
+            else:
+                outcome.outcomes.append((event, Outcome.CONFLICT))
+                outcome.conflicts.append(Conflict.of(event, now.text if now else None, REPLAYED_ROW_CHANGED))
     return pending
 
 
@@ -538,14 +566,22 @@ def _insert_table(
     inserted: set[str] = set()
     for columns, members in groups.items():
         inserted |= session.insert_if_absent(shape, columns, [e.row_json for e in members])
+    stray = inserted - {e.key for e in rows}
+    if stray:  # a trigger (or a default) gave the row another key than its image holds
+        raise ReadBackMismatch(
+            f"{shape.name.qualified}: a row was stored under key {_short(min(stray))}, which no image holds"
+        )
     kinds: dict[str, Outcome] = {}
     claimed: set[str] = set()
-    not_inserted = [e for e in rows if e.key not in inserted]
-    current = session.current_rows(shape, not_inserted) if not_inserted else {}
+    # Every row, written now or found: what was written is read back (the same comparison that proves
+    # a row present), so a value the database changed on the way in is never counted as applied.
+    current = session.current_rows(shape, rows)
     conflicting: list[LedgerEvent] = []
     for event in rows:
         now = current.get(event.event_id)
         if event.key in inserted and event.key not in claimed:
+            if now is None or not now.same:
+                raise ReadBackMismatch(_read_back_difference(shape, event, now))
             kinds[event.event_id] = Outcome.APPLIED
             claimed.add(event.key)
         elif event.key in inserted or (now is not None and now.same):
@@ -562,6 +598,30 @@ def _insert_table(
         else:
             outcome.conflicts.append(Conflict.of(event, now.text, KEY_HOLDS_OTHER, written.get(event.key)))
     return kinds
+
+
+READ_BACK_DIFFERS = "what replay wrote read back differently"
+
+
+def _read_back_difference(shape: TableShape, event: LedgerEvent, now: CurrentRow | None) -> str:
+    """Table, key, the first column that differs, the ledger's value and what the database stored."""
+    where = f"{shape.name.qualified} key {_short(event.key)}"
+    if now is None:
+        return f"{where}: the row is not there after its insert"
+    column = now.differs[0]
+    ledger_value = _column_text(event.row_json, column)
+    stored_value = _column_text(now.text, column)
+    return f"{where} column {column}: the ledger holds {ledger_value}, the database stored {stored_value}"
+
+
+def _column_text(row_json: str, column: str) -> str:
+    try:
+        row = json.loads(row_json, parse_float=Decimal)
+    except ValueError:
+        return "?"
+    if not isinstance(row, dict) or column not in row:
+        return "no value"
+    return _short(json.dumps(row[column], default=str, ensure_ascii=False), 60)
 
 
 def _detail(event: LedgerEvent, outcome: Outcome) -> str:

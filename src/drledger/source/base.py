@@ -60,6 +60,7 @@ class TableShape:
     insertable: frozenset[str]  # the columns an INSERT may name (not generated)
     column_order: tuple[str, ...]
     parents: frozenset[Any] = frozenset()  # refs of the other tables its foreign keys reference
+    zoned: frozenset[str] = frozenset()  # columns whose printed value depends on the session's time zone
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,11 @@ class CurrentRow:
     """What a key holds now: the row as the database prints it, and whether it has the image's content."""
 
     text: str
-    same: bool
+    differs: tuple[str, ...] = ()  # the image's columns whose value the row does not hold
+
+    @property
+    def same(self) -> bool:
+        return not self.differs
 
 
 @dataclass

@@ -260,7 +260,9 @@ class MySQLRecoverySession(RecoverySession):
         for ordinal, text in rows:
             event = events[int(ordinal) - 1]
             mine, theirs = _parse(event.row_json), _parse(text)
-            found[event.event_id] = CurrentRow(text, all(theirs.get(k) == v for k, v in mine.items()))
+            found[event.event_id] = CurrentRow(
+                text, tuple(k for k, v in mine.items() if k not in theirs or theirs[k] != v)
+            )
         return found
 
     def restore_outbox(self, events: Sequence[LedgerEvent]) -> None:

@@ -75,9 +75,14 @@ class PostgresRecoverySession(RecoverySession):
         return dict(captured_tables(self.conn))
 
     def table_shape(self, name: TableName, ref: Any) -> TableShape:
+        # Whether a column holds a time with a zone, through a domain and an array: such a value is
+        # printed in the session's zone, so two sessions print one instant differently.
         rows = self.conn.execute(
-            "SELECT attname, attgenerated = '' FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
-            "AND NOT attisdropped ORDER BY attnum",
+            "SELECT a.attname, a.attgenerated = '', "
+            "COALESCE(NULLIF(b.typelem, 0), b.oid) IN ('timestamptz'::regtype, 'timetz'::regtype) "
+            "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END "
+            "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             (ref,),
         ).fetchall()
         parents = self.conn.execute(
@@ -93,6 +98,7 @@ class PostgresRecoverySession(RecoverySession):
             frozenset(r[0] for r in rows if r[1]),
             tuple(r[0] for r in rows),
             frozenset(int(r[0]) for r in parents),
+            frozenset(r[0] for r in rows if r[2]),
         )
 
     def row_keys(self, shape: TableShape, images: Sequence[str]) -> list[str | None]:
@@ -169,17 +175,25 @@ class PostgresRecoverySession(RecoverySession):
         join = sql.SQL(" AND ").join(
             sql.SQL("n.{c} = k.{c}").format(c=sql.Identifier(c)) for c in shape.key_columns
         )
-        # The same content means: every column the image names holds the image's value.
+        # The same content means: every column the image names holds the image's value, compared as
+        # JSON (numerics by value, never rounded through the column's type). A time with a zone is
+        # printed in the printing session's zone, so there the image is read through the column's
+        # type and printed here too: the same instant, the same text.
         statement = sql.SQL(
-            "SELECT e.item ->> 'id', to_jsonb(n.*)::text, "
-            "(SELECT jsonb_object_agg(j.key, j.value) FROM jsonb_each(to_jsonb(n.*)) AS j "
-            "WHERE e.item -> 'row' ? j.key) = e.item -> 'row' "
+            "SELECT e.item ->> 'id', s.stored::text, ARRAY(SELECT j.key FROM jsonb_each(e.item -> 'row') AS j "
+            "WHERE (s.stored -> j.key) IS DISTINCT FROM j.value "
+            "AND NOT (j.key = ANY(%s::text[]) AND (s.stored -> j.key) = (to_jsonb(k.*) -> j.key)) "
+            "ORDER BY j.key) "
             "FROM jsonb_array_elements(%s::jsonb) AS e(item) "
             "CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.item -> 'row') AS k "
-            "JOIN {table} AS n ON {join}"
+            "JOIN {table} AS n ON {join} CROSS JOIN LATERAL (SELECT to_jsonb(n.*) AS stored) AS s"
         ).format(table=ident(shape.name), join=join)
         items = _json_array(f'{{"id": "{e.event_id}", "row": {e.row_json}}}' for e in events)
-        return {r[0]: CurrentRow(r[1], bool(r[2])) for r in self.conn.execute(statement, (items,)).fetchall()}
+        zoned = list(shape.zoned)
+        return {
+            r[0]: CurrentRow(r[1], tuple(r[2]))
+            for r in self.conn.execute(statement, (zoned, items), prepare=False).fetchall()
+        }
 
     def restore_outbox(self, events: Sequence[LedgerEvent]) -> None:
         # COPY is the cheapest way in; no row can clash, since the ids were checked under the lock.
