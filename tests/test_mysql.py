@@ -4,7 +4,9 @@ with every column type a user brings and the application writing as its own plai
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import signal
 import subprocess
 import time
@@ -236,6 +238,29 @@ def test_a_forged_ledger_writes_nothing_on_mysql(shop: Shop) -> None:
     assert "lacks: admin" in reasons["7"] and "rejects its row image" in reasons["8"]
     assert shop.rows("SELECT COUNT(*) FROM `Sales`.customer") == [(0,)]
     assert shop.rows("SELECT COUNT(*) FROM `Sales`.secret") == [(0,)]
+
+
+def test_a_value_the_column_would_round_is_read_back_and_held_back_on_mysql(shop: Shop) -> None:
+    assert shop.cli("init", "--table", "Sales.Order").returncode == 0
+    write_as_the_application(shop)
+    events = [r.as_event() for r in open_source(shop.dsn).read_window(None, None)]
+    shop.server.execute("DELETE FROM `Sales`.`Order`")
+    shop.server.execute("DELETE FROM drledger.outbox")
+    rounded = next(e for e in events if '"amount"' in e.row_json)
+    # More places than DECIMAL(65,30) keeps: MySQL rounds it with a note, not an error.
+    row = re.sub(
+        r'"amount": ?[-0-9.eE+]+', '"amount": 1.0050000000000000000000000000001', rounded.row_json, count=1
+    )
+    assert row != rounded.row_json, rounded.row_json
+    forged = dataclasses.replace(rounded, row_json=row, row_sha256=row_digest(row))
+    url = f"sqlite:///{shop.workdir}/rounded.db"
+    with open_ledger(url, writer=True) as ledger:
+        ledger.publish([forged])
+    result = shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", "--json")
+    assert result.returncode == 2, result.stdout + result.stderr
+    (refusal,) = json.loads(result.stdout)["refused"]
+    assert "read back differently" in refusal["reason"] and "column amount" in refusal["reason"], refusal
+    assert shop.rows("SELECT COUNT(*) FROM `Sales`.`Order`") == [(0,)]  # rolled back, never rounded
 
 
 def test_init_check_names_each_missing_setting(shop: Shop) -> None:
