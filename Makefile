@@ -1,10 +1,10 @@
 # make drill: drledger's main job on this machine: the disaster, for real, measured (drledger drill).
-# make test: lint, type-check and run the tests against real services.
+# make test: lint, type-check, build the docs and run the tests against real services.
 # Both install first, idempotently; re-run `make install` after changing pyproject.toml.
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)
 
-.PHONY: install drill test clean
+.PHONY: install drill test docs clean
 
 install: $(STAMP)
 
@@ -19,5 +19,10 @@ drill: install
 test: install
 	VENV=$(VENV) bash scripts/test.sh
 
+# The documentation site (docs/, mkdocs.yml) into site/; strict, as make test builds it (never --quiet:
+# it silences the warnings strict counts, and a broken link would pass).
+docs: install
+	$(VENV)/bin/mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
-# The test command: lint, type-check, then the whole suite against real services it starts itself.
+# The test command: lint, type-check, build the docs, then the whole suite against real services it starts itself.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 
 "$VENV/bin/ruff" check src tests benchmarks scripts || exit 1
 "$VENV/bin/mypy" || exit 1
+# The documentation: a broken link, a missing anchor or a page left out of the nav fails the build
+# (strict), built into a temporary directory so nothing is left behind. Not --quiet: it silences the
+# warnings, and strict then has none to count, so a broken link would pass. Its log is shown only when
+# the build fails. README.md is outside docs/, so its relative links are checked separately.
+docs_site=$(mktemp -d)
+docs_log=$("$VENV/bin/mkdocs" build --strict --site-dir "$docs_site" 2>&1)
+docs_status=$?
+rm -rf "$docs_site"
+if [ "$docs_status" != 0 ]; then
+  printf '%s\n' "$docs_log" >&2
+  echo "test: the documentation does not build (mkdocs build --strict)" >&2
+  exit 1
+fi
+"$VENV/bin/python" scripts/check_readme_links.py || exit 1
 "$VENV/bin/pytest" "$@"
 status=$?
 if [ "$status" = 5 ]; then
