@@ -418,3 +418,61 @@ def test_the_old_mysql_primary_is_read_as_a_ledger_once_read_only(shop: Shop, pr
     ) == originals
     again = shop.cli("reconcile", "--ledger", shop.dsn + "?writable=accept", "--json", db=dr)
     assert again.returncode == 0 and json.loads(again.stdout)["counts"]["missing_in_dr"] == 0, again.stdout
+
+
+def test_the_recoverer_replays_every_value_with_exactly_the_printed_grants(shop: Shop) -> None:
+    tables = [a for t in ["`Sales`.`Order`", "Sales.customer", "Sales.line"] for a in ("--table", t)]
+    assert shop.cli("init", *tables).returncode == 0
+    write_as_the_application(shop)
+    events = [r.as_event() for r in open_source(shop.dsn).read_window(None, None)]
+    originals = (
+        shop.rows(IMAGE),
+        shop.rows("SELECT * FROM `Sales`.customer"),
+        shop.rows("SELECT * FROM `Sales`.line"),
+    )
+    for table in ("`Sales`.line", "`Sales`.customer", "`Sales`.`Order`", "drledger.outbox"):
+        shop.server.execute(f"DELETE FROM {table}")
+    url = f"sqlite:///{shop.workdir}/lost.db"
+    with open_ledger(url, writer=True) as ledger:
+        ledger.publish(events)
+
+    recoverer = f"rec_{uuid.uuid4().hex[:6]}"
+    printed = shop.cli("init", *tables, "--print-grants", "--role", f"recoverer={recoverer}")
+    assert printed.returncode == 0, printed.stderr
+    script = [
+        line.rstrip(";") for line in printed.stdout.splitlines() if line.strip() and not line.startswith("--")
+    ]
+    mine = [s for s in script if f"'{recoverer}'" in s]
+    assert any("replay_session" in s and "SELECT" in s for s in mine), mine
+    for statement in mine:
+        shop.server.execute(statement)
+    as_recoverer = f"mysql://{recoverer}@127.0.0.1:{shop.server.port}/Sales"
+    try:
+        check = shop.cli("init", *tables, "--check", "--as", f"recoverer={recoverer}")
+        assert check.returncode == 0, check.stdout + check.stderr
+        fence = shop.cli("fence", "--ledger", url, "--since", "1h", db=as_recoverer)
+        assert fence.returncode == 0, fence.stdout + fence.stderr
+        applied = shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", "--json", db=as_recoverer)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert json.loads(applied.stdout)["applied"] == 5
+        # Every value back, the JSON column included (it was written as NULL under these grants).
+        restored = (
+            shop.rows(IMAGE),
+            shop.rows("SELECT * FROM `Sales`.customer"),
+            shop.rows("SELECT * FROM `Sales`.line"),
+        )
+        assert restored == originals
+
+        # One right taken away: the check names it, and replay stops before its first write, naming the GRANT.
+        shop.server.execute(f"REVOKE SELECT ON drledger.replay_session FROM '{recoverer}'@'%'")
+        check = shop.cli("init", *tables, "--check", "--as", f"recoverer={recoverer}")
+        assert check.returncode == 1 and "replay_session" in check.stdout, check.stdout
+        for table in ("`Sales`.line", "`Sales`.customer", "`Sales`.`Order`", "drledger.outbox"):
+            shop.server.execute(f"DELETE FROM {table}")
+        denied = shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", db=as_recoverer)
+        assert denied.returncode == 2 and "GRANT SELECT ON `drledger`.`replay_session`" in denied.stderr, (
+            denied.stderr
+        )
+        assert shop.rows("SELECT COUNT(*) FROM `Sales`.`Order`") == [(0,)]
+    finally:
+        shop.server.execute(f"DROP USER IF EXISTS '{recoverer}'@'%'")

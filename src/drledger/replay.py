@@ -326,7 +326,7 @@ def replay(
             if rights.missing:
                 raise DrledgerError(
                     f"The role {rights.role} may not replay here: it lacks {rights.missing[0]} (permission "
-                    "denied); give it the recoverer's grants (drledger init --print-grants)."
+                    f"denied); {rights.grants[0]} gives it (drledger init --print-grants lists the recoverer's)."
                 )
         session.rollback()  # validation reads only; what follows runs in transactions of its own
         # Fencing comes first: once the application writes again, a sequence behind a key replay is

@@ -93,6 +93,7 @@ class ReplayRights:
 
     missing: list[str] = field(default_factory=list)
     role: str = ""
+    grants: list[str] = field(default_factory=list)  # the GRANT that gives each missing right
 
 
 @dataclass(frozen=True)

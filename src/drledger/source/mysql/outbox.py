@@ -15,6 +15,7 @@ seen by anyone else, and only a role that may write that table (the recoverer) c
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from drledger.events import LATEST_MS, OutboxRow
 from drledger.names import TableName
 from drledger.source.base import Finding
 from drledger.source.mysql.columns import Column, image_expression, key_expression, literal, quote
-from drledger.source.mysql.connection import connect, parse_dsn
+from drledger.source.mysql.connection import connect, error_code, parse_dsn
 
 SCHEMA = "drledger"
 TRIGGER_PREFIX = "drledger_capture_"
@@ -149,16 +150,7 @@ def table_columns(conn: Any, table: TableName) -> list[Column]:
         raise DrledgerError(f"The table {table.qualified} does not exist in this database{hint}")
     if kind[0][0] != "BASE TABLE":
         raise DrledgerError(f"{table.qualified} is a view; drledger captures inserts into tables only.")
-    # MariaDB's JSON is LONGTEXT with a json_valid(`column`) check; MySQL's is a type of its own.
-    json_columns = set()
-    for (clause,) in query(
-        conn,
-        "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
-        "WHERE CONSTRAINT_SCHEMA = %s AND TABLE_NAME = %s",
-        (table.schema, table.name),
-    ):
-        if clause and "json_valid" in clause.lower() and "`" in clause:
-            json_columns.add(clause.split("`")[1])
+    json_columns = _json_checked_columns(conn, table)
     rows = query(
         conn,
         "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, EXTRA FROM information_schema.COLUMNS "
@@ -169,6 +161,26 @@ def table_columns(conn: Any, table: TableName) -> list[Column]:
         Column(name, data_type, column_type, name in json_columns, "GENERATED" in (extra or "").upper())
         for name, data_type, column_type, extra in rows
     ]
+
+
+ER_TABLEACCESS_DENIED = 1142
+_JSON_VALID = re.compile(r"json_valid\(`((?:[^`]|``)+)`\)", re.IGNORECASE)
+
+
+def _json_checked_columns(conn: Any, table: TableName) -> set[str]:
+    """MariaDB's JSON columns: LONGTEXT with a json_valid(`column`) check (MySQL's JSON is a type).
+
+    Read from SHOW CREATE TABLE, which any account with a privilege on the table may run, so every
+    role gets the same answer: information_schema.CHECK_CONSTRAINTS hides the checks from an account
+    that holds only table-level grants, and a JSON column then read as text was written as NULL.
+    """
+    try:
+        shown = query(conn, f"SHOW CREATE TABLE {ident(table)}")
+    except Exception as exc:
+        if error_code(exc) == ER_TABLEACCESS_DENIED:  # no privilege on the table: no column shows either
+            return set()
+        raise
+    return {name.replace("``", "`") for name in _JSON_VALID.findall(str(shown[0][1]))} if shown else set()
 
 
 def primary_key_columns(conn: Any, table: TableName) -> list[str]:

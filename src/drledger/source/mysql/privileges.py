@@ -70,6 +70,8 @@ def needs(roles: dict[str, str], tables: list[TableName]) -> list[tuple[str, Nee
                 ("outbox", "SELECT"),
                 ("outbox", "INSERT"),
                 ("replay_log", "INSERT"),
+                # SELECT too: replay's DELETE … WHERE connection_id = CONNECTION_ID() reads the column.
+                ("replay_session", "SELECT"),
                 ("replay_session", "INSERT"),
                 ("replay_session", "DELETE"),
             ):
@@ -100,7 +102,7 @@ def grant_script(roles: dict[str, str], tables: list[TableName]) -> str:
 _ALIASES = {"REPLICATION CLIENT": {"REPLICATION CLIENT", "BINLOG MONITOR"}}
 
 
-def _held(conn: Any, role: str, need: Need) -> bool:
+def held(conn: Any, role: str, need: Need) -> bool:
     name, host = account(role)
     grantee = f"'{name}'@'{host}'"
     privilege = need.privilege.upper()
@@ -140,7 +142,7 @@ def _held(conn: Any, role: str, need: Need) -> bool:
 def check_roles(conn: Any, roles: dict[str, str], tables: list[TableName]) -> list[Finding]:
     findings: list[Finding] = []
     for role, need in needs(roles, tables):
-        ok = _held(conn, role, need)
+        ok = held(conn, role, need)
         findings.append(
             Finding(
                 ok,

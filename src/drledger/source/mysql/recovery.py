@@ -40,6 +40,7 @@ from drledger.source.mysql.outbox import (
     require_outbox,
     table_columns,
 )
+from drledger.source.mysql.privileges import held, needs
 
 REPLAY_LOCK = "drledger_replay"
 _DUPLICATE_KEY = 1062
@@ -140,9 +141,15 @@ class MySQLRecoverySession(RecoverySession):
         return [r[0] for r in rows]
 
     def missing_rights(self, shapes: Sequence[TableShape]) -> ReplayRights:
-        # MySQL has no has_table_privilege(): a missing privilege shows at the first write (listing this
-        # connection in drledger.replay_session), before any row, as one sentence.
-        return ReplayRights(role=str(query(self.conn, "SELECT CURRENT_USER()")[0][0]))
+        # The recoverer's list that --print-grants prints and init --check --as verifies, read from
+        # information_schema (which shows an account its own privileges), before the first write.
+        user = str(query(self.conn, "SELECT CURRENT_USER()")[0][0])
+        rights = ReplayRights(role=user)
+        for role, need in needs({"recoverer": user}, [shape.name for shape in shapes]):
+            if not held(self.conn, role, need):
+                rights.missing.append(f"{need.privilege} on {need.level}")
+                rights.grants.append(need.grant(role))
+        return rights
 
     def ensure_replay_log(self) -> None:
         present = query(

@@ -121,6 +121,7 @@ class PostgresRecoverySession(RecoverySession):
             ).fetchone()
             if not (row and row[0]):
                 rights.missing.append(f"{privilege} on {table}")
+                rights.grants.append(f"GRANT {privilege} ON {table} TO {rights.role}")
         return rights
 
     def ensure_replay_log(self) -> None:
