@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from conftest import run_cli
 from drledger.drill.rig import FailoverRig, GroundTruth
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.debezium
 

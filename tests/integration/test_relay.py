@@ -10,11 +10,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import slot_active, wait_for
 from drledger.census import take_census
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from drledger.source.postgres import outbox as postgres
+from tests.helpers import slot_active, wait_for
 
 pytestmark = pytest.mark.debezium
 

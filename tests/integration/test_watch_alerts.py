@@ -15,9 +15,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import DRLEDGER, run_cli, slot_active, wait_for
 from drledger.drill.alerting import LocalAlerting, binaries
 from drledger.drill.cluster import free_port
+from tests.helpers import DRLEDGER, REPO, run_cli, slot_active, wait_for
 
 
 def test_rules_pass_promtool_unit_tests(tmp_path: Path) -> None:
@@ -38,7 +38,7 @@ def test_rules_pass_promtool_unit_tests(tmp_path: Path) -> None:
     )
     assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
     # The deploy/ copy is the packaged file itself.
-    deployed = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "drledger-rules.yml"
+    deployed = REPO / "deploy" / "prometheus" / "drledger-rules.yml"
     assert deployed.read_text() == rules.joinpath("drledger-rules.yml").read_text()
 
 

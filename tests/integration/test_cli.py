@@ -8,8 +8,8 @@ from pathlib import Path
 
 import psycopg
 
-from conftest import dsn_for, run_cli
 from drledger.drill.cluster import LocalCluster
+from tests.helpers import dsn_for, run_cli
 
 
 def assert_one_sentence(result, *fragments: str, code: int = 2) -> None:  # type: ignore[no-untyped-def]

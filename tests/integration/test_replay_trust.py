@@ -27,14 +27,14 @@ import orjson
 import psycopg
 import pytest
 
-from conftest import dsn_for, fresh_database, run_cli
 from drledger.drill.cluster import LocalCluster
 from drledger.events import LedgerEvent, row_digest
 from drledger.ledger import open_ledger
 from drledger.replay import ReplayInterrupted, replay
 from drledger.source.postgres.outbox import read_window
+from tests.helpers import REPO, dsn_for, fresh_database, run_cli
 
-SOURCE = Path(__file__).resolve().parent.parent / "src"
+SOURCE = REPO / "src"
 SCHEMA = r"""
 CREATE SCHEMA "Sales";
 CREATE TABLE "Sales"."Order" (

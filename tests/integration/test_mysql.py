@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DRLEDGER, SLICED_OUTBOX, run_cli, slices_are_cut_between_milliseconds, wait_for
 from drledger.drill.mariadb import LocalMariaDB, MariaDBSet
 from drledger.events import LedgerEvent, row_digest
 from drledger.ledger import open_ledger
 from drledger.source import open_source
+from tests.helpers import DRLEDGER, SLICED_OUTBOX, run_cli, slices_are_cut_between_milliseconds, wait_for
 
 pytestmark = pytest.mark.debezium
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import run_cli, wait_for
 from drledger.drill.rig import FailoverRig, GroundTruth
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
+from tests.helpers import run_cli, wait_for
 
 pytestmark = pytest.mark.debezium
 
@@ -124,7 +124,7 @@ def test_html_report_renders_offline_in_chromium(clean: Aftermath, tmp_path: Pat
         timeout=120,
     )
     assert shot.exists() and shot.stat().st_size > 20_000
-    keep = Path(__file__).parent.parent / ".drledger" / "report-screenshot.png"
+    keep = Path(__file__).parents[2] / ".drledger" / "report-screenshot.png"
     keep.parent.mkdir(exist_ok=True)
     shutil.copy(shot, keep)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import DRLEDGER, run_cli
+from tests.helpers import DRLEDGER, run_cli
 
 pytestmark = pytest.mark.debezium
 
@@ -159,7 +159,7 @@ def check_drill_page(page: Path) -> None:
         timeout=120,
     )
     assert shot.exists() and shot.stat().st_size > 20_000
-    keep = Path(__file__).parent.parent / ".drledger" / "drill-screenshot.png"
+    keep = Path(__file__).parents[2] / ".drledger" / "drill-screenshot.png"
     keep.parent.mkdir(exist_ok=True)
     shutil.copy(shot, keep)
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from conftest import fresh_database, run_cli
 from drledger.drill.cluster import LocalCluster
+from tests.helpers import fresh_database, run_cli
 
 SHOP = """
 CREATE TABLE orders (id bigserial PRIMARY KEY, v text);

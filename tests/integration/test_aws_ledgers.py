@@ -7,13 +7,12 @@ from typing import Any
 
 import pytest
 
-from conftest import run_cli
 from drledger.census import take_census
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from drledger.ledger.kinesis import KinesisLedger
 from drledger.ledger.sqs import SqsLedger
-from test_ledgers import make_events
+from tests.helpers import make_events, run_cli
 
 
 def test_kinesis_read_is_complete_across_a_reshard(kinesis_url: str) -> None:

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from conftest import run_cli
 from drledger.drill.rig import FailoverRig
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.debezium
 

@@ -24,12 +24,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import RelayProcess, dsn_for, run_cli, slot_active, wait_for
 from drledger.drill.broker import LocalBroker
 from drledger.drill.cluster import ClusterSet, LocalCluster
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from drledger.source.postgres import outbox as postgres
+from tests.helpers import RelayProcess, dsn_for, run_cli, slot_active, wait_for
 
 pytestmark = pytest.mark.debezium
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from conftest import run_cli
 from drledger.drill.rig import FailoverRig
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.debezium
 
