@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from drledger.drill.rig import FailoverRig
-from tests.helpers import run_cli
+from tests.helpers import failover_aftermath, run_cli
 
 pytestmark = pytest.mark.debezium
 
@@ -22,15 +22,15 @@ def dr_rows(dsn: str) -> dict[int, str]:
         return {r[0]: r[1] for r in conn.execute("SELECT id, customer FROM public.orders").fetchall()}
 
 
+def stall_the_relay_midway(rig: FailoverRig) -> None:
+    rig.run_workload(tps=100, seconds=2)
+    rig.pause_relay()  # the ledger falls behind: what follows reaches only the primary (and part the replica)
+    rig.run_workload(tps=100, seconds=3)
+
+
 @pytest.fixture(scope="module")
 def aftermath() -> Iterator[tuple[FailoverRig, set[int]]]:
-    with FailoverRig(lag_s=1.0) as rig:
-        rig.start()
-        rig.run_workload(tps=100, seconds=2)
-        rig.pause_relay()  # the ledger falls behind: what follows reaches only the primary (and part the replica)
-        rig.run_workload(tps=100, seconds=3)
-        rig.disaster()
-        rig.failover()
+    with failover_aftermath(stall_the_relay_midway, lag_s=1.0, settle_s=0) as (rig, _):
         # The application is pointed at the new primary before anyone fences: its sequence, behind the
         # old primary's, hands out keys the old primary had already committed.
         with psycopg.connect(rig.dr_dsn, autocommit=True) as conn:

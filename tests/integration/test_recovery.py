@@ -21,7 +21,7 @@ import pytest
 from drledger.drill.rig import FailoverRig, GroundTruth
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
-from tests.helpers import run_cli, wait_for
+from tests.helpers import failover_aftermath, run_cli, wait_for
 
 pytestmark = pytest.mark.debezium
 
@@ -47,12 +47,7 @@ class Aftermath:
 
 
 def failover() -> Iterator[Aftermath]:
-    with FailoverRig(lag_s=2.0) as rig:
-        rig.start()
-        truth = rig.run_workload(tps=100, seconds=5)
-        time.sleep(0.3)  # the relay is ~10 ms behind; the replica ~2 s
-        rig.disaster()
-        rig.failover()
+    with failover_aftermath(lambda rig: rig.run_workload(tps=100, seconds=5)) as (rig, truth):
         yield Aftermath(rig, truth, time.time_ns() // 1_000_000)
 
 
