@@ -9,7 +9,6 @@ cannot suppress capture. A missing privilege is one sentence and exit 2, whateve
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ import psycopg
 import pytest
 
 from drledger.drill.rig import FailoverRig, GroundTruth
-from tests.helpers import failover_aftermath, run_cli
+from tests.helpers import failover_aftermath, one_sentence, run_cli
 
 pytestmark = pytest.mark.debezium
 
@@ -41,14 +40,6 @@ def run_sql(dsn: str, script: str) -> None:
         for statement in body.split(";\n"):
             if statement.strip():
                 conn.execute(statement)
-
-
-def one_sentence(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def check_roles(dsn: str) -> dict:

@@ -8,7 +8,6 @@ disaster: in-flight WAL dropped, primary SIGKILLed, replica promoted.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -21,7 +20,7 @@ import pytest
 from drledger.drill.rig import FailoverRig, GroundTruth
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
-from tests.helpers import failover_aftermath, run_cli, wait_for
+from tests.helpers import check_screenshot, failover_aftermath, rendered_dom, run_cli, wait_for
 
 pytestmark = pytest.mark.debezium
 
@@ -95,33 +94,9 @@ def test_html_report_renders_offline_in_chromium(clean: Aftermath, tmp_path: Pat
     assert clean.cli("reconcile", "--ledger", clean.rig.ledger_url, "--html", str(page)).returncode == 1
     text = page.read_text()
     assert "id='lost-window'" in text and "<script" not in text and "http" not in text.split("</style>")[0]
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("chromium is not installed; make install installs it (Debian package chromium)")
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ]
-    dom = subprocess.run(
-        [chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
-    )
-    assert 'id="lost-window"' in dom.stdout and 'id="missing-events"' in dom.stdout
-    shot = tmp_path / "report.png"
-    subprocess.run(
-        [chromium, *flags, "--window-size=1000,1400", f"--screenshot={shot}", page.as_uri()],
-        capture_output=True,
-        timeout=120,
-    )
-    assert shot.exists() and shot.stat().st_size > 20_000
-    keep = Path(__file__).parents[2] / ".drledger" / "report-screenshot.png"
-    keep.parent.mkdir(exist_ok=True)
-    shutil.copy(shot, keep)
+    dom = rendered_dom(page)
+    assert 'id="lost-window"' in dom and 'id="missing-events"' in dom
+    check_screenshot(page, window_size="1000,1400", keep_as="report-screenshot.png")
 
 
 def test_replay_restores_then_changes_nothing(clean: Aftermath, tmp_path: Path) -> None:

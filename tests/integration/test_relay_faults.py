@@ -29,7 +29,7 @@ from drledger.drill.cluster import ClusterSet, LocalCluster
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from drledger.source.postgres import outbox as postgres
-from tests.helpers import RelayProcess, dsn_for, run_cli, slot_active, wait_for
+from tests.helpers import RelayProcess, create_database, run_cli, slot_active, wait_for
 
 pytestmark = pytest.mark.debezium
 
@@ -123,12 +123,8 @@ class Load:
 
 
 def fresh_database(cluster: LocalCluster) -> str:
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    dsn = dsn_for(cluster, name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, customer text NOT NULL)")
+    """A new database on `cluster` with a captured `orders` table, left there (the cluster goes first)."""
+    dsn = create_database(cluster, "CREATE TABLE orders (id bigserial PRIMARY KEY, customer text NOT NULL)")
     postgres.install(dsn, ["public.orders"])
     return dsn
 

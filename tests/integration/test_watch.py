@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,12 +17,12 @@ import pytest
 from drledger.drill.cluster import ClusterSet, LocalCluster, free_port
 from drledger.watch.cycle import Watcher, WatchSettings, scrape
 from tests.helpers import (
-    DRLEDGER,
     SLICED_OUTBOX,
     dsn_for,
     run_cli,
     slices_are_cut_between_milliseconds,
     slot_active,
+    start_watch,
     wait_for,
 )
 
@@ -207,25 +206,9 @@ def test_watch_serves_metrics_and_survives_an_unreachable_primary(database: str,
 
     with open_ledger(url, writer=True):
         pass
-    port = free_port()
-    log = (workdir / "watch.log").open("w")
-    process = subprocess.Popen(
-        [
-            *DRLEDGER,
-            "watch",
-            "--db",
-            database,
-            "--ledger",
-            url,
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--interval",
-            "0.5s",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    watch = start_watch(database, url, workdir / "watch.log", "--interval", "0.5s")
+    process = watch.process
+    metrics_url = f"http://127.0.0.1:{watch.port}/metrics"
     try:
         values = wait_for(lambda: _scrape_or_none(metrics_url), 60, "the watcher's /metrics")
         assert values["drledger_watch_cycles_total"] >= 1
@@ -251,9 +234,7 @@ def test_watch_serves_metrics_and_survives_an_unreachable_primary(database: str,
                 conn.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
         wait_for(lambda: 'drledger_watch_up{target="primary"} 1.0' in _text(metrics_url), 30, "primary back")
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(30)
-        log.close()
+        code = watch.stop()
     output = (workdir / "watch.log").read_text()
     assert code == 0, output
     assert "primary: down (was up)" in output and "primary: up (was down)" in output
