@@ -132,7 +132,7 @@ def application_attempts(dsn: str) -> dict[str, object]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         seen["drledger_usage"] = conn.execute(
             "SELECT has_schema_privilege(current_user, 'drledger', 'USAGE')"
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
         try:
             conn.execute(
                 "INSERT INTO drledger.outbox (aggregatetype, aggregateid, payload) VALUES ('public.orders', '1', '{}')"
@@ -144,12 +144,12 @@ def application_attempts(dsn: str) -> dict[str, object]:
         conn.execute("SET LOCAL drledger.suppress_capture = on")
         hidden = conn.execute(
             "INSERT INTO public.orders (customer, amount) VALUES ('hidden?', 1) RETURNING id"
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
         conn.commit()
     with psycopg.connect(dsn.replace(f"{APP}@", "postgres@", 1)) as conn:
         seen["suppressed_row_events"] = conn.execute(
             "SELECT count(*) FROM drledger.outbox WHERE aggregateid = %s", (str(hidden),)
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
     return seen
 
 
@@ -178,7 +178,7 @@ def test_each_role_runs_its_step_of_the_runbook(story: Story) -> None:
         assert (
             conn.execute(
                 "SELECT count(*) FROM drledger.outbox o JOIN drledger.replay_log l ON l.event_id = o.id"
-            ).fetchone()[0]
+            ).fetchone()[0]  # type: ignore[index]
             == missing
         )
     restored = story.rig.keys_in(dr)

@@ -87,7 +87,7 @@ def test_the_old_primary_returns_every_commit_the_ledger_missed(
     fence = run_cli("fence", "--db", dr, "--ledger", old, "--json")
     assert fence.returncode == 0, fence.stderr
     with psycopg.connect(dr, autocommit=True) as conn:
-        (next_key,) = conn.execute("SELECT last_value FROM public.orders_id_seq").fetchone()
+        (next_key,) = conn.execute("SELECT last_value FROM public.orders_id_seq").fetchone()  # type: ignore[misc]
     assert next_key > max(truth)  # past every key the old primary handed out
 
     replay = run_cli("replay", "--db", dr, "--ledger", old, "--apply", "--json")
@@ -137,7 +137,7 @@ def test_an_outbox_row_changed_after_capture_is_malformed_not_replayed(
             "UPDATE drledger.outbox SET payload = jsonb_set(payload, '{customer}', '\"forged\"') "
             "WHERE id = (SELECT id FROM drledger.outbox ORDER BY created_at DESC LIMIT 1) "
             "RETURNING id::text, aggregateid"
-        ).fetchone()
+        ).fetchone()  # type: ignore[misc]
     with psycopg.connect(rig.dr_dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM public.orders WHERE id = %s", (int(key),))
         conn.execute("DELETE FROM drledger.outbox WHERE id = %s", (event_id,))

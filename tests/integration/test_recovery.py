@@ -115,8 +115,8 @@ def test_replay_restores_then_changes_nothing(clean: Aftermath, tmp_path: Path) 
     with psycopg.connect(clean.dsn) as conn:
         suppressed = conn.execute(
             "SELECT count(*) FROM drledger.outbox o JOIN drledger.replay_log l ON l.event_id = o.id"
-        ).fetchone()[0]
-        total_outbox = conn.execute("SELECT count(*) FROM drledger.outbox").fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
+        total_outbox = conn.execute("SELECT count(*) FROM drledger.outbox").fetchone()[0]  # type: ignore[index]
     assert suppressed == len(recoverable)  # the original ids came back …
     assert total_outbox == len(clean.on_dr_at_failover) + len(recoverable)  # … and no new event was minted
 
@@ -184,7 +184,7 @@ def test_conflicts_fencing_and_backfill_on_the_new_primary(contested: Aftermath)
         # Unfenced, the promoted database's sequence trails the failed primary's: a new write takes a lost key.
         taken = conn.execute(
             "INSERT INTO orders (customer, amount) VALUES ('written after failover', 1) RETURNING id"
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
     assert taken in after.lost & after.in_ledger, "an unfenced insert should collide with a lost key"
 
     fenced = after.cli("fence", "--ledger", after.rig.ledger_url, "--json")
@@ -198,7 +198,7 @@ def test_conflicts_fencing_and_backfill_on_the_new_primary(contested: Aftermath)
     with psycopg.connect(after.dsn, autocommit=True) as conn:
         safe = conn.execute(
             "INSERT INTO orders (customer, amount) VALUES ('fenced', 2) RETURNING id"
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
     assert safe > max(after.truth.keys)
 
     result = after.cli("replay", "--ledger", after.rig.ledger_url, "--apply", "--json")
@@ -211,7 +211,7 @@ def test_conflicts_fencing_and_backfill_on_the_new_primary(contested: Aftermath)
         and "written after failover" not in conflict["ledger_row"]
     )
     with psycopg.connect(after.dsn) as conn:
-        kept = conn.execute("SELECT customer FROM orders WHERE id = %s", (taken,)).fetchone()[0]
+        kept = conn.execute("SELECT customer FROM orders WHERE id = %s", (taken,)).fetchone()[0]  # type: ignore[index]
     assert kept == "written after failover"  # never overwritten
     assert after.rig.keys_in(after.dsn) >= (after.lost & after.in_ledger)
 
@@ -221,7 +221,7 @@ def test_conflicts_fencing_and_backfill_on_the_new_primary(contested: Aftermath)
     with psycopg.connect(after.dsn, autocommit=True) as conn:
         streamed = conn.execute(
             "INSERT INTO orders (customer, amount) VALUES ('after relay', 3) RETURNING id"
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
 
     def new_primary_keys_in_ledger() -> set[int]:
         new_writes = {"written after failover", "fenced", "after relay"}

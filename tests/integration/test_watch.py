@@ -18,6 +18,7 @@ from drledger.drill.cluster import ClusterSet, LocalCluster, free_port
 from drledger.watch.cycle import Watcher, WatchSettings, scrape
 from tests.helpers import (
     SLICED_OUTBOX,
+    RelayFactory,
     dsn_for,
     run_cli,
     slices_are_cut_between_milliseconds,
@@ -92,8 +93,8 @@ def test_an_outbox_slice_is_cut_between_milliseconds_never_inside_one(database: 
 
 @pytest.mark.debezium
 def test_readiness_and_completeness_follow_the_replica_the_relay_and_the_ledger(
-    database: str, standby: LocalCluster, workdir: Path, relay_factory
-) -> None:  # type: ignore[no-untyped-def]
+    database: str, standby: LocalCluster, workdir: Path, relay_factory: RelayFactory
+) -> None:
     url = f"sqlite:///{workdir}/ledger.db"
     assert run_cli("init", "--db", database, "--table", "orders").returncode == 0
     replica_dsn = dsn_for(standby, database.rsplit("/", 1)[1])
@@ -257,7 +258,7 @@ def _scrape_or_none(url: str) -> dict[str, float] | None:
 
 
 @pytest.mark.debezium
-def test_relay_serves_its_metrics(database: str, workdir: Path, relay_factory) -> None:  # type: ignore[no-untyped-def]
+def test_relay_serves_its_metrics(database: str, workdir: Path, relay_factory: RelayFactory) -> None:
     url = f"sqlite:///{workdir}/ledger.db"
     assert run_cli("init", "--db", database, "--table", "orders").returncode == 0
     port = free_port()

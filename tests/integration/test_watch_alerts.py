@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from drledger.drill.alerting import LocalAlerting, binaries
-from tests.helpers import REPO, run_cli, slot_active, start_watch, wait_for
+from tests.helpers import REPO, RelayFactory, run_cli, slot_active, start_watch, wait_for
 
 
 def test_rules_pass_promtool_unit_tests(tmp_path: Path) -> None:
@@ -42,7 +42,9 @@ def test_rules_pass_promtool_unit_tests(tmp_path: Path) -> None:
 
 
 @pytest.mark.debezium
-def test_relay_death_reaches_the_alertmanager_webhook(database: str, workdir: Path, relay_factory) -> None:  # type: ignore[no-untyped-def]
+def test_relay_death_reaches_the_alertmanager_webhook(
+    database: str, workdir: Path, relay_factory: RelayFactory
+) -> None:
     if binaries() is None:
         pytest.fail("Prometheus and Alertmanager are not installed; make install installs them")
     url = f"sqlite:///{workdir}/ledger.db"

@@ -83,7 +83,7 @@ def test_the_ledger_ids_are_read_once_each_and_forgotten_when_no_check_needs_the
         cache = LedgerIdCache(reader.event_ids, margin_ms=2000)
         cache.new_cycle(now_ms=31_000, frontier_ms=30_000)
         known = cache.holding(10_000)
-        assert {eid(n) for n in range(10, 31)} <= set(known) and eid(9) not in known
+        assert {eid(n) for n in range(10, 31)} <= set(known) and eid(9) not in known  # type: ignore[call-overload]
         assert cache.ids_read == 21
         # A second ask in the same cycle, further back: only the older part is read.
         known = cache.holding(5_000)
@@ -95,12 +95,12 @@ def test_the_ledger_ids_are_read_once_each_and_forgotten_when_no_check_needs_the
         known = cache.holding(20_000)
         # The ledger's end is read from the last frontier less the margin: 28 s … 35 s.
         assert cache.ids_read == 27 + 8 and cache.fresh_from_ms == 28_000
-        assert {eid(n) for n in range(31, 36)} <= set(known)
+        assert {eid(n) for n in range(31, 36)} <= set(known)  # type: ignore[call-overload]
         assert eid(99) not in known  # out of order: for the ledger itself to say
 
         # The last cycle asked from 20 s: what holds only older ids is dropped, the rest kept.
         cache.new_cycle(now_ms=41_000, frontier_ms=35_000)
         known = cache.holding(20_000)
         assert cache.ids_read == 35 + 3  # the end again, from 33 s
-        assert {eid(n) for n in range(20, 36)} <= set(known) and eid(5) not in known
+        assert {eid(n) for n in range(20, 36)} <= set(known) and eid(5) not in known  # type: ignore[call-overload]
         assert len(cache) <= 26  # at most the first read's older ids (10 s … 19 s) besides
