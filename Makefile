@@ -1,10 +1,11 @@
 # make drill: drledger's main job on this machine: the disaster, for real, measured (drledger drill).
 # make test: lint, type-check, build the docs and run the tests against real services.
-# Both install first, idempotently; re-run `make install` after changing pyproject.toml.
+# make test-unit: only the tests that need no service (tests/unit), in seconds.
+# All install first, idempotently; re-run `make install` after changing pyproject.toml.
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)
 
-.PHONY: install drill test docs clean
+.PHONY: install drill test test-unit docs clean
 
 install: $(STAMP)
 
@@ -18,6 +19,9 @@ drill: install
 
 test: install
 	VENV=$(VENV) bash scripts/test.sh
+
+test-unit: install
+	$(VENV)/bin/pytest tests/unit $(ARGS)
 
 # The documentation site (docs/, mkdocs.yml) into site/; strict, as make test builds it (never --quiet:
 # it silences the warnings strict counts, and a broken link would pass).

@@ -4,7 +4,6 @@ and 3 per message received: O(depth) per call. Here the two attributes read ther
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -48,13 +47,13 @@ def _retention_ok(self: Any, queue_name: str, message: Any) -> bool:
     return period + message.sent_timestamp / 1000 > time.time()
 
 
-_attributes = models.Queue.attributes.fget
+_attributes = models.Queue.attributes.fget  # type: ignore[attr-defined]
 models.Queue.attributes = property(_Attributes)  # type: ignore[assignment]
 models.SQSBackend.is_message_valid_based_on_retention_period = _retention_ok  # type: ignore[method-assign]
-models.unix_time = lambda dt=None: time.time() if dt is None else _unix_time(dt)  # type: ignore[assignment]
-models.unix_time_millis = lambda dt=None: models.unix_time(dt) * 1000.0  # type: ignore[assignment]
+models.unix_time = lambda dt=None: time.time() if dt is None else _unix_time(dt)
+models.unix_time_millis = lambda dt=None: models.unix_time(dt) * 1000.0
 
 if __name__ == "__main__":
     from moto.server import main
 
-    sys.exit(main())
+    main()

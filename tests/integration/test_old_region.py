@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from conftest import run_cli
 from drledger.drill.rig import FailoverRig
+from tests.helpers import failover_aftermath, run_cli
 
 pytestmark = pytest.mark.debezium
 
@@ -22,15 +22,15 @@ def dr_rows(dsn: str) -> dict[int, str]:
         return {r[0]: r[1] for r in conn.execute("SELECT id, customer FROM public.orders").fetchall()}
 
 
+def stall_the_relay_midway(rig: FailoverRig) -> None:
+    rig.run_workload(tps=100, seconds=2)
+    rig.pause_relay()  # the ledger falls behind: what follows reaches only the primary (and part the replica)
+    rig.run_workload(tps=100, seconds=3)
+
+
 @pytest.fixture(scope="module")
 def aftermath() -> Iterator[tuple[FailoverRig, set[int]]]:
-    with FailoverRig(lag_s=1.0) as rig:
-        rig.start()
-        rig.run_workload(tps=100, seconds=2)
-        rig.pause_relay()  # the ledger falls behind: what follows reaches only the primary (and part the replica)
-        rig.run_workload(tps=100, seconds=3)
-        rig.disaster()
-        rig.failover()
+    with failover_aftermath(stall_the_relay_midway, lag_s=1.0, settle_s=0) as (rig, _):
         # The application is pointed at the new primary before anyone fences: its sequence, behind the
         # old primary's, hands out keys the old primary had already committed.
         with psycopg.connect(rig.dr_dsn, autocommit=True) as conn:
@@ -87,7 +87,7 @@ def test_the_old_primary_returns_every_commit_the_ledger_missed(
     fence = run_cli("fence", "--db", dr, "--ledger", old, "--json")
     assert fence.returncode == 0, fence.stderr
     with psycopg.connect(dr, autocommit=True) as conn:
-        (next_key,) = conn.execute("SELECT last_value FROM public.orders_id_seq").fetchone()
+        (next_key,) = conn.execute("SELECT last_value FROM public.orders_id_seq").fetchone()  # type: ignore[misc]
     assert next_key > max(truth)  # past every key the old primary handed out
 
     replay = run_cli("replay", "--db", dr, "--ledger", old, "--apply", "--json")
@@ -137,7 +137,7 @@ def test_an_outbox_row_changed_after_capture_is_malformed_not_replayed(
             "UPDATE drledger.outbox SET payload = jsonb_set(payload, '{customer}', '\"forged\"') "
             "WHERE id = (SELECT id FROM drledger.outbox ORDER BY created_at DESC LIMIT 1) "
             "RETURNING id::text, aggregateid"
-        ).fetchone()
+        ).fetchone()  # type: ignore[misc]
     with psycopg.connect(rig.dr_dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM public.orders WHERE id = %s", (int(key),))
         conn.execute("DELETE FROM drledger.outbox WHERE id = %s", (event_id,))

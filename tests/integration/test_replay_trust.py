@@ -28,14 +28,14 @@ import orjson
 import psycopg
 import pytest
 
-from conftest import dsn_for, fresh_database, run_cli
 from drledger.drill.cluster import LocalCluster
 from drledger.events import LedgerEvent, row_digest
 from drledger.ledger import open_ledger
 from drledger.replay import ReplayInterrupted, replay
 from drledger.source.postgres.outbox import read_window
+from tests.helpers import REPO, dsn_for, fresh_database, run_cli
 
-SOURCE = Path(__file__).resolve().parent.parent / "src"
+SOURCE = REPO / "src"
 SCHEMA = r"""
 CREATE SCHEMA "Sales";
 CREATE TABLE "Sales"."Order" (
@@ -91,7 +91,7 @@ def table_images(dsn: str) -> dict[str, set[str]]:
 
 def outbox_count(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
-        return conn.execute("SELECT count(*) FROM drledger.outbox").fetchone()[0]
+        return conn.execute("SELECT count(*) FROM drledger.outbox").fetchone()[0]  # type: ignore[index]
 
 
 @dataclass
@@ -198,7 +198,7 @@ def test_every_odd_name_and_type_comes_back_exactly(world: World) -> None:
     with psycopg.connect(world.dsn, autocommit=True) as conn:
         new_id = conn.execute("INSERT INTO public.customer (name) VALUES ('after') RETURNING id").fetchone()[
             0
-        ]
+        ]  # type: ignore[index]
     assert new_id > 1000  # fenced before the application writes
 
     again = world.cli("reconcile", "--ledger", url, "--since", "1h", "--json")
@@ -341,7 +341,7 @@ def test_fence_refuses_keys_beyond_the_sequence_and_bad_margins(world: World) ->
     report = json.loads(result.stdout)
     assert [(u["column"], u["highest"]) for u in report["unfenced"]] == [("id", str(2**63 - 5000))]
     with psycopg.connect(world.dsn) as conn:
-        assert conn.execute("SELECT last_value FROM public.customer_id_seq").fetchone()[0] == 4 + 1000
+        assert conn.execute("SELECT last_value FROM public.customer_id_seq").fetchone()[0] == 4 + 1000  # type: ignore[index]
     for margin in ("-15000", "99999999999999999999"):
         bad = world.cli("fence", "--ledger", url, "--margin", margin)
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
@@ -358,7 +358,7 @@ def test_fence_needs_the_outbox(primary: LocalCluster, workdir: Path, world: Wor
         result = run_cli("fence", "--db", dsn_for(primary, bare), "--ledger", url, "--since", "1h")
         assert result.returncode == 2 and "no drledger.outbox" in result.stderr
         with psycopg.connect(dsn_for(primary, bare)) as conn:
-            assert conn.execute("SELECT last_value FROM customer_id_seq").fetchone()[0] == 1
+            assert conn.execute("SELECT last_value FROM customer_id_seq").fetchone()[0] == 1  # type: ignore[index]
     finally:
         with psycopg.connect(primary.dsn, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE {bare} WITH (FORCE)")

@@ -31,7 +31,7 @@ def test_init_is_idempotent_and_captures_the_full_row_image(database: str) -> No
             "INSERT INTO orders (customer, amount, tags) VALUES ('ada', 12.50, '{\"vip\": true}'), ('bob', 3, NULL)"
         )
         table_rows = conn.execute("SELECT to_jsonb(o) FROM orders o ORDER BY id").fetchall()
-        txid = conn.execute("SELECT txid_current()").fetchone()[0]
+        txid = conn.execute("SELECT txid_current()").fetchone()[0]  # type: ignore[index]
     rows = outbox_rows(database)
     assert [r[:3] for r in rows] == [("public.orders", "1", "insert"), ("public.orders", "2", "insert")]
     assert [r[3] for r in rows] == [t[0] for t in table_rows]
@@ -55,7 +55,7 @@ def test_multi_row_insert_fires_the_trigger_once(database: str) -> None:
         calls = conn.execute(
             "SELECT sum(calls) FROM pg_stat_user_functions "
             "WHERE schemaname = 'drledger' AND funcname LIKE 'capture%'"
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
     assert calls == 1
     assert len(outbox_rows(database)) == 500
 

@@ -7,7 +7,7 @@ import ast
 import re
 from pathlib import Path
 
-SOURCE = Path(__file__).resolve().parent.parent / "src" / "drledger"
+SOURCE = Path(__file__).resolve().parents[2] / "src" / "drledger"
 
 # Bottom to top. A module may import its own layer and the layers below, never one above.
 LAYERS = [

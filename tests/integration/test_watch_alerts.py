@@ -15,9 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import DRLEDGER, run_cli, slot_active, wait_for
 from drledger.drill.alerting import LocalAlerting, binaries
-from drledger.drill.cluster import free_port
+from tests.helpers import REPO, RelayFactory, run_cli, slot_active, start_watch, wait_for
 
 
 def test_rules_pass_promtool_unit_tests(tmp_path: Path) -> None:
@@ -38,38 +37,21 @@ def test_rules_pass_promtool_unit_tests(tmp_path: Path) -> None:
     )
     assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
     # The deploy/ copy is the packaged file itself.
-    deployed = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "drledger-rules.yml"
+    deployed = REPO / "deploy" / "prometheus" / "drledger-rules.yml"
     assert deployed.read_text() == rules.joinpath("drledger-rules.yml").read_text()
 
 
 @pytest.mark.debezium
-def test_relay_death_reaches_the_alertmanager_webhook(database: str, workdir: Path, relay_factory) -> None:  # type: ignore[no-untyped-def]
+def test_relay_death_reaches_the_alertmanager_webhook(
+    database: str, workdir: Path, relay_factory: RelayFactory
+) -> None:
     if binaries() is None:
         pytest.fail("Prometheus and Alertmanager are not installed; make install installs them")
     url = f"sqlite:///{workdir}/ledger.db"
     assert run_cli("init", "--db", database, "--table", "orders").returncode == 0
     relay = relay_factory(database, url)
     wait_for(lambda: slot_active(database, "drledger_slot"), 120, "the relay to start")
-    port = free_port()
-    watch_log = (workdir / "watch.log").open("w")
-    watcher = subprocess.Popen(
-        [
-            *DRLEDGER,
-            "watch",
-            "--db",
-            database,
-            "--ledger",
-            url,
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--interval",
-            "1s",
-            "--grace",
-            "5s",
-        ],
-        stdout=watch_log,
-        stderr=subprocess.STDOUT,
-    )
+    watcher = start_watch(database, url, workdir / "watch.log", "--interval", "1s", "--grace", "5s")
     stop = threading.Event()
 
     def load() -> None:  # the application keeps writing, 20 transactions a second
@@ -80,7 +62,7 @@ def test_relay_death_reaches_the_alertmanager_webhook(database: str, workdir: Pa
 
     writer = threading.Thread(target=load, daemon=True)
     try:
-        with LocalAlerting([f"127.0.0.1:{port}"]) as alerting:
+        with LocalAlerting([f"127.0.0.1:{watcher.port}"]) as alerting:
             writer.start()
             wait_for(lambda: alerting.query("drledger_relay_up == 1"), 60, "Prometheus to see the relay up")
             assert not alerting.query("ALERTS")  # healthy: nothing pending or firing
@@ -105,8 +87,6 @@ def test_relay_death_reaches_the_alertmanager_webhook(database: str, workdir: Pa
             ]
     finally:
         stop.set()
-        watcher.send_signal(signal.SIGTERM)
-        assert watcher.wait(30) == 0
-        watch_log.close()
+        assert watcher.stop() == 0
     log = (workdir / "watch.log").read_text()
     assert "relay: down (was alive)" in log and "ledger completeness: missing events" in log, log

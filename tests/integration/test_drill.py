@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import DRLEDGER, run_cli
+from tests.helpers import DRLEDGER, check_screenshot, rendered_dom, run_cli
 
 pytestmark = pytest.mark.debezium
 
@@ -90,20 +90,19 @@ def check_drill(result: dict) -> None:
     assert result["ledger_lag_p99_ms"] is not None
 
 
+def short_drill(
+    *options: str, duration: str, timeout: int, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`drledger drill --json` with `options`, its workload `duration` long and the 1-2 s lag that
+    check_drill expects."""
+    return run_cli(
+        "drill", *options, "--duration", duration, "--lag", "1-2s", "--json", timeout=timeout, env=env
+    )
+
+
 def test_default_drill_recovers_everything_that_reached_the_ledger(clean_machine: dict[str, str]) -> None:
     page = Path(clean_machine["TMPDIR"]) / "drill.html"
-    result = run_cli(
-        "drill",
-        "--duration",
-        "6s",
-        "--lag",
-        "1-2s",
-        "--json",
-        "--html",
-        str(page),
-        timeout=300,
-        env=clean_machine,
-    )
+    result = short_drill("--html", str(page), duration="6s", timeout=300, env=clean_machine)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)
     check_drill(summary)
@@ -132,51 +131,13 @@ def check_drill_page(page: Path) -> None:
         "at-risk",
     ):
         assert f"id='{ident}'" in text, ident
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("chromium is not installed; make install installs it (Debian package chromium)")
-    profile = page.parent / "profile"
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-    ]
-    dom = subprocess.run(
-        [chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
-    )
-    assert (
-        'id="lost-window"' in dom.stdout and 'id="readiness"' in dom.stdout and 'id="outcome"' in dom.stdout
-    )
-    shot = page.parent / "drill.png"
-    subprocess.run(
-        [chromium, *flags, "--window-size=1000,1300", f"--screenshot={shot}", page.as_uri()],
-        capture_output=True,
-        timeout=120,
-    )
-    assert shot.exists() and shot.stat().st_size > 20_000
-    keep = Path(__file__).parent.parent / ".drledger" / "drill-screenshot.png"
-    keep.parent.mkdir(exist_ok=True)
-    shutil.copy(shot, keep)
+    dom = rendered_dom(page)
+    assert 'id="lost-window"' in dom and 'id="readiness"' in dom and 'id="outcome"' in dom
+    check_screenshot(page, window_size="1000,1300", keep_as="drill-screenshot.png")
 
 
 def test_every_scenario_of_the_spec(clean_machine: dict[str, str]) -> None:
-    result = run_cli(
-        "drill",
-        "--scenario",
-        "all",
-        "--duration",
-        "5s",
-        "--lag",
-        "1-2s",
-        "--json",
-        timeout=900,
-        env=clean_machine,
-    )
+    result = short_drill("--scenario", "all", duration="5s", timeout=900, env=clean_machine)
     outcomes = json.loads(result.stdout)
     assert [o["scenario"] for o in outcomes] == [
         "db-lost-ledger-ok",
@@ -231,19 +192,14 @@ def test_the_old_mysql_region_returns_with_everything_the_ledger_missed(
     clean_machine: dict[str, str],
 ) -> None:
     # On PostgreSQL the scenario runs in test_every_scenario_of_the_spec.
-    result = run_cli(
-        "drill",
+    result = short_drill(
         "--engine",
         "mysql",
         "--scenario",
         "old-region-returns",
-        "--duration",
-        "4s",
-        "--lag",
-        "1-2s",
         "--warmup",
         "2000",
-        "--json",
+        duration="4s",
         timeout=600,
         env=clean_machine,
     )
@@ -264,20 +220,8 @@ def all_scenarios(
     url: str, *options: str, timeout: int, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """The scenarios of the spec, short, on the ledger at `url`."""
-    return run_cli(
-        "drill",
-        "--scenario",
-        LEDGER_SCENARIOS,
-        "--duration",
-        "4s",
-        "--lag",
-        "1-2s",
-        "--ledger",
-        url,
-        *options,
-        "--json",
-        timeout=timeout,
-        env=env,
+    return short_drill(
+        "--scenario", LEDGER_SCENARIOS, "--ledger", url, *options, duration="4s", timeout=timeout, env=env
     )
 
 
@@ -290,18 +234,7 @@ def every_ledger_scenario_passed(run: subprocess.CompletedProcess[str]) -> None:
 
 def test_drill_on_the_kafka_ledger(broker: str, clean_machine: dict[str, str]) -> None:
     url = f"kafka://{broker}/drill-{int(time.time())}"
-    result = run_cli(
-        "drill",
-        "--duration",
-        "6s",
-        "--lag",
-        "1-2s",
-        "--ledger",
-        url,
-        "--json",
-        timeout=300,
-        env=clean_machine,
-    )
+    result = short_drill("--ledger", url, duration="6s", timeout=300, env=clean_machine)
     assert result.returncode == 0, result.stderr[-2000:]
     check_drill(json.loads(result.stdout))
     scenarios = all_scenarios(url, timeout=900, env=clean_machine)
@@ -347,19 +280,7 @@ def test_drill_scenarios_on_aws_ledgers(kind: str, aws_endpoint: str, clean_mach
     name = f"drill-{int(time.time())}" + (".fifo" if kind == "sqs" else "")
     url = f"{kind}://{name}"
     light = ["--warmup", "500"] if kind == "sqs" else ["--warmup", "2000"]
-    result = run_cli(
-        "drill",
-        "--duration",
-        "5s",
-        "--lag",
-        "1-2s",
-        "--ledger",
-        url,
-        *light,
-        "--json",
-        timeout=600,
-        env=clean_machine,
-    )
+    result = short_drill("--ledger", url, *light, duration="5s", timeout=600, env=clean_machine)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "created the ledger" in result.stderr
     check_drill(json.loads(result.stdout))
@@ -369,17 +290,6 @@ def test_drill_scenarios_on_aws_ledgers(kind: str, aws_endpoint: str, clean_mach
 
 def test_the_drill_on_mysql(clean_machine: dict[str, str]) -> None:
     # MariaDB servers standing in for Aurora MySQL: the same drill, the same verdict, the same keys.
-    result = run_cli(
-        "drill",
-        "--engine",
-        "mysql",
-        "--duration",
-        "6s",
-        "--lag",
-        "1-2s",
-        "--json",
-        timeout=600,
-        env=clean_machine,
-    )
+    result = short_drill("--engine", "mysql", duration="6s", timeout=600, env=clean_machine)
     assert result.returncode == 0, result.stderr[-2000:]
     check_drill(json.loads(result.stdout))

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import run_cli
 from drledger.census import take_census
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from drledger.ledger.kinesis import KinesisLedger
 from drledger.ledger.sqs import SqsLedger
-from test_ledgers import make_events
+from tests.helpers import make_events, run_cli
 
 
 def test_kinesis_read_is_complete_across_a_reshard(kinesis_url: str) -> None:
@@ -119,7 +120,7 @@ def test_sqs_drain_deletes_only_what_the_index_holds(sqs_url: str) -> None:
     assert take_census(open_ledger(sqs_url).read()).distinct == 30
 
 
-def test_aws_errors_are_one_sentence(aws_endpoint: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_aws_errors_are_one_sentence(aws_endpoint: str, tmp_path: Path) -> None:
     for url, fragment in (
         ("sqs://no-such-queue.fifo", "does not exist; create it or pass --create"),
         ("kinesis://no-such-stream", "does not exist; create it or pass --create"),
@@ -140,8 +141,7 @@ def test_aws_errors_are_one_sentence(aws_endpoint: str, tmp_path) -> None:  # ty
     assert endpoint.returncode == 2 and "Cannot reach" in endpoint.stderr, endpoint.stderr
 
 
-def subprocess_without_credentials(env: dict[str, str]):  # type: ignore[no-untyped-def]
-    import subprocess
+def subprocess_without_credentials(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     import sys
 
     clean = {

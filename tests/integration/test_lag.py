@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from conftest import wait_for
 from drledger.drill.cluster import ClusterSet, LocalCluster
 from drledger.drill.lag import LagInjector
+from tests.helpers import wait_for
 
 
 class StandInPrimary:

@@ -34,7 +34,7 @@ def outbox(n: int, *, created: int, row: str | None = None) -> OutboxRow:
 
 def test_classifies_every_kind_of_difference() -> None:
     window = Window(T0, T0 + 10_000, 1_000)
-    ledger = [
+    ledger: list[LedgerEvent | MalformedRecord] = [
         event(1, ts=T0 + 100),
         event(2, ts=T0 + 200),
         event(2, ts=T0 + 200),  # a redelivery

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from conftest import fresh_database, run_cli
 from drledger.drill.cluster import LocalCluster
+from tests.helpers import fresh_database, run_cli
 
 SHOP = """
 CREATE TABLE orders (id bigserial PRIMARY KEY, v text);
@@ -83,7 +83,7 @@ def test_a_partitioned_table_is_captured_with_every_partition(shop: str) -> None
 def test_a_second_init_needs_no_create_on_the_database(shop: str) -> None:
     with psycopg.connect(shop, autocommit=True) as conn:
         conn.execute("CREATE ROLE drl_again LOGIN")
-        database = conn.execute("SELECT current_database()").fetchone()[0]
+        database = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
         conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO drl_again')
         conn.execute("GRANT TRIGGER ON orders TO drl_again")
     installer = shop.replace("postgres@", "drl_again@", 1)

@@ -8,22 +8,13 @@ from pathlib import Path
 
 import psycopg
 
-from conftest import dsn_for, run_cli
 from drledger.drill.cluster import LocalCluster
-
-
-def assert_one_sentence(result, *fragments: str, code: int = 2) -> None:  # type: ignore[no-untyped-def]
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from tests.helpers import dsn_for, one_sentence, run_cli
 
 
 def test_unreachable_database(workdir: Path) -> None:
     result = run_cli("init", "--db", "postgresql://drl:s3cret@127.0.0.1:1/x", "--table", "public.orders")
-    assert_one_sentence(result, "Cannot connect to the database", "127.0.0.1:1")
+    one_sentence(result, "Cannot connect to the database", "127.0.0.1:1")
     assert "s3cret" not in result.stderr
     result = run_cli(
         "relay",
@@ -35,7 +26,7 @@ def test_unreachable_database(workdir: Path) -> None:
         str(workdir / "state"),
     )
     # For the relay, a database that is away may come back: exit 75 asks its supervisor to restart it.
-    assert_one_sentence(result, "Cannot connect to the database", code=75)
+    one_sentence(result, "Cannot connect to the database", code=75)
     assert "s3cret" not in result.stderr
 
 
@@ -52,7 +43,7 @@ def test_wal_level_not_logical_says_how_to_fix_it(physical_only: LocalCluster, w
         "--state-dir",
         str(workdir),
     )
-    assert_one_sentence(result, "wal_level is 'replica'", "ALTER SYSTEM SET wal_level = logical")
+    one_sentence(result, "wal_level is 'replica'", "ALTER SYSTEM SET wal_level = logical")
     check = run_cli("init", "--db", physical_only.dsn, "--table", "orders", "--check", "--json")
     assert check.returncode == 1
     report = json.loads(check.stdout)
@@ -61,15 +52,15 @@ def test_wal_level_not_logical_says_how_to_fix_it(physical_only: LocalCluster, w
 
 
 def test_unknown_table(database: str) -> None:
-    assert_one_sentence(
+    one_sentence(
         run_cli("init", "--db", database, "--table", "public.nothing_here"),
         "public.nothing_here does not exist",
     )
 
 
 def test_malformed_ledger_url(database: str) -> None:
-    assert_one_sentence(run_cli("ledger", "inspect", "kafka:/nohost"), "kafka://host:port/topic")
-    assert_one_sentence(run_cli("relay", "--db", database, "--ledger", "ftp://x/y"), "unknown scheme")
+    one_sentence(run_cli("ledger", "inspect", "kafka:/nohost"), "kafka://host:port/topic")
+    one_sentence(run_cli("relay", "--db", database, "--ledger", "ftp://x/y"), "unknown scheme")
 
 
 def test_unreachable_broker(database: str, workdir: Path) -> None:
@@ -78,7 +69,7 @@ def test_unreachable_broker(database: str, workdir: Path) -> None:
         "relay", "--db", database, "--ledger", "kafka://127.0.0.1:1/ledger", "--state-dir", str(workdir)
     )
     # A broker that is away may come back: the relay asks its supervisor to restart it (exit 75).
-    assert_one_sentence(result, "Cannot reach the Kafka broker", "127.0.0.1:1", code=75)
+    one_sentence(result, "Cannot reach the Kafka broker", "127.0.0.1:1", code=75)
 
 
 def test_inspect_json_keys_and_malformed_records(workdir: Path) -> None:

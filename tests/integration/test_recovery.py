@@ -8,7 +8,6 @@ disaster: in-flight WAL dropped, primary SIGKILLed, replica promoted.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -18,10 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import run_cli, wait_for
 from drledger.drill.rig import FailoverRig, GroundTruth
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
+from tests.helpers import check_screenshot, failover_aftermath, rendered_dom, run_cli, wait_for
 
 pytestmark = pytest.mark.debezium
 
@@ -47,12 +46,7 @@ class Aftermath:
 
 
 def failover() -> Iterator[Aftermath]:
-    with FailoverRig(lag_s=2.0) as rig:
-        rig.start()
-        truth = rig.run_workload(tps=100, seconds=5)
-        time.sleep(0.3)  # the relay is ~10 ms behind; the replica ~2 s
-        rig.disaster()
-        rig.failover()
+    with failover_aftermath(lambda rig: rig.run_workload(tps=100, seconds=5)) as (rig, truth):
         yield Aftermath(rig, truth, time.time_ns() // 1_000_000)
 
 
@@ -100,33 +94,9 @@ def test_html_report_renders_offline_in_chromium(clean: Aftermath, tmp_path: Pat
     assert clean.cli("reconcile", "--ledger", clean.rig.ledger_url, "--html", str(page)).returncode == 1
     text = page.read_text()
     assert "id='lost-window'" in text and "<script" not in text and "http" not in text.split("</style>")[0]
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("chromium is not installed; make install installs it (Debian package chromium)")
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ]
-    dom = subprocess.run(
-        [chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
-    )
-    assert 'id="lost-window"' in dom.stdout and 'id="missing-events"' in dom.stdout
-    shot = tmp_path / "report.png"
-    subprocess.run(
-        [chromium, *flags, "--window-size=1000,1400", f"--screenshot={shot}", page.as_uri()],
-        capture_output=True,
-        timeout=120,
-    )
-    assert shot.exists() and shot.stat().st_size > 20_000
-    keep = Path(__file__).parent.parent / ".drledger" / "report-screenshot.png"
-    keep.parent.mkdir(exist_ok=True)
-    shutil.copy(shot, keep)
+    dom = rendered_dom(page)
+    assert 'id="lost-window"' in dom and 'id="missing-events"' in dom
+    check_screenshot(page, window_size="1000,1400", keep_as="report-screenshot.png")
 
 
 def test_replay_restores_then_changes_nothing(clean: Aftermath, tmp_path: Path) -> None:
@@ -145,8 +115,8 @@ def test_replay_restores_then_changes_nothing(clean: Aftermath, tmp_path: Path) 
     with psycopg.connect(clean.dsn) as conn:
         suppressed = conn.execute(
             "SELECT count(*) FROM drledger.outbox o JOIN drledger.replay_log l ON l.event_id = o.id"
-        ).fetchone()[0]
-        total_outbox = conn.execute("SELECT count(*) FROM drledger.outbox").fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
+        total_outbox = conn.execute("SELECT count(*) FROM drledger.outbox").fetchone()[0]  # type: ignore[index]
     assert suppressed == len(recoverable)  # the original ids came back …
     assert total_outbox == len(clean.on_dr_at_failover) + len(recoverable)  # … and no new event was minted
 
@@ -214,7 +184,7 @@ def test_conflicts_fencing_and_backfill_on_the_new_primary(contested: Aftermath)
         # Unfenced, the promoted database's sequence trails the failed primary's: a new write takes a lost key.
         taken = conn.execute(
             "INSERT INTO orders (customer, amount) VALUES ('written after failover', 1) RETURNING id"
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
     assert taken in after.lost & after.in_ledger, "an unfenced insert should collide with a lost key"
 
     fenced = after.cli("fence", "--ledger", after.rig.ledger_url, "--json")
@@ -228,7 +198,7 @@ def test_conflicts_fencing_and_backfill_on_the_new_primary(contested: Aftermath)
     with psycopg.connect(after.dsn, autocommit=True) as conn:
         safe = conn.execute(
             "INSERT INTO orders (customer, amount) VALUES ('fenced', 2) RETURNING id"
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
     assert safe > max(after.truth.keys)
 
     result = after.cli("replay", "--ledger", after.rig.ledger_url, "--apply", "--json")
@@ -241,7 +211,7 @@ def test_conflicts_fencing_and_backfill_on_the_new_primary(contested: Aftermath)
         and "written after failover" not in conflict["ledger_row"]
     )
     with psycopg.connect(after.dsn) as conn:
-        kept = conn.execute("SELECT customer FROM orders WHERE id = %s", (taken,)).fetchone()[0]
+        kept = conn.execute("SELECT customer FROM orders WHERE id = %s", (taken,)).fetchone()[0]  # type: ignore[index]
     assert kept == "written after failover"  # never overwritten
     assert after.rig.keys_in(after.dsn) >= (after.lost & after.in_ledger)
 
@@ -251,7 +221,7 @@ def test_conflicts_fencing_and_backfill_on_the_new_primary(contested: Aftermath)
     with psycopg.connect(after.dsn, autocommit=True) as conn:
         streamed = conn.execute(
             "INSERT INTO orders (customer, amount) VALUES ('after relay', 3) RETURNING id"
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
 
     def new_primary_keys_in_ledger() -> set[int]:
         new_writes = {"written after failover", "fenced", "after relay"}

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from conftest import run_cli
 from drledger.drill.rig import FailoverRig
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
+from tests.helpers import failover_aftermath, run_cli
 
 pytestmark = pytest.mark.debezium
 
@@ -110,24 +110,22 @@ def workload(dsn: str, seconds: float, tps: float = 100) -> dict[str, set[str]]:
     return truth
 
 
+def capture_every_name_then_write(rig: FailoverRig) -> dict[str, set[str]]:
+    """The tables created, captured by init under every name, the relay started; the workload's truth."""
+    with psycopg.connect(rig.primary_dsn, autocommit=True) as conn:
+        conn.execute('CREATE SCHEMA "Sales"')
+        for ddl in TABLES.values():
+            conn.execute(ddl)
+    init = run_cli("init", "--db", rig.primary_dsn, *(a for t in TABLES for a in ("--table", t)), "--json")
+    assert init.returncode == 0, init.stderr
+    assert json.loads(init.stdout)["installed"] == list(TABLES)
+    rig.start_relay()
+    return workload(rig.primary_dsn, seconds=6)
+
+
 @pytest.fixture(scope="module")
 def aftermath() -> Iterator[tuple[FailoverRig, dict[str, set[str]], dict[str, set[str]]]]:
-    with FailoverRig(lag_s=2.0) as rig:
-        rig.start(relay=False)
-        with psycopg.connect(rig.primary_dsn, autocommit=True) as conn:
-            conn.execute('CREATE SCHEMA "Sales"')
-            for ddl in TABLES.values():
-                conn.execute(ddl)
-        init = run_cli(
-            "init", "--db", rig.primary_dsn, *(a for t in TABLES for a in ("--table", t)), "--json"
-        )
-        assert init.returncode == 0, init.stderr
-        assert json.loads(init.stdout)["installed"] == list(TABLES)
-        rig.start_relay()
-        truth = workload(rig.primary_dsn, seconds=6)
-        time.sleep(0.3)
-        rig.disaster()
-        rig.failover()
+    with failover_aftermath(capture_every_name_then_write, relay=False) as (rig, truth):
         yield rig, truth, images(rig.dr_dsn)
 
 

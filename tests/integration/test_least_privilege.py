@@ -9,16 +9,14 @@ cannot suppress capture. A missing privilege is one sentence and exit 2, whateve
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
 import pytest
 
-from conftest import run_cli
 from drledger.drill.rig import FailoverRig, GroundTruth
+from tests.helpers import failover_aftermath, one_sentence, run_cli
 
 pytestmark = pytest.mark.debezium
 
@@ -44,14 +42,6 @@ def run_sql(dsn: str, script: str) -> None:
                 conn.execute(statement)
 
 
-def one_sentence(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def check_roles(dsn: str) -> dict:
     """`init --check` with every role named for its duty, as JSON."""
     tables = (a for t in TABLES for a in ("--table", t))
@@ -70,44 +60,50 @@ class Story:
     app: dict[str, object]
 
 
+def install_as_the_roles_then_write(
+    rig: FailoverRig,
+) -> tuple[GroundTruth, str, dict, dict, dict[str, object]]:
+    """The roles created and granted as `init --print-grants` says, init run by the installer, the
+    relay started as its role, the application writing as its own; the truth, the grants printed,
+    `init --check` before and after the grants, and what the application could do to drledger."""
+    primary = rig.primary_dsn
+    run_sql(
+        primary,
+        f"CREATE ROLE {APP} LOGIN;\n"
+        f"GRANT SELECT, INSERT ON public.orders TO {APP};\n"
+        f"GRANT USAGE ON SEQUENCE public.orders_id_seq TO {APP}",
+    )
+    grants = run_cli(
+        "init",
+        "--db",
+        primary,
+        *(a for t in TABLES for a in ("--table", t)),
+        "--print-grants",
+        *(a for duty, role in ROLES.items() for a in ("--role", f"{duty}={role}")),
+    )
+    assert grants.returncode == 0, grants.stderr
+    before, after = grants.stdout.split("\n\n")
+    creates = [line for line in before.splitlines() if line.startswith("CREATE ROLE")]
+    run_sql(primary, "\n".join(creates))
+    check_before = check_roles(primary)
+    run_sql(primary, "\n".join(line for line in before.splitlines() if line not in creates))
+    init = run_cli(
+        "init", "--db", as_role(primary, ROLES["installer"]), *(a for t in TABLES for a in ("--table", t))
+    )
+    assert init.returncode == 0, init.stderr
+    run_sql(as_role(primary, ROLES["installer"]), after)
+    check_after = check_roles(primary)
+    app = application_attempts(as_role(primary, APP))
+    rig.start_relay(dsn=as_role(primary, ROLES["relay"]))
+    truth = rig.run_workload(tps=100, seconds=5, dsn=as_role(primary, APP))
+    return truth, grants.stdout, check_before, check_after, app
+
+
 @pytest.fixture(scope="module")
 def story() -> Iterator[Story]:
-    with FailoverRig(lag_s=2.0) as rig:
-        rig.start(relay=False, capture=False)
-        primary = rig.primary_dsn
-        run_sql(
-            primary,
-            f"CREATE ROLE {APP} LOGIN;\n"
-            f"GRANT SELECT, INSERT ON public.orders TO {APP};\n"
-            f"GRANT USAGE ON SEQUENCE public.orders_id_seq TO {APP}",
-        )
-        grants = run_cli(
-            "init",
-            "--db",
-            primary,
-            *(a for t in TABLES for a in ("--table", t)),
-            "--print-grants",
-            *(a for duty, role in ROLES.items() for a in ("--role", f"{duty}={role}")),
-        )
-        assert grants.returncode == 0, grants.stderr
-        before, after = grants.stdout.split("\n\n")
-        creates = [line for line in before.splitlines() if line.startswith("CREATE ROLE")]
-        run_sql(primary, "\n".join(creates))
-        check_before = check_roles(primary)
-        run_sql(primary, "\n".join(line for line in before.splitlines() if line not in creates))
-        init = run_cli(
-            "init", "--db", as_role(primary, ROLES["installer"]), *(a for t in TABLES for a in ("--table", t))
-        )
-        assert init.returncode == 0, init.stderr
-        run_sql(as_role(primary, ROLES["installer"]), after)
-        check_after = check_roles(primary)
-        app = application_attempts(as_role(primary, APP))
-        rig.start_relay(dsn=as_role(primary, ROLES["relay"]))
-        truth = rig.run_workload(tps=100, seconds=5, dsn=as_role(primary, APP))
-        time.sleep(0.3)
-        rig.disaster()
-        rig.failover()
-        yield Story(rig, truth, rig.keys_in(rig.dr_dsn), grants.stdout, check_before, check_after, app)
+    with failover_aftermath(install_as_the_roles_then_write, relay=False, capture=False) as (rig, before):
+        truth, grants, check_before, check_after, app = before
+        yield Story(rig, truth, rig.keys_in(rig.dr_dsn), grants, check_before, check_after, app)
 
 
 def test_grants_are_printed_for_each_role_and_check_names_what_is_missing(story: Story) -> None:
@@ -136,7 +132,7 @@ def application_attempts(dsn: str) -> dict[str, object]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         seen["drledger_usage"] = conn.execute(
             "SELECT has_schema_privilege(current_user, 'drledger', 'USAGE')"
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
         try:
             conn.execute(
                 "INSERT INTO drledger.outbox (aggregatetype, aggregateid, payload) VALUES ('public.orders', '1', '{}')"
@@ -148,12 +144,12 @@ def application_attempts(dsn: str) -> dict[str, object]:
         conn.execute("SET LOCAL drledger.suppress_capture = on")
         hidden = conn.execute(
             "INSERT INTO public.orders (customer, amount) VALUES ('hidden?', 1) RETURNING id"
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
         conn.commit()
     with psycopg.connect(dsn.replace(f"{APP}@", "postgres@", 1)) as conn:
         seen["suppressed_row_events"] = conn.execute(
             "SELECT count(*) FROM drledger.outbox WHERE aggregateid = %s", (str(hidden),)
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
     return seen
 
 
@@ -182,7 +178,7 @@ def test_each_role_runs_its_step_of_the_runbook(story: Story) -> None:
         assert (
             conn.execute(
                 "SELECT count(*) FROM drledger.outbox o JOIN drledger.replay_log l ON l.event_id = o.id"
-            ).fetchone()[0]
+            ).fetchone()[0]  # type: ignore[index]
             == missing
         )
     restored = story.rig.keys_in(dr)

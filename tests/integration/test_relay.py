@@ -10,11 +10,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import slot_active, wait_for
 from drledger.census import take_census
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from drledger.source.postgres import outbox as postgres
+from tests.helpers import RelayFactory, slot_active, wait_for
 
 pytestmark = pytest.mark.debezium
 
@@ -65,7 +65,7 @@ def any_ledger_url(request: pytest.FixtureRequest, workdir: Path) -> str:
 
 
 def test_every_committed_row_reaches_the_ledger_and_nothing_rolled_back(
-    database: str, any_ledger_url: str, relay_factory
+    database: str, any_ledger_url: str, relay_factory: RelayFactory
 ) -> None:
     postgres.install(database, ["public.orders"])
     url = any_ledger_url
@@ -105,7 +105,7 @@ def kill_ledger(request: pytest.FixtureRequest, workdir: Path) -> tuple[str, int
 
 
 def test_relay_killed_mid_stream_loses_nothing_after_restart(
-    database: str, kill_ledger: tuple[str, int], relay_factory
+    database: str, kill_ledger: tuple[str, int], relay_factory: RelayFactory
 ) -> None:
     postgres.install(database, ["public.orders"])
     url, rows_per_second = kill_ledger
@@ -150,7 +150,9 @@ def test_relay_killed_mid_stream_loses_nothing_after_restart(
     assert restarted.kill(signal.SIGTERM) == 0
 
 
-def test_idle_outbox_still_advances_the_slot(database: str, workdir: Path, relay_factory) -> None:
+def test_idle_outbox_still_advances_the_slot(
+    database: str, workdir: Path, relay_factory: RelayFactory
+) -> None:
     postgres.install(database, ["public.orders"])
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute("CREATE TABLE uncaptured (id serial PRIMARY KEY, blob text)")
@@ -162,12 +164,12 @@ def test_idle_outbox_still_advances_the_slot(database: str, workdir: Path, relay
             return int(
                 conn.execute(
                     "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'drledger_slot'"
-                ).fetchone()[0]
+                ).fetchone()[0]  # type: ignore[index]
             )
 
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute("INSERT INTO uncaptured (blob) SELECT repeat('x', 1000) FROM generate_series(1, 2000)")
-        wal_after_writes = int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
+        wal_after_writes = int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])  # type: ignore[index]
     before = confirmed()
     # No outbox row is written from here on; only the heartbeat can move the slot past that WAL.
     wait_for(lambda: confirmed() >= wal_after_writes, 30, "the slot to confirm past the idle-time WAL")

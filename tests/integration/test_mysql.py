@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DRLEDGER, SLICED_OUTBOX, run_cli, slices_are_cut_between_milliseconds, wait_for
 from drledger.drill.mariadb import LocalMariaDB, MariaDBSet
 from drledger.events import LedgerEvent, row_digest
 from drledger.ledger import open_ledger
 from drledger.source import open_source
+from tests.helpers import DRLEDGER, SLICED_OUTBOX, run_cli, slices_are_cut_between_milliseconds, wait_for
 
 pytestmark = pytest.mark.debezium
 
@@ -119,10 +119,20 @@ def write_as_the_application(shop: Shop, *, session_time_zone: str = "+05:30") -
         conn.close()
 
 
-def start_relay(shop: Shop, url: str) -> subprocess.Popen[str]:
+def start_relay(shop: Shop, url: str, db: str | None = None) -> subprocess.Popen[str]:
+    """`drledger relay` from the shop's database (or `db`) to `url`, its output in relay.log."""
     log = (shop.workdir / "relay.log").open("w")
     return subprocess.Popen(
-        [*DRLEDGER, "relay", "--db", shop.dsn, "--ledger", url, "--state-dir", str(shop.workdir / "state")],
+        [
+            *DRLEDGER,
+            "relay",
+            "--db",
+            db or shop.dsn,
+            "--ledger",
+            url,
+            "--state-dir",
+            str(shop.workdir / "state"),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
@@ -347,13 +357,7 @@ def test_watch_sees_the_relay_come_and_go_as_least_privileged_accounts(shop: Sho
         return snap
 
     assert watch()["relay"]["up"] is False  # no relay ever registered
-    log = (shop.workdir / "relay.log").open("w")
-    relay = subprocess.Popen(
-        [*DRLEDGER, "relay", "--db", relay_dsn, "--ledger", url, "--state-dir", str(shop.workdir / "state")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    relay = start_relay(shop, url, db=relay_dsn)
     try:
         wait_for(lambda: watch()["relay"]["up"] is True, 120, "the watcher to see the relay reading")
     finally:

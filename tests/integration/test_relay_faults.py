@@ -24,12 +24,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import RelayProcess, dsn_for, run_cli, slot_active, wait_for
 from drledger.drill.broker import LocalBroker
 from drledger.drill.cluster import ClusterSet, LocalCluster
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from drledger.source.postgres import outbox as postgres
+from tests.helpers import RelayFactory, RelayProcess, create_database, run_cli, slot_active, wait_for
 
 pytestmark = pytest.mark.debezium
 
@@ -123,12 +123,8 @@ class Load:
 
 
 def fresh_database(cluster: LocalCluster) -> str:
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    dsn = dsn_for(cluster, name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, customer text NOT NULL)")
+    """A new database on `cluster` with a captured `orders` table, left there (the cluster goes first)."""
+    dsn = create_database(cluster, "CREATE TABLE orders (id bigserial PRIMARY KEY, customer text NOT NULL)")
     postgres.install(dsn, ["public.orders"])
     return dsn
 
@@ -164,7 +160,9 @@ def started(relay: RelayProcess, dsn: str, slot: str = "drledger_slot") -> Relay
 # -- fail loudly -------------------------------------------------------------------------------------
 
 
-def test_a_requested_stop_is_prompt_in_every_phase(database: str, workdir: Path, relay_factory) -> None:
+def test_a_requested_stop_is_prompt_in_every_phase(
+    database: str, workdir: Path, relay_factory: RelayFactory
+) -> None:
     postgres.install(database, ["public.orders"])
     url = f"sqlite:///{workdir}/ledger.db"
     for delay in (1.0, 3.0, 6.0):  # checks, JVM start-up, Debezium's start (snapshot, slot creation)
@@ -192,7 +190,7 @@ def test_a_requested_stop_is_prompt_in_every_phase(database: str, workdir: Path,
 
 
 def test_a_publication_dropped_under_the_relay_stops_it_with_one_sentence(
-    database: str, workdir: Path, relay_factory
+    database: str, workdir: Path, relay_factory: RelayFactory
 ) -> None:
     postgres.install(database, ["public.orders"])
     relay = started(relay_factory(database, f"sqlite:///{workdir}/ledger.db"), database)
@@ -210,7 +208,7 @@ def test_a_publication_dropped_under_the_relay_stops_it_with_one_sentence(
 
 
 def test_an_outbox_column_dropped_is_named_and_init_check_finds_it(
-    database: str, workdir: Path, relay_factory
+    database: str, workdir: Path, relay_factory: RelayFactory
 ) -> None:
     postgres.install(database, ["public.orders"])
     url = f"sqlite:///{workdir}/ledger.db"
@@ -236,7 +234,7 @@ def test_an_outbox_column_dropped_is_named_and_init_check_finds_it(
 
 
 def test_a_missing_privilege_is_refused_before_the_engine_starts_and_a_revoked_one_stops_it(
-    database: str, workdir: Path, relay_factory
+    database: str, workdir: Path, relay_factory: RelayFactory
 ) -> None:
     postgres.install(database, ["public.orders"])
     role = f"relay_{uuid.uuid4().hex[:6]}"
@@ -297,7 +295,7 @@ def test_a_database_or_broker_unreachable_at_start_asks_to_be_restarted(database
 
 
 def test_another_clusters_offsets_are_refused_and_left_alone(
-    database: str, clusters: ClusterSet, workdir: Path, relay_factory
+    database: str, clusters: ClusterSet, workdir: Path, relay_factory: RelayFactory
 ) -> None:
     postgres.install(database, ["public.orders"])
     url = f"sqlite:///{workdir}/ledger.db"
@@ -321,7 +319,7 @@ def test_another_clusters_offsets_are_refused_and_left_alone(
 
 
 def test_the_promoted_replica_refuses_the_primarys_offsets_and_the_runbook_backfill_works(
-    clusters: ClusterSet, workdir: Path, relay_factory
+    clusters: ClusterSet, workdir: Path, relay_factory: RelayFactory
 ) -> None:
     primary = clusters.primary(f"failover_{uuid.uuid4().hex[:6]}")
     try:
@@ -359,7 +357,7 @@ def test_the_promoted_replica_refuses_the_primarys_offsets_and_the_runbook_backf
 
 
 def test_a_lost_slot_is_refused_reconcile_shows_the_gap_and_the_backfill_closes_it(
-    own_primary: LocalCluster, workdir: Path, relay_factory
+    own_primary: LocalCluster, workdir: Path, relay_factory: RelayFactory
 ) -> None:
     dsn = fresh_database(own_primary)
     url = f"sqlite:///{workdir}/ledger.db"
@@ -406,7 +404,9 @@ def test_a_lost_slot_is_refused_reconcile_shows_the_gap_and_the_backfill_closes_
 class Supervised:
     """A supervisor loop: start the relay again after exit 75 or a SIGKILL, as systemd would."""
 
-    def __init__(self, factory, dsn: str, url: str, *extra: str, slot: str = "drledger_slot") -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self, factory: RelayFactory, dsn: str, url: str, *extra: str, slot: str = "drledger_slot"
+    ) -> None:
         self.factory, self.dsn, self.url, self.extra, self.slot = factory, dsn, url, extra, slot
         self.exits: list[int] = []
         self.relay: RelayProcess = factory(dsn, url, *extra, slot=slot)
@@ -432,7 +432,7 @@ class Supervised:
 
 
 def test_relay_killed_three_times_under_load_loses_nothing(
-    database: str, workdir: Path, relay_factory
+    database: str, workdir: Path, relay_factory: RelayFactory
 ) -> None:
     postgres.install(database, ["public.orders"])
     url = f"sqlite:///{workdir}/ledger.db"
@@ -450,7 +450,7 @@ def test_relay_killed_three_times_under_load_loses_nothing(
 
 
 def test_postgres_restarted_under_load_loses_nothing(
-    own_primary: LocalCluster, workdir: Path, relay_factory
+    own_primary: LocalCluster, workdir: Path, relay_factory: RelayFactory
 ) -> None:
     dsn = fresh_database(own_primary)
     url = f"sqlite:///{workdir}/ledger.db"
@@ -469,7 +469,7 @@ def test_postgres_restarted_under_load_loses_nothing(
 
 
 def test_a_broker_stopped_briefly_blocks_the_relay_and_it_resumes(
-    database: str, own_broker: LocalBroker, relay_factory
+    database: str, own_broker: LocalBroker, relay_factory: RelayFactory
 ) -> None:
     postgres.install(database, ["public.orders"])
     url = f"kafka://{own_broker.bootstrap}/ledger"
@@ -490,7 +490,7 @@ def test_a_broker_stopped_briefly_blocks_the_relay_and_it_resumes(
 
 
 def test_a_ledger_unavailable_for_long_exits_75_and_the_restart_loses_nothing(
-    database: str, own_broker: LocalBroker, relay_factory
+    database: str, own_broker: LocalBroker, relay_factory: RelayFactory
 ) -> None:
     postgres.install(database, ["public.orders"])
     url = f"kafka://{own_broker.bootstrap}/ledger"
@@ -514,7 +514,7 @@ def test_a_ledger_unavailable_for_long_exits_75_and_the_restart_loses_nothing(
 
 
 def test_a_broker_replaced_by_an_empty_one_stops_the_relay_and_nothing_is_marked_relayed(
-    database: str, own_broker: LocalBroker, relay_factory
+    database: str, own_broker: LocalBroker, relay_factory: RelayFactory
 ) -> None:
     postgres.install(database, ["public.orders"])
     url = f"kafka://{own_broker.bootstrap}/ledger"
@@ -566,7 +566,7 @@ def small_disk(workdir: Path) -> Iterator[Path]:
 
 
 def test_a_full_disk_under_the_sqlite_ledger_stops_the_relay_and_a_restart_loses_nothing(
-    database: str, small_disk: Path, relay_factory
+    database: str, small_disk: Path, relay_factory: RelayFactory
 ) -> None:
     postgres.install(database, ["public.orders"])
     url = f"sqlite:///{small_disk}/ledger.db"
