@@ -588,9 +588,9 @@ def test_a_row_image_nested_past_any_parser_is_one_refused_event(world: World) -
     for command in ("reconcile", "fence"):
         result = world.cli(command, "--ledger", url, "--since", "1h", "--json")
         assert "Traceback" not in result.stderr and result.returncode in (0, 1, 3), (command, result.stderr)
-    code, result = replay_json(world, "--ledger", url, "--since", "1h", "--apply")
-    assert code == 3 and result["applied"] == 1
-    assert [r["reason"] for r in result["refused"]] == [
+    code, summary = replay_json(world, "--ledger", url, "--since", "1h", "--apply")
+    assert code == 3 and summary["applied"] == 1
+    assert [r["reason"] for r in summary["refused"]] == [
         "its row image nests deeper than drledger reads (1,024 levels)"
     ]
 
