@@ -427,19 +427,44 @@ def _apply_plan(
 ) -> None:
     done = 0
     for chunk in chunk_transactions(plan, chunk_events):
-        session.begin_chunk()
-        outcome = _apply_chunk_or_each(session, chunk, shapes)
-        if outcome.conflicts and policy is OnConflict.FAIL:
-            session.rollback()
-            result.conflicts.extend(outcome.conflicts)
-            result.stopped_on_conflict = True
+        if not _apply_and_commit(session, chunk, shapes, policy, apply, result):
             return
-        if apply:
-            session.commit()  # durable (synchronous_commit as the server has it) before it is counted
-        outcome.merge_into(result)
         done += sum(len(t.events) for t in chunk)
         if on_progress is not None:
             on_progress(done)
+
+
+def _apply_and_commit(
+    session: RecoverySession,
+    chunk: list[SourceTransaction],
+    shapes: dict[str, TableShape],
+    policy: OnConflict,
+    apply: bool,
+    result: ReplayResult,
+) -> bool:
+    """One chunk, committed; False when replay must stop (a conflict under --on-conflict fail).
+
+    A COMMIT the database refuses (a constraint checked only then) is retried one source transaction
+    at a time, so only the transaction that causes it is held back."""
+    session.begin_chunk()
+    outcome = _apply_chunk_or_each(session, chunk, shapes)
+    if outcome.conflicts and policy is OnConflict.FAIL:
+        session.rollback()
+        result.conflicts.extend(outcome.conflicts)
+        result.stopped_on_conflict = True
+        return False
+    if apply:
+        try:
+            session.commit()  # durable (synchronous_commit as the server has it) before it is counted
+        except RowsRejected as rejected:
+            session.rollback()
+            if len(chunk) == 1:
+                reason = f"the database rejected its source transaction at commit: {rejected.reason}"
+                _ChunkOutcome(refused=[Refusal(e, reason) for e in chunk[0].events]).merge_into(result)
+                return True
+            return all(_apply_and_commit(session, [t], shapes, policy, apply, result) for t in chunk)
+    outcome.merge_into(result)
+    return True
 
 
 @dataclass

@@ -130,6 +130,10 @@ class PostgresRecoverySession(RecoverySession):
     def begin_chunk(self) -> None:
         with self._translated():
             self.conn.execute("SELECT set_config(%s, 'on', true)", (SUPPRESS_SETTING,))
+            # An ORM's foreign keys are often DEFERRABLE INITIALLY DEFERRED (Django's all are): checked at
+            # COMMIT, a violation would roll back every source transaction in the chunk. Immediate, it
+            # surfaces inside the source transaction that causes it, which is then held back alone.
+            self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             # One replay at a time per database: two would race between the outbox check and the COPY.
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (REPLAY_LOCK,))
 

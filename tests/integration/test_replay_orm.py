@@ -1,0 +1,75 @@
+"""Replay on a schema shaped the way an ORM writes it (Django: every foreign key DEFERRABLE INITIALLY
+DEFERRED, a unique e-mail): one source transaction that cannot apply never stops the others."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+
+from drledger.drill.cluster import LocalCluster
+from drledger.ledger import open_ledger
+from drledger.source.postgres.outbox import read_window
+from tests.helpers import fresh_database, run_cli
+
+SCHEMA = """
+CREATE TABLE shop_customer (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, name text);
+CREATE TABLE shop_order (
+    id bigserial PRIMARY KEY, total numeric(12,2) NOT NULL,
+    customer_id bigint NOT NULL REFERENCES shop_customer (id) DEFERRABLE INITIALLY DEFERRED);
+"""
+#: Five source transactions, as in issue 27: A and D unrelated, B takes an e-mail the DR database gives
+#: another customer after promotion, C adds an order to B's customer.
+WORKLOAD = [
+    "INSERT INTO shop_customer (email, name) VALUES ('a@example.com', 'A')",  # A: customer 1
+    "INSERT INTO shop_customer (email, name) VALUES ('b@example.com', 'B')",  # B: customer 2
+    "INSERT INTO shop_order (customer_id, total) VALUES (2, 9.99)",  # C: order 1, B's customer
+    "WITH c AS (INSERT INTO shop_customer (email, name) VALUES ('d@example.com', 'D') RETURNING id) "
+    "INSERT INTO shop_order (customer_id, total) SELECT id, 5 FROM c",  # D: customer 3, order 2
+]
+
+
+def test_a_deferred_foreign_key_holds_back_only_the_transaction_that_breaks_it(
+    primary: LocalCluster, workdir: Path
+) -> None:
+    with fresh_database(primary, SCHEMA) as dsn:
+        init = run_cli("init", "--db", dsn, "--table", "shop_customer", "--table", "shop_order")
+        assert init.returncode == 0, init.stderr
+        with psycopg.connect(dsn) as conn:
+            for statement in WORKLOAD:
+                conn.execute(statement)
+                conn.commit()
+        events = [r.as_event() for r in read_window(dsn, None, None)]
+        assert len(events) == 5
+        # The failover lost all of it; then the promoted database registers another customer under B's
+        # e-mail, before replay.
+        with psycopg.connect(dsn) as conn:
+            conn.execute("TRUNCATE shop_order, shop_customer, drledger.outbox RESTART IDENTITY")
+            conn.execute("INSERT INTO shop_customer (id, email, name) VALUES (100, 'b@example.com', 'other')")
+            conn.commit()
+        url = f"sqlite:///{workdir}/orm.db"
+        with open_ledger(url, writer=True) as ledger:
+            ledger.publish(events)
+
+        runs = {}
+        for mode in ("dry", "apply"):
+            extra = ["--apply"] if mode == "apply" else []
+            result = run_cli("replay", "--db", dsn, "--ledger", url, "--since", "1h", "--json", *extra)
+            assert "Traceback" not in result.stderr and "stopped" not in result.stderr, result.stderr
+            summary = json.loads(result.stdout)
+            assert result.returncode == summary["exit_code"] == 3, (result.returncode, result.stderr)
+            runs[mode] = summary
+        applied = runs["apply"]
+        assert applied["applied"] == 3  # A's customer, D's customer and order
+        assert [(c["table"], c["key"]) for c in applied["conflicts"]] == [("public.shop_customer", "2")]
+        assert [(r["table"], r["key"]) for r in applied["refused"]] == [("public.shop_order", "1")]
+        assert "shop_order_customer_id_fkey" in applied["refused"][0]["reason"]
+        # The dry run was the apply's plan.
+        for key in ("applied", "present", "conflicts", "refused"):
+            assert runs["dry"][key] == applied[key], key
+        with psycopg.connect(dsn) as conn:
+            customers = conn.execute("SELECT id, email FROM shop_customer ORDER BY id").fetchall()
+            orders = conn.execute("SELECT id, customer_id FROM shop_order ORDER BY id").fetchall()
+        assert customers == [(1, "a@example.com"), (3, "d@example.com"), (100, "b@example.com")]
+        assert orders == [(2, 3)]
