@@ -191,3 +191,20 @@ def test_event_id_bytes_agree_with_uuid_for_every_spelling() -> None:
     assert event_id_bytes("0000000g-0000-0000-0000-000000000000") != event_id_bytes(
         "00000000-0000-0000-0000-000000000000"
     )
+
+
+def test_a_kafka_broker_port_librdkafka_cannot_use_is_refused_when_the_url_is_read() -> None:
+    from drledger.errors import DrledgerError
+    from drledger.ledger import parse_ledger_url
+
+    for url in (
+        "kafka://127.0.0.1:99999/t",
+        "kafka://127.0.0.1:0/t",
+        "kafka://h:x/t",
+        "kafka://:9092/t",
+        "kafka://h1:9092,h2:70000/t",
+    ):
+        with pytest.raises(DrledgerError, match="port from 1 to 65535"):
+            parse_ledger_url(url)
+    for url in ("kafka://127.0.0.1:9092/t", "kafka://broker/t", "kafka://[::1]:9092/t", "kafka://a:1,b:2/t"):
+        parse_ledger_url(url)

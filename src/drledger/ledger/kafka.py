@@ -78,6 +78,14 @@ class KafkaLedger(Ledger):
             )
         if not parts.netloc or not topic or "/" in topic:
             raise DrledgerError(f"The ledger URL '{shown}' is not of the form kafka://host:port/topic.")
+        for broker in parts.netloc.split(","):
+            # librdkafka takes host, host:port and [v6]:port; a port it cannot use would be retried forever.
+            host, colon, port = broker.rpartition(":") if not broker.endswith("]") else (broker, "", "")
+            if not (host or port) or (colon and not (host and port.isdigit() and 0 < int(port) < 65536)):
+                raise DrledgerError(
+                    f"The ledger URL '{shown}' names a broker '{broker}' that is not host:port with a port "
+                    "from 1 to 65535."
+                )
         query = parse_qs(parts.query)
         try:
             partitions = int(query.get("partitions", ["3"])[0])
