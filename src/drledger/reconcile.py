@@ -78,6 +78,13 @@ class KeyCollision:
     dr_row: str
     dr_written_ms: int | None  # None when the DR row was written without capture
 
+    @property
+    def written_since(self) -> bool:
+        """Split brain only on evidence: the DR database's own capture wrote this key after the lost
+        version was committed. Otherwise the DR row is stale: an older version the failover left there
+        (the key deleted and inserted again in the lost window), or one written without capture."""
+        return self.dr_written_ms is not None and self.dr_written_ms > self.ledger_written_ms
+
 
 @dataclass
 class Report:
@@ -94,6 +101,8 @@ class Report:
     malformed_samples: list[MalformedRecord] = field(default_factory=list)
     # Lost events (still counted in missing_in_dr) whose key the DR database holds with other content.
     split_brain: list[KeyCollision] = field(default_factory=list)
+    # Lost events whose key holds an older version in the DR database, never written there since.
+    stale: list[KeyCollision] = field(default_factory=list)
     split_brain_unchecked: str | None = None  # why the DR database could not be asked, if it could not
     dr_last_commit_ms: int | None = None
     ledger_last_commit_ms: int | None = None
@@ -104,7 +113,12 @@ class Report:
     @property
     def needs_a_human(self) -> bool:
         return bool(
-            self.mismatched or self.missing_in_ledger or self.malformed or self.ambiguous or self.split_brain
+            self.mismatched
+            or self.missing_in_ledger
+            or self.malformed
+            or self.ambiguous
+            or self.split_brain
+            or self.stale
         )
 
     @property

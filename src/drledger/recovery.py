@@ -168,7 +168,9 @@ def _find_split_brain(dr_side: SourceDatabase, report: Report) -> None:
 
     try:
         with dr_side.recovery_session() as session:
-            report.split_brain = key_collisions(session, report.missing_in_dr)
+            collisions = key_collisions(session, report.missing_in_dr)
+        report.split_brain = [c for c in collisions if c.written_since]
+        report.stale = [c for c in collisions if not c.written_since]
     except Exception as exc:
         explained = explain_failure(exc) if not isinstance(exc, DrledgerError) else exc
         if explained is None:

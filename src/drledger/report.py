@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from drledger.masking import mask_dsn, mask_url
-from drledger.reconcile import Report
+from drledger.reconcile import KeyCollision, Report
 from drledger.timeutil import format_instant
 
 UNKNOWABLE = (
@@ -48,6 +48,12 @@ def verdict(report: Report) -> str:
                 f"{len(report.split_brain)} lost events collide with rows the DR database wrote under the same "
                 "keys since (split brain): replay keeps the DR rows and reports both versions"
             )
+        if report.stale:
+            parts.append(
+                f"{len(report.stale)} lost events find an older version of their row in the DR database, not "
+                "written there since (stale: the key was deleted and inserted again in the lost window); replay "
+                "does not overwrite it and reports both versions"
+            )
         return "Needs a human: " + "; ".join(parts) + "."
     if report.missing_in_dr:
         return f"{len(report.missing_in_dr)} committed events are missing from the DR database and can be replayed."
@@ -76,6 +82,7 @@ def report_json(report: Report, *, ledgers: list[str], db: str) -> dict[str, Any
             "malformed": report.malformed,
             "conflicting": sum(len(a.events) for a in report.ambiguous),
             "split_brain": len(report.split_brain),
+            "stale": len(report.stale),
         },
         "exposure": {
             "dr_last_commit": format_instant(report.dr_last_commit_ms),
@@ -98,24 +105,26 @@ def report_json(report: Report, *, ledgers: list[str], db: str) -> dict[str, Any
             for m in report.mismatched
         ],
         "conflicting": [a.as_json() for a in report.ambiguous],
-        "split_brain": [
-            {
-                "event_id": c.event_id,
-                "table": c.table,
-                "key": c.key,
-                "ledger_row": c.ledger_row,
-                "ledger_written_at": format_instant(c.ledger_written_ms),
-                "dr_row": c.dr_row,
-                "dr_written_at": format_instant(c.dr_written_ms),
-            }
-            for c in report.split_brain
-        ],
+        "split_brain": [_collision_json(c) for c in report.split_brain],
+        "stale": [_collision_json(c) for c in report.stale],
         "split_brain_unchecked": report.split_brain_unchecked,
         "malformed_samples": [
             {"position": s.position, "reason": s.reason, "sample": s.sample} for s in report.malformed_samples
         ],
         "verdict": verdict(report),
         "exit_code": report.exit_code,
+    }
+
+
+def _collision_json(c: KeyCollision) -> dict[str, Any]:
+    return {
+        "event_id": c.event_id,
+        "table": c.table,
+        "key": c.key,
+        "ledger_row": c.ledger_row,
+        "ledger_written_at": format_instant(c.ledger_written_ms),
+        "dr_row": c.dr_row,
+        "dr_written_at": format_instant(c.dr_written_ms),
     }
 
 
@@ -128,7 +137,15 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         title=Text(f"reconcile {summary['window']['since']} → {summary['window']['until']}"),
         show_header=False,
     )
-    alarming = ("missing_in_dr", "missing_in_ledger", "mismatched", "malformed", "conflicting", "split_brain")
+    alarming = (
+        "missing_in_dr",
+        "missing_in_ledger",
+        "mismatched",
+        "malformed",
+        "conflicting",
+        "split_brain",
+        "stale",
+    )
     for key, value in counts.items():
         table.add_row(key, Text(str(value), style="bold red" if key in alarming and value else ""))
     table.add_section()
@@ -159,6 +176,14 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             + Text(
                 f"{collision['table']} key {collision['key']}: lost version written {collision['ledger_written_at']}, "
                 f"DR version written {collision['dr_written_at']}"
+            )
+        )
+    for collision in summary["stale"][:10]:
+        console.print(
+            Text("  stale ", style="red")
+            + Text(
+                f"{collision['table']} key {collision['key']}: lost version written {collision['ledger_written_at']}, "
+                f"the DR holds an older one (written {collision['dr_written_at']})"
             )
         )
     if summary["split_brain_unchecked"]:

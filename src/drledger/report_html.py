@@ -99,6 +99,18 @@ def _ambiguous_section(summary: dict[str, Any]) -> str:
 
 def _split_brain_section(summary: dict[str, Any]) -> str:
     """Lost events whose key the DR database has given to another row: both versions, never overwritten."""
+    return _collision_section(
+        summary["split_brain"],
+        "Split brain: keys written on both sides (neither is overwritten)",
+        "split-brain",
+    ) + _collision_section(
+        summary["stale"],
+        "Stale: the DR database holds an older version of the lost row (not overwritten)",
+        "stale",
+    )
+
+
+def _collision_section(collisions: list[dict[str, Any]], title: str, table_id: str) -> str:
     rows = [
         [
             c["table"],
@@ -109,13 +121,11 @@ def _split_brain_section(summary: dict[str, Any]) -> str:
             str(c["dr_written_at"]),
             c["dr_row"][:300],
         ]
-        for c in summary["split_brain"][:200]
+        for c in collisions[:200]
     ]
     columns = {"table": False, "key": False, "event id": True, "lost version written": False}
     columns |= {"lost version": True, "DR version written": False, "DR version": True}
-    return _table_section(
-        "Split brain: keys written on both sides (neither is overwritten)", "split-brain", columns, rows
-    )
+    return _table_section(title, table_id, columns, rows)
 
 
 def _table_section(title: str, table_id: str, columns: dict[str, bool], rows: list[list[str]]) -> str:

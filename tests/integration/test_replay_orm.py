@@ -73,3 +73,42 @@ def test_a_deferred_foreign_key_holds_back_only_the_transaction_that_breaks_it(
             orders = conn.execute("SELECT id, customer_id FROM shop_order ORDER BY id").fetchall()
         assert customers == [(1, "a@example.com"), (3, "d@example.com"), (100, "b@example.com")]
         assert orders == [(2, 3)]
+
+
+def test_an_older_version_left_by_the_failover_is_stale_and_only_a_write_since_is_split_brain(
+    primary: LocalCluster, workdir: Path
+) -> None:
+    with fresh_database(primary, SCHEMA) as dsn:
+        assert run_cli("init", "--db", dsn, "--table", "shop_customer").returncode == 0
+        with psycopg.connect(dsn) as conn:
+            # Key 1 reached the DR database; in the lost window it was deleted and registered again.
+            conn.execute("INSERT INTO shop_customer (id, email, name) VALUES (1, 'one@example.com', 'old')")
+            conn.commit()
+            conn.execute("DELETE FROM shop_customer WHERE id = 1")
+            conn.execute("INSERT INTO shop_customer (id, email, name) VALUES (1, 'one@example.com', 'new')")
+            conn.commit()
+            # Key 2 was lost, and the promoted database gave it to another row afterwards.
+            conn.execute("INSERT INTO shop_customer (id, email, name) VALUES (2, 'two@example.com', 'lost')")
+            conn.commit()
+        lost = [e for e in (r.as_event() for r in read_window(dsn, None, None)) if "old" not in e.row_json]
+        assert len(lost) == 2
+        with psycopg.connect(dsn) as conn:
+            # What the DR database holds: key 1's older version (and its capture), nothing of key 2 …
+            conn.execute("UPDATE shop_customer SET name = 'old' WHERE id = 1")
+            conn.execute("DELETE FROM shop_customer WHERE id = 2")
+            conn.execute(
+                "DELETE FROM drledger.outbox WHERE id = ANY(%s::uuid[])", ([e.event_id for e in lost],)
+            )
+            conn.commit()
+            # … until the application, writing to it after promotion, takes key 2.
+            conn.execute("INSERT INTO shop_customer (id, email, name) VALUES (2, 'dr@example.com', 'after')")
+            conn.commit()
+        url = f"sqlite:///{workdir}/stale.db"
+        with open_ledger(url, writer=True) as ledger:
+            ledger.publish(lost)
+        result = run_cli("reconcile", "--db", dsn, "--ledger", url, "--since", "1h", "--json")
+        assert result.returncode == 3, result.stderr
+        report = json.loads(result.stdout)
+        assert [c["key"] for c in report["stale"]] == ["1"] and report["counts"]["stale"] == 1
+        assert [c["key"] for c in report["split_brain"]] == ["2"] and report["counts"]["split_brain"] == 1
+        assert "older version" in report["verdict"] and "split brain" in report["verdict"]
