@@ -99,3 +99,58 @@ def test_a_second_init_needs_no_create_on_the_database(shop: str) -> None:
             "WHERE t.tgname = 'drledger_capture'"
         ).fetchone()
     assert owner == ("drl_again", True, ["search_path=pg_catalog, pg_temp"])
+
+
+MOOD = """
+CREATE TYPE mood AS ENUM ('sad', 'happy');
+CREATE FUNCTION mood_json(mood) RETURNS json LANGUAGE sql AS $$ SELECT to_json($1::text) $$;
+CREATE CAST (mood AS json) WITH FUNCTION mood_json(mood);
+CREATE TYPE feeling AS (m mood, since timestamptz);
+"""
+
+
+@pytest.mark.parametrize("column", ["m mood", "ms mood[]", "f feeling"])
+def test_a_column_captured_through_a_users_cast_to_json_is_refused(
+    primary: LocalCluster, column: str
+) -> None:
+    # to_jsonb calls a user type's cast to json: in the trigger, with drledger's rights.
+    with fresh_database(primary, MOOD + f"CREATE TABLE items (id int PRIMARY KEY, {column});") as dsn:
+        result = run_cli("init", "--db", dsn, "--table", "items")
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert "cast to json (mood_json(mood))" in lines[0] and "drledger's rights" in lines[0], lines[0]
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute(
+                "SELECT count(*) FROM pg_trigger WHERE tgname = 'drledger_capture'"
+            ).fetchone() == (0,)
+
+
+def test_a_cast_to_json_made_after_init_is_named_by_the_check(primary: LocalCluster) -> None:
+    with fresh_database(primary, MOOD + "CREATE TABLE items (id int PRIMARY KEY, v text);") as dsn:
+        assert run_cli("init", "--db", dsn, "--table", "items").returncode == 0
+        assert run_cli("init", "--db", dsn, "--table", "items", "--check").returncode == 0
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE items ADD COLUMN m mood")
+        check = run_cli("init", "--db", dsn, "--table", "items", "--check", "--json")
+        assert check.returncode == 1, check.stdout + check.stderr
+        assert "DROP CAST (mood AS json)" in check.stdout and "column m of public.items" in check.stdout
+
+
+def test_an_outbox_row_the_trigger_did_not_write_is_never_an_event_when_read_as_a_ledger(shop: str) -> None:
+    assert run_cli("init", "--db", shop, "--table", "orders").returncode == 0
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (v) VALUES ('genuine')")
+        # Written past the trigger (as code running with drledger's rights could): no fingerprint.
+        conn.execute(
+            "INSERT INTO drledger.outbox (aggregatetype, aggregateid, payload) "
+            """VALUES ('public.orders', '99', '{"id": 99, "v": "forged"}')"""
+        )
+    inspect = run_cli("ledger", "inspect", f"{shop}?writable=accept", "--json")
+    assert inspect.returncode == 0, inspect.stderr
+    census = json.loads(inspect.stdout)
+    assert census["events"] == 1 and census["malformed"] == 1, census
+    reconcile = run_cli(
+        "reconcile", "--db", shop, "--ledger", f"{shop}?writable=accept", "--since", "1h", "--json"
+    )
+    samples = json.loads(reconcile.stdout)["malformed_samples"]
+    assert [s["reason"] for s in samples] == ["it has no fingerprint: the capture trigger did not write it"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import SplitResult, parse_qsl, urlencode
 
 from drledger.errors import DatabaseUnavailable, DrledgerError
-from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord
+from drledger.events import EVENT_ID_BYTES, LedgerEvent, LedgerRecord, MalformedRecord
 from drledger.ledger.base import Ledger
 from drledger.masking import mask_url
 from drledger.source import MYSQL_SCHEMES, POSTGRES_SCHEMES, open_source
@@ -94,17 +94,22 @@ class DatabaseLedger(Ledger):
 
     def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
         """Each outbox row as its event; a row whose payload no longer matches the fingerprint the
-        capture trigger wrote beside it (changed after capture) is malformed, never an event."""
+        capture trigger wrote beside it (changed after capture), or that has none (the trigger did not
+        write it), is malformed, never an event."""
         rows = list(self.source.read_window(since_ms, until_ms))
-        recorded = set(self.source.read_fingerprints(since_ms, until_ms))  # stored where there is one
+        recorded = set(self.source.read_fingerprints(since_ms, until_ms, stored_only=True))
+        printed_ids = {p[:EVENT_ID_BYTES] for p in recorded}
         for row in rows:
             event = row.as_event()
             if event.fingerprint in recorded:
                 yield event
             else:
+                changed = event.fingerprint[:EVENT_ID_BYTES] in printed_ids
                 yield MalformedRecord(
                     f"outbox row {row.event_id}",
-                    "its payload was changed after capture: it does not match the fingerprint written with it",
+                    "its payload was changed after capture: it does not match the fingerprint written with it"
+                    if changed
+                    else "it has no fingerprint: the capture trigger did not write it",
                     row.row_json[:120],
                 )
 

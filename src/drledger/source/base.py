@@ -250,7 +250,11 @@ class SourceDatabase(ABC):
     def read_window(self, since_ms: int | None, until_ms: int | None) -> Iterator[OutboxRow]: ...
 
     @abstractmethod
-    def read_fingerprints(self, since_ms: int | None, until_ms: int | None) -> list[bytes]: ...
+    def read_fingerprints(
+        self, since_ms: int | None, until_ms: int | None, *, stored_only: bool = False
+    ) -> list[bytes]:
+        """Every outbox row's fingerprint in the window; with `stored_only`, only those the capture
+        trigger (or replay) wrote beside the row, not ones computed for a row that has none."""
 
     @abstractmethod
     def created_at(self, ids: set[bytes]) -> dict[bytes, int]: ...

@@ -406,20 +406,27 @@ def read_window(dsn: str, since_ms: int | None, until_ms: int | None) -> Iterato
         conn.close()
 
 
-def read_fingerprints(dsn: str, since_ms: int | None, until_ms: int | None) -> list[bytes]:
-    """Every outbox row's fingerprint in the window, computed by the server where one is missing."""
+def read_fingerprints(
+    dsn: str, since_ms: int | None, until_ms: int | None, *, stored_only: bool = False
+) -> list[bytes]:
+    """Every outbox row's fingerprint in the window, computed by the server where one is missing (left
+    out, with `stored_only`)."""
     conn = connect(dsn)
     try:
         require_outbox(conn)
+        chosen = (
+            "fingerprint"
+            if stored_only
+            else "COALESCE(fingerprint, CONCAT(UNHEX(REPLACE(id, '-', '')), UNHEX(SHA2(payload, 256))))"
+        )
         rows = query(
             conn,
-            f"SELECT COALESCE(fingerprint, CONCAT(UNHEX(REPLACE(id, '-', '')), UNHEX(SHA2(payload, 256)))) "
-            f"FROM {SCHEMA}.outbox WHERE created_at BETWEEN {_AT} AND {_AT}",
+            f"SELECT {chosen} FROM {SCHEMA}.outbox WHERE created_at BETWEEN {_AT} AND {_AT}",
             _bounds(since_ms, until_ms),
         )
     finally:
         conn.close()
-    return [bytes(r[0]) for r in rows]
+    return [bytes(r[0]) for r in rows if r[0] is not None]
 
 
 def _id_texts(ids: set[bytes]) -> list[str]:

@@ -71,8 +71,10 @@ class PostgresSource(SourceDatabase):
     def read_window(self, since_ms: int | None, until_ms: int | None) -> Iterator[OutboxRow]:
         return outbox.read_window(self.dsn, since_ms, until_ms)
 
-    def read_fingerprints(self, since_ms: int | None, until_ms: int | None) -> list[bytes]:
-        return outbox.read_fingerprints(self.dsn, since_ms, until_ms)
+    def read_fingerprints(
+        self, since_ms: int | None, until_ms: int | None, *, stored_only: bool = False
+    ) -> list[bytes]:
+        return outbox.read_fingerprints(self.dsn, since_ms, until_ms, stored_only=stored_only)
 
     def created_at(self, ids: set[bytes]) -> dict[bytes, int]:
         return outbox.created_at(self.dsn, ids)

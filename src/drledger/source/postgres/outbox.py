@@ -197,6 +197,43 @@ def partitions(conn: psycopg.Connection[Any], oid: int) -> list[TableName]:
     return [TableName(r[0], r[1]) for r in rows]
 
 
+# The columns whose value to_jsonb would turn into JSON through a cast someone defined: to_jsonb uses
+# a user type's cast to json or jsonb, and in the capture trigger that function would run with
+# drledger's rights (SECURITY DEFINER). Types are followed through domains, arrays and composites.
+_JSON_CASTS = """
+WITH RECURSIVE t(col, typ) AS (
+    SELECT a.attname, a.atttypid FROM pg_attribute a WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+  UNION
+    SELECT t.col, x.next FROM t JOIN pg_type ty ON ty.oid = t.typ CROSS JOIN LATERAL (
+        SELECT ty.typbasetype AS next WHERE ty.typtype = 'd'
+        UNION ALL SELECT ty.typelem WHERE ty.typcategory = 'A' AND ty.typelem <> 0
+        UNION ALL SELECT c.atttypid FROM pg_attribute c
+            WHERE ty.typtype = 'c' AND c.attrelid = ty.typrelid AND c.attnum > 0 AND NOT c.attisdropped
+    ) x
+)
+SELECT DISTINCT t.col, format_type(t.typ, NULL), format_type(k.casttarget, NULL), k.castfunc::regprocedure::text
+FROM t JOIN pg_cast k ON k.castsource = t.typ AND k.casttarget IN ('json'::regtype, 'jsonb'::regtype)
+WHERE t.typ >= 16384 AND k.castmethod = 'f' ORDER BY 1
+"""
+
+
+def json_cast_columns(conn: psycopg.Connection[Any], oid: int) -> list[tuple[str, str, str, str]]:
+    """(column, its type, json or jsonb, the cast's function) for each column captured through a cast."""
+    return [tuple(r) for r in conn.execute(_JSON_CASTS, (oid,)).fetchall()]
+
+
+def _json_cast_sentence(table: TableName, column: str, type_name: str, target: str, function: str) -> str:
+    return (
+        f"The column {column} of {table.qualified} has type {type_name}, whose cast to {target} ({function}) "
+        "capture would run with drledger's rights; drop the cast or keep the column out of a captured table"
+    )
+
+
+def _refuse_json_casts(conn: psycopg.Connection[Any], table: TableName, oid: int) -> None:
+    for column, type_name, target, function in json_cast_columns(conn, oid)[:1]:
+        raise DrledgerError(_json_cast_sentence(table, column, type_name, target, function) + ".")
+
+
 def _refuse_partition(conn: psycopg.Connection[Any], table: TableName, oid: int) -> None:
     root = conn.execute(
         "SELECT n.nspname, c.relname FROM pg_partition_root(%s::oid::regclass) r(oid) "
@@ -226,6 +263,7 @@ def install(dsn: str, tables: list[str]) -> list[str]:
     with connect(dsn) as conn:
         for table in names:
             _refuse_partition(conn, table, table_oid(conn, table))
+            _refuse_json_casts(conn, table, table_oid(conn, table))
         if not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (SCHEMA,)).fetchone():
             conn.execute(_SCHEMA_DDL)
         for statement in (_BASE_DDL + ";" + REPLAY_LOG_DDL).split(";"):
@@ -286,7 +324,28 @@ def check(dsn: str, tables: list[str]) -> list[Finding]:
         if has_pub:
             findings.extend(_publication_findings(conn))
         findings.extend(_trigger_finding(conn, TableName.parse(text)) for text in tables)
+        for text in tables:
+            findings.extend(_json_cast_findings(conn, TableName.parse(text)))
     return findings
+
+
+def _json_cast_findings(conn: psycopg.Connection[Any], table: TableName) -> list[Finding]:
+    """A cast to JSON created after init is still one capture would run as drledger: said, with the fix."""
+    row = conn.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (table.schema, table.name),
+    ).fetchone()
+    if row is None:
+        return []
+    return [
+        Finding(
+            False,
+            _json_cast_sentence(table, column, type_name, target, function),
+            f"DROP CAST ({type_name} AS {target})",
+        )
+        for column, type_name, target, function in json_cast_columns(conn, int(row[0]))
+    ]
 
 
 def _wal_level_finding(conn: psycopg.Connection[Any]) -> Finding:
@@ -508,8 +567,12 @@ _MIN_PARTS = 2
 _ROWS_PER_PART = 2_000_000
 
 
-def read_fingerprints(dsn: str, since_ms: int | None, until_ms: int | None) -> list[bytes]:
-    """The fingerprint of every outbox row created in [since_ms, until_ms]: no payload crosses the wire."""
+def read_fingerprints(
+    dsn: str, since_ms: int | None, until_ms: int | None, *, stored_only: bool = False
+) -> list[bytes]:
+    """The fingerprint of every outbox row created in [since_ms, until_ms]: no payload crosses the wire.
+    With `stored_only`, rows without a stored fingerprint are left out (an outbox from before the column
+    existed is read as before)."""
     low = since_ms if since_ms is not None else 0
     end = (until_ms if until_ms is not None else LATEST_MS) + 1  # half-open from here on
     with connect(dsn) as conn:
@@ -526,7 +589,8 @@ def read_fingerprints(dsn: str, since_ms: int | None, until_ms: int | None) -> l
         ).fetchone()
     if span is None or not span[2]:
         return []
-    query = _DIGEST_QUERY.format(fingerprint=_STORED_OR_COMPUTED if stored else _FINGERPRINT_EXPRESSION)
+    chosen = ("fingerprint" if stored_only else _STORED_OR_COMPUTED) if stored else _FINGERPRINT_EXPRESSION
+    query = _DIGEST_QUERY.format(fingerprint=chosen)  # string_agg skips the NULLs of rows without one
     # Equal spans of time between the first and last row (a millisecond of slack for rounding).
     first, last = max(low, span[0] - 1), min(end, span[1] + 2)
     parts = max(_MIN_PARTS, -(-span[2] // _ROWS_PER_PART))
