@@ -660,3 +660,26 @@ def test_an_instant_captured_in_one_time_zone_is_the_same_instant_read_in_anothe
             result = run_cli("replay", "--db", dsn, "--from", str(saved), "--apply", "--json")
             assert result.returncode == 0, result.stdout + result.stderr
             assert json.loads(result.stdout)[expected] == 1, result.stdout
+
+
+def test_a_user_trigger_that_writes_the_outbox_during_replay_holds_its_transaction_back(world: World) -> None:
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION public.mint() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
+            "INSERT INTO drledger.outbox (aggregatetype, aggregateid, payload) "
+            """VALUES ('public."my table"', '77', '{"id": 77, "v": "forged"}'); RETURN NEW; END$$"""
+        )
+        conn.execute(
+            'CREATE TRIGGER mint BEFORE INSERT ON public."my table" FOR EACH ROW EXECUTE FUNCTION public.mint()'
+        )
+    url = world.ledger("minted")
+    code, result = replay_json(world, "--ledger", url, "--since", "1h", "--apply")
+    assert code == 3 and result["applied"] == 14, result
+    reasons = {r["reason"] for r in result["refused"]}
+    assert len(reasons) == 1 and "a trigger wrote drledger.outbox while replay applied" in reasons.pop()
+    assert table_images(world.dsn)['public."my table"'] == set()
+    assert outbox_count(world.dsn) == 14  # replay's own rows, nothing minted
+    # Outside replay the application's own writes are captured as ever, trigger or not.
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute("""INSERT INTO public."we""ird" VALUES (50, 'after')""")
+    assert outbox_count(world.dsn) == 15

@@ -69,6 +69,29 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.heartbeat (
 """
 
 
+# Replay runs the DR database's own triggers on the rows it restores; one that writes the outbox would
+# mint an event replay never proved (a later replay, reading this database as a ledger, would apply it).
+# Replay restores outbox rows at the top level (its COPY), capture writes them from its trigger while
+# replay suppresses it: an outbox write from inside any trigger during replay is someone else's code.
+_REPLAY_GUARD_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION {SCHEMA}.replay_guard() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF pg_trigger_depth() > 1 AND current_setting('{SUPPRESS_SETTING}', true) = 'on'
+     AND has_table_privilege(session_user, '{SCHEMA}.replay_log', 'INSERT') THEN
+    RAISE EXCEPTION USING ERRCODE = 'integrity_constraint_violation',
+      MESSAGE = 'a trigger wrote drledger.outbox while replay applied this transaction; replay lets no code '
+                'it did not write mint an event (disable the trigger for the replay)';
+  END IF;
+  RETURN NULL;
+END $$
+"""
+_REPLAY_GUARD_TRIGGER = f"""
+CREATE OR REPLACE TRIGGER drledger_replay_guard BEFORE INSERT ON {SCHEMA}.outbox
+FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.replay_guard()
+"""
+
+
 def ident(table: TableName) -> sql.Identifier:
     """The table as a quoted SQL identifier: how every statement names it."""
     return sql.Identifier(table.schema, table.name)
@@ -269,6 +292,8 @@ def install(dsn: str, tables: list[str]) -> list[str]:
         for statement in (_BASE_DDL + ";" + REPLAY_LOG_DDL).split(";"):
             if statement.strip():
                 conn.execute(statement)
+        conn.execute(_REPLAY_GUARD_FUNCTION)
+        conn.execute(_REPLAY_GUARD_TRIGGER)
         for table in names:
             conn.execute(_capture_function_ddl(table, primary_key_columns(conn, table)))
             # Only drledger's triggers call it; nobody needs to run it by hand.
