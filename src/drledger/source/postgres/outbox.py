@@ -438,6 +438,18 @@ def _outbox_findings(conn: psycopg.Connection[Any]) -> list[Finding]:
             + "; ".join(f"ALTER TABLE drledger.outbox ADD COLUMN {c} {RELAY_COLUMNS[c]}" for c in missing),
         )
     ]
+    guarded = conn.execute(
+        "SELECT 1 FROM pg_trigger WHERE tgrelid = 'drledger.outbox'::regclass "
+        "AND tgname = 'drledger_replay_guard' AND tgenabled <> 'D'"
+    ).fetchone()
+    findings.append(
+        Finding(
+            guarded is not None,
+            "the replay guard on drledger.outbox "
+            + ("is installed" if guarded else "is missing or disabled"),
+            None if guarded else "run drledger init (a current one)",
+        )
+    )
     can_read = conn.execute("SELECT has_table_privilege('drledger.outbox', 'SELECT')").fetchone()[0]  # type: ignore[index]
     findings.append(
         Finding(
