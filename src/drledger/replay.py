@@ -39,14 +39,14 @@ from typing import Any
 
 import orjson
 
-from drledger.errors import DrledgerError
+from drledger.errors import DrledgerError, ExitCode, ReplayInterrupted, RowsRejected, SourceUnavailable
 from drledger.events import LedgerEvent, MalformedRecord, row_fingerprint
 from drledger.fence import FenceResult, fence_sequences
 from drledger.margins import DEFAULT_MARGIN, validate_margin
 from drledger.names import TableName
 from drledger.screening import Admitted, Ambiguity, Refusal, screen
 from drledger.source import open_source
-from drledger.source.base import RecoverySession, RowsRejected, SourceUnavailable, TableShape
+from drledger.source.base import RecoverySession, TableShape
 from drledger.timeutil import format_instant
 
 CHUNK_EVENTS = 5_000
@@ -189,9 +189,9 @@ class ReplayResult:
         return bool(self.conflicts or self.refused or self.ambiguous or self.malformed or self.fence.unfenced)
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         """0 done (or nothing to do); 3 something was not written and a person must look at it."""
-        return 3 if self.needs_a_human else 0
+        return ExitCode.NEEDS_HUMAN if self.needs_a_human else ExitCode.SUCCESS
 
     def count(self, table: str, outcome: Outcome, n: int = 1) -> None:
         tally = self.by_table.setdefault(table, {})
@@ -234,14 +234,6 @@ class ReplayResult:
             ),
             "exit_code": self.exit_code,
         }
-
-
-class ReplayInterrupted(DrledgerError):
-    """Replay stopped part way; `result` holds what was committed before it stopped."""
-
-    def __init__(self, message: str, result: ReplayResult) -> None:
-        super().__init__(message)
-        self.result = result
 
 
 def table_order(first_written: Sequence[str], parents: dict[str, set[str]]) -> list[str]:

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from drledger.errors import ExitCode
 from drledger.masking import mask_dsn, mask_url
 from drledger.reconcile import Report
 from drledger.timeutil import format_instant
@@ -28,7 +29,7 @@ def verdict(report: Report) -> str:
             "The ledger holds nothing in this window while the DR database does: the ledger is lost or was never "
             "written, so recovery from it is impossible and the loss cannot be measured."
         )
-    if report.exit_code == 3:
+    if report.exit_code == ExitCode.NEEDS_HUMAN:
         parts = []
         if report.mismatched:
             parts.append(f"{len(report.mismatched)} events differ between the ledger and the DR database")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from drledger.drill.rig import FailoverRig, GroundTruth
-from drledger.errors import DrledgerError
+from drledger.errors import DrledgerError, ExitCode
 from drledger.events import LedgerEvent
 from drledger.ledger import destroy_ledger, open_ledger
 from drledger.masking import mask_url
@@ -94,7 +94,7 @@ class DrillResult:
     rolled_back: int = 0
     total_seconds: float = 0.0
     ledger: str = ""
-    reconcile_exit_code: int = 0
+    reconcile_exit_code: int = ExitCode.SUCCESS
     reconcile_error: str | None = None
     missing_in_ledger: int = 0
     # Seconds between the ledger's last event and the disaster: commits in there could not be known.
@@ -476,7 +476,7 @@ def _result(drill: Drill, found: _Findings, p50: float | None, p99: float | None
         rolled_back_in_ledger=len(found.in_ledger & truth.rolled_back),
         total_seconds=round(time.monotonic() - drill.started, 1),
         ledger=mask_url(drill.rig.ledger_url),
-        reconcile_exit_code=report.exit_code if report is not None else 2,
+        reconcile_exit_code=report.exit_code if report is not None else ExitCode.OPERATOR,
         reconcile_error=found.reconcile_error,
         missing_in_ledger=len(report.missing_in_ledger) if report is not None else 0,
         ledger_blind_seconds=_blind_seconds(drill.disaster_at_ms, report),

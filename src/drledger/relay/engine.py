@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drledger.errors import DrledgerError, LedgerUnavailable, RetryLater
+from drledger.errors import DrledgerError, LedgerUnavailable, RetryLater, StopRequested
 from drledger.events import LedgerEvent
 from drledger.java import start_jvm
 from drledger.ledger.base import Ledger
@@ -106,10 +106,6 @@ def read_stats(path: Path) -> dict[int, int]:
     except (OSError, ValueError):
         return {}
     return {int(k): int(v) for k, v in doc.get("lag_ms_counts", {}).items()}
-
-
-class StopRequested(Exception):
-    """SIGINT or SIGTERM arrived before the engine ran (during checks, start-up or a backfill)."""
 
 
 class _Stopping(Exception):
