@@ -29,11 +29,11 @@ from typing import Any
 
 from drledger.errors import DrledgerError, LedgerUnavailable, RetryLater, StopRequested
 from drledger.events import LedgerEvent
+from drledger.files import write_private
 from drledger.java import start_jvm
 from drledger.ledger.base import Ledger
 from drledger.relay.faults import CHECK, RESTART, causes_of, stack_trace
 from drledger.relay.metrics import RelayMetrics
-from drledger.relay.state import write_private
 from drledger.relay.translate import outbox_change_to_event
 from drledger.retry import backoff
 from drledger.source import open_source
