@@ -11,10 +11,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The relay's slot unless told otherwise: PostgreSQL's replication slot, or the name a MySQL relay
+#: registers under (and names its state files by, on either engine).
+DEFAULT_SLOT = "drledger_slot"
+
 
 @dataclass(frozen=True)
 class RelaySettings:
-    slot: str = "drledger_slot"
+    slot: str = DEFAULT_SLOT
     state_dir: Path = Path(".drledger")
     snapshot: str = "initial"
     heartbeat_ms: int = 1000

@@ -19,9 +19,11 @@ from drledger.errors import DatabaseUnavailable, DrledgerError, LedgerUnavailabl
 from drledger.events import LATEST_MS
 from drledger.ledger import open_ledger
 from drledger.ledger.base import Ledger
+from drledger.margins import DEFAULT_LOOKBACK_S, DEFAULT_SKEW_S
 from drledger.masking import mask_url
 from drledger.source import explain_failure, open_source
 from drledger.source.base import OutboxSlice, SlotHealth, SourceDatabase
+from drledger.streaming import DEFAULT_SLOT
 from drledger.timeutil import now_ms
 from drledger.watch.ledger_ids import LedgerIdCache
 from drledger.watch.readiness import LedgerCompleteness, Readiness, readiness
@@ -49,16 +51,16 @@ class WatchSettings:
     primary_dsn: str
     ledger_url: str
     replica_dsn: str | None = None
-    slot: str = "drledger_slot"
+    slot: str = DEFAULT_SLOT
     relay_metrics_url: str | None = None
     client_config: dict[str, str] = field(default_factory=dict)
     interval_s: float = 5.0
     #: How long the relay has to bring an event into the ledger before it counts as missing.
     grace_s: float = 30.0
     #: Clock-skew and commit-order margin: reads are this much wider than the times they are about.
-    skew_s: float = 5.0
+    skew_s: float = DEFAULT_SKEW_S
     #: How far back a freshly started watcher checks the ledger's completeness.
-    lookback_s: float = 600.0
+    lookback_s: float = DEFAULT_LOOKBACK_S
     #: Events read one by one per outbox read; more (a replica hours behind) are counted, not listed.
     read_limit: int = 50_000
     #: Outbox reads per cycle for the completeness check (a watcher catching up on its lookback).
