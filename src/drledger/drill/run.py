@@ -58,8 +58,23 @@ class DrillSettings:
     warmup_rows: int = 20_000
     engine: str = "postgresql"
 
+    def __post_init__(self) -> None:
+        # A wrong --engine, --tps or --duration is one sentence before anything starts.
+        _check_engine(self.engine)
+        if self.tps <= 0 or self.duration_s <= 0:
+            raise DrledgerError("--tps and --duration must be positive.")
+
 
 ENGINES = ("postgresql", "mysql")
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise _unknown_engine(engine)
+
+
+def _unknown_engine(engine: str) -> DrledgerError:
+    return DrledgerError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'.")
 
 
 def rig_for(engine: str) -> type[FailoverRig]:
@@ -70,7 +85,7 @@ def rig_for(engine: str) -> type[FailoverRig]:
         return MySQLFailoverRig
     if engine == "postgresql":
         return FailoverRig
-    raise DrledgerError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'.")
+    raise _unknown_engine(engine)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from drledger.masking import mask_url
 from drledger.source import explain_failure, open_source
 from drledger.source.base import OutboxSlice, SlotHealth, SourceDatabase
 from drledger.streaming import DEFAULT_SLOT
-from drledger.timeutil import now_ms
+from drledger.timeutil import now_ms, parse_duration
 from drledger.watch.ledger_ids import LedgerIdCache
 from drledger.watch.readiness import LedgerCompleteness, Readiness, readiness
 
@@ -44,6 +44,9 @@ ARRIVAL_MARGIN_MS = 2000
 RELAY_ENGINE_UP = "drledger_relay_engine_up"
 RELAY_LAST_PUBLISH = "drledger_relay_last_publish_timestamp_seconds"
 RELAY_LAST_COMMIT = "drledger_relay_last_commit_timestamp_seconds"
+
+#: The shortest time between two measurements the watcher takes (--interval).
+MIN_INTERVAL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,47 @@ class WatchSettings:
     read_limit: int = 50_000
     #: Outbox reads per cycle for the completeness check (a watcher catching up on its lookback).
     reads_per_cycle: int = 4
+
+    def __post_init__(self) -> None:
+        _check_relay_metrics_url(self.relay_metrics_url)
+        if self.interval_s < MIN_INTERVAL_S:
+            raise DrledgerError("--interval must be at least 100ms.")
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        primary_dsn: str,
+        ledger_url: str,
+        replica_dsn: str | None,
+        slot: str,
+        relay_metrics_url: str | None,
+        client_config: dict[str, str],
+        interval: str,
+        grace: str,
+        skew: str,
+        lookback: str,
+    ) -> WatchSettings:
+        """Settings as the command line takes them, durations as typed ('5s', '10m'); the relay's URL
+        is checked before the durations are read, so the first wrong option is the one named."""
+        _check_relay_metrics_url(relay_metrics_url)
+        return cls(
+            primary_dsn=primary_dsn,
+            ledger_url=ledger_url,
+            replica_dsn=replica_dsn,
+            slot=slot,
+            relay_metrics_url=relay_metrics_url,
+            client_config=client_config,
+            interval_s=parse_duration(interval),
+            grace_s=parse_duration(grace),
+            skew_s=parse_duration(skew),
+            lookback_s=parse_duration(lookback),
+        )
+
+
+def _check_relay_metrics_url(url: str | None) -> None:
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise DrledgerError(f"--relay-metrics '{url}' is not an http:// URL.")
 
 
 @dataclass
