@@ -2,12 +2,13 @@
 
 Debezium keeps its position (offsets) in `--state-dir`, one file per slot. A position only means
 something in the database it was read from: resumed against another one, Debezium would either
-refuse with a stack trace or — worse — start from an LSN of another history and skip events. So
-beside the offsets the relay records whose they are (`<slot>.source.json`): PostgreSQL's system
-identifier, the timeline, the database and the slot. A relay whose database does not match is
-refused, in one sentence naming the directory; nothing is overwritten.
+refuse with a stack trace or — worse — start from a position of another history and skip events. So
+beside the offsets the relay records whose they are (`<slot>.source.json`): the server's identity
+(PostgreSQL's system identifier; MySQL's server UUID, or MariaDB's server id), the timeline, the
+database and the slot. A relay whose database does not match is refused, in one sentence naming the
+directory; nothing is overwritten.
 
-The timeline is what tells a promoted replica from its old primary: both share the system identifier,
+On PostgreSQL, the timeline is what tells a promoted replica from its old primary: both share the system identifier,
 but promotion starts a new timeline, and an LSN of the old timeline past the fork point names WAL the
 new one never had. A relay on the promoted database needs its own slot and a backfill (the runbook's
 `relay --slot drledger_dr --backfill-since …`), which starts a new state file; reusing the old
