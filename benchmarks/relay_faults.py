@@ -40,9 +40,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from drledger.drill.broker import LocalBroker
 from drledger.drill.cluster import ClusterSet, LocalCluster
+from drledger.errors import ExitCode
 from drledger.source.postgres import outbox as postgres
-
-EXIT_RETRY = 75
 
 
 @dataclass
@@ -119,7 +118,7 @@ class Supervisor:
                 code = self.process.wait()
                 self.exits.append(code)
                 self.exit_seconds.append(time.monotonic() - self.mark)
-                if self._done.is_set() or code not in (EXIT_RETRY, -signal.SIGKILL):
+                if self._done.is_set() or code not in (ExitCode.RETRY, -signal.SIGKILL):
                     break
                 time.sleep(self.restart_delay_s)
         self._done.set()

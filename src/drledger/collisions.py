@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from drledger.errors import RowsRejected
 from drledger.events import LedgerEvent
 from drledger.reconcile import KeyCollision
 from drledger.replay import ReplayResult, prove
 from drledger.screening import screen
-from drledger.source.base import RecoverySession, RowsRejected
+from drledger.source.base import RecoverySession
 
 BATCH = 5_000
 

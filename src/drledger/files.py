@@ -1,7 +1,12 @@
-"""Files that hold business data (row images, reports) are readable by their owner only."""
+"""Files that hold business data (row images, reports, relay state) are readable by their owner only.
+
+The one place drledger's file and directory modes are decided, and the one way a private file is
+written: atomically, through a temporary file that is synced and then renamed over the old one.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -11,15 +16,34 @@ PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
 
-def write_private(path: Path, data: bytes, what: str) -> None:
-    """Write `data` to `path`, created (or reset) to mode 0600; one sentence if it cannot be."""
+def write_private(path: Path, data: bytes | str, what: str | None = None) -> None:
+    """Replace `path` atomically with `data` (str is written as UTF-8), readable by this user only.
+
+    A reader never sees half a file: `data` goes to `<path>.tmp` (0600, synced), which then replaces
+    `path`. With `what`, a failure is one sentence naming it ("Cannot write the report to …");
+    without, the OSError is the caller's to handle.
+    """
+    temporary = path.with_name(path.name + ".tmp")
+    payload = data.encode() if isinstance(data, str) else data
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
         try:
-            os.fchmod(fd, PRIVATE_FILE)
+            os.fchmod(fd, PRIVATE_FILE)  # an older temporary file keeps its mode through O_CREAT
             with os.fdopen(fd, "wb", closefd=False) as handle:
-                handle.write(data)
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
         finally:
             os.close(fd)
+        os.replace(temporary, path)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        if what is None:
+            raise
         raise DrledgerError(f"Cannot write the {what} to {path}: {exc.strerror}.") from None
+
+
+def create_private(path: Path) -> None:
+    """Create `path` empty and 0600 if it does not exist (a file another program then writes)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))

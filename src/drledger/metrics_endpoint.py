@@ -38,3 +38,12 @@ class MetricsEndpoint:
             threading.Thread(target=self._server.shutdown, daemon=True).start()
             self._server.server_close()
             self._server = None
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'127.0.0.1:9187', '[::1]:9187' or ':9187' (loopback) → (host, port)."""
+    host, colon, port = text.strip().rpartition(":")
+    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise DrledgerError(f"--listen '{text}' is not an address; write it like 127.0.0.1:9187.")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, filterfalse
 
+from drledger.errors import ExitCode
 from drledger.events import (
     EVENT_ID_BYTES,
     LedgerEvent,
@@ -122,11 +123,11 @@ class Report:
         )
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         """0 nothing missing; 1 recoverable loss; 3 something a person must look at."""
         if self.needs_a_human:
-            return 3
-        return 1 if self.missing_in_dr else 0
+            return ExitCode.NEEDS_HUMAN
+        return ExitCode.PROBLEM_FOUND if self.missing_in_dr else ExitCode.SUCCESS
 
     @property
     def gap_seconds(self) -> float | None:

@@ -7,8 +7,9 @@ the drill. Backend-agnostic: ledgers are opened by URL and read through `Ledger.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from itertools import compress
 
@@ -16,6 +17,7 @@ from drledger.errors import DrledgerError
 from drledger.events import EVENT_ID_BYTES, LedgerEvent, MalformedRecord, MalformedTally, event_id_text
 from drledger.ledger import open_ledger, parse_ledger_url
 from drledger.ledger.base import Ledger, LedgerScan
+from drledger.margins import DEFAULT_LOOKBACK_MS, DEFAULT_SKEW_MS
 from drledger.reconcile import Report, Window, build_report, compare
 from drledger.source import explain_failure, open_source
 from drledger.source.base import SourceDatabase
@@ -28,8 +30,8 @@ class ReconcileRequest:
     dsn: str
     since_ms: int | None = None
     until_ms: int | None = None
-    skew_ms: int = 5_000
-    lookback_ms: int = 600_000
+    skew_ms: int = DEFAULT_SKEW_MS
+    lookback_ms: int = DEFAULT_LOOKBACK_MS
     client_config: Mapping[str, str] | None = None
 
 
@@ -63,18 +65,14 @@ def _default_until(ledgers: Sequence[Ledger]) -> int:
     return now_ms()
 
 
-def open_ledgers(urls: list[str], client_config: Mapping[str, str] | None) -> list[Ledger]:
+@contextmanager
+def open_ledgers(urls: Sequence[str], client_config: Mapping[str, str] | None) -> Iterator[list[Ledger]]:
+    """Every ledger named, open for reading, as one `with`: all are closed when it ends (also those
+    opened before one that failed to open)."""
     for url in urls:
         parse_ledger_url(url)  # every URL is checked before anything is opened
-    opened: list[Ledger] = []
-    try:
-        for url in urls:
-            opened.append(open_ledger(url, client_config))
-    except BaseException:
-        for ledger in opened:
-            ledger.close()
-        raise
-    return opened
+    with ExitStack() as stack:
+        yield [stack.enter_context(open_ledger(url, client_config)) for url in urls]
 
 
 def run_reconcile(request: ReconcileRequest, on_progress: Callable[[int], None] | None = None) -> Report:
@@ -83,24 +81,17 @@ def run_reconcile(request: ReconcileRequest, on_progress: Callable[[int], None] 
     for url in request.ledger_urls:
         parse_ledger_url(url)
     latest = dr_latest_commit(request)
-    ledgers = open_ledgers(request.ledger_urls, request.client_config)
-    try:
+    with open_ledgers(request.ledger_urls, request.client_config) as ledgers:
         window = choose_window(request, ledgers, latest)
-    except BaseException:
-        for ledger in ledgers:
-            ledger.close()
-        raise
-    # Millions of short-lived records and no cycles among them: the cyclic collector would only rescan
-    # the growing sets again and again.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        report = _reconcile(request, window, ledgers, on_progress)
-    finally:
-        for ledger in ledgers:
-            ledger.close()
-        if collecting:
-            gc.enable()
+        # Millions of short-lived records and no cycles among them: the cyclic collector would only
+        # rescan the growing sets again and again.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            report = _reconcile(request, window, ledgers, on_progress)
+        finally:
+            if collecting:
+                gc.enable()
     if report.ledger_events == 0 and report.dr_events == 0 and report.malformed == 0:
         raise DrledgerError(
             "The window holds no events in the ledger nor in the DR database; widen it with --since."

@@ -41,14 +41,14 @@ from typing import Any
 
 import orjson
 
-from drledger.errors import DrledgerError
+from drledger.errors import DrledgerError, ExitCode, ReplayInterrupted, RowsRejected, SourceUnavailable
 from drledger.events import LedgerEvent, MalformedRecord, row_fingerprint
 from drledger.fence import FenceResult, fence_sequences
 from drledger.margins import DEFAULT_MARGIN, validate_margin
 from drledger.names import TableName
 from drledger.screening import Admitted, Ambiguity, Refusal, screen
 from drledger.source import open_source
-from drledger.source.base import CurrentRow, RecoverySession, RowsRejected, SourceUnavailable, TableShape
+from drledger.source.base import CurrentRow, RecoverySession, TableShape
 from drledger.timeutil import format_instant
 
 CHUNK_EVENTS = 5_000
@@ -197,12 +197,12 @@ class ReplayResult:
         return bool(self.conflicts or self.refused or self.ambiguous or self.malformed or self.fence.unfenced)
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         """0 done (or nothing to do); 3 something was not written and a person must look at it; 2 what
         replay wrote read back differently, so this database changes what it is given (fix that first)."""
         if any(r.reason.startswith(READ_BACK_DIFFERS) for r in self.refused):
-            return 2
-        return 3 if self.needs_a_human else 0
+            return ExitCode.OPERATOR
+        return ExitCode.NEEDS_HUMAN if self.needs_a_human else ExitCode.SUCCESS
 
     def count(self, table: str, outcome: Outcome, n: int = 1) -> None:
         tally = self.by_table.setdefault(table, {})
@@ -245,14 +245,6 @@ class ReplayResult:
             ),
             "exit_code": self.exit_code,
         }
-
-
-class ReplayInterrupted(DrledgerError):
-    """Replay stopped part way; `result` holds what was committed before it stopped."""
-
-    def __init__(self, message: str, result: ReplayResult) -> None:
-        super().__init__(message)
-        self.result = result
 
 
 def table_order(first_written: Sequence[str], parents: dict[str, set[str]]) -> list[str]:

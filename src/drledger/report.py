@@ -1,20 +1,31 @@
-"""A reconcile Report as JSON, as a saved file for replay, and as a terminal summary.
+"""What the commands print: a reconcile Report as JSON, as a saved file for replay, and as a terminal
+summary; replay's and fence's results, a watch snapshot and a ledger's census on the terminal.
 
-The HTML page lives in report_html.py; this module holds the shapes every output shares.
+The HTML page lives in report_html.py; this module holds the shapes every output shares. Text that
+came from a ledger or a database (table names, keys, reasons, samples) is printed as `Text`, never
+read as Rich markup.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from drledger.errors import ExitCode
 from drledger.masking import mask_dsn, mask_url
 from drledger.reconcile import KeyCollision, Report
 from drledger.timeutil import format_instant
+
+if TYPE_CHECKING:
+    from drledger.census import LedgerCensus
+    from drledger.fence import FenceResult
+    from drledger.replay import ReplayResult
+    from drledger.watch.cycle import Snapshot
 
 UNKNOWABLE = (
     "Commits on the failed primary after the ledger's last commit reached neither the DR database nor the "
@@ -28,7 +39,7 @@ def verdict(report: Report) -> str:
             "The ledger holds nothing in this window while the DR database does: the ledger is lost or was never "
             "written, so recovery from it is impossible and the loss cannot be measured."
         )
-    if report.exit_code == 3:
+    if report.exit_code == ExitCode.NEEDS_HUMAN:
         parts = []
         if report.mismatched:
             parts.append(f"{len(report.mismatched)} events differ between the ledger and the DR database")
@@ -190,3 +201,126 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         console.print(Text(f"  split brain not checked: {summary['split_brain_unchecked']}", style="yellow"))
     console.print(Text(summary["verdict"]))
     console.print(Text(exposure["unknowable"], style="dim"))
+
+
+def print_replay(console: Console, result: ReplayResult) -> None:
+    """What replay did (or, in a dry run, would do): totals, per table, and each event it held back."""
+    if result.dry_run:
+        console.print(
+            f"would replay {len(result.plan)} transactions: {result.applied} rows would be applied, "
+            f"{result.present} are already present, {result.already_replayed} were replayed before, "
+            f"{len(result.conflicts)} conflicts, {len(result.refused)} refused (dry run; add --apply)"
+        )
+    else:
+        console.print(
+            f"replayed {result.transactions} transactions: {result.applied} rows applied, {result.present} already "
+            f"present, {result.already_replayed} replayed before, {len(result.conflicts)} conflicts, "
+            f"{len(result.refused)} refused"
+        )
+    for name, outcomes in sorted(result.by_table.items()):
+        console.print(Text(f"  {name}: " + ", ".join(f"{n} {kind}" for kind, n in sorted(outcomes.items()))))
+    for conflict in result.conflicts[:50]:
+        console.print(
+            Text("conflict ", style="red")
+            + Text(f"{conflict.table} key {conflict.key} ({conflict.event_id}): {conflict.why}")
+        )
+        console.print(Text(f"  ledger:  {conflict.ledger_row}"))
+        if conflict.current_row is not None:
+            console.print(Text(f"  current: {conflict.current_row}"))
+    for refusal in result.refused[:50]:
+        event = refusal.event
+        console.print(
+            Text("refused ", style="red")
+            + Text(f"{event.table} key {event.key} ({event.event_id}): {refusal.reason}")
+        )
+    for group in result.ambiguous[:50]:
+        ids = ", ".join(e.event_id for e in group.events)
+        console.print(
+            Text("held back ", style="red") + Text(f"{group.table} key {group.key}: {group.reason} ({ids})")
+        )
+    for record in result.malformed[:20]:
+        console.print(Text("unreadable ", style="yellow") + Text(f"{record.position}: {record.reason}"))
+    hidden = (
+        max(0, len(result.conflicts) - 50)
+        + max(0, len(result.refused) - 50)
+        + max(0, len(result.ambiguous) - 50)
+    )
+    if hidden:
+        console.print(f"… and {hidden} more (see --json)")
+    print_fences(console, result.fence, moved_only=True, dry_run=result.dry_run)
+
+
+def print_fences(console: Console, fence: FenceResult, *, moved_only: bool, dry_run: bool = False) -> None:
+    """Each sequence fence moved (or would move), those already far enough unless `moved_only`, and
+    every key that could not be fenced."""
+    verb = "would fence" if dry_run else "fenced"
+    for item in fence.fences:
+        if item.moved:
+            console.print(
+                Text(f"{verb} {item.sequence} ({item.table}.{item.column}): {item.before} → {item.after}")
+            )
+        elif not moved_only:
+            console.print(Text(f"{item.sequence} ({item.table}.{item.column}): already at {item.before}"))
+    for gap in fence.unfenced:
+        console.print(
+            Text("not fenced ", style="red")
+            + Text(
+                f"{gap.sequence} ({gap.table}.{gap.column}): {gap.keys} keys, the highest {gap.highest}: {gap.reason}"
+            )
+        )
+
+
+def print_snapshot(console: Console, snap: Snapshot) -> None:
+    """One watch cycle as a table, then each problem it found."""
+    table = Table(title="drledger watch", show_header=False)
+
+    def row(name: str, value: object) -> None:
+        table.add_row(name, Text("n/a" if value is None else str(value)))
+
+    for name, side in (("primary", snap.primary), ("replica", snap.replica), ("ledger", snap.ledger)):
+        if side is not None:
+            row(name, "up" if side.up else f"DOWN: {side.error}")
+    row("relay", None if snap.relay.up is None else ("alive" if snap.relay.up else "DOWN"))
+    row("missing in ledger", snap.missing_in_ledger)
+    ready = snap.readiness
+    row("at risk (not yet on the replica)", ready.at_risk if ready else None)
+    row("recoverable (in the ledger)", ready.recoverable if ready else None)
+    row("unrecoverable if the primary died now", ready.unrecoverable_if_now if ready else None)
+    row("replica lag (s)", snap.replica_lag_s)
+    row("ledger lag (s)", snap.ledger_lag_s)
+    if snap.slot is not None:
+        row(
+            "slot",
+            f"{'active' if snap.slot.active else 'inactive'}, WAL {snap.slot.wal_status}, "
+            f"retained {snap.slot.retained_bytes} bytes",
+        )
+    console.print(table)
+    for problem in snap.problems:
+        console.print(Text("problem ", style="red") + Text(problem))
+
+
+def print_census(console: Console, census: LedgerCensus, ledgers: Sequence[str]) -> None:
+    """What a ledger holds (`ledgers`: the display URLs of the ledgers read as one), then a sample of
+    its malformed records."""
+    summary = census.as_json()
+    table = Table(title=Text("ledger " + ", ".join(ledgers)), show_header=False)
+    for key in (
+        "events",
+        "distinct",
+        "duplicates",
+        "conflicting",
+        "malformed",
+        "first_commit",
+        "last_commit",
+    ):
+        table.add_row(
+            key, Text(str(summary[key]), style="bold red" if key == "conflicting" and summary[key] else "")
+        )
+    for name, count in summary["tables"].items():
+        table.add_row(Text(f"  {name}"), str(count))
+    console.print(table)
+    for sample in census.malformed_samples:
+        console.print(
+            Text("malformed ", style="yellow")
+            + Text(f"{sample.position}: {sample.reason}: {sample.sample!r}")
+        )

@@ -6,6 +6,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from drledger.errors import ExitCode
 from drledger.files import write_private
 from drledger.reconcile import Report
 
@@ -148,7 +149,7 @@ def _table_section(title: str, table_id: str, columns: dict[str, bool], rows: li
 
 def render_html(summary: dict[str, Any], report: Report) -> str:
     counts, exposure = summary["counts"], summary["exposure"]
-    tone = "ok" if summary["exit_code"] == 0 else "bad"
+    tone = "ok" if summary["exit_code"] == ExitCode.SUCCESS else "bad"
     esc = html.escape
     rows = "".join(f"<tr><td>{esc(k)}</td><td class='n'>{v:,}</td></tr>" for k, v in counts.items())
     tables = (

@@ -35,19 +35,15 @@ def fence_from_ledger(
     """
     validate_margin(margin)
     latest = dr_latest_commit(request)
-    ledgers = open_ledgers(request.ledger_urls, request.client_config)
     events: list[LedgerEvent] = []
     unreadable = 0
-    try:
+    with open_ledgers(request.ledger_urls, request.client_config) as ledgers:
         window = choose_window(request, ledgers, latest)
         for record in read_all(ledgers, window.since_ms, window.until_ms):
             if isinstance(record, MalformedRecord):
                 unreadable += 1
             else:
                 events.append(record)
-    finally:
-        for ledger in ledgers:
-            ledger.close()
     screening = screen(events)
     scratch = ReplayResult(refused=list(screening.refused), ambiguous=screening.ambiguous)
     with open_source(request.dsn).recovery_session() as session:

@@ -11,10 +11,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from drledger.errors import DrledgerError
+from drledger.timeutil import parse_duration
+
+#: The relay's slot unless told otherwise: PostgreSQL's replication slot, or the name a MySQL relay
+#: registers under (and names its state files by, on either engine).
+DEFAULT_SLOT = "drledger_slot"
+#: What a relay publishes on its first start: the outbox rows already there ('initial'), or not.
+SNAPSHOT_MODES = ("initial", "no_data")
+
 
 @dataclass(frozen=True)
 class RelaySettings:
-    slot: str = "drledger_slot"
+    slot: str = DEFAULT_SLOT
     state_dir: Path = Path(".drledger")
     snapshot: str = "initial"
     heartbeat_ms: int = 1000
@@ -28,6 +37,24 @@ class RelaySettings:
     # 5 s apart, before the relay exits 75: about two minutes. Debezium's -1 (forever) would hide an
     # outage from supervisors. Errors that are not transient stop the relay at once (see engine.py).
     db_retries: int = 20
+
+    def __post_init__(self) -> None:
+        _check_snapshot(self.snapshot)
+
+    @classmethod
+    def from_options(
+        cls, *, slot: str, state_dir: Path, snapshot: str, heartbeat: str, ledger_timeout: str
+    ) -> RelaySettings:
+        """Settings as the command line takes them, durations as typed ('1s', '2m'); each checked in
+        that order, so the first wrong one is the one named."""
+        _check_snapshot(snapshot)
+        return cls(
+            slot=slot,
+            state_dir=state_dir,
+            snapshot=snapshot,
+            heartbeat_ms=int(parse_duration(heartbeat) * 1000),
+            ledger_timeout_s=parse_duration(ledger_timeout),
+        )
 
     @property
     def offsets_file(self) -> Path:
@@ -44,6 +71,11 @@ class RelaySettings:
     @property
     def lock_file(self) -> Path:
         return self.state_dir / f"{self.slot}.lock"
+
+
+def _check_snapshot(snapshot: str) -> None:
+    if snapshot not in SNAPSHOT_MODES:
+        raise DrledgerError("--snapshot must be 'initial' or 'no_data'.")
 
 
 def engine_properties(settings: RelaySettings) -> dict[str, str]:

@@ -29,9 +29,10 @@ import psycopg
 import pytest
 
 from drledger.drill.cluster import LocalCluster
+from drledger.errors import ReplayInterrupted
 from drledger.events import LedgerEvent, row_digest
 from drledger.ledger import open_ledger
-from drledger.replay import ReplayInterrupted, replay
+from drledger.replay import replay
 from drledger.source.postgres.outbox import read_window
 from tests.helpers import REPO, dsn_for, fresh_database, run_cli
 

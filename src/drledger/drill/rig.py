@@ -29,6 +29,7 @@ from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent
 from drledger.ledger import embedded_ledger_url, open_ledger, with_local_files_in
 from drledger.source import open_source
+from drledger.streaming import DEFAULT_SLOT, RelaySettings
 
 DEMO_TABLE = "public.orders"
 WARMUP_TABLE_DDL = "CREATE TABLE public.drill_warmup (id bigserial PRIMARY KEY, note text NOT NULL)"
@@ -126,7 +127,7 @@ class FailoverRig:
             row = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
         return bool(row and row[0] == "streaming")
 
-    def start_relay(self, *extra: str, dsn: str | None = None, slot: str = "drledger_slot") -> None:
+    def start_relay(self, *extra: str, dsn: str | None = None, slot: str = DEFAULT_SLOT) -> None:
         target = dsn or self.primary_dsn
         self.relay = subprocess.Popen(
             [
@@ -166,7 +167,9 @@ class FailoverRig:
 
     @property
     def relay_stats_file(self) -> Path:
-        return self.clusters.base / "state-drledger_slot" / "drledger_slot.stats.json"
+        return RelaySettings(
+            slot=DEFAULT_SLOT, state_dir=self.clusters.base / f"state-{DEFAULT_SLOT}"
+        ).stats_file
 
     def warm_up(self, rows: int = 20_000) -> None:
         """Push rows of a side table through the relay until it has them all.

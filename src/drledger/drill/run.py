@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from drledger.drill.rig import FailoverRig, GroundTruth
-from drledger.errors import DrledgerError
+from drledger.errors import DrledgerError, ExitCode
 from drledger.events import LedgerEvent
 from drledger.ledger import destroy_ledger, open_ledger
 from drledger.masking import mask_url
@@ -58,8 +58,23 @@ class DrillSettings:
     warmup_rows: int = 20_000
     engine: str = "postgresql"
 
+    def __post_init__(self) -> None:
+        # A wrong --engine, --tps or --duration is one sentence before anything starts.
+        _check_engine(self.engine)
+        if self.tps <= 0 or self.duration_s <= 0:
+            raise DrledgerError("--tps and --duration must be positive.")
+
 
 ENGINES = ("postgresql", "mysql")
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise _unknown_engine(engine)
+
+
+def _unknown_engine(engine: str) -> DrledgerError:
+    return DrledgerError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'.")
 
 
 def rig_for(engine: str) -> type[FailoverRig]:
@@ -70,7 +85,7 @@ def rig_for(engine: str) -> type[FailoverRig]:
         return MySQLFailoverRig
     if engine == "postgresql":
         return FailoverRig
-    raise DrledgerError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'.")
+    raise _unknown_engine(engine)
 
 
 @dataclass
@@ -94,7 +109,7 @@ class DrillResult:
     rolled_back: int = 0
     total_seconds: float = 0.0
     ledger: str = ""
-    reconcile_exit_code: int = 0
+    reconcile_exit_code: int = ExitCode.SUCCESS
     reconcile_error: str | None = None
     missing_in_ledger: int = 0
     # Seconds between the ledger's last event and the disaster: commits in there could not be known.
@@ -476,7 +491,7 @@ def _result(drill: Drill, found: _Findings, p50: float | None, p99: float | None
         rolled_back_in_ledger=len(found.in_ledger & truth.rolled_back),
         total_seconds=round(time.monotonic() - drill.started, 1),
         ledger=mask_url(drill.rig.ledger_url),
-        reconcile_exit_code=report.exit_code if report is not None else 2,
+        reconcile_exit_code=report.exit_code if report is not None else ExitCode.OPERATOR,
         reconcile_error=found.reconcile_error,
         missing_in_ledger=len(report.missing_in_ledger) if report is not None else 0,
         ledger_blind_seconds=_blind_seconds(drill.disaster_at_ms, report),

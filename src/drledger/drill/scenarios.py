@@ -19,6 +19,7 @@ from drledger.drill.old_region import OldRegionFindings
 from drledger.drill.old_region import old_region_returns as old_region_returns_step
 from drledger.drill.rig import FailoverRig, GroundTruth
 from drledger.drill.run import Drill, DrillResult, DrillSettings, Progress, run_drill
+from drledger.errors import ExitCode
 from drledger.ledger import sibling_ledger_url
 from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.timeutil import format_instant
@@ -102,7 +103,7 @@ def not_committed(settings: DrillSettings, progress: Progress) -> ScenarioOutcom
 
 def region_lost_with_ledger(settings: DrillSettings, progress: Progress) -> ScenarioOutcome:
     result = run_drill(settings, progress, lose_ledger=True)
-    said_impossible = result.reconcile_error is not None or result.reconcile_exit_code == 3
+    said_impossible = result.reconcile_error is not None or result.reconcile_exit_code == ExitCode.NEEDS_HUMAN
     passed = (
         said_impossible
         and result.recovered == 0
@@ -140,7 +141,11 @@ def ledger_up_relay_down(settings: DrillSettings, progress: Progress) -> Scenari
             f"{down_since}. Restart it (drledger relay) before a failover makes them unrecoverable."
         )
         heard = f"relay death → {how}: {alert_s:.1f} s" if alert_s is not None else f"no alert heard ({how})"
-        passed = report.exit_code == 3 and flagged == len(never_relayed) > 0 and alert_s is not None
+        passed = (
+            report.exit_code == ExitCode.NEEDS_HUMAN
+            and flagged == len(never_relayed) > 0
+            and alert_s is not None
+        )
         return ScenarioOutcome(
             "ledger-up-relay-down",
             "Capture breaks while the primary is alive: an alert fires, and reconcile shows events missing_in_ledger.",
@@ -271,7 +276,9 @@ def healthy(settings: DrillSettings, progress: Progress) -> ScenarioOutcome:
             report.malformed,
         )
         passed = (
-            report.exit_code == 0 and counts == (0, 0, 0, 0) and report.ledger_events == report.dr_events > 0
+            report.exit_code == ExitCode.SUCCESS
+            and counts == (0, 0, 0, 0)
+            and report.ledger_events == report.dr_events > 0
         )
         return ScenarioOutcome(
             "healthy",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qs
 
-from drledger.errors import DrledgerError, LedgerUnavailable
+from drledger.errors import AwsFailure, DrledgerError, LedgerUnavailable
 from drledger.masking import mask_url
 from drledger.retry import backoff
 
@@ -28,20 +28,6 @@ RETRYABLE = {
     "LimitExceededException",
 }
 ATTEMPTS = 8
-#: What AWS answers when the queue or stream named does not exist.
-NOT_FOUND = {"ResourceNotFoundException", "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
-
-
-class AwsFailure(LedgerUnavailable):
-    """An AWS call failed with an error code; callers decide by the code, never by the message."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-    @property
-    def not_found(self) -> bool:
-        return self.code in NOT_FOUND
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import SplitResult
 
-from drledger.errors import DrledgerError, LedgerUnavailable
+from drledger.errors import AwsFailure, DrledgerError, LedgerUnavailable
 from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
 from drledger.ledger.aws import (
     ATTEMPTS,
     AwsAddress,
-    AwsFailure,
     aws_client,
     call,
     parse_aws_url,

@@ -9,7 +9,6 @@ rows; a record stored without one (a raw or unreadable body) is marked `digested
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from urllib.parse import SplitResult, quote
 
 from drledger.errors import DrledgerError, LedgerUnavailable
 from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
+from drledger.files import PRIVATE_DIR, create_private
 from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback, pack_times, unpack_times, window_bounds
 
 _SCHEMA = """
@@ -103,11 +103,11 @@ class SqliteLedger(Ledger):
     def _open_writer(path: Path) -> sqlite3.Connection:
         try:
             if not path.parent.exists():
-                path.parent.mkdir(mode=0o700, parents=True)
+                path.parent.mkdir(mode=PRIVATE_DIR, parents=True)
             if not path.exists():
                 # Row images are business data: only the owner reads them (SQLite gives its -wal and
                 # -shm files the same mode).
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+                create_private(path)
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")

@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drledger.errors import DrledgerError, LedgerUnavailable, RetryLater
+from drledger.errors import DrledgerError, LedgerUnavailable, RetryLater, StopRequested
 from drledger.events import LedgerEvent
+from drledger.files import write_private
 from drledger.java import start_jvm
 from drledger.ledger.base import Ledger
 from drledger.relay.faults import CHECK, RESTART, causes_of, stack_trace
 from drledger.relay.metrics import RelayMetrics
-from drledger.relay.state import write_private
 from drledger.relay.translate import outbox_change_to_event
 from drledger.retry import backoff
 from drledger.source import open_source
@@ -106,10 +106,6 @@ def read_stats(path: Path) -> dict[int, int]:
     except (OSError, ValueError):
         return {}
     return {int(k): int(v) for k, v in doc.get("lag_ms_counts", {}).items()}
-
-
-class StopRequested(Exception):
-    """SIGINT or SIGTERM arrived before the engine ran (during checks, start-up or a backfill)."""
 
 
 class _Stopping(Exception):

@@ -16,9 +16,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from drledger.errors import DatabaseUnavailable, DrledgerError, LedgerUnavailable, RetryLater
+from drledger.errors import DatabaseUnavailable, DrledgerError, LedgerUnavailable, RetryLater, StopRequested
 from drledger.ledger.base import Ledger
-from drledger.relay.engine import Relay, RelayStats, SignalsStop, StopRequested
+from drledger.relay.engine import Relay, RelayStats, SignalsStop
 from drledger.relay.metrics import RelayMetrics
 from drledger.relay.state import RelayState, check_source
 from drledger.source import open_source

@@ -2,12 +2,13 @@
 
 Debezium keeps its position (offsets) in `--state-dir`, one file per slot. A position only means
 something in the database it was read from: resumed against another one, Debezium would either
-refuse with a stack trace or — worse — start from an LSN of another history and skip events. So
-beside the offsets the relay records whose they are (`<slot>.source.json`): PostgreSQL's system
-identifier, the timeline, the database and the slot. A relay whose database does not match is
-refused, in one sentence naming the directory; nothing is overwritten.
+refuse with a stack trace or — worse — start from a position of another history and skip events. So
+beside the offsets the relay records whose they are (`<slot>.source.json`): the server's identity
+(PostgreSQL's system identifier; MySQL's server UUID, or MariaDB's server id), the timeline, the
+database and the slot. A relay whose database does not match is refused, in one sentence naming the
+directory; nothing is overwritten.
 
-The timeline is what tells a promoted replica from its old primary: both share the system identifier,
+On PostgreSQL, the timeline is what tells a promoted replica from its old primary: both share the system identifier,
 but promotion starts a new timeline, and an LSN of the old timeline past the fork point names WAL the
 new one never had. A relay on the promoted database needs its own slot and a backfill (the runbook's
 `relay --slot drledger_dr --backfill-since …`), which starts a new state file; reusing the old
@@ -28,29 +29,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 from drledger.errors import DrledgerError
+from drledger.files import PRIVATE_DIR, PRIVATE_FILE, create_private, write_private
 from drledger.streaming import RelaySettings, SlotInfo, SourceIdentity
 from drledger.timeutil import format_instant, now_ms
 
 log = logging.getLogger("drledger.relay")
 
-DIR_MODE = 0o700
 _STATE_SUFFIXES = (".offsets", ".source.json", ".stats.json", ".lock", ".tmp")
-FILE_MODE = 0o600
 # A backfill from the relay's last event reaches back this much further, for transactions that were
 # open then (an outbox row carries its transaction's start time, not its commit time).
 BACKFILL_MARGIN_MS = 15 * 60_000
-
-
-def write_private(path: Path, text: str) -> None:
-    """Replace `path` atomically with `text`, readable by this user only."""
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(temporary, FILE_MODE)  # an older temporary file keeps its mode through O_CREAT
-    os.replace(temporary, path)
 
 
 class RelayState:
@@ -65,12 +53,12 @@ class RelayState:
         """Create the directory (0700), take the slot's lock, make its files private."""
         directory = self.directory
         try:
-            directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            directory.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
             self._make_private(directory)
             for path in (self.settings.offsets_file, self.settings.stats_file, self.settings.identity_file):
                 if path.exists():
-                    os.chmod(path, FILE_MODE)
-            fd = os.open(self.settings.lock_file, os.O_RDWR | os.O_CREAT, FILE_MODE)
+                    os.chmod(path, PRIVATE_FILE)
+            fd = os.open(self.settings.lock_file, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
         except OSError as exc:
             raise DrledgerError(
                 f"Cannot use {directory} as the relay's state directory: {exc.strerror or exc}; "
@@ -91,7 +79,7 @@ class RelayState:
         # Debezium's offsets store keeps the mode of a file it overwrites, and reads an empty one as
         # "no offsets yet": creating it here is how it comes to be private.
         if not self.settings.offsets_file.exists():
-            os.close(os.open(self.settings.offsets_file, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+            create_private(self.settings.offsets_file)
 
     @staticmethod
     def _make_private(directory: Path) -> None:
@@ -105,7 +93,7 @@ class RelayState:
             for entry in directory.iterdir()
         )
         if ours:
-            os.chmod(directory, DIR_MODE)
+            os.chmod(directory, PRIVATE_DIR)
         else:
             log.warning(
                 "the state directory %s is open to other users and holds more than relay state: give the relay "
@@ -146,7 +134,7 @@ class RelayState:
         """Move the offsets of a slot that no longer exists out of the way; where they went."""
         aside = self.settings.offsets_file.with_name(f"{self.settings.offsets_file.name}.replaced-{now_ms()}")
         os.replace(self.settings.offsets_file, aside)
-        os.close(os.open(self.settings.offsets_file, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+        create_private(self.settings.offsets_file)
         return aside
 
     def backfill_hint(self) -> str:

@@ -21,23 +21,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from drledger.errors import DatabaseUnavailable, DrledgerError
+from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent, OutboxRow
 from drledger.names import TableName
 from drledger.streaming import Cause, RelaySettings, SlotInfo, SourceIdentity
-
-
-class RowsRejected(Exception):
-    """The database refused some rows (a value of the wrong type, a foreign key, a check): `reason`
-    is its own first line. Replay narrows a rejected batch down to the rows and reports them."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class SourceUnavailable(DatabaseUnavailable):
-    """The database went away part way (a lost connection, a server shutting down)."""
 
 
 @dataclass(frozen=True)

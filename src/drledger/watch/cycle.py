@@ -19,10 +19,12 @@ from drledger.errors import DatabaseUnavailable, DrledgerError, LedgerUnavailabl
 from drledger.events import LATEST_MS
 from drledger.ledger import open_ledger
 from drledger.ledger.base import Ledger
+from drledger.margins import DEFAULT_LOOKBACK_S, DEFAULT_SKEW_S
 from drledger.masking import mask_url
 from drledger.source import explain_failure, open_source
 from drledger.source.base import OutboxSlice, SlotHealth, SourceDatabase
-from drledger.timeutil import now_ms
+from drledger.streaming import DEFAULT_SLOT
+from drledger.timeutil import now_ms, parse_duration
 from drledger.watch.ledger_ids import LedgerIdCache
 from drledger.watch.readiness import LedgerCompleteness, Readiness, readiness
 
@@ -43,26 +45,70 @@ RELAY_ENGINE_UP = "drledger_relay_engine_up"
 RELAY_LAST_PUBLISH = "drledger_relay_last_publish_timestamp_seconds"
 RELAY_LAST_COMMIT = "drledger_relay_last_commit_timestamp_seconds"
 
+#: The shortest time between two measurements the watcher takes (--interval).
+MIN_INTERVAL_S = 0.1
+
 
 @dataclass(frozen=True)
 class WatchSettings:
     primary_dsn: str
     ledger_url: str
     replica_dsn: str | None = None
-    slot: str = "drledger_slot"
+    slot: str = DEFAULT_SLOT
     relay_metrics_url: str | None = None
     client_config: dict[str, str] = field(default_factory=dict)
     interval_s: float = 5.0
     #: How long the relay has to bring an event into the ledger before it counts as missing.
     grace_s: float = 30.0
     #: Clock-skew and commit-order margin: reads are this much wider than the times they are about.
-    skew_s: float = 5.0
+    skew_s: float = DEFAULT_SKEW_S
     #: How far back a freshly started watcher checks the ledger's completeness.
-    lookback_s: float = 600.0
+    lookback_s: float = DEFAULT_LOOKBACK_S
     #: Events read one by one per outbox read; more (a replica hours behind) are counted, not listed.
     read_limit: int = 50_000
     #: Outbox reads per cycle for the completeness check (a watcher catching up on its lookback).
     reads_per_cycle: int = 4
+
+    def __post_init__(self) -> None:
+        _check_relay_metrics_url(self.relay_metrics_url)
+        if self.interval_s < MIN_INTERVAL_S:
+            raise DrledgerError("--interval must be at least 100ms.")
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        primary_dsn: str,
+        ledger_url: str,
+        replica_dsn: str | None,
+        slot: str,
+        relay_metrics_url: str | None,
+        client_config: dict[str, str],
+        interval: str,
+        grace: str,
+        skew: str,
+        lookback: str,
+    ) -> WatchSettings:
+        """Settings as the command line takes them, durations as typed ('5s', '10m'); the relay's URL
+        is checked before the durations are read, so the first wrong option is the one named."""
+        _check_relay_metrics_url(relay_metrics_url)
+        return cls(
+            primary_dsn=primary_dsn,
+            ledger_url=ledger_url,
+            replica_dsn=replica_dsn,
+            slot=slot,
+            relay_metrics_url=relay_metrics_url,
+            client_config=client_config,
+            interval_s=parse_duration(interval),
+            grace_s=parse_duration(grace),
+            skew_s=parse_duration(skew),
+            lookback_s=parse_duration(lookback),
+        )
+
+
+def _check_relay_metrics_url(url: str | None) -> None:
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise DrledgerError(f"--relay-metrics '{url}' is not an http:// URL.")
 
 
 @dataclass

@@ -16,16 +16,14 @@ from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
-from drledger.errors import DrledgerError
+from drledger.errors import DrledgerError, RowsRejected, SourceUnavailable
 from drledger.events import LedgerEvent
 from drledger.names import TableName
 from drledger.source.base import (
     CurrentRow,
     RecoverySession,
     ReplayRights,
-    RowsRejected,
     SequenceInfo,
-    SourceUnavailable,
     TableShape,
 )
 from drledger.source.mysql.columns import Column, image_expression, key_expression, quote

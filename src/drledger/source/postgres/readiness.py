@@ -16,8 +16,9 @@ from typing import Any
 
 import psycopg
 
+from drledger.errors import SourceUnavailable
 from drledger.masking import mask_dsn, scrub
-from drledger.source.base import OutboxSlice, SlotHealth, SourceUnavailable
+from drledger.source.base import OutboxSlice, SlotHealth
 from drledger.source.postgres.connection import connect
 from drledger.source.postgres.outbox import require_outbox
 

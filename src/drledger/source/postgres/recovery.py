@@ -19,16 +19,14 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from drledger.errors import DrledgerError
+from drledger.errors import DrledgerError, RowsRejected, SourceUnavailable
 from drledger.events import LedgerEvent
 from drledger.names import TableName
 from drledger.source.base import (
     CurrentRow,
     RecoverySession,
     ReplayRights,
-    RowsRejected,
     SequenceInfo,
-    SourceUnavailable,
     TableShape,
 )
 from drledger.source.postgres.outbox import (

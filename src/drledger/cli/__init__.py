@@ -1,0 +1,96 @@
+"""The drledger command line: parse, call the library, render. No logic of its own lives here.
+
+One module per command (`init`, `relay`, `prune`, `reconcile`, `replay`, `fence`, `watch`, `drill`,
+`ledger inspect`), the options they share in `options.py`, the consoles and the one-sentence failure
+in `common.py`. Every exit code is a `drledger.errors.ExitCode`; each command's --help lists its codes,
+generated from there: a bad input or an unreachable service is one sentence on stderr and exit 2, a
+failure drledger did not foresee one sentence and exit 70, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from drledger import __version__
+from drledger.cli import drill, fence, init, ledger, prune, reconcile, relay, replay, watch
+from drledger.cli.common import fail, out
+from drledger.errors import DrledgerError, ExitCode, exit_help
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+app = typer.Typer(
+    name="drledger",
+    help="A DR ledger for replicated databases: capture every committed insert, find what a failover lost, "
+    "prove it, replay it.\n\n" + exit_help(),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"drledger {__version__}")
+        raise typer.Exit(ExitCode.SUCCESS)
+
+
+def _command(group: typer.Typer, function: Callable[..., None], name: str, path: str | None = None) -> None:
+    """Register a command under `name`, its --help ending with its exit codes (`path`: as the codes name
+    it, for a subcommand)."""
+    group.command(name, epilog=exit_help(path or name))(function)
+
+
+_command(app, init.init, "init")
+_command(app, relay.relay, "relay")
+_command(app, prune.prune, "prune")
+_command(app, reconcile.reconcile, "reconcile")
+_command(app, replay.replay, "replay")
+_command(app, fence.fence, "fence")
+_command(app, watch.watch, "watch")
+_command(app, drill.drill, "drill")
+_command(ledger.ledger_app, ledger.ledger_inspect, "inspect", "ledger inspect")
+app.add_typer(ledger.ledger_app, name="ledger")
+
+
+def main() -> None:
+    # drledger's own progress lines at INFO; libraries (botocore, Debezium's bridge) only when they warn.
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("drledger").setLevel(logging.INFO)
+    try:
+        app()
+    except DrledgerError as exc:
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", ExitCode.INTERRUPTED)
+    except Exception as exc:  # the last line of defence: one sentence, never a traceback
+        from drledger.source import explain_failure
+
+        if os.environ.get("DRLEDGER_DEBUG"):
+            raise
+        explained = explain_failure(exc)
+        if explained is not None:
+            fail(str(explained), explained.exit_code)
+        fail(
+            f"An unexpected {type(exc).__name__} stopped drledger: {exc}. "
+            "Set DRLEDGER_DEBUG=1 to see where, and report it.",
+            ExitCode.INTERNAL_ERROR,
+        )
+
+
+if __name__ == "__main__":
+    main()

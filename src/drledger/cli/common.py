@@ -1,0 +1,66 @@
+"""What every command shares: the two consoles, the one-sentence failure, and the inputs several
+commands turn into library requests (ledger client settings, a reconcile request)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from drledger.recovery import ReconcileRequest
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int) -> None:
+    """One sentence on stderr, no traceback, and the exit code."""
+    err.print(f"drledger: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def print_json(document: Any) -> None:
+    out.print_json(json.dumps(document))
+
+
+def client_config(
+    pairs: list[str] | None, files: list[Path] | None, endpoint_url: str | None = None
+) -> dict[str, str]:
+    """The ledger client's settings from --ledger-config, --ledger-config-file and --endpoint-url."""
+    from drledger.config import parse_client_config
+
+    config = parse_client_config(pairs or [], files or [])
+    if endpoint_url:
+        config["endpoint_url"] = endpoint_url
+    return config
+
+
+def reconcile_request(
+    *,
+    db: str,
+    ledgers: list[str] | None,
+    since: str | None,
+    until: str | None,
+    skew: str,
+    lookback: str,
+    ledger_config: list[str] | None,
+    ledger_config_file: list[Path] | None,
+    endpoint_url: str | None,
+) -> ReconcileRequest:
+    """The window and the inputs reconcile, replay and fence share, as the library's request."""
+    from drledger.recovery import ReconcileRequest
+    from drledger.timeutil import parse_duration, parse_instant
+
+    return ReconcileRequest(
+        ledger_urls=ledgers or [],
+        dsn=db,
+        since_ms=parse_instant(since) if since else None,
+        until_ms=parse_instant(until) if until else None,
+        skew_ms=int(parse_duration(skew) * 1000),
+        lookback_ms=int(parse_duration(lookback) * 1000),
+        client_config=client_config(ledger_config, ledger_config_file, endpoint_url),
+    )
