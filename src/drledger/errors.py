@@ -135,7 +135,8 @@ COMMAND_EXITS: dict[str, tuple[CommandExit, ...]] = {
         CommandExit(
             ExitCode.OPERATOR,
             "bad input or a connection error (a run stopped part way prints what it committed; run it again "
-            "to resume)",
+            "to resume), or a row replay wrote read back differently from its image (that source "
+            "transaction was rolled back and is listed as refused)",
         ),
         CommandExit(
             ExitCode.NEEDS_HUMAN,
