@@ -73,16 +73,26 @@ def install_as_the_roles_then_write(
         f"GRANT SELECT, INSERT ON public.orders TO {APP};\n"
         f"GRANT USAGE ON SEQUENCE public.orders_id_seq TO {APP}",
     )
-    grants = run_cli(
-        "init",
-        "--db",
-        primary,
-        *(a for t in TABLES for a in ("--table", t)),
-        "--print-grants",
-        *(a for duty, role in ROLES.items() for a in ("--role", f"{duty}={role}")),
+    printed = {
+        phase: run_cli(
+            "init",
+            "--db",
+            primary,
+            *(a for t in TABLES for a in ("--table", t)),
+            "--print-grants",
+            *(a for duty, role in ROLES.items() for a in ("--role", f"{duty}={role}")),
+            *(("--phase", phase) if phase else ()),
+        )
+        for phase in (None, "before", "after")
+    }
+    assert all(p.returncode == 0 for p in printed.values()), [p.stderr for p in printed.values()]
+    grants = printed[None]
+    before, after = printed["before"].stdout, printed["after"].stdout
+    assert grants.stdout == before + "\n" + after  # two people run the two parts, at two times
+    # Piped, as here: one statement a line, however long, never broken inside a quoted name.
+    assert all(
+        line.endswith(";") for line in grants.stdout.splitlines() if line and not line.startswith("--")
     )
-    assert grants.returncode == 0, grants.stderr
-    before, after = grants.stdout.split("\n\n")
     creates = [line for line in before.splitlines() if line.startswith("CREATE ROLE")]
     run_sql(primary, "\n".join(creates))
     check_before = check_roles(primary)

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from drledger.recovery import ReconcileRequest
 
 out = Console()
+# Piped or redirected, a line is never broken at the console's width: a GRANT or a key read by a script
+# stays whole (tables still fit 80 columns).
+out.soft_wrap = not out.is_terminal
 err = Console(stderr=True)
 
 
@@ -24,7 +27,17 @@ def fail(message: str, code: int) -> None:
 
 
 def print_json(document: Any) -> None:
-    out.print_json(json.dumps(document))
+    """JSON on stdout: coloured on a terminal; piped or redirected, plain text that never wraps."""
+    if out.is_terminal:
+        out.print_json(json.dumps(document))
+    else:
+        print_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+def print_text(text: str) -> None:
+    """Text meant for a machine or a shell (SQL, JSON): written as it is, never wrapped or styled."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def client_config(

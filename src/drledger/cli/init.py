@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from drledger.cli.common import out, print_json
+from drledger.cli.common import out, print_json, print_text
 from drledger.cli.options import DbOption, JsonOption
 from drledger.errors import DrledgerError, ExitCode
 
@@ -48,6 +48,14 @@ def init(
             "drledger_relay, drledger_reader, drledger_recoverer); repeatable.",
         ),
     ] = None,
+    phase: Annotated[
+        str | None,
+        typer.Option(
+            "--phase",
+            help="With --print-grants: only 'before' (what an administrator runs before init) or 'after' "
+            "(what the installer runs once init has made drledger's objects).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Install the outbox and a capture trigger on each table (safe to run twice).
@@ -65,8 +73,9 @@ def init(
     tables = table or []
     source = open_source(db)
     if print_grants:
-        script = source.grant_script({**DEFAULT_ROLES, **parse_roles(role or [])}, tables)
-        out.print(script, markup=False, highlight=False, end="")
+        if phase not in (None, "before", "after"):
+            raise DrledgerError("--phase must be 'before' or 'after'.")
+        print_text(source.grant_script({**DEFAULT_ROLES, **parse_roles(role or [])}, tables, phase))
         return
     if not check:
         if not tables:

@@ -100,16 +100,17 @@ def replay(
                 on_progress=lambda n: status.update(f"replaying… {n:,} events"),
             )
         except ReplayInterrupted as stopped:
-            _show(stopped.result, as_json)
+            _show(stopped.result, as_json, stopped.exit_code)
             raise
-    _show(result, as_json)
+    _show(result, as_json, result.exit_code)
     raise typer.Exit(result.exit_code)
 
 
-def _show(result: ReplayResult, as_json: bool) -> None:
+def _show(result: ReplayResult, as_json: bool, exit_code: int) -> None:
+    """The result, its JSON's exit_code the process's own (a run stopped part way exits 2 whatever it did)."""
     from drledger.report import print_replay
 
     if as_json:
-        print_json(result.as_json())
+        print_json({**result.as_json(), "exit_code": int(exit_code)})
     else:
         print_replay(out, result)

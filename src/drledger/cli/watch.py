@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from drledger.cli.common import client_config, out, print_json
+from drledger.cli.common import client_config, out, print_json, print_text
 from drledger.cli.options import (
     EndpointOption,
     JsonOption,
@@ -82,7 +82,7 @@ def watch(
 
     if print_rules:
         rules = files("drledger.watch").joinpath("rules/drledger-rules.yml").read_text()
-        out.print(rules, markup=False, highlight=False, end="")
+        print_text(rules)
         return
     import signal
     import threading

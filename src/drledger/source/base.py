@@ -223,7 +223,9 @@ class SourceDatabase(ABC):
     def prune(self, older_than_ms: int, *, apply: bool) -> int: ...
 
     @abstractmethod
-    def grant_script(self, roles: Mapping[str, str], tables: Sequence[str]) -> str: ...
+    def grant_script(self, roles: Mapping[str, str], tables: Sequence[str], phase: str | None = None) -> str:
+        """The GRANTs as SQL: what an administrator runs before init, then what runs after it (`phase`
+        'before' or 'after' gives one part alone: two people run them, at two times)."""
 
     @abstractmethod
     def check_roles(self, roles: Mapping[str, str], tables: Sequence[str]) -> list[Finding]: ...

@@ -49,13 +49,13 @@ class MySQLSource(SourceDatabase):
     def prune(self, older_than_ms: int, *, apply: bool) -> int:
         return outbox.prune(self.dsn, older_than_ms, apply=apply)
 
-    def grant_script(self, roles: Mapping[str, str], tables: Sequence[str]) -> str:
+    def grant_script(self, roles: Mapping[str, str], tables: Sequence[str], phase: str | None = None) -> str:
         from drledger.source.mysql.privileges import grant_script
 
         names = self._names(tables)
         if not names:
             raise DrledgerError("Name the tables to capture with --table; this database captures none yet.")
-        return grant_script(dict(roles), names)
+        return grant_script(dict(roles), names, phase)
 
     def check_roles(self, roles: Mapping[str, str], tables: Sequence[str]) -> list[Finding]:
         from drledger.source.mysql.privileges import check_roles

@@ -83,13 +83,20 @@ def needs(roles: dict[str, str], tables: list[TableName]) -> list[tuple[str, Nee
     return out
 
 
-def grant_script(roles: dict[str, str], tables: list[TableName]) -> str:
+def grant_script(roles: dict[str, str], tables: list[TableName], phase: str | None = None) -> str:
     items = needs(roles, tables)
-    lines = ["-- Before drledger init: run as an administrator."]
-    lines += [f"CREATE USER IF NOT EXISTS {_account_sql(r)};" for r in roles.values()]
+    lines: list[str] = []
     for before in (True, False):
-        if not before:
-            lines += ["", "-- After drledger init: run as an administrator (or the installer)."]
+        if phase is not None and phase != ("before" if before else "after"):
+            continue
+        if before:
+            lines.append("-- Before drledger init: run as an administrator.")
+            lines += [f"CREATE USER IF NOT EXISTS {_account_sql(r)};" for r in roles.values()]
+        else:
+            lines += [
+                *([""] if lines else []),
+                "-- After drledger init: run as an administrator (or the installer).",
+            ]
         for duty in roles:
             chosen = [(r, n) for r, n in items if n.duty == duty and n.before_init == before]
             if chosen:

@@ -44,7 +44,7 @@ class PostgresSource(SourceDatabase):
             return [TableName.parse(t) for t in tables]
         return [TableName.parse(t) for t in sorted(outbox.captured_tables(conn))]  # type: ignore[arg-type]
 
-    def grant_script(self, roles: Mapping[str, str], tables: Sequence[str]) -> str:
+    def grant_script(self, roles: Mapping[str, str], tables: Sequence[str], phase: str | None = None) -> str:
         from drledger.source.postgres.privileges import grant_script
 
         with connect(self.dsn) as conn:
@@ -53,7 +53,7 @@ class PostgresSource(SourceDatabase):
                 raise DrledgerError(
                     "Name the tables to capture with --table; this database captures none yet."
                 )
-            return grant_script(conn, dict(roles), names)
+            return grant_script(conn, dict(roles), names, phase)
 
     def check_roles(self, roles: Mapping[str, str], tables: Sequence[str]) -> list[Finding]:
         from drledger.source.postgres.privileges import check_roles

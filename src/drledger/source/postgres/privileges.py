@@ -210,15 +210,24 @@ def _unique(items: list[Need]) -> list[Need]:
     return kept
 
 
-def grant_script(conn: psycopg.Connection[Any], roles: dict[str, str], tables: list[TableName]) -> str:
+def grant_script(
+    conn: psycopg.Connection[Any], roles: dict[str, str], tables: list[TableName], phase: str | None = None
+) -> str:
     """The GRANTs, as SQL: first what a superuser or the tables' owner runs before init, then what the
     installer (the owner of drledger's objects) runs once init has created them."""
     items = needs(conn, roles, tables)
-    lines = ["-- Before drledger init: run as a superuser or the captured tables' owner."]
-    lines += [f"CREATE ROLE {sql.Identifier(r).as_string(conn)} LOGIN;" for r in roles.values()]
+    lines: list[str] = []
     for after_init in (False, True):
+        if phase is not None and phase != ("after" if after_init else "before"):
+            continue
         if after_init:
-            lines += ["", "-- After drledger init: run as the installer, which owns schema drledger."]
+            lines += [
+                *([""] if lines else []),
+                "-- After drledger init: run as the installer, which owns schema drledger.",
+            ]
+        else:
+            lines.append("-- Before drledger init: run as a superuser or the captured tables' owner.")
+            lines += [f"CREATE ROLE {sql.Identifier(r).as_string(conn)} LOGIN;" for r in roles.values()]
         for duty in roles:
             chosen = [i for i in items if i.duty == duty and i.after_init == after_init]
             if chosen:
