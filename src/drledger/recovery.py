@@ -166,7 +166,11 @@ def _find_split_brain(dr_side: SourceDatabase, report: Report) -> None:
         explained = explain_failure(exc) if not isinstance(exc, DrledgerError) else exc
         if explained is None:
             raise
-        report.split_brain_unchecked = str(explained)
+        tables = ", ".join(sorted({e.table for e in report.missing_in_dr}))
+        report.split_brain_unchecked = (
+            f"{str(explained).rstrip('.')}; the lookup reads the lost rows' tables, and GRANT SELECT ON {tables} "
+            "to this role enables it"
+        )
 
 
 def _created_at(dr_side: SourceDatabase, prints: set[bytes]) -> dict[bytes, int]:

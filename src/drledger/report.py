@@ -67,7 +67,16 @@ def verdict(report: Report) -> str:
             )
         return "Needs a human: " + "; ".join(parts) + "."
     if report.missing_in_dr:
-        return f"{len(report.missing_in_dr)} committed events are missing from the DR database and can be replayed."
+        skipped = (
+            " The split-brain lookup was skipped (this role may not read the lost rows' tables): whether the DR "
+            "database wrote any of their keys since is not known."
+            if report.split_brain_unchecked
+            else ""
+        )
+        return (
+            f"{len(report.missing_in_dr)} committed events are missing from the DR database and can be replayed."
+            + skipped
+        )
     return "Nothing is missing: every ledger event in the window is in the DR database."
 
 

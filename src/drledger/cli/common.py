@@ -17,7 +17,7 @@ out = Console()
 # Piped or redirected, a line is never broken at the console's width: a GRANT or a key read by a script
 # stays whole (tables still fit 80 columns).
 out.soft_wrap = not out.is_terminal
-err = Console(stderr=True)
+err = Console(stderr=True, log_path=False)  # a log line names the time, never a source file
 
 
 def fail(message: str, code: int) -> None:

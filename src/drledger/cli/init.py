@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -88,7 +89,17 @@ def init(
                 out.print(Text("✓ ", style="green") + Text(f"capturing inserts into {name}"))
         return
     # Without --as, this role's privileges are checked as the relay's.
-    findings = [*source.check(tables), *source.check_roles(parse_roles(as_role or []), tables)]
+    role_findings = source.check_roles(parse_roles(as_role or []), tables)
+    if (
+        not as_role
+    ):  # the connecting user, whoever it is (a superuser, often), is checked for the relay's duty
+        role_findings = [
+            replace(
+                f, what=f.what.replace(" (relay) ", " (checked for the relay's duty; --as names another) ", 1)
+            )
+            for f in role_findings
+        ]
+    findings = [*source.check(tables), *role_findings]
     if as_json:
         print_json({"ok": all(f.ok for f in findings), "findings": [f.__dict__ for f in findings]})
     else:
