@@ -14,8 +14,14 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 MASK = "***"
 # Query or client-setting names whose values are secrets (libpq's, and Kafka/AWS client settings').
 _SECRET_NAME = re.compile(r"password|passwd|secret|token|credential|access_key|sasl\.", re.IGNORECASE)
-_KEYVALUE_SECRET = re.compile(r"""((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]+)""", re.IGNORECASE)
+# An unquoted key=value value runs to the first unescaped space: `password=S3cr3t\ PW` is one value.
+_KEYVALUE_SECRET = re.compile(
+    r"""((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|(?:\\.|[^\s\\])+)""", re.IGNORECASE
+)
 _USERINFO = re.compile(r"(://)([^/?#@]*)@")
+# libpq reads userinfo up to the last '@' before the query, so a password may hold an unencoded '/'
+# that urlsplit takes for the start of the path.
+_LOOSE_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)([^?#]*)@")
 
 
 def _unquote(value: str) -> str:
@@ -40,6 +46,10 @@ def _split_userinfo(netloc: str) -> tuple[str | None, str | None, str]:
 
 def mask_url(url: str) -> str:
     """A URL (a DSN in URL form, a ledger URL) with its password and secret query values masked."""
+    loose = _LOOSE_USERINFO.match(url)
+    if loose and "/" in loose.group(2) and ":" in loose.group(2):
+        user = loose.group(2).split(":", 1)[0]
+        return f"{loose.group(1)}{user}:{MASK}@" + mask_url("x://" + url[loose.end() :])[4:]
     try:
         parts = urlsplit(url)
         user, password, hosts = _split_userinfo(parts.netloc)
@@ -69,6 +79,10 @@ def mask_dsn(dsn: str) -> str:
 def secrets_of(text: str) -> set[str]:
     """The secret values a DSN or URL holds, as written and percent-decoded."""
     found: set[str] = set()
+    loose = _LOOSE_USERINFO.match(text)
+    if loose and ":" in loose.group(2):
+        password = loose.group(2).split(":", 1)[1]
+        found.update((password, unquote(password)))
     if "://" in text:
         try:
             parts = urlsplit(text)
@@ -84,7 +98,9 @@ def secrets_of(text: str) -> set[str]:
             if match and ":" in match.group(2):
                 found.add(match.group(2).split(":", 1)[1])
     else:
-        found.update(_unquote(m.group(2)) for m in _KEYVALUE_SECRET.finditer(text))
+        for match in _KEYVALUE_SECRET.finditer(text):
+            value = _unquote(match.group(2))
+            found.update((value, re.sub(r"\\(.)", r"\1", value)))  # as written, and as libpq reads it
     return {s for s in found if s}
 
 

@@ -169,6 +169,10 @@ def test_fencing_never_uses_a_key_beyond_the_sequence() -> None:
         ("host=db sslpassword=hunter2", "hunter2"),
         ("host=db password=hunter2 bogus", "hunter2"),  # not even valid: masked all the same
         ("postgresql://app:hunter2@[::1/x", "hunter2"),
+        ("postgresql://app:hun/ter2@db/x", "hun/ter2"),  # a '/' libpq reads as part of the password
+        ("host=db password=hunter\\ 2 user=app", "hunter\\ 2"),  # an escaped space: one value
+        ("host=db password=hunter\\ 2 user=app", "hunter 2"),  # … as libpq reads it
+        ("http://u:hunter2@127.0.0.1:9/metrics", "hunter2"),  # watch's --relay-metrics
     ],
 )
 def test_every_spelling_of_a_password_is_masked(dsn: str, secret: str) -> None:

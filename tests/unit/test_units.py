@@ -193,6 +193,18 @@ def test_event_id_bytes_agree_with_uuid_for_every_spelling() -> None:
     )
 
 
+def test_aws_credentials_in_a_url_are_refused_and_never_shown() -> None:
+    from drledger.errors import DrledgerError
+    from drledger.ledger import open_ledger, parse_ledger_url
+
+    with pytest.raises(DrledgerError, match="carries credentials") as refused:
+        parse_ledger_url("sqs://KEY:S3CRET@queue")
+    assert "S3CRET" not in str(refused.value)
+    with pytest.raises(DrledgerError, match="carries credentials") as refused:
+        open_ledger("kinesis://stream?region=us-east-1", {"endpoint_url": "http://u:S3CRET@127.0.0.1:1"})
+    assert "S3CRET" not in str(refused.value)
+
+
 def test_a_kafka_broker_port_librdkafka_cannot_use_is_refused_when_the_url_is_read() -> None:
     from drledger.errors import DrledgerError
     from drledger.ledger import parse_ledger_url

@@ -47,6 +47,11 @@ class AwsAddress:
 
 
 def parse_aws_url(url: str, parts: SplitResult, scheme: str) -> AwsAddress:
+    if "@" in parts.netloc:
+        raise DrledgerError(
+            f"The ledger URL '{mask_url(url)}' carries credentials; AWS clients take theirs from "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role, never from a URL."
+        )
     name = (parts.netloc + parts.path).strip("/")
     if not name:
         raise DrledgerError(
@@ -63,6 +68,12 @@ def aws_client(service: str, config: Mapping[str, str]) -> Any:
         from botocore.config import Config
     except ImportError:
         raise DrledgerError("The SQS and Kinesis ledgers need boto3: pip install 'drledger[aws]'.") from None
+    endpoint = config.get("endpoint_url") or ""
+    if "@" in endpoint.partition("://")[2].partition("/")[0]:
+        raise DrledgerError(
+            f"The endpoint URL '{mask_url(endpoint)}' carries credentials; AWS clients sign with AWS credentials "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role), never a URL's."
+        )
     session = boto3.session.Session(profile_name=config.get("profile"))
     region = config.get("region") or session.region_name
     if not region:

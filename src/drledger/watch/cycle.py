@@ -20,7 +20,7 @@ from drledger.events import LATEST_MS
 from drledger.ledger import open_ledger
 from drledger.ledger.base import Ledger
 from drledger.margins import DEFAULT_LOOKBACK_S, DEFAULT_SKEW_S
-from drledger.masking import mask_url
+from drledger.masking import mask_url, scrub
 from drledger.source import explain_failure, open_source
 from drledger.source.base import OutboxSlice, SlotHealth, SourceDatabase
 from drledger.streaming import DEFAULT_SLOT
@@ -430,7 +430,8 @@ class Watcher:
                 values = scrape(self.settings.relay_metrics_url)
             except (OSError, ValueError) as exc:
                 view.metrics_up = False
-                view.error = f"the relay's metrics at {self.settings.relay_metrics_url} did not answer: {exc}"
+                shown = mask_url(self.settings.relay_metrics_url)
+                view.error = f"the relay's metrics at {shown} did not answer: {scrub(str(exc), self.settings.relay_metrics_url)}"
                 votes.append(False)
             else:
                 view.metrics_up = True
