@@ -220,3 +220,18 @@ def test_a_kafka_broker_port_librdkafka_cannot_use_is_refused_when_the_url_is_re
             parse_ledger_url(url)
     for url in ("kafka://127.0.0.1:9092/t", "kafka://broker/t", "kafka://[::1]:9092/t", "kafka://a:1,b:2/t"):
         parse_ledger_url(url)
+
+
+def test_a_database_ledger_url_reaches_the_driver_as_typed_less_drledgers_own_parameter() -> None:
+    from drledger.ledger import parse_ledger_url
+
+    for typed, driver in [
+        ("postgresql:///shop?host=/socket/dir", "postgresql:///shop?host=/socket/dir"),
+        (
+            "postgresql://h/db?options=-c%20lock_timeout%3D5s&writable=accept",
+            "postgresql://h/db?options=-c%20lock_timeout%3D5s",
+        ),
+        ("postgresql://h/db?writable=accept", "postgresql://h/db"),
+        ("mysql://u@h/db?writable=accept&ssl=1", "mysql://u@h/db?ssl=1"),
+    ]:
+        assert parse_ledger_url(typed).dsn == driver

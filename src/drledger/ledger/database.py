@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from urllib.parse import SplitResult, parse_qsl, urlencode
+from urllib.parse import SplitResult, parse_qsl, unquote
 
 from drledger.errors import DatabaseUnavailable, DrledgerError
 from drledger.events import EVENT_ID_BYTES, LedgerEvent, LedgerRecord, MalformedRecord
@@ -57,8 +57,15 @@ class DatabaseLedger(Ledger):
                 f"The ledger URL '{mask_url(url)}' names no database; give the old primary's (or the restored "
                 f"cluster's) host and database, as for --db."
             )
-        rest = urlencode([(name, value) for name, value in query if name != WRITABLE_PARAMETER])
-        dsn = parts._replace(query=rest).geturl()
+        # The driver gets the URL exactly as typed, less drledger's own parameter: re-encoding it would
+        # turn options=-c%20… into -c+… and drop the empty host of postgresql:///db?host=/socket.
+        base, _, raw_query = url.partition("?")
+        kept = [
+            item
+            for item in raw_query.split("&")
+            if item and unquote(item.partition("=")[0]) != WRITABLE_PARAMETER
+        ]
+        dsn = base + ("?" + "&".join(kept) if kept else "")
         return DatabaseAddress(dsn, mask_url(url), accept_writable=bool(values))
 
     @classmethod
