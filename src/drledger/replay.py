@@ -213,7 +213,9 @@ class ReplayResult:
             "dry_run": self.dry_run,
             "transactions": self.transactions,
             "planned_transactions": len(self.plan),
-            "applied": self.applied,
+            # A dry run applied nothing: what it rehearsed is what --apply would write next.
+            "applied": 0 if self.dry_run else self.applied,
+            **({"would_apply": self.applied} if self.dry_run else {}),
             "present": self.present,
             "already_replayed": self.already_replayed,
             "conflicts": [c.__dict__ for c in self.conflicts],

@@ -193,7 +193,7 @@ def test_every_type_survives_capture_relay_and_replay(shop: Shop) -> None:
     lost = shop.cli("reconcile", "--ledger", url, "--since", "1h", "--json")
     assert lost.returncode == 1 and json.loads(lost.stdout)["counts"]["missing_in_dr"] == 5
     dry = shop.cli("replay", "--ledger", url, "--since", "1h", "--json")
-    assert dry.returncode == 0 and json.loads(dry.stdout)["applied"] == 5
+    assert dry.returncode == 0 and json.loads(dry.stdout)["would_apply"] == 5
     assert shop.rows("SELECT COUNT(*) FROM `Sales`.`Order`") == [(0,)]  # a rehearsal only
     applied = shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", "--json")
     assert applied.returncode == 0, applied.stdout + applied.stderr

@@ -66,7 +66,8 @@ def test_a_deferred_foreign_key_holds_back_only_the_transaction_that_breaks_it(
         assert [(r["table"], r["key"]) for r in applied["refused"]] == [("public.shop_order", "1")]
         assert "shop_order_customer_id_fkey" in applied["refused"][0]["reason"]
         # The dry run was the apply's plan.
-        for key in ("applied", "present", "conflicts", "refused"):
+        assert runs["dry"]["would_apply"] == applied["applied"] and runs["dry"]["applied"] == 0
+        for key in ("present", "conflicts", "refused"):
             assert runs["dry"][key] == applied[key], key
         with psycopg.connect(dsn) as conn:
             customers = conn.execute("SELECT id, email FROM shop_customer ORDER BY id").fetchall()
