@@ -129,6 +129,33 @@ def fence_sequences(
     return result
 
 
+def beyond_the_fence(
+    session: RecoverySession, rows: list[tuple[TableName, Mapping[str, Any]]], margin: int
+) -> dict[int, str]:
+    """Index in `rows` → why that row's key is one fencing cannot move its sequence past (a key near the
+    end of the sequence's range, forged or not). Writing such a row would move an AUTO_INCREMENT (or, by
+    the next fence, a sequence) to the edge of exhaustion, so replay holds it back before any write."""
+    captured = session.captured_tables()
+    beyond: dict[int, str] = {}
+    sequences: dict[str, list[SequenceInfo]] = {}
+    for index, (table, row) in enumerate(rows):
+        name = table.qualified
+        if name not in captured:
+            continue
+        if name not in sequences:
+            sequences[name] = session.sequences(captured[name])
+        for sequence in sequences[name]:
+            value = _as_int(row.get(sequence.column))
+            if value is not None and sequence.increment > 0 and value > highest_fenceable(sequence) - margin:
+                beyond[index] = (
+                    f"its key {sequence.column} = {value} is too close to the end of {sequence.name} "
+                    f"(maximum {sequence.maximum}) for fencing to move past it; writing it would leave the "
+                    "application a sequence about to run out"
+                )
+                break
+    return beyond
+
+
 def highest_fenceable(sequence: SequenceInfo) -> int:
     """The highest key fencing may move a sequence past, before the margin is added."""
     return sequence.maximum - (sequence.maximum - sequence.minimum) // HEADROOM

@@ -43,7 +43,7 @@ import orjson
 
 from drledger.errors import DrledgerError, ExitCode, ReplayInterrupted, RowsRejected, SourceUnavailable
 from drledger.events import LedgerEvent, MalformedRecord, row_fingerprint
-from drledger.fence import FenceResult, fence_sequences
+from drledger.fence import FenceResult, beyond_the_fence, fence_sequences
 from drledger.margins import DEFAULT_MARGIN, validate_margin
 from drledger.names import TableName
 from drledger.screening import Admitted, Ambiguity, Refusal, screen
@@ -309,7 +309,10 @@ def replay(
     with open_source(dsn).recovery_session() as session:
         session.require_outbox()
         proof = prove(session, screening.admitted, result)
-        valid, held = hold_back_transactions(proof.valid, result.refused, result.ambiguous)
+        beyond = beyond_the_fence(session, [(a.table, a.row) for a in proof.valid], margin)
+        result.refused.extend(Refusal(proof.valid[i].event, why) for i, why in beyond.items())
+        admitted = [a for i, a in enumerate(proof.valid) if i not in beyond]
+        valid, held = hold_back_transactions(admitted, result.refused, result.ambiguous)
         result.refused.extend(held)
         for refusal in result.refused:
             result.count(refusal.event.table, Outcome.REFUSED)

@@ -237,6 +237,8 @@ def test_a_forged_ledger_writes_nothing_on_mysql(shop: Shop) -> None:
         event('"Sales".customer', "5", '{"id": 6, "name": "n", "name_len": 1}', 2),  # key is not the image's
         event('"Sales".customer', "7", '{"id": 7, "name": "n", "admin": 1}', 3),  # a column the table lacks
         event('"Sales".customer', "8", '{"id": "eight", "name": "n"}', 4),  # a value that does not fit
+        # a key AUTO_INCREMENT would jump to the end of its range for: every application insert then fails
+        event('"Sales".customer', str(2**63 - 1), f'{{"id": {2**63 - 1}, "name": "n", "name_len": 1}}', 5),
     ]
     url = f"sqlite:///{shop.workdir}/forged.db"
     with open_ledger(url, writer=True) as ledger:
@@ -246,7 +248,9 @@ def test_a_forged_ledger_writes_nothing_on_mysql(shop: Shop) -> None:
     reasons = {r["key"]: r["reason"] for r in json.loads(result.stdout)["refused"]}
     assert "not captured" in reasons["1"] and "holds key 6" in reasons["5"]
     assert "lacks: admin" in reasons["7"] and "rejects its row image" in reasons["8"]
+    assert "too close to the end" in reasons[str(2**63 - 1)]
     assert shop.rows("SELECT COUNT(*) FROM `Sales`.customer") == [(0,)]
+    shop.server.execute("INSERT INTO `Sales`.customer (name) VALUES ('the application, after replay')")
     assert shop.rows("SELECT COUNT(*) FROM `Sales`.secret") == [(0,)]
 
 

@@ -346,6 +346,17 @@ def test_fence_refuses_keys_beyond_the_sequence_and_bad_margins(world: World) ->
     for margin in ("-15000", "99999999999999999999"):
         bad = world.cli("fence", "--ledger", url, "--margin", margin)
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    # Replay holds such a key back before anything is written: in its own source transaction, only it.
+    alone = dataclasses.replace(huge, txid=700_000)
+    code, summary = replay_json(
+        world, "--ledger", world.ledger("huge-alone", [*world.events, alone]), "--since", "1h", "--apply"
+    )
+    assert code == 3 and summary["applied"] == 16, summary
+    assert [(r["key"], "too close to the end" in r["reason"]) for r in summary["refused"]] == [
+        (alone.key, True)
+    ]
+    with psycopg.connect(world.dsn) as conn:
+        assert conn.execute("SELECT max(id) FROM public.customer").fetchone()[0] == 4  # type: ignore[index]
 
 
 def test_fence_needs_the_outbox(primary: LocalCluster, workdir: Path, world: World) -> None:
