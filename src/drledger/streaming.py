@@ -40,6 +40,7 @@ class RelaySettings:
 
     def __post_init__(self) -> None:
         _check_snapshot(self.snapshot)
+        _check_slot(self.slot)
 
     @classmethod
     def from_options(
@@ -48,6 +49,7 @@ class RelaySettings:
         """Settings as the command line takes them, durations as typed ('1s', '2m'); each checked in
         that order, so the first wrong one is the one named."""
         _check_snapshot(snapshot)
+        _check_slot(slot)
         return cls(
             slot=slot,
             state_dir=state_dir,
@@ -71,6 +73,21 @@ class RelaySettings:
     @property
     def lock_file(self) -> Path:
         return self.state_dir / f"{self.slot}.lock"
+
+
+#: A replication slot's name as PostgreSQL takes it (lower-case letters, digits, underscores; 63 bytes);
+#: it also names the relay's files in its state directory.
+_SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
+
+
+def _check_slot(slot: str) -> None:
+    # Checked before Debezium starts: PostgreSQL would refuse the name only once the engine runs, and
+    # the relay would exit 75, which a supervisor answers by restarting it into the same refusal.
+    if not _SLOT_NAME.fullmatch(slot):
+        raise DrledgerError(
+            f"--slot {slot[:70]!r} is not a replication slot name: use 1 to 63 lower-case letters, digits or "
+            "underscores."
+        )
 
 
 def _check_snapshot(snapshot: str) -> None:

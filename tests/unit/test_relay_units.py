@@ -302,3 +302,13 @@ def test_a_debezium_failure_becomes_one_sentence_and_an_exit_code(
     message = str(error)
     assert fragment in message, message
     assert "\n" not in message and "\tat " not in message and message.endswith(".")
+
+
+def test_a_slot_name_postgresql_would_refuse_is_refused_before_debezium_starts(tmp_path: Path) -> None:
+    from drledger.errors import DrledgerError
+    from drledger.streaming import RelaySettings
+
+    for slot in ("Bad-Slot", "", "x" * 64, "drledger slot", "a;b"):
+        with pytest.raises(DrledgerError, match="not a replication slot name"):
+            RelaySettings(slot=slot, state_dir=tmp_path)
+    RelaySettings(slot="drledger_dr_2", state_dir=tmp_path)
