@@ -244,6 +244,11 @@ class RetryLater(DrledgerError):
     exit_code = ExitCode.RETRY
 
 
+class SlotBusy(RetryLater):
+    """The replication slot is held by another connection: a relay that just died (freed shortly), or
+    another relay on the same slot (which no retry mends: the relay stops, exit 2, after a short grace)."""
+
+
 #: What AWS answers when the queue or stream named does not exist.
 AWS_NOT_FOUND = frozenset(
     {"ResourceNotFoundException", "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}

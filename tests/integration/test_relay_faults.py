@@ -180,6 +180,14 @@ def test_a_requested_stop_is_prompt_in_every_phase(
     assert second.returncode == EXIT_OPERATOR
     assert "Another relay" in the_sentence(second.stderr)
     assert relay.process.poll() is None
+    # With a state directory of its own, it meets the slot held: it stops within seconds, not minutes.
+    began = time.monotonic()
+    third = run_cli(
+        "relay", "--db", database, "--ledger", url, "--state-dir", str(workdir / "other"), timeout=180
+    )
+    assert third.returncode == EXIT_OPERATOR, third.stderr[-2000:]
+    assert "one relay per slot" in the_sentence(third.stderr) and time.monotonic() - began < 90
+    assert relay.process.poll() is None
     relay.process.send_signal(signal.SIGTERM)
     assert exits_within(relay, 20)[0] == 0
     state = workdir / "state"

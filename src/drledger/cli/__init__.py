@@ -9,9 +9,18 @@ failure drledger did not foresee one sentence and exit 70, never a traceback.
 
 from __future__ import annotations
 
-import logging
 import os
+import signal
 import sys
+
+# A supervisor may stop a relay at any moment, its first second included: the imports below take most
+# of it. Until the relay takes SIGINT/SIGTERM over (relay/engine.py, SignalsStop), nothing has started,
+# so a stop then is a clean stop, exit 0, not a death by signal.
+if sys.argv[1:2] == ["relay"]:
+    for _signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signal, lambda *_: os._exit(0))
+
+import logging
 from typing import TYPE_CHECKING, Annotated
 
 import typer

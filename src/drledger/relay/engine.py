@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drledger.errors import DrledgerError, LedgerUnavailable, RetryLater, StopRequested
+from drledger.errors import DrledgerError, LedgerUnavailable, RetryLater, SlotBusy, StopRequested
 from drledger.events import LedgerEvent
 from drledger.files import write_private
 from drledger.java import start_jvm
@@ -46,6 +46,8 @@ log = logging.getLogger("drledger.relay")
 STOP_GRACE_S = 10.0
 # A failure: how long the engine gets to stop before the process exits anyway.
 FAIL_GRACE_S = 5.0
+#: A replication slot another connection still holds after this long is another live relay's, not a dead one's.
+SLOT_BUSY_GRACE_S = 10.0
 
 
 @dataclass
@@ -155,6 +157,7 @@ class Relay:
         self._engine_done = threading.Event()
         self._wake = threading.Event()
         self._stats_written_at = 0.0
+        self._slot_busy_since: float | None = None
 
     # -- what the engine's threads call -------------------------------------------------------------
 
@@ -335,6 +338,20 @@ class Relay:
             state_dir=str(self.settings.state_dir),
             backfill_hint=self.backfill_hint(),
         )
+        if isinstance(failure, SlotBusy):
+            # A relay that died frees its slot within seconds; one that still holds it after the grace
+            # is another live relay on this slot, which Debezium would retry against for minutes.
+            self._slot_busy_since = self._slot_busy_since or time.monotonic()
+            held_s = time.monotonic() - self._slot_busy_since
+            if held_s >= SLOT_BUSY_GRACE_S:
+                self.fail(
+                    DrledgerError(
+                        f"The replication slot '{self.settings.slot}' has been held by another connection for "
+                        f"{held_s:.0f} s: another relay reads it; one relay per slot, so stop one of them (or give "
+                        "this one its own --slot)."
+                    )
+                )
+            return
         if not isinstance(failure, RetryLater):
             log.debug("Debezium's error:\n%s", stack_trace(error))
             self.fail(failure)

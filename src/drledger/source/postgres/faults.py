@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from drledger.errors import DrledgerError, RetryLater
+from drledger.errors import DrledgerError, RetryLater, SlotBusy
 from drledger.source.postgres.outbox import PUBLICATION
 from drledger.streaming import CHECK, RESTART, Cause, first_line
 
@@ -93,7 +93,7 @@ def classify(chain: Sequence[Cause], *, slot: str, state_dir: str, backfill_hint
     if "3D000" in states:
         return DrledgerError(f"The relay's database does not exist ({reason}): check the DSN.")
     if "55006" in states or "is active for pid" in text:
-        return RetryLater(
+        return SlotBusy(
             f"The replication slot '{slot}' is held by another connection ({reason}): if a relay just died the "
             f"server frees it shortly, so {RESTART.replace('the relay exits', 'this relay exits')}; if another relay runs on "
             "this slot, stop one of them."
