@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -195,6 +196,20 @@ def test_a_requested_stop_is_prompt_in_every_phase(
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in state.iterdir()), [
         (p.name, oct(p.stat().st_mode)) for p in state.iterdir()
     ]
+
+
+def test_a_state_directory_removed_under_the_relay_stops_it_within_seconds(
+    database: str, workdir: Path, relay_factory: RelayFactory
+) -> None:
+    postgres.install(database, ["public.orders"])
+    url = f"sqlite:///{workdir}/ledger.db"
+    relay = started(relay_factory(database, url), database)
+    insert(database, 10)
+    all_in_ledger(database, url)
+    shutil.rmtree(workdir / "state")
+    code, took = exits_within(relay, 60)
+    assert code == EXIT_OPERATOR and took < 30, (code, took, relay.output()[-2000:])
+    assert "state directory" in the_sentence(relay.output()) and "can no longer be written" in relay.output()
 
 
 def test_a_publication_dropped_under_the_relay_stops_it_with_one_sentence(

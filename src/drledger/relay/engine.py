@@ -16,6 +16,7 @@ waiting for whatever Java threads the engine left behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import signal
@@ -48,6 +49,8 @@ STOP_GRACE_S = 10.0
 FAIL_GRACE_S = 5.0
 #: A replication slot another connection still holds after this long is another live relay's, not a dead one's.
 SLOT_BUSY_GRACE_S = 10.0
+#: How often the running relay checks that its state directory still takes writes.
+STATE_CHECK_S = 2.0
 
 
 @dataclass
@@ -158,6 +161,7 @@ class Relay:
         self._wake = threading.Event()
         self._stats_written_at = 0.0
         self._slot_busy_since: float | None = None
+        self._state_checked_at = 0.0
 
     # -- what the engine's threads call -------------------------------------------------------------
 
@@ -371,6 +375,27 @@ class Relay:
             self._engine_done.set()
             self._wake.set()
 
+    def _check_state_dir(self) -> None:
+        """Stop (exit 2) once the state directory can no longer be written: Debezium's offsets would stop
+        advancing (the slot holding WAL, a restart re-publishing everything since) while it logs warnings
+        and looks alive. Checked by writing the stats file, as the relay does anyway."""
+        if time.monotonic() - self._state_checked_at < STATE_CHECK_S:
+            return
+        self._state_checked_at = time.monotonic()
+        state_dir = self.settings.state_dir
+        try:
+            if not self.settings.lock_file.exists():
+                raise FileNotFoundError(errno.ENOENT, "it was removed")
+            write_private(self.settings.stats_file, json.dumps(self.stats.as_json()))
+        except OSError as exc:
+            self.fail(
+                DrledgerError(
+                    f"The relay's state directory {state_dir} can no longer be written ({exc.strerror or exc}): "
+                    "its offsets would stop advancing while the slot holds WAL; restore it (or give the relay "
+                    "another --state-dir with --backfill-since) and start the relay again."
+                )
+            )
+
     def _close_engine(self, engine: Any, until: float) -> None:
         """engine.close(), retried while Debezium refuses it (it does while its tasks are starting)."""
         while time.monotonic() < until and not self._engine_done.is_set():
@@ -410,7 +435,7 @@ class Relay:
         try:
             worker.start()
             while not self._wake.wait(0.5):
-                pass
+                self._check_state_dir()
             if self.failure is None and self._stop_requested.is_set():
                 self._shutdown(engine, STOP_GRACE_S)
                 return
