@@ -557,13 +557,28 @@ def test_a_broker_replaced_by_an_empty_one_stops_the_relay_and_nothing_is_marked
         assert code == EXIT_OPERATOR
         sentence = the_sentence(relay.output())
         assert "is now another cluster" in sentence or "no longer exists" in sentence, sentence
-        # The operator recreates the topic: the relay resumes from what the old broker acknowledged.
-        again = started(relay_factory(database, url, "--create"), database)
-        wait_for(
-            lambda: outbox_ids(database) - before <= set(_safe_ids(url)),
-            90,
-            "the new events in the new topic",
+        # Started again on the empty broker, the relay sees the ledger went backwards and says so …
+        refused = run_cli(
+            "relay",
+            "--db",
+            database,
+            "--ledger",
+            url,
+            "--create",
+            "--state-dir",
+            str(relay.log.parent / "state"),
+            timeout=120,
         )
+        assert refused.returncode == EXIT_OPERATOR, refused.stderr[-2000:]
+        assert "went backwards" in the_sentence(refused.stderr)
+        # … and the backfill it names puts back everything the old broker had acknowledged, and the rest.
+        again = started(relay_factory(database, url, "--create", "--backfill-since", "1h"), database)
+        wait_for(
+            lambda: outbox_ids(database) <= set(_safe_ids(url)),
+            90,
+            "every event in the new topic",
+        )
+        assert before <= set(_safe_ids(url))
         again.process.send_signal(signal.SIGTERM)
         assert exits_within(again, 20)[0] == 0
     finally:

@@ -141,6 +141,9 @@ class KafkaLedger(Ledger):
         self._common: dict[str, Any] = {"bootstrap.servers": bootstrap, "log_level": 0, **client_config}
         self._producer: Any = None
         self._digest_lost = False
+        # The highest offset acknowledged per partition: offsets only grow, so a lower one means the
+        # broker lost what it had acknowledged (re-created empty, even with the same cluster id).
+        self._acked: dict[int, int] = {}
         self._check_topics(create, partitions, replication_factor)
 
     def _check_topics(self, create: bool, partitions: int, replication_factor: int) -> None:
@@ -255,8 +258,22 @@ class KafkaLedger(Ledger):
             )
         if failures:
             raise LedgerUnavailable(f"The Kafka broker refused {len(failures)} events: {failures[0]}.")
+        self._require_offsets_forward(placed)
         if self.has_digest:
             self._publish_digest(placed)
+
+    def _require_offsets_forward(self, placed: list[tuple[int, int, LedgerEvent]]) -> None:
+        behind = [(p, o) for p, o, _e in placed if o <= self._acked.get(p, -1)]
+        if behind:
+            partition, offset = min(behind)
+            raise DrledgerError(
+                f"The Kafka topic '{self.topic}' took this batch at offset {offset} of partition {partition}, at or "
+                f"below offset {self._acked[partition]} it had already acknowledged: the broker lost acknowledged "
+                "events (re-created empty?). See what the ledger lost with drledger reconcile against the "
+                "primary, then start the relay with --backfill-since before it."
+            )
+        for partition, offset, _event in placed:
+            self._acked[partition] = max(offset, self._acked.get(partition, -1))
 
     def _publish_digest(self, placed: list[tuple[int, int, LedgerEvent]]) -> None:
         """List the acknowledged batch in the digest topic, without waiting for it.

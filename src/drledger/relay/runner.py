@@ -23,6 +23,7 @@ from drledger.relay.metrics import RelayMetrics
 from drledger.relay.state import RelayState, check_source
 from drledger.source import open_source
 from drledger.streaming import RelaySettings
+from drledger.timeutil import format_instant
 
 log = logging.getLogger("drledger.relay")
 
@@ -111,6 +112,8 @@ def serve(request: RelayRequest, on_batch: Callable[[RelayStats], None] | None =
                     log.info("created the ledger %s", target.display_url)
                 if request.backfill_since_ms is not None:
                     settings = _backfill(request, state, target)
+                else:
+                    _require_ledger_not_behind(state, target)
                 metrics = None
                 if request.metrics_listen is not None:
                     metrics = RelayMetrics()
@@ -139,6 +142,25 @@ def serve(request: RelayRequest, on_batch: Callable[[RelayStats], None] | None =
         except StopRequested as stop:
             log.info("received %s before the relay ran; stopped", stop)
             return None
+
+
+def _require_ledger_not_behind(state: RelayState, target: Ledger) -> None:
+    """Refuse a ledger that holds less than this relay delivered to it: a broker re-created empty (with
+    the same cluster id), a file restored from an old copy. Publishing on would hide what it lost."""
+    relayed_ms = state.last_relayed_ms()
+    if relayed_ms is None:
+        return
+    try:
+        newest = target.newest_commit_ms(relayed_ms)
+    except LedgerUnavailable as exc:
+        raise retry_if_transient(exc, _LEDGER_TRANSIENT) from None
+    if newest is None:
+        raise DrledgerError(
+            f"The ledger {target.display_url} holds no event committed at or after "
+            f"{format_instant(relayed_ms)}, which this relay delivered to it and it acknowledged: the ledger "
+            "went backwards (a broker re-created empty, a file restored from an old copy). See what it lost with "
+            "drledger reconcile against the primary, then start the relay with --backfill-since before that time."
+        )
 
 
 def _backfill(request: RelayRequest, state: RelayState, target: Ledger) -> RelaySettings:
