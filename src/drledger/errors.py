@@ -244,6 +244,11 @@ class RetryLater(DrledgerError):
     exit_code = ExitCode.RETRY
 
 
+class LedgerMissing(LedgerUnavailable):
+    """The ledger named does not exist (yet): a file, topic, queue or stream nobody created. A reader
+    stops on it (exit 2); the watcher, started before the relay, reports the ledger down until it appears."""
+
+
 class SlotBusy(RetryLater):
     """The replication slot is held by another connection: a relay that just died (freed shortly), or
     another relay on the same slot (which no retry mends: the relay stops, exit 2, after a short grace)."""

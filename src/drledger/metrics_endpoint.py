@@ -6,12 +6,16 @@ the drill can run several in one process.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
 from drledger.errors import DrledgerError
+
+#: How long a scrape connection may stay silent before it is closed.
+IDLE_TIMEOUT_S = 10.0
 
 
 class MetricsEndpoint:
@@ -30,6 +34,18 @@ class MetricsEndpoint:
             raise DrledgerError(
                 f"{self.server_name} cannot serve /metrics on {host}:{port}: {exc.strerror or exc}."
             ) from None
+        # A connection that sends no request (a port scanner, a stuck client) would hold a thread for
+        # ever: each one has IDLE_TIMEOUT_S to send it, on this server only.
+        handler: Any = server.RequestHandlerClass
+
+        def handle(self: Any) -> None:
+            # A silent or vanished client: its connection is closed, nothing to say.
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                handler.handle(self)
+
+        server.RequestHandlerClass = type(
+            "TimedMetricsHandler", (handler,), {"timeout": IDLE_TIMEOUT_S, "handle": handle}
+        )
         self._server = server
         return int(server.server_address[1])
 

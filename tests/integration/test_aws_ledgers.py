@@ -122,8 +122,8 @@ def test_sqs_drain_deletes_only_what_the_index_holds(sqs_url: str) -> None:
 
 def test_aws_errors_are_one_sentence(aws_endpoint: str, tmp_path: Path) -> None:
     for url, fragment in (
-        ("sqs://no-such-queue.fifo", "does not exist; create it or pass --create"),
-        ("kinesis://no-such-stream", "does not exist; create it or pass --create"),
+        ("sqs://no-such-queue.fifo", "does not exist; create it, or start the relay with --create"),
+        ("kinesis://no-such-stream", "does not exist; create it, or start the relay with --create"),
     ):
         result = run_cli("ledger", "inspect", url)
         lines = [line for line in result.stderr.splitlines() if line.strip()]

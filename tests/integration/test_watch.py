@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -189,12 +190,18 @@ def test_watch_once_json_and_bad_input(database: str, workdir: Path) -> None:
         (["--db", database, "--ledger", url, "--listen", "nowhere"], "is not an address"),
         (["--ledger", url], "--db"),
         (["--db", database, "--ledger", "ftp://x/y"], "unknown scheme"),
-        (["--db", database, "--ledger", f"sqlite:///{workdir}/absent.db", "--once"], "does not exist"),
         (["--db", database, "--ledger", url, "--interval", "soon"], "not a duration"),
     ):
         bad = run_cli("watch", *args, env={"DRLEDGER_DB": ""})
         lines = [line for line in bad.stderr.splitlines() if line.strip()]
         assert bad.returncode == 2 and len(lines) == 1 and fragment in lines[0], (args, bad.stderr)
+
+    # A ledger not there yet is a finding (the relay creates it), not bad input.
+    absent = run_cli(
+        "watch", "--db", database, "--ledger", f"sqlite:///{workdir}/absent.db", "--once", "--json"
+    )
+    assert absent.returncode == 1, absent.stderr
+    assert json.loads(absent.stdout)["ledger"]["up"] is False and "does not exist" in absent.stdout
 
     rules = run_cli("watch", "--print-rules")
     assert rules.returncode == 0 and "alert: DrledgerRelayDown" in rules.stdout
@@ -205,12 +212,19 @@ def test_watch_serves_metrics_and_survives_an_unreachable_primary(database: str,
     assert run_cli("init", "--db", database, "--table", "orders").returncode == 0
     from drledger.ledger import open_ledger
 
-    with open_ledger(url, writer=True):
-        pass
+    # Started before the relay: the ledger does not exist yet, and the watcher serves /metrics anyway.
     watch = start_watch(database, url, workdir / "watch.log", "--interval", "0.5s")
     process = watch.process
     metrics_url = f"http://127.0.0.1:{watch.port}/metrics"
     try:
+        wait_for(lambda: 'drledger_watch_up{target="ledger"} 0.0' in _text(metrics_url), 60, "ledger down")
+        with open_ledger(url, writer=True):
+            pass
+        wait_for(lambda: 'drledger_watch_up{target="ledger"} 1.0' in _text(metrics_url), 30, "ledger found")
+        # A connection that never sends a request is closed, not held for ever.
+        with socket.create_connection(("127.0.0.1", watch.port), timeout=30) as idle:
+            began = time.monotonic()
+            assert idle.recv(1) == b"" and time.monotonic() - began < 25
         values = wait_for(lambda: _scrape_or_none(metrics_url), 60, "the watcher's /metrics")
         assert values["drledger_watch_cycles_total"] >= 1
         assert values["drledger_slot_exists"] == 0 and values["drledger_relay_up"] == 0

@@ -26,7 +26,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import SplitResult, parse_qs
 
-from drledger.errors import DrledgerError, LedgerUnavailable
+from drledger.errors import DrledgerError, LedgerMissing, LedgerUnavailable
 from drledger.events import FINGERPRINT_BYTES, LedgerEvent, LedgerRecord, MalformedRecord, from_wire
 from drledger.ledger import kafka_digest
 from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback, window_bounds
@@ -163,7 +163,9 @@ class KafkaLedger(Ledger):
         self._cluster_id = str(metadata.cluster_id)
         present = {name for name, topic in metadata.topics.items() if topic.error is None}
         if self.topic not in present and not create:
-            raise DrledgerError(f"The Kafka topic '{self.topic}' does not exist; create it or pass --create.")
+            raise LedgerMissing(
+                f"The Kafka topic '{self.topic}' does not exist; create it, or start the relay with --create."
+            )
         self.has_digest = self.digest_topic in present
         if create and self.topic not in present:
             self.created = self._create(admin, NewTopic(self.topic, partitions, replication_factor))

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import SplitResult
 
-from drledger.errors import AwsFailure, DrledgerError, LedgerUnavailable
+from drledger.errors import AwsFailure, DrledgerError, LedgerMissing, LedgerUnavailable
 from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
 from drledger.ledger.aws import (
     ATTEMPTS,
@@ -84,8 +84,8 @@ class KinesisLedger(Ledger):
             if not exc.not_found:
                 raise
         if not create:
-            raise DrledgerError(
-                f"The Kinesis stream '{self.stream}' does not exist; create it or pass --create."
+            raise LedgerMissing(
+                f"The Kinesis stream '{self.stream}' does not exist; create it, or start the relay with --create."
             )
         call(
             f"creating the Kinesis stream {self.stream}",

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import SplitResult, quote
 
-from drledger.errors import DrledgerError, LedgerUnavailable
+from drledger.errors import DrledgerError, LedgerMissing, LedgerUnavailable
 from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
 from drledger.files import PRIVATE_DIR, create_private
 from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback, pack_times, unpack_times, window_bounds
@@ -91,7 +91,7 @@ class SqliteLedger(Ledger):
                 f"The ledger file cannot be opened: {exc.strerror} ({len(str(path))} characters)."
             ) from None
         if not create and not exists:
-            raise DrledgerError(f"The ledger file {path} does not exist.")
+            raise LedgerMissing(f"The ledger file {path} does not exist.")
         if create:
             self._db: sqlite3.Connection | None = self._open_writer(path)
             self._layout = (True, True)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult
 
-from drledger.errors import AwsFailure, DrledgerError, LedgerUnavailable
+from drledger.errors import AwsFailure, LedgerMissing, LedgerUnavailable
 from drledger.events import LedgerEvent, LedgerRecord, MalformedRecord, from_wire
 from drledger.ledger.aws import (
     ATTEMPTS,
@@ -116,7 +116,9 @@ class SqsLedger(Ledger):
             if not exc.not_found:
                 raise
         if not create:
-            raise DrledgerError(f"The SQS queue '{queue}' does not exist; create it or pass --create.")
+            raise LedgerMissing(
+                f"The SQS queue '{queue}' does not exist; create it, or start the relay with --create."
+            )
         attributes = {"MessageRetentionPeriod": "1209600"}  # 14 days, SQS's most
         if self.fifo:
             attributes |= {"FifoQueue": "true", "ContentBasedDeduplication": "false"}
