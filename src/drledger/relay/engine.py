@@ -73,12 +73,18 @@ class RelayStats:
         elapsed = time.monotonic() - self.started_at
         return self.events / elapsed if elapsed > 0 else 0.0
 
-    def record(self, events: list[LedgerEvent], acked_ms: int) -> None:
+    def record(
+        self, events: list[LedgerEvent], acked_ms: int, streamed: list[LedgerEvent] | None = None
+    ) -> None:
+        """Count `events`; commit→ledger lag only for the `streamed` ones (all, if not given): a snapshot
+        read's "commit" is its row's creation, minutes or days ago, not a delay of the relay's."""
         self.events += len(events)
-        for event in events:
+        timed = events if streamed is None else streamed
+        for event in timed:
             self.lag_ms_counts[max(0, acked_ms - event.commit_ts_ms)] += 1
         self.last_commit_ms = events[-1].commit_ts_ms
-        self.last_lag_ms = acked_ms - events[-1].commit_ts_ms
+        if timed:
+            self.last_lag_ms = acked_ms - timed[-1].commit_ts_ms
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -175,27 +181,31 @@ class Relay:
         """Publish a batch's outbox events; return only once the ledger acknowledged every one."""
         began = time.monotonic()
         events: list[LedgerEvent] = []
+        streamed: list[LedgerEvent] = []
         for record in records:
             # One call into Java per record: the value says itself whether it is an outbox insert.
             value = record.value()
             if value is None:
                 continue
+            text = str(value)
             try:
-                event = outbox_change_to_event(str(value))
+                event = outbox_change_to_event(text)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise unreadable_change(exc) from None
             if event is not None:
                 events.append(event)
+                if '"op":"r"' not in text:  # not a snapshot read
+                    streamed.append(event)
         if events:
             publishing = time.monotonic()
             self.publish(events)
             acked = now_ms()
-            self.stats.record(events, acked)
+            self.stats.record(events, acked, streamed)
             if self.metrics is not None:
                 self.metrics.published(
                     len(events),
                     time.monotonic() - publishing,
-                    [acked - e.commit_ts_ms for e in events],
+                    [acked - e.commit_ts_ms for e in streamed],
                     events[-1].commit_ts_ms,
                     acked,
                 )
