@@ -21,6 +21,7 @@ from drledger.files import write_private
 from drledger.report_html import _STYLE
 
 _W, _H, _L, _R, _T, _B = 920, 230, 56, 16, 14, 30
+_HALF_LABEL = 36  # half the width of an 11 px "lost window"
 _KEPT, _RECOVERED, _LOST = "#9aa5b8", "#2f8f46", "#c9372c"
 _PRIMARY, _REPLICA, _LEDGER = "#1d2330", "#3b6fd8", "#d08a12"
 
@@ -87,8 +88,10 @@ def _commits_panel(t: DrillTimeline, axis: _Axis) -> str:
             f"<rect id='lost-window' x='{x0:.1f}' y='{_T}' width='{max(x1 - x0, 2):.1f}' height='{_H - _B - _T}' "
             f"fill='{_LOST}' fill-opacity='0.10'/>"
         )
+        # Centred on the window, but never past the plot's edges: the window often ends at the right one.
+        label_x = min(max((x0 + x1) / 2, _L + _HALF_LABEL), _W - _R - _HALF_LABEL)
         parts.append(
-            f"<text x='{(x0 + x1) / 2:.1f}' y='{_T + 24}' font-size='11' text-anchor='middle' fill='{_LOST}'>"
+            f"<text x='{label_x:.1f}' y='{_T + 24}' font-size='11' text-anchor='middle' fill='{_LOST}'>"
             "lost window</text>"
         )
     width = max(1.0, axis.x(axis.start_ms + 1000) - axis.x(axis.start_ms) - 1)
