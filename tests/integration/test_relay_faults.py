@@ -627,3 +627,15 @@ def test_a_full_disk_under_the_sqlite_ledger_stops_the_relay_and_a_restart_loses
     assert stored <= set(ledger_ids(url)) == outbox_ids(database)
     restarted.process.send_signal(signal.SIGTERM)
     assert exits_within(restarted, 20)[0] == 0
+
+
+def test_a_second_slot_on_the_database_is_named_when_the_relay_starts(
+    database: str, workdir: Path, relay_factory: RelayFactory
+) -> None:
+    postgres.install(database, ["public.orders"])
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot('other_relay', 'pgoutput')")
+    relay = started(relay_factory(database, f"sqlite:///{workdir}/ledger.db"), database)
+    relay.process.send_signal(signal.SIGTERM)
+    assert exits_within(relay, 20)[0] == 0
+    assert "also has the logical slot other_relay" in relay.output() and "written twice" in relay.output()

@@ -89,6 +89,16 @@ def serve(request: RelayRequest, on_batch: Callable[[RelayStats], None] | None =
             parse_ledger_url(request.ledger_url)
             try:
                 source.prepare_relay(settings.slot)
+                others = source.other_relay_slots(settings.slot)
+                if others:
+                    log.warning(
+                        "this database also has the logical slot%s %s: if another relay reads %s into the "
+                        "same ledger, every event is written twice (read once, by event id, but stored twice); "
+                        "one relay per ledger, and drop a slot no relay uses (it holds WAL)",
+                        "s" if len(others) > 1 else "",
+                        ", ".join(others),
+                        "them" if len(others) > 1 else "it",
+                    )
                 identity = source.identify(settings.slot)
                 password = source.connector_password()
                 state = RelayState(settings)

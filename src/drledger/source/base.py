@@ -302,6 +302,11 @@ class SourceDatabase(ABC):
     @abstractmethod
     def slot_info(self, slot: str) -> SlotInfo | None: ...
 
+    def other_relay_slots(self, slot: str) -> list[str]:
+        """Other slots that decode this database's changes for a relay like this one (none where the
+        engine has no slots to tell them by): two relays into one ledger write every event twice."""
+        return []
+
     @abstractmethod
     def ensure_slot(self, slot: str) -> bool:
         """Create the replication stream's slot if missing; True if it was created."""

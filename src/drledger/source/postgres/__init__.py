@@ -123,6 +123,15 @@ class PostgresSource(SourceDatabase):
 
         return slot_info(self.dsn, slot)
 
+    def other_relay_slots(self, slot: str) -> list[str]:
+        with connect(self.dsn) as conn:
+            rows = conn.execute(
+                "SELECT slot_name FROM pg_replication_slots WHERE database = current_database() "
+                "AND plugin = 'pgoutput' AND slot_type = 'logical' AND slot_name <> %s ORDER BY 1",
+                (slot,),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
     def ensure_slot(self, slot: str) -> bool:
         from drledger.source.postgres.replication import ensure_slot
 
