@@ -285,6 +285,22 @@ def make_events(
     ]
 
 
+def lost_to_a_ledger(dsn: str, ledger: Path, tables: str) -> tuple[list[LedgerEvent], str]:
+    """A failover's loss, in small: the outbox's events published to an embedded ledger at `ledger`, then
+    `tables` (SQL, comma-separated) and the outbox truncated. The events, and the ledger's URL."""
+    from drledger.ledger import open_ledger
+    from drledger.source.postgres.outbox import read_window
+
+    events = [r.as_event() for r in read_window(dsn, None, None)]
+    with psycopg.connect(dsn) as conn:
+        conn.execute(f"TRUNCATE {tables}, drledger.outbox")
+        conn.commit()
+    url = f"sqlite:///{ledger}"
+    with open_ledger(url, writer=True) as target:
+        target.publish(events)
+    return events, url
+
+
 #: (creation ms, rows) of an outbox for `slices_are_cut_between_milliseconds`.
 SLICED_OUTBOX = ((1000, 3), (1001, 6), (1003, 2))
 

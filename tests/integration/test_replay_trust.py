@@ -34,7 +34,7 @@ from drledger.events import LedgerEvent, row_digest
 from drledger.ledger import open_ledger
 from drledger.replay import replay
 from drledger.source.postgres.outbox import read_window
-from tests.helpers import REPO, dsn_for, fresh_database, run_cli
+from tests.helpers import REPO, dsn_for, fresh_database, lost_to_a_ledger, run_cli
 
 SOURCE = REPO / "src"
 SCHEMA = r"""
@@ -573,13 +573,7 @@ def test_no_column_name_changes_what_is_captured_or_replayed(primary: LocalClust
             images = {r[0] for r in conn.execute("SELECT to_jsonb(t.*)::text FROM public.items t")}
             captured = {r[0] for r in conn.execute("SELECT payload::text FROM drledger.outbox")}
         assert captured == images  # the whole row, whatever its columns are called
-        events = [r.as_event() for r in read_window(dsn, None, None)]
-        with psycopg.connect(dsn) as conn:
-            conn.execute("TRUNCATE public.items, drledger.outbox")
-            conn.commit()
-        url = f"sqlite:///{workdir}/aliases.db"
-        with open_ledger(url, writer=True) as ledger:
-            ledger.publish(events)
+        _events, url = lost_to_a_ledger(dsn, workdir / "aliases.db", "public.items")
         for expected in (3, 0):  # the second run finds every row already present
             result = run_cli("replay", "--db", dsn, "--ledger", url, "--since", "1h", "--apply", "--json")
             assert result.returncode == 0, result.stderr
@@ -657,14 +651,8 @@ def test_an_instant_captured_in_one_time_zone_is_the_same_instant_read_in_anothe
                 "'{2026-01-01 00:00:00+00,NULL}', '10:00:00+02')"
             )
             conn.commit()
-        events = [r.as_event() for r in read_window(dsn, None, None)]
+        events, url = lost_to_a_ledger(dsn, workdir / "zones.db", "public.stamp")
         assert "+05:30" in events[0].row_json  # printed in the capturing session's zone
-        with psycopg.connect(dsn) as conn:
-            conn.execute("TRUNCATE public.stamp, drledger.outbox")
-            conn.commit()
-        url = f"sqlite:///{workdir}/zones.db"
-        with open_ledger(url, writer=True) as ledger:
-            ledger.publish(events)
         saved = workdir / "lost.json"
         reconcile = run_cli("reconcile", "--db", dsn, "--ledger", url, "--since", "1h", "--save", str(saved))
         assert reconcile.returncode == 1, reconcile.stderr

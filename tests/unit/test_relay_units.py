@@ -315,23 +315,11 @@ def test_a_slot_name_postgresql_would_refuse_is_refused_before_debezium_starts(t
 
 
 def test_a_snapshot_reads_age_is_not_counted_as_the_relays_lag() -> None:
-    from drledger.events import LedgerEvent
     from drledger.relay.engine import RelayStats
+    from tests.helpers import make_events
 
-    def event(commit_ms: int) -> LedgerEvent:
-        return LedgerEvent.from_outbox(
-            event_id=f"00000000-0000-0000-0000-{commit_ms:012d}",
-            table="public.t",
-            key="1",
-            op="insert",
-            row_json='{"id": 1}',
-            txid=1,
-            lsn=1,
-            commit_ts_ms=commit_ms,
-        )
-
+    old, fresh = make_events(2, start_ms=1_000, step_ms=98_990)  # committed at 1,000 and 99,990 ms
     stats = RelayStats()
-    old, fresh = event(1_000), event(99_990)
     stats.record([old], 100_000, streamed=[])  # a snapshot read of a row made 99 s ago
     assert stats.events == 1 and stats.last_lag_ms is None and not stats.lag_ms_counts
     stats.record([old, fresh], 100_000, streamed=[fresh])
