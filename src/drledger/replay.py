@@ -322,7 +322,7 @@ def replay(
             rights = session.missing_rights(list(proof.shapes.values()))
             if rights.missing:
                 raise DrledgerError(
-                    f"The role {rights.role} may not replay here: it lacks {rights.missing[0]} (permission "
+                    f"replay: the role {rights.role} may not replay here: it lacks {rights.missing[0]} (permission "
                     f"denied); {rights.grants[0]} gives it (drledger init --print-grants lists the recoverer's)."
                 )
         session.rollback()  # validation reads only; what follows runs in transactions of its own

@@ -108,18 +108,17 @@ class PostgresRecoverySession(RecoverySession):
             return [r[0] for r in self.conn.execute(statement, (_json_array(images),)).fetchall()]
 
     def missing_rights(self, shapes: Sequence[TableShape]) -> ReplayRights:
-        wanted = [("drledger.outbox", "INSERT"), ("drledger.replay_log", "INSERT")] + [
-            (shape.name.qualified, privilege) for shape in shapes for privilege in ("SELECT", "INSERT")
-        ]
+        # The recoverer's list that --print-grants prints and init --check --as verifies, for this role.
+        from drledger.source.postgres.privileges import needs
+
         rights = ReplayRights(role=str(self.conn.execute("SELECT current_user").fetchone()[0]))  # type: ignore[index]
-        for table, privilege in wanted:
+        for need in needs(self.conn, {"recoverer": rights.role}, [shape.name for shape in shapes]):
             row = self.conn.execute(
-                "SELECT to_regclass(%s) IS NULL OR has_table_privilege(current_user, to_regclass(%s), %s)",
-                (table, table, privilege),
+                sql.SQL("SELECT coalesce(({}), false)").format(need.test), {"role": rights.role}
             ).fetchone()
             if not (row and row[0]):
-                rights.missing.append(f"{privilege} on {table}")
-                rights.grants.append(f"GRANT {privilege} ON {table} TO {rights.role}")
+                rights.missing.append(need.what)
+                rights.grants.append(need.grant.as_string(self.conn))
         return rights
 
     def ensure_replay_log(self) -> None:
