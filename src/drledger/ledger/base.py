@@ -125,6 +125,9 @@ class Ledger(ABC):
     display_url: str
     #: True when opening it created the topic, queue or stream (only a writer asked to create does).
     created: bool = False
+    #: Whether the writer can read back what it wrote: false for a queue whose reader takes the events
+    #: away (SQS, drained into the DR region's index), where reading from the relay would consume them.
+    writer_reads_back: ClassVar[bool] = True
 
     @classmethod
     @abstractmethod

@@ -49,6 +49,7 @@ def default_index(queue: str) -> Path:
 
 
 class SqsLedger(Ledger):
+    writer_reads_back = False  # reading drains the queue: the relay must not
     schemes = ("sqs",)
 
     @classmethod

@@ -158,7 +158,7 @@ def _require_ledger_not_behind(state: RelayState, target: Ledger) -> None:
     """Refuse a ledger that holds less than this relay delivered to it: a broker re-created empty (with
     the same cluster id), a file restored from an old copy. Publishing on would hide what it lost."""
     relayed_ms = state.last_relayed_ms()
-    if relayed_ms is None:
+    if relayed_ms is None or not target.writer_reads_back:
         return
     try:
         newest = target.newest_commit_ms(relayed_ms)
