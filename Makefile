@@ -3,18 +3,28 @@
 # make test-unit: only the tests that need no service (tests/unit), in seconds.
 # All install first, idempotently; re-run `make install` after changing pyproject.toml.
 VENV ?= .venv
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)
+INSTALLED := $(shell sha1sum pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(INSTALLED)
+# The drill needs less than the tests (no Chromium, no Prometheus): its own, smaller install.
+DRILL_STAMP := $(VENV)/.installed-drill-$(INSTALLED)
 
-.PHONY: install drill test test-unit docs clean
+.PHONY: install install-drill drill test test-unit docs clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
 	rm -f $(VENV)/.installed-*
+	touch $@ $(DRILL_STAMP)
+
+install-drill: $(DRILL_STAMP)
+
+$(DRILL_STAMP): pyproject.toml scripts/setup.sh
+	VENV=$(VENV) SETUP_FOR=drill bash scripts/setup.sh
+	rm -f $(VENV)/.installed-drill-*
 	touch $@
 
-drill: install
+drill: install-drill
 	$(VENV)/bin/drledger drill $(ARGS)
 
 test: install
