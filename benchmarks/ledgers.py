@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from drledger.drill.broker import LocalBroker
-from drledger.drill.cluster import free_port
+from drledger.drill.postgres.cluster import free_port
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 

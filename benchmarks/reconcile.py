@@ -25,7 +25,7 @@ import uuid
 import psycopg
 
 from drledger.drill.broker import LocalBroker
-from drledger.drill.cluster import ClusterSet
+from drledger.drill.postgres.cluster import ClusterSet
 from drledger.events import LedgerEvent, row_fingerprint
 from drledger.ledger import open_ledger
 from drledger.recovery import ReconcileRequest, run_reconcile

@@ -33,7 +33,7 @@ import psycopg
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from drledger.drill.broker import LocalBroker
-from drledger.drill.cluster import ClusterSet, LocalCluster
+from drledger.drill.postgres.cluster import ClusterSet, LocalCluster
 from drledger.source.postgres import outbox as postgres
 
 Arrivals = Callable[[], Iterator[tuple[str, float]]]

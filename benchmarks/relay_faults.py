@@ -39,7 +39,7 @@ import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from drledger.drill.broker import LocalBroker
-from drledger.drill.cluster import ClusterSet, LocalCluster
+from drledger.drill.postgres.cluster import ClusterSet, LocalCluster
 from drledger.errors import ExitCode
 from drledger.source.postgres import outbox as postgres
 

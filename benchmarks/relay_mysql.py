@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drledger.drill.mariadb import LocalMariaDB, MariaDBSet
+from drledger.drill.mysql.server import LocalMariaDB, MariaDBSet
 from drledger.relay.engine import lag_percentile, read_stats
 from drledger.source import open_source
 

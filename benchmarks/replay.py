@@ -23,8 +23,8 @@ import uuid
 import psycopg
 
 from drledger.collisions import key_collisions
-from drledger.drill.cluster import ClusterSet
-from drledger.drill.rig import DEMO_TABLE_DDL
+from drledger.drill.postgres.cluster import ClusterSet
+from drledger.drill.postgres.rig import DEMO_TABLE_DDL
 from drledger.events import LedgerEvent
 from drledger.replay import plan_replay, replay
 from drledger.source import open_source

@@ -33,7 +33,7 @@ import time
 
 import psycopg
 
-from drledger.drill.cluster import ClusterSet, LocalCluster, free_port
+from drledger.drill.postgres.cluster import ClusterSet, LocalCluster, free_port
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from drledger.source import open_source

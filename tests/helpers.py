@@ -24,8 +24,8 @@ from typing import IO, Any, Protocol, TypeVar
 import psycopg
 import pytest
 
-from drledger.drill.cluster import LocalCluster, free_port
-from drledger.drill.rig import FailoverRig
+from drledger.drill.postgres.cluster import LocalCluster, free_port
+from drledger.drill.postgres.rig import FailoverRig
 from drledger.events import LedgerEvent
 from drledger.source.base import SourceDatabase
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from drledger.drill.cluster import ClusterSet, LocalCluster
+from drledger.drill.postgres.cluster import ClusterSet, LocalCluster
 from tests.helpers import DRLEDGER, MOTO_SERVER, RelayFactory, RelayProcess, answers, fresh_database, wait_for
 
 HERE = Path(__file__).resolve().parent
@@ -113,7 +113,7 @@ def aws_endpoint() -> Iterator[str]:
     The endpoint, region and (dummy) credentials go into the environment, so the drledger processes the
     tests start find them through boto3's own variables, unchanged.
     """
-    from drledger.drill.cluster import free_port
+    from drledger.drill.postgres.cluster import free_port
 
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="drledger-moto-", suffix=".log", delete=False)  # noqa: SIM115

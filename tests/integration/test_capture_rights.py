@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from drledger.drill.cluster import LocalCluster
+from drledger.drill.postgres.cluster import LocalCluster
 from tests.helpers import fresh_database, run_cli
 
 SHOP = """

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg
 
-from drledger.drill.cluster import LocalCluster
+from drledger.drill.postgres.cluster import LocalCluster
 from tests.helpers import dsn_for, one_sentence, run_cli
 
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from drledger.drill.cluster import ClusterSet, LocalCluster
 from drledger.drill.lag import LagInjector
+from drledger.drill.postgres.cluster import ClusterSet, LocalCluster
 from tests.helpers import wait_for
 
 

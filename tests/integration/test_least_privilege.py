@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from drledger.drill.rig import FailoverRig, GroundTruth
+from drledger.drill.postgres.rig import FailoverRig, GroundTruth
 from tests.helpers import failover_aftermath, one_sentence, run_cli
 
 pytestmark = pytest.mark.debezium

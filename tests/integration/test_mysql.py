@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from drledger.drill.mariadb import LocalMariaDB, MariaDBSet
+from drledger.drill.mysql.server import LocalMariaDB, MariaDBSet
 from drledger.events import LedgerEvent, row_digest
 from drledger.ledger import open_ledger
 from drledger.source import open_source

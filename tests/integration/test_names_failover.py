@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from drledger.drill.rig import FailoverRig
+from drledger.drill.postgres.rig import FailoverRig
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from tests.helpers import failover_aftermath, run_cli

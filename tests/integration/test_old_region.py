@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from drledger.drill.rig import FailoverRig
+from drledger.drill.postgres.rig import FailoverRig
 from tests.helpers import failover_aftermath, run_cli
 
 pytestmark = pytest.mark.debezium

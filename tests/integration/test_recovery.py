@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from drledger.drill.rig import FailoverRig, GroundTruth
+from drledger.drill.postgres.rig import FailoverRig, GroundTruth
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from tests.helpers import check_screenshot, failover_aftermath, rendered_dom, run_cli, wait_for

@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from drledger.drill.broker import LocalBroker
-from drledger.drill.cluster import ClusterSet, LocalCluster
+from drledger.drill.postgres.cluster import ClusterSet, LocalCluster
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from drledger.source.postgres import outbox as postgres

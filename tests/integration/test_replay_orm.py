@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg
 
-from drledger.drill.cluster import LocalCluster
+from drledger.drill.postgres.cluster import LocalCluster
 from drledger.ledger import open_ledger
 from drledger.source.postgres.outbox import read_window
 from tests.helpers import fresh_database, lost_to_a_ledger, run_cli

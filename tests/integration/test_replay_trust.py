@@ -28,7 +28,7 @@ import orjson
 import psycopg
 import pytest
 
-from drledger.drill.cluster import LocalCluster
+from drledger.drill.postgres.cluster import LocalCluster
 from drledger.errors import ReplayInterrupted
 from drledger.events import LedgerEvent, row_digest
 from drledger.ledger import open_ledger

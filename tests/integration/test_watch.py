@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from drledger.drill.cluster import ClusterSet, LocalCluster, free_port
+from drledger.drill.postgres.cluster import ClusterSet, LocalCluster, free_port
 from drledger.watch.cycle import Watcher, WatchSettings, scrape
 from tests.helpers import (
     SLICED_OUTBOX,

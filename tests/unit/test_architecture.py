@@ -49,7 +49,12 @@ LAYERS = [
 ]
 # Database drivers: the source seam's engines, and the drill's local clusters (per engine too).
 DRIVERS = ("psycopg", "pymysql")
-DRIVER_HOMES = ("drledger.source.", "drledger.drill.rig", "drledger.drill.cluster", "drledger.drill.mariadb")
+DRIVER_HOMES = (
+    "drledger.source.",
+    "drledger.drill.postgres.rig",
+    "drledger.drill.postgres.cluster",
+    "drledger.drill.mysql.server",
+)
 SCHEME = re.compile(r"""["'](sqlite|kafka|sqs|kinesis)(://|:)""")
 
 

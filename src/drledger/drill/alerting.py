@@ -21,7 +21,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from drledger.drill.cluster import free_port
+from drledger.drill.postgres.cluster import free_port
 from drledger.errors import DrledgerError
 
 PROMETHEUS = "prometheus"

@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from drledger.drill.cluster import free_port
+from drledger.drill.postgres.cluster import free_port
 from drledger.errors import DrledgerError
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from drledger.drill.rig import FailoverRig
+from drledger.drill.postgres.rig import FailoverRig
 from drledger.drill.run import Progress
 from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.replay import replay

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from drledger.drill.rig import FailoverRig, GroundTruth
+from drledger.drill.postgres.rig import FailoverRig, GroundTruth
 from drledger.errors import DrledgerError, ExitCode
 from drledger.events import LedgerEvent
 from drledger.ledger import destroy_ledger, open_ledger
@@ -80,7 +80,7 @@ def _unknown_engine(engine: str) -> DrledgerError:
 def rig_for(engine: str) -> type[FailoverRig]:
     """The failover rig of a database engine: PostgreSQL clusters, or MariaDB servers for MySQL."""
     if engine == "mysql":
-        from drledger.drill.rig_mysql import MySQLFailoverRig
+        from drledger.drill.mysql.rig import MySQLFailoverRig
 
         return MySQLFailoverRig
     if engine == "postgresql":

@@ -14,10 +14,10 @@ from rich.table import Table
 
 from drledger.drill import SCENARIO_NAMES
 from drledger.drill.alerting import LocalAlerting, binaries
-from drledger.drill.cluster import free_port
 from drledger.drill.old_region import OldRegionFindings
 from drledger.drill.old_region import old_region_returns as old_region_returns_step
-from drledger.drill.rig import FailoverRig, GroundTruth
+from drledger.drill.postgres.cluster import free_port
+from drledger.drill.postgres.rig import FailoverRig, GroundTruth
 from drledger.drill.run import Drill, DrillResult, DrillSettings, Progress, run_drill
 from drledger.errors import ExitCode
 from drledger.ledger import sibling_ledger_url

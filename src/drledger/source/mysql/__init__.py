@@ -105,7 +105,7 @@ class MySQLSource(SourceDatabase):
         return relay_health(self.dsn, slot)
 
     def recovery_session(self) -> RecoverySession:
-        from drledger.source.mysql.recovery import MySQLRecoverySession
+        from drledger.source.mysql.session import MySQLRecoverySession
 
         return MySQLRecoverySession(connect(self.dsn, autocommit=False))
 

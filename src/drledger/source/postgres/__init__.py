@@ -106,7 +106,7 @@ class PostgresSource(SourceDatabase):
         return slot_health(self._kept, slot)
 
     def recovery_session(self) -> RecoverySession:
-        from drledger.source.postgres.recovery import PostgresRecoverySession
+        from drledger.source.postgres.session import PostgresRecoverySession
 
         return PostgresRecoverySession(connect(self.dsn))
 

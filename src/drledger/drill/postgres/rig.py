@@ -23,8 +23,8 @@ from typing import Any
 
 import psycopg
 
-from drledger.drill.cluster import ClusterSet, LocalCluster, free_port
 from drledger.drill.lag import LagInjector
+from drledger.drill.postgres.cluster import ClusterSet, LocalCluster, free_port
 from drledger.errors import DrledgerError
 from drledger.events import LedgerEvent
 from drledger.ledger import embedded_ledger_url, open_ledger, with_local_files_in
@@ -68,7 +68,7 @@ def _wait(predicate: object, timeout: float, what: str) -> None:
 
 
 class FailoverRig:
-    """PostgreSQL's failover rig; `MySQLFailoverRig` (rig_mysql.py) is MySQL's, with the same face."""
+    """PostgreSQL's failover rig; `MySQLFailoverRig` (drill/mysql/rig.py) is MySQL's, with the same face."""
 
     engine = "postgresql"
     demo_table = DEMO_TABLE

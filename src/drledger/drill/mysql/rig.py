@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from drledger.drill.cluster import free_port
 from drledger.drill.lag import LagInjector
-from drledger.drill.mariadb import LocalMariaDB, MariaDBSet
-from drledger.drill.rig import Commit, FailoverRig, GroundTruth, _wait
+from drledger.drill.mysql.server import LocalMariaDB, MariaDBSet
+from drledger.drill.postgres.cluster import free_port
+from drledger.drill.postgres.rig import Commit, FailoverRig, GroundTruth, _wait
 from drledger.source import open_source
 
 DATABASE = "drill"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drledger.drill.cluster import free_port
+from drledger.drill.postgres.cluster import free_port
 from drledger.errors import DrledgerError
 
 #: What Debezium's MySQL connector must read as the server's version (see the module's docstring).
