@@ -612,13 +612,22 @@ def _insert_table(
             kinds[event.event_id] = Outcome.CONFLICT
             conflicting.append(event)
     # One table's rows: they all carry its captured name, the outbox's aggregatetype.
-    written = session.written_at(conflicting[0].table, [e.key for e in conflicting]) if conflicting else {}
+    # A free key kept out all the same: another unique key of the table holds the value (which row, under
+    # which constraint, is asked only for these).
+    kept_out = [e for e in conflicting if e.event_id not in current]
+    clashes = session.unique_clashes(shape, kept_out) if kept_out else {}
+    keys = [e.key for e in conflicting] + [c.key for c in clashes.values()]
+    written = session.written_at(conflicting[0].table, keys) if conflicting else {}
     for event in conflicting:
         now = current.get(event.event_id)
-        if now is None:
-            outcome.conflicts.append(Conflict.of(event, None, OTHER_UNIQUE_KEY))
-        else:
+        clash = clashes.get(event.event_id)
+        if now is not None:
             outcome.conflicts.append(Conflict.of(event, now.text, KEY_HOLDS_OTHER, written.get(event.key)))
+        elif clash is not None:
+            why = f"{OTHER_UNIQUE_KEY}: {clash.constraint} (the row under key {_short(clash.key)})"
+            outcome.conflicts.append(Conflict.of(event, clash.row, why, written.get(clash.key)))
+        else:
+            outcome.conflicts.append(Conflict.of(event, None, OTHER_UNIQUE_KEY))
     return kinds
 
 

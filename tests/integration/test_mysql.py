@@ -277,6 +277,30 @@ def test_a_value_the_column_would_round_is_read_back_and_held_back_on_mysql(shop
     assert shop.rows("SELECT COUNT(*) FROM `Sales`.`Order`") == [(0,)]  # rolled back, never rounded
 
 
+def test_a_unique_value_the_dr_database_gave_another_row_is_a_named_conflict_on_mysql(shop: Shop) -> None:
+    shop.server.execute(
+        "CREATE TABLE `Sales`.member (id INT AUTO_INCREMENT PRIMARY KEY, email VARCHAR(100) UNIQUE)"
+    )
+    assert shop.cli("init", "--table", "Sales.member").returncode == 0
+    shop.server.execute("INSERT INTO `Sales`.member (id, email) VALUES (1, 'a@example.com')")
+    events = [r.as_event() for r in open_source(shop.dsn).read_window(None, None)]
+    shop.server.execute("DELETE FROM `Sales`.member")
+    shop.server.execute("DELETE FROM drledger.outbox")
+    shop.server.execute(
+        "INSERT INTO `Sales`.member (id, email) VALUES (50, 'a@example.com')"
+    )  # after promotion
+    url = f"sqlite:///{shop.workdir}/unique.db"
+    with open_ledger(url, writer=True) as ledger:
+        ledger.publish(events)
+    result = shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", "--json")
+    assert result.returncode == 3, result.stdout + result.stderr
+    (conflict,) = json.loads(result.stdout)["conflicts"]
+    assert "email (the row under key 50)" in conflict["why"] and '"id": 50' in conflict["current_row"], (
+        conflict
+    )
+    assert shop.rows("SELECT id FROM `Sales`.member") == [(50,)]
+
+
 def test_init_check_names_each_missing_setting(shop: Shop) -> None:
     shop.server.execute("SET GLOBAL binlog_format = 'MIXED'")
     try:

@@ -59,6 +59,9 @@ def test_a_deferred_foreign_key_holds_back_only_the_transaction_that_breaks_it(
         applied = runs["apply"]
         assert applied["applied"] == 3  # A's customer, D's customer and order
         assert [(c["table"], c["key"]) for c in applied["conflicts"]] == [("public.shop_customer", "2")]
+        (taken,) = applied["conflicts"]  # named by its constraint, with the DR's row and when it was written
+        assert "shop_customer_email_key (the row under key 100)" in taken["why"], taken
+        assert '"other"' in taken["current_row"] and taken["current_written_at"] is not None
         assert [(r["table"], r["key"]) for r in applied["refused"]] == [("public.shop_order", "1")]
         assert "shop_order_customer_id_fkey" in applied["refused"][0]["reason"]
         # The dry run was the apply's plan.

@@ -63,6 +63,15 @@ class SequenceInfo:
 
 
 @dataclass(frozen=True)
+class UniqueClash:
+    """A row holding a unique value a lost row needs: the constraint, the row as printed, its key."""
+
+    constraint: str
+    row: str
+    key: str
+
+
+@dataclass(frozen=True)
 class CurrentRow:
     """What a key holds now: the row as the database prints it, and whether it has the image's content."""
 
@@ -163,6 +172,11 @@ class RecoverySession(ABC):
     @abstractmethod
     def current_rows(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, CurrentRow]:
         """event id → what its key holds now, for the events whose key holds a row."""
+
+    def unique_clashes(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, UniqueClash]:
+        """event id → the unique key (other than the primary key) whose value another row holds now,
+        that row and its key, for events whose own key is free but whose insert was kept out."""
+        return {}
 
     @abstractmethod
     def written_at(self, table: str, keys: Sequence[str]) -> dict[str, int]:

@@ -25,6 +25,7 @@ from drledger.source.base import (
     ReplayRights,
     SequenceInfo,
     TableShape,
+    UniqueClash,
 )
 from drledger.source.mysql.columns import Column, image_expression, key_expression, quote
 from drledger.source.mysql.connection import error_code
@@ -268,6 +269,38 @@ class MySQLRecoverySession(RecoverySession):
             found[event.event_id] = CurrentRow(
                 text, tuple(k for k, v in mine.items() if k not in theirs or theirs[k] != v)
             )
+        return found
+
+    def unique_clashes(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, UniqueClash]:
+        indexes = query(
+            self.conn,
+            "SELECT INDEX_NAME, GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX SEPARATOR '\\n') "
+            "FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s "
+            "AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY' GROUP BY INDEX_NAME ORDER BY INDEX_NAME",
+            (shape.name.schema, shape.name.name),
+        )
+        typed = self._typed(shape)
+        stored = image_expression(self._columns_of(shape.name), "t")
+        by_name = {c.name: c for c in self._columns_of(shape.name)}
+        key = key_expression(
+            [by_name[k] for k in shape.key_columns], {k: f"t.{quote(k)}" for k in shape.key_columns}
+        )
+        document = _json_array([e.row_json for e in events])
+        found: dict[str, UniqueClash] = {}
+        for name, columns in indexes:
+            join = " AND ".join(f"t.{quote(c)} = {typed[c]}" for c in str(columns).split("\n"))
+            with self._translated():
+                rows = query(
+                    self.conn,
+                    _over_images(
+                        f"SELECT jt.ord, {stored}, {key} FROM {_ROWS} JOIN {ident(shape.name)} AS t ON {join}"
+                    ),
+                    (document,),
+                )
+            for ordinal, text, row_key in rows:
+                found.setdefault(
+                    events[int(ordinal) - 1].event_id, UniqueClash(str(name), text, str(row_key))
+                )
         return found
 
     def restore_outbox(self, events: Sequence[LedgerEvent]) -> None:

@@ -28,6 +28,7 @@ from drledger.source.base import (
     ReplayRights,
     SequenceInfo,
     TableShape,
+    UniqueClash,
 )
 from drledger.source.postgres.outbox import (
     SUPPRESS_SETTING,
@@ -196,6 +197,31 @@ class PostgresRecoverySession(RecoverySession):
             r[0]: CurrentRow(r[1], tuple(r[2]))
             for r in self.conn.execute(statement, (zoned, items), prepare=False).fetchall()
         }
+
+    def unique_clashes(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, UniqueClash]:
+        indexes = self.conn.execute(
+            "SELECT c.relname, array_agg(a.attname ORDER BY k.ord) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE i.indrelid = %s AND i.indisunique AND NOT i.indisprimary AND i.indexprs IS NULL "
+            "AND i.indpred IS NULL GROUP BY c.relname ORDER BY c.relname",
+            (shape.ref,),
+        ).fetchall()
+        items = _json_array(f'{{"id": "{e.event_id}", "row": {e.row_json}}}' for e in events)
+        found: dict[str, UniqueClash] = {}
+        for name, columns in indexes:
+            join = sql.SQL(" AND ").join(
+                sql.SQL("n.{c} = k.{c}").format(c=sql.Identifier(c)) for c in columns
+            )
+            statement = sql.SQL(
+                "SELECT e.item ->> 'id', to_jsonb(n.*)::text, {key} FROM jsonb_array_elements(%s::jsonb) AS e(item) "
+                "CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.item -> 'row') AS k "
+                "JOIN {table} AS n ON {join}"
+            ).format(key=key_expression(list(shape.key_columns)), table=ident(shape.name), join=join)
+            for event_id, row, key in self.conn.execute(statement, (items,), prepare=False).fetchall():
+                found.setdefault(event_id, UniqueClash(str(name), row, key))
+        return found
 
     def restore_outbox(self, events: Sequence[LedgerEvent]) -> None:
         # COPY is the cheapest way in; no row can clash, since the ids were checked under the lock.
