@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from drledger.errors import DrledgerError
@@ -19,16 +20,17 @@ PRIVATE_DIR = 0o700
 def write_private(path: Path, data: bytes | str, what: str | None = None) -> None:
     """Replace `path` atomically with `data` (str is written as UTF-8), readable by this user only.
 
-    A reader never sees half a file: `data` goes to `<path>.tmp` (0600, synced), which then replaces
-    `path`. With `what`, a failure is one sentence naming it ("Cannot write the report to …");
-    without, the OSError is the caller's to handle.
+    A reader never sees half a file: `data` goes to a temporary file of its own beside `path` (0600,
+    synced), which then replaces `path`; two writers at once never share one. With `what`, a failure
+    is one sentence naming it ("Cannot write the report to …"); without, the OSError is the caller's.
     """
-    temporary = path.with_name(path.name + ".tmp")
     payload = data.encode() if isinstance(data, str) else data
+    temporary: Path | None = None
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        temporary = Path(name)
         try:
-            os.fchmod(fd, PRIVATE_FILE)  # an older temporary file keeps its mode through O_CREAT
+            os.fchmod(fd, PRIVATE_FILE)  # mkstemp's own 0600, said here as everywhere else
             with os.fdopen(fd, "wb", closefd=False) as handle:
                 handle.write(payload)
                 handle.flush()
@@ -37,8 +39,9 @@ def write_private(path: Path, data: bytes | str, what: str | None = None) -> Non
             os.close(fd)
         os.replace(temporary, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
         if what is None:
             raise
         raise DrledgerError(f"Cannot write the {what} to {path}: {exc.strerror}.") from None
