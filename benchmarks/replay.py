@@ -4,6 +4,11 @@ Reconcile's split-brain lookup (which lost events' keys the DR database holds wi
 timed over the same events in the first database: before replay (every key free), and after it with
 1% of the rows changed (every key held, 1% taken by other content), beside that run's replay time.
 
+Replay reads back every row it writes (and every row it finds already replayed); what that costs is
+measured in the same run against a variant without it: the same replay with the INSERT returning only
+the keys it wrote and "already replayed" trusting the outbox's record, as replay did before the
+read-back (a benchmark-only patch; replay has no option to skip it).
+
 A throw-away PostgreSQL cluster (fsync off, as the drill's) stands in for the promoted DR database.
 The same events are replayed into fresh databases with different chunk sizes (how many source
 transactions commit together), so the cost of per-transaction commits shows in the same run. The
@@ -16,11 +21,15 @@ is its figure: on a shared two-core machine one run varies by a third.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import Iterator, Sequence
+from unittest import mock
 
 import psycopg
+from psycopg import sql
 
 from drledger.collisions import key_collisions
 from drledger.drill.postgres.cluster import ClusterSet
@@ -28,7 +37,9 @@ from drledger.drill.postgres.rig import DEMO_TABLE_DDL
 from drledger.events import LedgerEvent
 from drledger.replay import plan_replay, replay
 from drledger.source import open_source
-from drledger.source.postgres.outbox import install
+from drledger.source.base import CurrentRow, TableShape
+from drledger.source.postgres.outbox import ident, install, key_expression
+from drledger.source.postgres.session import PostgresRecoverySession, _json_array
 
 
 def lost_events(count: int, transactions: int) -> list[LedgerEvent]:
@@ -56,6 +67,37 @@ def lost_events(count: int, transactions: int) -> list[LedgerEvent]:
     return events
 
 
+@contextlib.contextmanager
+def without_read_back() -> Iterator[None]:
+    """Replay as it was before it read back: keys from the INSERT, and the outbox's record trusted."""
+
+    def insert_if_absent(
+        self: PostgresRecoverySession,
+        shape: TableShape,
+        columns: Sequence[str],
+        events: Sequence[LedgerEvent],
+    ) -> dict[str, bool]:
+        names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        statement = sql.SQL(
+            "INSERT INTO {table} AS n ({columns}) OVERRIDING SYSTEM VALUE "
+            "SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) "
+            "ON CONFLICT DO NOTHING RETURNING {key}"
+        ).format(table=ident(shape.name), columns=names, key=key_expression(list(shape.key_columns)))
+        rows = self.conn.execute(statement, (_json_array(e.row_json for e in events),)).fetchall()
+        return {r[0]: True for r in rows}
+
+    def current_rows(
+        self: PostgresRecoverySession, shape: TableShape, events: Sequence[LedgerEvent]
+    ) -> dict[str, CurrentRow]:
+        return {e.event_id: CurrentRow("") for e in events}
+
+    with (
+        mock.patch.object(PostgresRecoverySession, "insert_if_absent", insert_if_absent),
+        mock.patch.object(PostgresRecoverySession, "current_rows", current_rows),
+    ):
+        yield
+
+
 def split_brain_lookup(dsn: str, events: list[LedgerEvent], expected: int) -> float:
     """Seconds reconcile's split-brain lookup takes over `events`; it must find `expected` collisions."""
     started = time.perf_counter()
@@ -77,11 +119,12 @@ def main() -> None:
     events = lost_events(args.events, args.transactions)
     plan = plan_replay(events)
     results = {}
-    timings: dict[int, list[tuple[float, float]]] = {}
+    timings: dict[tuple[bool, int], list[tuple[float, float]]] = {}
     with ClusterSet() as clusters:
         primary = clusters.primary()
-        runs = [5_000] * args.repeat + [500, 10]
-        for run, chunk in enumerate(runs):
+        # The default chunk with and without the read-back, alternating, so both see the same machine.
+        runs = [(True, 5_000), (False, 5_000)] * args.repeat + [(True, 500), (True, 10)]
+        for run, (read_back, chunk) in enumerate(runs):
             name = f"replay_{run}_{chunk}"
             with psycopg.connect(primary.dsn, autocommit=True) as conn:
                 conn.execute(f"CREATE DATABASE {name}")
@@ -91,8 +134,10 @@ def main() -> None:
             install(dsn, ["public.orders"])
             if run == 0:
                 free = split_brain_lookup(dsn, events, 0)
+            variant = contextlib.nullcontext() if read_back else without_read_back()
             started = time.perf_counter()
-            result = replay(dsn, events, apply=True, chunk_events=chunk)
+            with variant:
+                result = replay(dsn, events, apply=True, chunk_events=chunk)
             elapsed = time.perf_counter() - started
             assert result.applied == len(events), result.as_json()
             if run == 0:
@@ -111,20 +156,38 @@ def main() -> None:
                     f"(1% taken) {held:.2f} s; replay of the same {elapsed:.2f} s (ratio {held / elapsed:.3f})",
                     flush=True,
                 )
+            variant = contextlib.nullcontext() if read_back else without_read_back()
             started = time.perf_counter()
-            again = replay(dsn, events, apply=True, chunk_events=chunk)
+            with variant:
+                again = replay(dsn, events, apply=True, chunk_events=chunk)
             second = time.perf_counter() - started
             # The rows changed for the split-brain lookup no longer hold their images: conflicts, not
             # "already replayed" (replay reads back what it finds, too).
             changed = len(events) // 100 if run == 0 else 0
             assert again.applied == 0 and again.already_replayed == len(events) - changed
             assert len(again.conflicts) == changed
+            label = "" if read_back else " (without the read-back)"
             print(
-                f"chunk of {chunk} events: {elapsed:.2f} s, {len(events) / elapsed:,.0f} rows/s", flush=True
+                f"chunk of {chunk} events{label}: {elapsed:.2f} s, {len(events) / elapsed:,.0f} rows/s; "
+                f"again {second:.2f} s",
+                flush=True,
             )
-            timings.setdefault(chunk, []).append((elapsed, second))
-        for chunk, runs_of_chunk in timings.items():
-            elapsed, second = sorted(runs_of_chunk)[len(runs_of_chunk) // 2]
+            timings.setdefault((read_back, chunk), []).append((elapsed, second))
+        medians = {variant: sorted(runs)[len(runs) // 2] for variant, runs in timings.items()}
+        with_it, without_it = medians[(True, 5_000)], medians[(False, 5_000)]
+        results["read_back_cost"] = {
+            "runs_each": args.repeat,
+            "replay_seconds": round(with_it[0], 2),
+            "replay_seconds_without_read_back": round(without_it[0], 2),
+            "replay_ratio": round(with_it[0] / without_it[0], 3),
+            "second_run_seconds": round(with_it[1], 2),
+            "second_run_seconds_without_read_back": round(without_it[1], 2),
+            "second_run_ratio": round(with_it[1] / without_it[1], 3),
+        }
+        for (read_back, chunk), runs_of_chunk in timings.items():
+            if not read_back:
+                continue
+            elapsed, second = medians[(read_back, chunk)]
             results[f"chunk_{chunk}_events"] = {
                 "runs": len(runs_of_chunk),
                 "seconds": round(elapsed, 2),

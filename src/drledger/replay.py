@@ -285,6 +285,18 @@ def prove(session: RecoverySession, admitted: list[Admitted], result: ReplayResu
     return Proof(_validate(session, admitted, shapes, result), shapes)
 
 
+def require_recoverer_rights(session: RecoverySession, command: str, shapes: Iterable[TableShape]) -> None:
+    """Before the first write: the role holds every right of the recoverer's list (the one
+    --print-grants prints and init --check --as verifies) for these tables, or one sentence naming the
+    command, the right and the GRANT that gives it."""
+    rights = session.missing_rights(list(shapes))
+    if rights.missing:
+        raise DrledgerError(
+            f"{command}: the role {rights.role} may not {command} here: it lacks {rights.missing[0]} (permission "
+            f"denied); {rights.grants[0]} gives it (drledger init --print-grants lists the recoverer's)."
+        )
+
+
 def replay(
     dsn: str,
     events: Sequence[LedgerEvent],
@@ -319,12 +331,7 @@ def replay(
         plan = plan_replay(a.event for a in valid)
         result.plan = plan
         if apply:
-            rights = session.missing_rights(list(proof.shapes.values()))
-            if rights.missing:
-                raise DrledgerError(
-                    f"replay: the role {rights.role} may not replay here: it lacks {rights.missing[0]} (permission "
-                    f"denied); {rights.grants[0]} gives it (drledger init --print-grants lists the recoverer's)."
-                )
+            require_recoverer_rights(session, "replay", proof.shapes.values())
         session.rollback()  # validation reads only; what follows runs in transactions of its own
         # Fencing comes first: once the application writes again, a sequence behind a key replay is
         # about to restore would hand that key out.
@@ -585,19 +592,23 @@ def _insert_table(
         present = set(orjson.loads(event.row_json))
         columns = tuple(c for c in shape.column_order if c in present and c in shape.insertable)
         groups.setdefault(columns, []).append(event)
-    inserted: set[str] = set()
+    inserted: dict[str, bool] = {}  # key → proven to hold its image when inserted
     for columns, members in groups.items():
-        inserted |= session.insert_if_absent(shape, columns, [e.row_json for e in members])
-    stray = inserted - {e.key for e in rows}
+        inserted |= session.insert_if_absent(shape, columns, members)
+    stray = inserted.keys() - {e.key for e in rows}
     if stray:  # a trigger (or a default) gave the row another key than its image holds
         raise ReadBackMismatch(
             f"{shape.name.qualified}: a row was stored under key {_short(min(stray))}, which no image holds"
         )
     kinds: dict[str, Outcome] = {}
     claimed: set[str] = set()
-    # Every row, written now or found: what was written is read back (the same comparison that proves
-    # a row present), so a value the database changed on the way in is never counted as applied.
-    current = session.current_rows(shape, rows)
+    # Every row, written now or found, is read back (the same comparison that proves a row present), so
+    # a value the database changed on the way in is never counted as applied. Where the engine proved
+    # it in the INSERT itself, the row is not read again.
+    proven = CurrentRow("")
+    unproven = [e for e in rows if not inserted.get(e.key, False)]
+    current = session.current_rows(shape, unproven) if unproven else {}
+    current |= {e.event_id: proven for e in rows if inserted.get(e.key, False)}
     conflicting: list[LedgerEvent] = []
     for event in rows:
         now = current.get(event.event_id)

@@ -20,7 +20,7 @@ from drledger.fence import FenceResult, fence_sequences
 from drledger.ledger import read_all
 from drledger.margins import DEFAULT_MARGIN, validate_margin
 from drledger.recovery import ReconcileRequest, choose_window, dr_latest_commit, open_ledgers, run_reconcile
-from drledger.replay import ReplayResult, prove
+from drledger.replay import ReplayResult, prove, require_recoverer_rights
 from drledger.screening import screen
 from drledger.source import open_source
 
@@ -47,7 +47,10 @@ def fence_from_ledger(
     screening = screen(events)
     scratch = ReplayResult(refused=list(screening.refused), ambiguous=screening.ambiguous)
     with open_source(request.dsn).recovery_session() as session:
+        session.require_outbox()
         proof = prove(session, screening.admitted, scratch)
+        if apply:
+            require_recoverer_rights(session, "fence", proof.shapes.values())
         session.rollback()
         result = fence_sequences(session, [(a.table, a.row) for a in proof.valid], margin, apply=apply)
         session.commit()

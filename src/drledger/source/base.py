@@ -75,7 +75,7 @@ class UniqueClash:
 class CurrentRow:
     """What a key holds now: the row as the database prints it, and whether it has the image's content."""
 
-    text: str
+    text: str  # empty when the row holds the image (not fetched: nothing needs showing)
     differs: tuple[str, ...] = ()  # the image's columns whose value the row does not hold
 
     @property
@@ -166,8 +166,12 @@ class RecoverySession(ABC):
         """event id → the fingerprint of the outbox row holding it, for ids the outbox has."""
 
     @abstractmethod
-    def insert_if_absent(self, shape: TableShape, columns: Sequence[str], images: Sequence[str]) -> set[str]:
-        """Insert the rows whose keys are free; the keys inserted."""
+    def insert_if_absent(
+        self, shape: TableShape, columns: Sequence[str], events: Sequence[LedgerEvent]
+    ) -> dict[str, bool]:
+        """Insert the rows of `events` whose keys are free: each key inserted → True when the engine
+        proved, in the same statement, that the stored row equals its image; False leaves the reading
+        back to current_rows."""
 
     @abstractmethod
     def current_rows(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, CurrentRow]:

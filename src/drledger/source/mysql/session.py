@@ -77,7 +77,7 @@ class MySQLRecoverySession(RecoverySession):
             if error_code(exc) in _PRIVILEGE_ERRORS:
                 raise DrledgerError(
                     f"The database refused: {exc.args[1] if len(exc.args) > 1 else exc}; this role lacks a privilege "
-                    "replay needs (drledger init --print-grants lists the recoverer's)."
+                    "the recoverer needs (drledger init --print-grants lists the recoverer's)."
                 ) from None
             if error_code(exc) in (2006, 2013, 2003):
                 raise SourceUnavailable(f"The database went away: {exc.args[-1]}.") from None
@@ -231,8 +231,11 @@ class MySQLRecoverySession(RecoverySession):
         )
         return {r[0] for r in rows}
 
-    def insert_if_absent(self, shape: TableShape, columns: Sequence[str], images: Sequence[str]) -> set[str]:
-        document = _json_array(images)
+    def insert_if_absent(
+        self, shape: TableShape, columns: Sequence[str], events: Sequence[LedgerEvent]
+    ) -> dict[str, bool]:
+        # MySQL returns nothing from an INSERT: every row inserted is read back by current_rows.
+        document = _json_array([e.row_json for e in events])
         with self._translated():
             before = self._existing_keys(shape, document)
             typed = self._typed(shape)
@@ -249,7 +252,7 @@ class MySQLRecoverySession(RecoverySession):
             if trouble:
                 raise RowsRejected(str(trouble[0][2]))
             after = self._existing_keys(shape, document)
-        return after - before
+        return dict.fromkeys(after - before, False)
 
     def current_rows(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, CurrentRow]:
         typed = self._typed(shape)

@@ -165,14 +165,26 @@ class PostgresRecoverySession(RecoverySession):
         ).fetchall()
         return {r[0]: int(r[1]) for r in rows}
 
-    def insert_if_absent(self, shape: TableShape, columns: Sequence[str], images: Sequence[str]) -> set[str]:
+    def insert_if_absent(
+        self, shape: TableShape, columns: Sequence[str], events: Sequence[LedgerEvent]
+    ) -> dict[str, bool]:
+        # What was stored comes back from the INSERT itself (after BEFORE triggers, defaults and
+        # generated columns) and is compared there, as JSON, with the image under its key: equal is
+        # proven at once; any other row is left to current_rows' column-by-column reading (a time with
+        # a zone printed in another zone, an image without some column). The images go in twice: as an
+        # array, inserted in the order given, and as an object by key, for the comparison (cheaper than
+        # joining the INSERT's rows back to the array's).
         names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        key = key_expression(list(shape.key_columns))
         statement = sql.SQL(
             "INSERT INTO {table} AS n ({columns}) OVERRIDING SYSTEM VALUE "
-            "SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) "
-            "ON CONFLICT DO NOTHING RETURNING {key}"
-        ).format(table=ident(shape.name), columns=names, key=key_expression(list(shape.key_columns)))
-        return {r[0] for r in self.conn.execute(statement, (_json_array(images),)).fetchall()}
+            "SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, %(images)s::jsonb) "
+            "ON CONFLICT DO NOTHING RETURNING {key}, coalesce(to_jsonb(n.*) = (%(by_key)s::jsonb -> {key}), false)"
+        ).format(table=ident(shape.name), columns=names, key=key)
+        images = _json_array(e.row_json for e in events)
+        by_key = "{" + ",".join(f"{orjson.dumps(e.key).decode()}:{e.row_json}" for e in events) + "}"
+        rows = self.conn.execute(statement, {"images": images, "by_key": by_key}, prepare=False).fetchall()
+        return {r[0]: bool(r[1]) for r in rows}
 
     def current_rows(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, CurrentRow]:
         join = sql.SQL(" AND ").join(
@@ -181,12 +193,15 @@ class PostgresRecoverySession(RecoverySession):
         # The same content means: every column the image names holds the image's value, compared as
         # JSON (numerics by value, never rounded through the column's type). A time with a zone is
         # printed in the printing session's zone, so there the image is read through the column's
-        # type and printed here too: the same instant, the same text.
+        # type and printed here too: the same instant, the same text. A row equal to its image as a
+        # whole (the usual case) is settled by one comparison, and its text is not fetched.
         statement = sql.SQL(
-            "SELECT e.item ->> 'id', s.stored::text, ARRAY(SELECT j.key FROM jsonb_each(e.item -> 'row') AS j "
+            "SELECT e.item ->> 'id', CASE WHEN s.stored = e.item -> 'row' THEN NULL ELSE s.stored::text END, "
+            "CASE WHEN s.stored = e.item -> 'row' THEN NULL ELSE "
+            "ARRAY(SELECT j.key FROM jsonb_each(e.item -> 'row') AS j "
             "WHERE (s.stored -> j.key) IS DISTINCT FROM j.value "
             "AND NOT (j.key = ANY(%s::text[]) AND (s.stored -> j.key) = (to_jsonb(k.*) -> j.key)) "
-            "ORDER BY j.key) "
+            "ORDER BY j.key) END "
             "FROM jsonb_array_elements(%s::jsonb) AS e(item) "
             "CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.item -> 'row') AS k "
             "JOIN {table} AS n ON {join} CROSS JOIN LATERAL (SELECT to_jsonb(n.*) AS stored) AS s"
@@ -194,7 +209,7 @@ class PostgresRecoverySession(RecoverySession):
         items = _json_array(f'{{"id": "{e.event_id}", "row": {e.row_json}}}' for e in events)
         zoned = list(shape.zoned)
         return {
-            r[0]: CurrentRow(r[1], tuple(r[2]))
+            r[0]: CurrentRow(r[1] or "", tuple(r[2] or ()))
             for r in self.conn.execute(statement, (zoned, items), prepare=False).fetchall()
         }
 
