@@ -387,10 +387,12 @@ def test_a_fence_it_may_not_make_stops_replay_before_any_row_and_a_rerun_finishe
         conn.execute("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO drl_no_sequences")
     limited = world.dsn.replace("postgres@", "drl_no_sequences@")
     # fence checks the same list before it moves anything, and says that it is fence that stopped.
-    fenced = run_cli("fence", "--db", limited, "--ledger", world.ledger("all"), "--since", "2000-01-01T00:00:00Z")
-    assert fenced.returncode == 2 and fenced.stderr.startswith("drledger: fence: the role drl_no_sequences"), (
-        fenced.stderr
+    fenced = run_cli(
+        "fence", "--db", limited, "--ledger", world.ledger("all"), "--since", "2000-01-01T00:00:00Z"
     )
+    assert fenced.returncode == 2 and fenced.stderr.startswith(
+        "drledger: fence: the role drl_no_sequences"
+    ), fenced.stderr
     assert "GRANT SELECT, UPDATE ON SEQUENCE public.customer_id_seq TO" in fenced.stderr
     result = run_cli("replay", "--db", limited, "--from", str(path), "--apply")
     # Checked against the recoverer's printed list before any write: the GRANT that fixes it, named.
