@@ -103,6 +103,7 @@ def test_inspect_json_keys_and_malformed_records(workdir: Path) -> None:
         "first_commit",
         "last_commit",
         "tables",
+        "exit_code",
     }
     assert (summary["events"], summary["distinct"], summary["duplicates"], summary["malformed"]) == (
         2,
@@ -131,3 +132,32 @@ def test_prune_is_a_dry_run_unless_applied(database: str) -> None:
 
 def test_dsn_helper_targets_the_test_cluster(primary: LocalCluster) -> None:
     assert dsn_for(primary, "x").endswith(f":{primary.port}/x")
+
+
+def test_json_exit_code_is_the_process_exit_code_for_every_ending(database: str, workdir: Path) -> None:
+    """Success, a finding, a refused input, a database away and a usage error: under --json, stdout
+    holds one document whose exit_code is the exit status the process ends with."""
+    run_cli("init", "--db", database, "--table", "orders")
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS drl_json_nobody")
+        conn.execute("CREATE ROLE drl_json_nobody")
+    ledger = f"sqlite:///{workdir}/none.db"
+    cases = [
+        ("prune", "--db", database, "--older-than", "7d"),
+        ("init", "--db", database, "--table", "orders", "--check"),
+        ("init", "--db", database, "--table", "orders", "--check", "--as", "reader=drl_json_nobody"),
+        ("init", "--db", database, "--table", "no_such_table", "--check"),
+        ("replay", "--db", database, "--from", str(workdir / "absent.json")),
+        ("fence", "--db", database, "--ledger", ledger, "--since", "1h"),
+        ("reconcile", "--db", "postgresql://drl:s3cret@127.0.0.1:1/x", "--ledger", ledger, "--since", "1h"),
+        ("ledger", "inspect", "--ledger", "kafka://"),
+        ("reconcile", "--no-such-option"),
+    ]
+    codes = set()
+    for args in cases:
+        result = run_cli(*args, "--json")
+        document = json.loads(result.stdout)
+        assert document["exit_code"] == result.returncode, (args, result.stdout, result.stderr)
+        assert "s3cret" not in result.stdout
+        codes.add(result.returncode)
+    assert codes == {0, 1, 2}, codes

@@ -27,7 +27,7 @@ import typer
 
 from drledger import __version__
 from drledger.cli import drill, fence, init, ledger, prune, reconcile, relay, replay, watch
-from drledger.cli.common import fail, out
+from drledger.cli.common import fail, machine, out, print_json
 from drledger.errors import DrledgerError, ExitCode, exit_help
 
 if TYPE_CHECKING:
@@ -80,8 +80,18 @@ def main() -> None:
         stream=sys.stderr,
     )
     logging.getLogger("drledger").setLevel(logging.INFO)
+    machine.requested = "--json" in sys.argv[1:]
     try:
         app()
+    except SystemExit as exc:
+        # Click's own endings (a usage error, exit 2) print their sentence on stderr; under --json a
+        # script reads the same ending from stdout.
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code not in (0, None) and machine.requested and not machine.printed:
+            print_json(
+                {"error": "the command line was not accepted (the reason is on stderr)"}, exit_code=code
+            )
+        raise
     except DrledgerError as exc:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:

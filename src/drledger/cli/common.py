@@ -20,14 +20,32 @@ out.soft_wrap = not out.is_terminal
 err = Console(stderr=True, log_path=False)  # a log line names the time, never a source file
 
 
+class _MachineOutput:
+    """Whether --json was asked for, and whether a document has gone to stdout yet: a command that
+    ends before printing its own (a bad input, a database refusing) prints one with its error."""
+
+    requested = False
+    printed = False
+
+
+machine = _MachineOutput()
+
+
 def fail(message: str, code: int) -> None:
-    """One sentence on stderr, no traceback, and the exit code."""
+    """One sentence on stderr, no traceback, and the exit code (under --json, a document with both)."""
     err.print(f"drledger: {message}", markup=False, highlight=False, soft_wrap=True)
+    if machine.requested and not machine.printed:
+        print_json({"error": message}, exit_code=code)
     sys.exit(code)
 
 
-def print_json(document: Any) -> None:
-    """JSON on stdout: coloured on a terminal; piped or redirected, plain text that never wraps."""
+def print_json(document: Any, *, exit_code: int | None = None) -> None:
+    """JSON on stdout: coloured on a terminal; piped or redirected, plain text that never wraps.
+
+    A command's final document carries `exit_code`, the process's own exit status."""
+    machine.printed = True
+    if exit_code is not None:
+        document = {**document, "exit_code": int(exit_code)}
     if out.is_terminal:
         out.print_json(json.dumps(document))
     else:

@@ -99,7 +99,9 @@ def drill(
 
         write_drill_html(html, result, tps)
     if as_json:
-        print_json(result.as_json())
+        print_json(
+            result.as_json(), exit_code=ExitCode.SUCCESS if result.verdict == "ok" else ExitCode.PROBLEM_FOUND
+        )
     else:
         out.print(comparison_table(result, tps))
         out.print(f"verdict: [bold]{result.verdict}[/] (drill took {result.total_seconds:g} s)")

@@ -65,7 +65,10 @@ def fence(
     with err.status("reading the ledger and fencing…"):
         result, unproven = fence_from_ledger(request, margin, apply=not dry_run)
     if as_json:
-        print_json({**result.as_json(every_sequence=True), "unproven_events": unproven, "dry_run": dry_run})
+        print_json(
+            {**result.as_json(every_sequence=True), "unproven_events": unproven, "dry_run": dry_run},
+            exit_code=ExitCode.NEEDS_HUMAN if result.unfenced else ExitCode.SUCCESS,
+        )
     else:
         print_fences(out, result, moved_only=False, dry_run=dry_run)
         if unproven:

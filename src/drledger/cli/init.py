@@ -83,7 +83,7 @@ def init(
             raise DrledgerError("Name at least one table to capture with --table schema.table.")
         installed = source.install(tables)
         if as_json:
-            print_json({"installed": installed})
+            print_json({"installed": installed}, exit_code=ExitCode.SUCCESS)
         else:
             for name in installed:
                 out.print(Text("✓ ", style="green") + Text(f"capturing inserts into {name}"))
@@ -101,7 +101,11 @@ def init(
         ]
     findings = [*source.check(tables), *role_findings]
     if as_json:
-        print_json({"ok": all(f.ok for f in findings), "findings": [f.__dict__ for f in findings]})
+        ok = all(f.ok for f in findings)
+        print_json(
+            {"ok": ok, "findings": [f.__dict__ for f in findings]},
+            exit_code=ExitCode.SUCCESS if ok else ExitCode.PROBLEM_FOUND,
+        )
     else:
         for finding in findings:
             mark = Text("✓ ", style="green") if finding.ok else Text("✗ ", style="red")

@@ -8,6 +8,7 @@ import typer
 
 from drledger.cli.common import client_config, err, out, print_json
 from drledger.cli.options import EndpointOption, JsonOption, LedgerConfigFileOption, LedgerConfigOption
+from drledger.errors import ExitCode
 
 ledger_app = typer.Typer(help="Look into a ledger.", no_args_is_help=True, rich_markup_mode="markdown")
 
@@ -41,6 +42,6 @@ def ledger_inspect(
             on_record=lambda n: status.update(f"reading the ledger… {n:,} records"),
         )
     if as_json:
-        print_json(census.as_json())
+        print_json(census.as_json(), exit_code=ExitCode.SUCCESS)
         return
     print_census(out, census, [ledger.display_url for ledger in ledgers])

@@ -8,6 +8,7 @@ import typer
 
 from drledger.cli.common import out, print_json
 from drledger.cli.options import DbOption, JsonOption
+from drledger.errors import ExitCode
 
 
 def prune(
@@ -28,7 +29,9 @@ def prune(
     cutoff = parse_instant(older_than)
     count = open_source(db).prune(cutoff, apply=apply)
     if as_json:
-        print_json({"cutoff": format_instant(cutoff), "rows": count, "applied": apply})
+        print_json(
+            {"cutoff": format_instant(cutoff), "rows": count, "applied": apply}, exit_code=ExitCode.SUCCESS
+        )
     elif apply:
         out.print(f"deleted {count} outbox rows created before {format_instant(cutoff)}")
     else:

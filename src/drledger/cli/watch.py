@@ -121,7 +121,10 @@ def watch(
         if problem is not None:
             raise problem
         if as_json:
-            print_json({**snap.as_json(), "problems": snap.problems})
+            print_json(
+                {**snap.as_json(), "problems": snap.problems},
+                exit_code=ExitCode.PROBLEM_FOUND if snap.problems else ExitCode.SUCCESS,
+            )
         else:
             print_snapshot(out, snap)
         if snap.problems:
