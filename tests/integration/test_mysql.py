@@ -508,3 +508,45 @@ def test_the_recoverer_replays_every_value_with_exactly_the_printed_grants(shop:
         assert shop.rows("SELECT COUNT(*) FROM `Sales`.`Order`") == [(0,)]
     finally:
         shop.server.execute(f"DROP USER IF EXISTS '{recoverer}'@'%'")
+
+
+def test_a_trigger_that_changes_a_value_is_caught_and_an_edited_replayed_row_is_not_replayed_on_mysql(
+    shop: Shop,
+) -> None:
+    shop.server.execute(
+        "CREATE TABLE `Sales`.note (id INT AUTO_INCREMENT PRIMARY KEY, body VARCHAR(100), tag VARCHAR(20))"
+    )
+    assert shop.cli("init", "--table", "Sales.note").returncode == 0
+    shop.server.execute("INSERT INTO `Sales`.note (id, body, tag) VALUES (1, 'first', 'a')")
+    shop.server.execute("INSERT INTO `Sales`.note (id, body, tag) VALUES (2, 'second', 'b')")
+    events = [r.as_event() for r in open_source(shop.dsn).read_window(None, None)]
+    assert len(events) == 2, events
+    shop.server.execute("DELETE FROM `Sales`.note")
+    shop.server.execute("DELETE FROM drledger.outbox")
+    url = f"sqlite:///{shop.workdir}/notes.db"
+    with open_ledger(url, writer=True) as ledger:
+        ledger.publish(events)
+    saved = shop.workdir / "lost.json"
+    assert shop.cli("reconcile", "--ledger", url, "--since", "1h", "--save", str(saved)).returncode == 1
+    # A user's trigger rewrites one value on the way in: what replay wrote is not the ledger's row.
+    shop.server.execute(
+        "CREATE TRIGGER `Sales`.note_upper BEFORE INSERT ON `Sales`.note FOR EACH ROW "
+        "SET NEW.tag = IF(NEW.id = 2, UPPER(NEW.tag), NEW.tag)"
+    )
+    result = shop.cli("replay", "--from", str(saved), "--apply", "--json")
+    assert result.returncode == 2, result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == 2 and document["applied"] == 1, document
+    (refusal,) = document["refused"]
+    assert refusal["key"] == "2" and "column tag" in refusal["reason"], refusal
+    assert '"b"' in refusal["reason"] and '"B"' in refusal["reason"], refusal
+    assert shop.rows("SELECT id, tag FROM `Sales`.note ORDER BY id") == [(1, "a")]
+    shop.server.execute("DROP TRIGGER `Sales`.note_upper")
+    assert shop.cli("replay", "--from", str(saved), "--apply").returncode == 0
+    # Someone edits a replayed row: applying the same saved report again does not call it replayed.
+    shop.server.execute("UPDATE `Sales`.note SET body = 'edited' WHERE id = 1")
+    again = shop.cli("replay", "--from", str(saved), "--apply", "--json")
+    document = json.loads(again.stdout)
+    assert again.returncode == 3 and document["already_replayed"] == 1, again.stdout + again.stderr
+    (conflict,) = document["conflicts"]
+    assert conflict["key"] == "1" and "no longer holds its image" in conflict["why"], conflict
