@@ -23,9 +23,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from unittest import mock
 
 import psycopg
@@ -65,6 +67,34 @@ def lost_events(count: int, transactions: int) -> list[LedgerEvent]:
             )
         )
     return events
+
+
+def cpu_seconds(server_pid: int) -> float:
+    """CPU seconds used so far by this process and by the database server (its postmaster, the
+    backends it has reaped and those alive): on a shared machine, steadier than the wall clock."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def used(pid: int, reaped: bool) -> int:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0
+        return sum(int(f) for f in fields[11 : 15 if reaped else 13])
+
+    children = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _parent(entry) == server_pid
+    ]
+    server = used(server_pid, True) + sum(used(pid, False) for pid in children)
+    return time.process_time() + server / tick
+
+
+def _parent(entry: Path) -> int | None:
+    try:
+        return int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 @contextlib.contextmanager
@@ -120,6 +150,7 @@ def main() -> None:
     plan = plan_replay(events)
     results = {}
     timings: dict[tuple[bool, int], list[tuple[float, float]]] = {}
+    cpu_used: dict[tuple[bool, int], list[float]] = {}
     with ClusterSet() as clusters:
         primary = clusters.primary()
         # The default chunk with and without the read-back, alternating, so both see the same machine.
@@ -135,10 +166,13 @@ def main() -> None:
             if run == 0:
                 free = split_brain_lookup(dsn, events, 0)
             variant = contextlib.nullcontext() if read_back else without_read_back()
+            assert primary.pid is not None
+            cpu_before = cpu_seconds(primary.pid)
             started = time.perf_counter()
             with variant:
                 result = replay(dsn, events, apply=True, chunk_events=chunk)
             elapsed = time.perf_counter() - started
+            cpu = cpu_seconds(primary.pid) - cpu_before
             assert result.applied == len(events), result.as_json()
             if run == 0:
                 with psycopg.connect(dsn, autocommit=True) as conn:
@@ -168,15 +202,21 @@ def main() -> None:
             assert len(again.conflicts) == changed
             label = "" if read_back else " (without the read-back)"
             print(
-                f"chunk of {chunk} events{label}: {elapsed:.2f} s, {len(events) / elapsed:,.0f} rows/s; "
-                f"again {second:.2f} s",
+                f"chunk of {chunk} events{label}: {elapsed:.2f} s ({cpu:.2f} CPU s), "
+                f"{len(events) / elapsed:,.0f} rows/s; again {second:.2f} s",
                 flush=True,
             )
             timings.setdefault((read_back, chunk), []).append((elapsed, second))
+            cpu_used.setdefault((read_back, chunk), []).append(cpu)
         medians = {variant: sorted(runs)[len(runs) // 2] for variant, runs in timings.items()}
         with_it, without_it = medians[(True, 5_000)], medians[(False, 5_000)]
+        cpu_with = sorted(cpu_used[(True, 5_000)])[args.repeat // 2]
+        cpu_without = sorted(cpu_used[(False, 5_000)])[args.repeat // 2]
         results["read_back_cost"] = {
             "runs_each": args.repeat,
+            "replay_cpu_seconds": round(cpu_with, 2),
+            "replay_cpu_seconds_without_read_back": round(cpu_without, 2),
+            "replay_cpu_ratio": round(cpu_with / cpu_without, 3),
             "replay_seconds": round(with_it[0], 2),
             "replay_seconds_without_read_back": round(without_it[0], 2),
             "replay_ratio": round(with_it[0] / without_it[0], 3),
