@@ -9,6 +9,10 @@ measured in the same run against a variant without it: the same replay with the 
 the keys it wrote and "already replayed" trusting the outbox's record, as replay did before the
 read-back (a benchmark-only patch; replay has no option to skip it).
 
+Its limit, measured in the same run: a plain load of the same rows and their outbox rows (COPY, in the
+same chunks, one commit each, capture triggers disabled, the rows already converted to tuples), beside
+which replay's rate is a ratio (issue 23's target: replay at least half the plain load's rate).
+
 A throw-away PostgreSQL cluster (fsync off, as the drill's) stands in for the promoted DR database.
 The same events are replayed into fresh databases with different chunk sizes (how many source
 transactions commit together), so the cost of per-transaction commits shows in the same run. The
@@ -41,7 +45,7 @@ from drledger.replay import plan_replay, replay
 from drledger.source import open_source
 from drledger.source.base import CurrentRow, TableShape
 from drledger.source.postgres.outbox import ident, install, key_expression
-from drledger.source.postgres.session import PostgresRecoverySession, _json_array
+from drledger.source.postgres.session import PostgresRecoverySession, _json_array, _timestamp
 
 
 def lost_events(count: int, transactions: int) -> list[LedgerEvent]:
@@ -126,6 +130,36 @@ def without_read_back() -> Iterator[None]:
         mock.patch.object(PostgresRecoverySession, "current_rows", current_rows),
     ):
         yield
+
+
+def plain_load(dsn: str, events: list[LedgerEvent], chunk_events: int) -> float:
+    """Seconds to COPY the same rows and outbox rows in the same chunks, one commit each: replay's limit."""
+    rows = []
+    for event in events:
+        row = event.row
+        rows.append((row["id"], row["customer"], row["amount"], row["placed_at"]))
+    outbox = [
+        (e.event_id, e.table, e.key, e.op, e.row_json, e.txid, _timestamp(e.commit_ts_ms), e.fingerprint)
+        for e in events
+    ]
+    with psycopg.connect(dsn) as conn:
+        conn.execute("ALTER TABLE public.orders DISABLE TRIGGER USER")
+        conn.execute("ALTER TABLE drledger.outbox DISABLE TRIGGER USER")
+        conn.commit()
+        started = time.perf_counter()
+        for start in range(0, len(events), chunk_events):
+            with conn.cursor() as cursor:
+                with cursor.copy("COPY public.orders (id, customer, amount, placed_at) FROM STDIN") as copy:
+                    for values in rows[start : start + chunk_events]:
+                        copy.write_row(values)
+                with cursor.copy(
+                    "COPY drledger.outbox (id, aggregatetype, aggregateid, type, payload, txid, created_at, "
+                    "fingerprint) FROM STDIN"
+                ) as copy:
+                    for outbox_row in outbox[start : start + chunk_events]:
+                        copy.write_row(outbox_row)
+            conn.commit()
+        return time.perf_counter() - started
 
 
 def split_brain_lookup(dsn: str, events: list[LedgerEvent], expected: int) -> float:
@@ -223,6 +257,26 @@ def main() -> None:
             "second_run_seconds": round(with_it[1], 2),
             "second_run_seconds_without_read_back": round(without_it[1], 2),
             "second_run_ratio": round(with_it[1] / without_it[1], 3),
+        }
+        # The limit: the same rows loaded plainly, in the default chunks, in fresh databases.
+        plain = []
+        for run in range(args.repeat):
+            name = f"plain_{run}"
+            with psycopg.connect(primary.dsn, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {name}")
+            dsn = f"postgresql://postgres@127.0.0.1:{primary.port}/{name}"
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(DEMO_TABLE_DDL)
+            install(dsn, ["public.orders"])
+            plain.append(plain_load(dsn, events, 5_000))
+            print(f"plain load of the same rows, 5000-event chunks: {plain[-1]:.2f} s", flush=True)
+        plain_seconds = sorted(plain)[len(plain) // 2]
+        results["replay_against_plain_load"] = {
+            "runs_each": args.repeat,
+            "replay_seconds": round(with_it[0], 2),
+            "plain_load_seconds": round(plain_seconds, 2),
+            "replay_rate_over_plain_rate": round(plain_seconds / with_it[0], 3),
+            "target": 0.5,
         }
         for (read_back, chunk), runs_of_chunk in timings.items():
             if not read_back:
