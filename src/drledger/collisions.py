@@ -22,7 +22,9 @@ BATCH = 5_000
 
 def key_collisions(session: RecoverySession, events: Sequence[LedgerEvent]) -> list[KeyCollision]:
     """The events (proven as replay would prove them) whose key holds other content now. Read only."""
-    proof = prove(session, screen(events).admitted, ReplayResult())
+    # Inserts only: the row a lost update or delete finds is its before image, which is no collision.
+    inserts = [a for a in screen(events).admitted if a.event.op == "insert"]
+    proof = prove(session, inserts, ReplayResult())
     by_table: dict[str, list[LedgerEvent]] = {}
     for admitted in proof.valid:
         by_table.setdefault(admitted.event.table, []).append(admitted.event)

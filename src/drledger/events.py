@@ -7,6 +7,11 @@ The row image is kept as the exact text PostgreSQL's jsonb output gives for the 
 jsonb prints one value one way (keys ordered, spacing fixed), so that text is already canonical: its
 SHA-256 is the content hash, the DR copy of the outbox hashes to the same digest, and replay hands
 the text back to PostgreSQL unchanged. Parsing it into Python numbers would round large numerics.
+
+An event is one change: an `insert` (its row image), an `update` (the row after, and `before_json`,
+the row before) or a `delete` (the row as it was). Its content hash covers the operation and both
+images (`change_digest`); for an insert it is the row image's own hash, as in wire version 1, so
+version 1 records and insert-only outboxes keep their fingerprints.
 """
 
 from __future__ import annotations
@@ -22,10 +27,23 @@ from typing import Any
 
 import orjson
 
-WIRE_VERSION = 1
+from drledger.errors import DrledgerError
+
+WIRE_VERSION = 2
+#: Wire versions still read: version 1 carried inserts only, without `before`.
+READABLE_WIRE_VERSIONS = frozenset({1, 2})
 
 #: The operations a ledger event may carry; a record with any other is malformed, never applied.
-KNOWN_OPS = frozenset({"insert"})
+KNOWN_OPS = frozenset({"insert", "update", "delete"})
+#: The changes `init` captures when told nothing else (`--ops`): inserts only, until replay applies
+#: updates and deletes; a table captured with more keeps their events in the ledger, and replay holds
+#: back (never applies in part) every source transaction that holds one.
+DEFAULT_OPS = ("insert",)
+CAPTURABLE_OPS = ("insert", "update", "delete")
+#: The operations in the order reports list them.
+KNOWN_OPS_IN_ORDER = ("insert", "update", "delete")
+#: The operations whose event carries the row as it was before (`before_json`).
+OPS_WITH_BEFORE = frozenset({"update"})
 # Bounds a trustworthy record stays within: PostgreSQL's bigint for txid, a 64-bit LSN, and commit
 # times from the epoch to the last millisecond of year 9999 (what every timestamp type can hold).
 MAX_TXID = 2**63 - 1
@@ -57,6 +75,19 @@ def row_digest(row_json: str) -> str:
     return hashlib.sha256(row_json.encode()).hexdigest()
 
 
+def change_text(op: str, row_json: str, before_json: str | None = None) -> str:
+    """The text an event's content hash is taken of: an insert's row image alone (as in wire version
+    1); for any other change, the operation, the image before (empty for a delete) and the row image,
+    one per line. The capture trigger hashes the same text, so the database's fingerprint matches."""
+    if op == "insert":
+        return row_json
+    return f"{op}\n{before_json or ''}\n{row_json}"
+
+
+def change_digest(op: str, row_json: str, before_json: str | None = None) -> str:
+    return hashlib.sha256(change_text(op, row_json, before_json).encode()).hexdigest()
+
+
 def event_id_bytes(event_id: str) -> bytes:
     """The id as PostgreSQL's uuid_send gives it, so the DR database computes the same fingerprint.
 
@@ -77,9 +108,11 @@ def event_id_text(id_bytes: bytes) -> str:
     return str(uuid.UUID(bytes=id_bytes))
 
 
-def row_fingerprint(event_id: str, row_json: str) -> bytes:
-    """The fingerprint of an event id and a row image, hashing the image itself."""
-    return event_id_bytes(event_id) + hashlib.sha256(row_json.encode()).digest()
+def row_fingerprint(
+    event_id: str, row_json: str, op: str = "insert", before_json: str | None = None
+) -> bytes:
+    """The fingerprint of an event id and a change, hashing the images themselves."""
+    return event_id_bytes(event_id) + hashlib.sha256(change_text(op, row_json, before_json).encode()).digest()
 
 
 def fingerprint(event_id: str, row_sha256: str) -> bytes:
@@ -102,7 +135,8 @@ class LedgerEvent:
     txid: int
     lsn: int
     commit_ts_ms: int
-    row_sha256: str
+    row_sha256: str  # the change's content hash (change_digest); for an insert, the row image's
+    before_json: str | None = None  # an update's row before the change
 
     @classmethod
     def from_outbox(
@@ -116,8 +150,20 @@ class LedgerEvent:
         txid: int,
         lsn: int,
         commit_ts_ms: int,
+        before_json: str | None = None,
     ) -> LedgerEvent:
-        return cls(event_id, table, key, op, row_json, txid, lsn, commit_ts_ms, row_digest(row_json))
+        return cls(
+            event_id,
+            table,
+            key,
+            op,
+            row_json,
+            txid,
+            lsn,
+            commit_ts_ms,
+            change_digest(op, row_json, before_json),
+            before_json,
+        )
 
     @property
     def row(self) -> dict[str, Any]:
@@ -147,6 +193,7 @@ class LedgerEvent:
                 "lsn": self.lsn,
                 "commit_ts_ms": self.commit_ts_ms,
                 "row_sha256": self.row_sha256,
+                "before": self.before_json,
             }
         )
 
@@ -220,6 +267,7 @@ class OutboxRow:
     txid: int
     created_at_ms: int
     row_sha256: str
+    before_json: str | None = None
 
     def as_event(self) -> LedgerEvent:
         """The event this row records, read from the table rather than a change stream: its commit
@@ -236,6 +284,7 @@ class OutboxRow:
             txid=txid,
             lsn=0,
             commit_ts_ms=self.created_at_ms,
+            before_json=self.before_json,
         )
 
 
@@ -248,17 +297,18 @@ def from_wire(data: bytes | str, position: str) -> LedgerRecord:
     if not isinstance(doc, dict):
         return MalformedRecord(position, "not a JSON object", _sample(data))
     version = doc.get("v")
-    if version != WIRE_VERSION:
+    if version not in READABLE_WIRE_VERSIONS or isinstance(version, bool):
         return MalformedRecord(position, f"unknown wire version {version!r}", _sample(data))
     if not doc.keys() >= _REQUIRED_SET:
         missing = [name for name in _REQUIRED if name not in doc]
         return MalformedRecord(position, f"missing {', '.join(missing)}", _sample(data))
-    problem = _field_problem(doc)
+    problem = _field_problem(doc, version)
     if problem is not None:
         return MalformedRecord(position, problem, _sample(data))
     row = doc["row"]
+    before = doc.get("before")
     try:
-        digest = row_digest(row)
+        digest = change_digest(doc["op"], row, before)
     except UnicodeEncodeError:
         return MalformedRecord(position, "the row is not valid text", _sample(data))
     if digest != doc["row_sha256"]:
@@ -273,10 +323,11 @@ def from_wire(data: bytes | str, position: str) -> LedgerRecord:
         lsn=doc["lsn"],
         commit_ts_ms=doc["commit_ts_ms"],
         row_sha256=doc["row_sha256"],
+        before_json=before,
     )
 
 
-def _field_problem(doc: dict[str, Any]) -> str | None:
+def _field_problem(doc: dict[str, Any], version: int) -> str | None:
     """Why a decoded document is not a trustworthy event, or None. Types are checked, never coerced."""
     for name in ("event_id", "table", "key", "op", "row", "row_sha256"):
         if not isinstance(doc[name], str):
@@ -285,8 +336,14 @@ def _field_problem(doc: dict[str, Any]) -> str | None:
         return "bad field (event_id is not a UUID)"
     if not doc["table"]:
         return "bad field (table is empty)"
-    if doc["op"] not in KNOWN_OPS:
+    if doc["op"] not in KNOWN_OPS or (version == 1 and doc["op"] != "insert"):
         return f"bad field (unknown op {doc['op'][:20]!r})"
+    before = doc.get("before")
+    if doc["op"] in OPS_WITH_BEFORE:
+        if not isinstance(before, str):
+            return f"bad field (an {doc['op']} without its before image)"
+    elif before is not None:
+        return f"bad field (an {doc['op']} with a before image)"
     if not _SHA256_HEX.fullmatch(doc["row_sha256"]):
         return "bad field (row_sha256 is not a SHA-256)"
     for name, high in (("txid", MAX_TXID), ("lsn", MAX_LSN), ("commit_ts_ms", MAX_COMMIT_TS_MS)):
@@ -299,3 +356,16 @@ def _field_problem(doc: dict[str, Any]) -> str | None:
 def _sample(data: bytes | str) -> str:
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     return text[:120]
+
+
+def parse_ops(text: str | None) -> tuple[str, ...]:
+    """`--ops insert,update` → the operations, in capture order; one sentence for anything else."""
+    if text is None:
+        return DEFAULT_OPS
+    chosen = {part.strip().lower() for part in text.split(",") if part.strip()}
+    unknown = sorted(chosen - set(CAPTURABLE_OPS))
+    if unknown or "insert" not in chosen:
+        raise DrledgerError(
+            f"--ops takes insert, update and delete, comma-separated, insert always among them; not {text!r}."
+        )
+    return tuple(op for op in CAPTURABLE_OPS if op in chosen)

@@ -25,6 +25,7 @@ from itertools import compress, filterfalse
 from drledger.errors import ExitCode
 from drledger.events import (
     EVENT_ID_BYTES,
+    KNOWN_OPS_IN_ORDER,
     LedgerEvent,
     LedgerRecord,
     MalformedRecord,
@@ -112,6 +113,17 @@ class Report:
     dr_per_second: Counter[int] = field(default_factory=Counter)
 
     @property
+    def missing_by_op(self) -> dict[str, int]:
+        """How many lost events are inserts, updates, deletes."""
+        counts = Counter(e.op for e in self.missing_in_dr)
+        return {op: counts[op] for op in KNOWN_OPS_IN_ORDER if counts[op]}
+
+    @property
+    def lost_changes(self) -> int:
+        """Lost updates and deletes: replay holds their source transactions back for a person."""
+        return sum(1 for e in self.missing_in_dr if e.op != "insert")
+
+    @property
     def needs_a_human(self) -> bool:
         return bool(
             self.mismatched
@@ -120,6 +132,7 @@ class Report:
             or self.ambiguous
             or self.split_brain
             or self.stale
+            or self.lost_changes
         )
 
     @property

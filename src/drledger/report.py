@@ -59,6 +59,11 @@ def verdict(report: Report) -> str:
                 f"{len(report.split_brain)} lost events collide with rows the DR database wrote under the same "
                 "keys since (split brain): replay keeps the DR rows and reports both versions"
             )
+        if report.lost_changes:
+            parts.append(
+                f"{report.lost_changes} lost events are updates or deletes ({_by_op(report)}): replay does not "
+                "apply those yet and holds back every source transaction holding one, whole"
+            )
         if report.stale:
             parts.append(
                 f"{len(report.stale)} lost events find an older version of their row in the DR database, not "
@@ -78,6 +83,13 @@ def verdict(report: Report) -> str:
             + skipped
         )
     return "Nothing is missing: every ledger event in the window is in the DR database."
+
+
+def _by_op(report: Report) -> str:
+    """The lost updates and deletes, counted: '2 updates, 1 delete'."""
+    return ", ".join(
+        f"{n} {op}{'s' if n != 1 else ''}" for op, n in report.missing_by_op.items() if op != "insert"
+    )
 
 
 def report_json(report: Report, *, ledgers: list[str], db: str) -> dict[str, Any]:
@@ -112,6 +124,7 @@ def report_json(report: Report, *, ledgers: list[str], db: str) -> dict[str, Any
             "unknowable": UNKNOWABLE,
         },
         "missing_by_table": dict(sorted(by_table.items())),
+        "missing_by_op": report.missing_by_op,
         "missing_event_ids": [e.event_id for e in report.missing_in_dr],
         "missing_in_ledger_ids": [r.event_id for r in report.missing_in_ledger],
         "mismatched": [
@@ -175,6 +188,13 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     console.print(table)
     for name, count in summary["missing_by_table"].items():
         console.print(Text(f"  missing in DR: {name}: {count}"))
+    if set(summary["missing_by_op"]) - {"insert"}:
+        console.print(
+            Text(
+                "  missing in DR by change: "
+                + ", ".join(f"{op} {n}" for op, n in summary["missing_by_op"].items())
+            )
+        )
     for sample in summary["malformed_samples"]:
         console.print(
             Text("  malformed ", style="yellow") + Text(f"{sample['position']}: {sample['reason']}")

@@ -159,8 +159,13 @@ def render_html(summary: dict[str, Any], report: Report) -> str:
         )
         or "<tr><td colspan='2' class='muted'>none</td></tr>"
     )
+    tables += "".join(
+        f"<tr><td>{esc(op)}s (all tables)</td><td class='n'>{n:,}</td></tr>"
+        for op, n in summary["missing_by_op"].items()
+        if set(summary["missing_by_op"]) - {"insert"}
+    )
     missing = "".join(
-        f"<tr><td><code>{esc(e.event_id)}</code></td><td>{esc(e.table)}</td><td>{esc(e.key)}</td><td class='n'>{e.txid}</td></tr>"
+        f"<tr><td><code>{esc(e.event_id)}</code></td><td>{esc(e.op)} {esc(e.table)}</td><td>{esc(e.key)}</td><td class='n'>{e.txid}</td></tr>"
         for e in report.missing_in_dr[:200]
     )
     more = len(report.missing_in_dr) - 200

@@ -30,9 +30,10 @@ from drledger.events import (
     MAX_COMMIT_TS_MS,
     MAX_LSN,
     MAX_TXID,
+    OPS_WITH_BEFORE,
     LedgerEvent,
+    change_digest,
     is_event_id,
-    row_digest,
 )
 from drledger.names import TableName
 
@@ -112,10 +113,15 @@ def separate_ambiguous(events: Iterable[LedgerEvent]) -> tuple[list[LedgerEvent]
             del first[event_id]
         else:
             first[event_id] = known[0]
+    # Two different inserts of one key are ambiguous only where no delete between them was captured:
+    # a key deleted in the window may be inserted again with other content.
+    deleted = {(e.table, e.key) for e in first.values() if e.op == "delete"}
     digest_of_key: dict[tuple[str, str], str] = {}
     clashing: set[tuple[str, str]] = set()
     for event in first.values():
         where = (event.table, event.key)
+        if event.op != "insert" or where in deleted:
+            continue
         if digest_of_key.setdefault(where, event.row_sha256) != event.row_sha256:
             clashing.add(where)
     if clashing:
@@ -154,8 +160,14 @@ def event_problem(event: LedgerEvent) -> tuple[TableName | None, dict[str, Any] 
     if table.schema == DRLEDGER_SCHEMA:
         return table, None, "it names one of drledger's own tables, which replay never writes"
     try:
-        if row_digest(event.row_json) != event.row_sha256:
+        if change_digest(event.op, event.row_json, event.before_json) != event.row_sha256:
             return table, None, "its row image does not match its row_sha256"
+        if (event.before_json is not None) != (event.op in OPS_WITH_BEFORE):
+            return (
+                table,
+                None,
+                f"its {event.op} {'lacks' if event.before_json is None else 'carries'} a before image",
+            )
         row = orjson.loads(event.row_json)
     except UnicodeEncodeError:
         return table, None, "its row image is not valid text"

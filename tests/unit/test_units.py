@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import orjson
 import pytest
 
 from drledger.config import parse_client_config
@@ -55,7 +57,7 @@ def test_row_image_keeps_large_numerics_exact() -> None:
     [
         (b"\xff\xfe", "not JSON"),
         (b"[1, 2]", "not a JSON object"),
-        (b'{"v": 2}', "unknown wire version"),
+        (b'{"v": 3}', "unknown wire version"),
         (b'{"v": 1, "event_id": "x"}', "missing"),
         (
             b'{"v": 1, "event_id": "x", "table": "t", "key": "k", "op": "insert", "row": 5, "txid": 1, "lsn": 1, '
@@ -235,3 +237,48 @@ def test_a_database_ledger_url_reaches_the_driver_as_typed_less_drledgers_own_pa
         ("mysql://u@h/db?writable=accept&ssl=1", "mysql://u@h/db?ssl=1"),
     ]:
         assert parse_ledger_url(typed).dsn == driver
+
+
+def test_an_update_and_a_delete_travel_with_a_hash_over_the_operation_and_both_images() -> None:
+    from drledger.events import LedgerEvent, change_digest, from_wire, row_digest
+
+    update = LedgerEvent.from_outbox(
+        event_id="00000000-0000-4000-8000-000000000001",
+        table="public.account",
+        key="7",
+        op="update",
+        row_json='{"id": 7, "balance": 10}',
+        before_json='{"id": 7, "balance": 30}',
+        txid=9,
+        lsn=10,
+        commit_ts_ms=1_800_000_000_000,
+    )
+    assert update.row_sha256 == change_digest("update", update.row_json, update.before_json)
+    assert update.row_sha256 != row_digest(update.row_json)  # the op and the before image count
+    assert from_wire(update.to_wire(), "p") == update
+    # The same after image with another before image is another change.
+    other = orjson.loads(update.to_wire())
+    other["before"] = '{"id": 7, "balance": 31}'
+    assert "row_sha256" in from_wire(orjson.dumps(other), "p").reason  # type: ignore[union-attr]
+    delete = LedgerEvent.from_outbox(
+        event_id="00000000-0000-4000-8000-000000000002",
+        table="public.account",
+        key="7",
+        op="delete",
+        row_json='{"id": 7, "balance": 10}',
+        txid=9,
+        lsn=11,
+        commit_ts_ms=1_800_000_000_000,
+    )
+    assert delete.row_sha256 != update.row_sha256 and from_wire(delete.to_wire(), "p") == delete
+    # An insert hashes its row image alone: version 1 records, written before updates were captured,
+    # still read, with the same fingerprint.
+    insert = dataclasses.replace(delete, op="insert", row_sha256=row_digest(delete.row_json))
+    version_1 = {k: v for k, v in orjson.loads(insert.to_wire()).items() if k != "before"} | {"v": 1}
+    assert from_wire(orjson.dumps(version_1), "p") == insert
+    assert (
+        "unknown op"
+        in from_wire(  # type: ignore[union-attr]
+            orjson.dumps({**version_1, "op": "delete", "row_sha256": delete.row_sha256}), "p"
+        ).reason
+    )

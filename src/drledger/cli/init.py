@@ -57,6 +57,15 @@ def init(
             "(what the installer runs once init has made drledger's objects).",
         ),
     ] = None,
+    ops: Annotated[
+        str | None,
+        typer.Option(
+            "--ops",
+            help="Which changes to capture, comma-separated: insert (the default), update, delete "
+            "(PostgreSQL). Recorded per table; run init again to change it. Replay applies inserts and "
+            "holds back every source transaction holding a lost update or delete, whole.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Install the outbox and a capture trigger on each table (safe to run twice).
@@ -68,6 +77,7 @@ def init(
     the GRANT that fixes each; exit 1 if anything is missing. With --print-grants, print every role's
     GRANTs (see the README's "Least privilege").
     """
+    from drledger.events import parse_ops
     from drledger.roles import DEFAULT_ROLES, parse_roles
     from drledger.source import open_source
 
@@ -81,12 +91,13 @@ def init(
     if not check:
         if not tables:
             raise DrledgerError("Name at least one table to capture with --table schema.table.")
-        installed = source.install(tables)
+        chosen = parse_ops(ops)
+        installed = source.install(tables, chosen)
         if as_json:
             print_json({"installed": installed}, exit_code=ExitCode.SUCCESS)
         else:
             for name in installed:
-                out.print(Text("✓ ", style="green") + Text(f"capturing inserts into {name}"))
+                out.print(Text("✓ ", style="green") + Text(f"capturing {', '.join(chosen)} on {name}"))
         return
     # Without --as, this role's privileges are checked as the relay's.
     role_findings = source.check_roles(parse_roles(as_role or []), tables)

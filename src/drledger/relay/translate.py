@@ -35,6 +35,8 @@ def outbox_change_to_event(value: str | bytes) -> LedgerEvent | None:
     after = change["after"]
     payload = after["payload"]
     row_json = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
+    before = after.get("before_image")  # an update's row before it (absent on MySQL, None otherwise)
+    before_json = before if isinstance(before, str) or before is None else orjson.dumps(before).decode()
     created_ms = _iso_to_ms(after["created_at"])
     if op == "r":
         commit_ts_ms = created_ms
@@ -56,6 +58,7 @@ def outbox_change_to_event(value: str | bytes) -> LedgerEvent | None:
         txid=int(txid) if txid is not None else binlog_txid(change),
         lsn=int(source.get("lsn") or 0) or _binlog_position(source),
         commit_ts_ms=commit_ts_ms,
+        before_json=before_json,
     )
 
 

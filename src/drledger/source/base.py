@@ -230,8 +230,8 @@ class SourceDatabase(ABC):
     # -- capture: the outbox and its triggers --------------------------------------------------
 
     @abstractmethod
-    def install(self, tables: Sequence[str]) -> list[str]:
-        """Create the outbox and a capture trigger per table (safe to run again); canonical names."""
+    def install(self, tables: Sequence[str], ops: Sequence[str] = ("insert",)) -> list[str]:
+        """Create the outbox and capture triggers for `ops` per table (safe to run again); canonical names."""
 
     @abstractmethod
     def check(self, tables: Sequence[str]) -> list[Finding]:

@@ -40,7 +40,11 @@ class MySQLSource(SourceDatabase):
         finally:
             conn.close()
 
-    def install(self, tables: Sequence[str]) -> list[str]:
+    def install(self, tables: Sequence[str], ops: Sequence[str] = ("insert",)) -> list[str]:
+        if tuple(ops) != ("insert",):
+            raise DrledgerError(
+                "On MySQL drledger captures inserts only so far; --ops update,delete is PostgreSQL's."
+            )
         return outbox.install(self.dsn, list(tables))
 
     def check(self, tables: Sequence[str]) -> list[Finding]:

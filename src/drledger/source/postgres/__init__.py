@@ -30,8 +30,8 @@ class PostgresSource(SourceDatabase):
     def close(self) -> None:
         self._kept.close()
 
-    def install(self, tables: Sequence[str]) -> list[str]:
-        return outbox.install(self.dsn, list(tables))
+    def install(self, tables: Sequence[str], ops: Sequence[str] = ("insert",)) -> list[str]:
+        return outbox.install(self.dsn, list(tables), ops)
 
     def check(self, tables: Sequence[str]) -> list[Finding]:
         return [*outbox.check(self.dsn, list(tables)), *outbox.partition_findings(self.dsn, list(tables))]

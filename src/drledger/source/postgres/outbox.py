@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from drledger.errors import DrledgerError
-from drledger.events import FINGERPRINT_BYTES, LATEST_MS, OutboxRow
+from drledger.events import CAPTURABLE_OPS, DEFAULT_OPS, FINGERPRINT_BYTES, LATEST_MS, OutboxRow
 from drledger.names import TableName
 from drledger.source.base import Finding
 from drledger.source.postgres.connection import connect
@@ -61,6 +61,8 @@ CREATE INDEX IF NOT EXISTS outbox_created_at_idx ON {SCHEMA}.outbox (created_at)
 -- column, not a generated one, so replay writes the fingerprint it already knows. A row written
 -- without one (by hand) is fingerprinted when read.
 ALTER TABLE {SCHEMA}.outbox ADD COLUMN IF NOT EXISTS fingerprint bytea;
+-- An update's row before the change (NULL for an insert or a delete, whose payload is the row).
+ALTER TABLE {SCHEMA}.outbox ADD COLUMN IF NOT EXISTS before_image jsonb;
 -- Written by the relay's heartbeat so the replication slot advances while the outbox is idle.
 CREATE TABLE IF NOT EXISTS {SCHEMA}.heartbeat (
     id       int PRIMARY KEY,
@@ -168,31 +170,74 @@ def key_expression(columns: list[str], alias: str = "n") -> sql.Composable:
     return sql.SQL("jsonb_build_object({})::text").format(pairs)
 
 
-def _capture_function_ddl(table: TableName, key_columns: list[str]) -> sql.Composed:
+_OPS_COMMENT = "drledger capture of: "
+
+# The text an event's hash is taken of, as events.change_text builds it: an insert's payload alone.
+_CHANGE_TEXT = (
+    "CASE e.op WHEN 'insert' THEN e.payload::text "
+    "ELSE e.op || E'\\n' || coalesce(e.before_image::text, '') || E'\\n' || e.payload::text END"
+)
+
+
+def _capture_function_ddl(table: TableName, key_columns: list[str], ops: Sequence[str]) -> sql.Composed:
     """The capture function: SECURITY DEFINER, so it writes the outbox with drledger's rights, not the
     inserting role's; the application needs no privilege on schema drledger, and cannot write the
     outbox itself. Its search_path is pinned, so no object of the caller's can stand in for one it
     uses. Capture is suppressed only for a session whose login role may write replay's audit log
     (the recoverer, see the README's least-privilege roles): an application setting the flag is
-    captured all the same."""
+    captured all the same.
+
+    An UPDATE's old and new rows are paired by key: a pair is an `update` (both images); a new key
+    without an old one is an `insert` and an old key without a new one a `delete` (an update that
+    changes the key is a delete and an insert in the same transaction), deletes first. The operations
+    not in `ops` are ignored (their trigger may stay from an earlier init: dropping it needs the
+    table's owner)."""
+    new_key = key_expression(key_columns, "n")
+    old_key = key_expression(key_columns, "o")
+    captured = sql.SQL("({})").format(sql.SQL(", ").join(sql.Literal(op.upper()) for op in ops))
     body = sql.SQL(
         "BEGIN\n"
         "  IF current_setting({suppress}, true) = 'on'\n"
         "     AND has_table_privilege(session_user, 'drledger.replay_log', 'INSERT') THEN\n"
         "    RETURN NULL;\n"
         "  END IF;\n"
-        "  INSERT INTO drledger.outbox (id, aggregatetype, aggregateid, type, payload, fingerprint)\n"
-        "  SELECT e.id, {table_literal}, e.key, 'insert', e.payload, {fingerprint}\n"
-        "  FROM (SELECT gen_random_uuid() AS id, {key} AS key, to_jsonb(n.*) AS payload FROM drledger_new_rows n) e;\n"
+        "  IF TG_OP NOT IN {captured} THEN\n"
+        "    RETURN NULL;\n"
+        "  END IF;\n"
+        "  IF TG_OP = 'INSERT' THEN\n"
+        "    INSERT INTO drledger.outbox (id, aggregatetype, aggregateid, type, payload, fingerprint)\n"
+        "    SELECT e.id, {table_literal}, e.key, 'insert', e.payload, {fingerprint}\n"
+        "    FROM (SELECT gen_random_uuid() AS id, {new_key} AS key, to_jsonb(n.*) AS payload FROM drledger_new_rows n) e;\n"
+        "  ELSIF TG_OP = 'DELETE' THEN\n"
+        "    INSERT INTO drledger.outbox (id, aggregatetype, aggregateid, type, payload, fingerprint)\n"
+        "    SELECT e.id, {table_literal}, e.key, e.op, e.payload, uuid_send(e.id) || sha256(convert_to({change}, 'UTF8'))\n"
+        "    FROM (SELECT gen_random_uuid() AS id, {old_key} AS key, 'delete'::text AS op, to_jsonb(o.*) AS payload,\n"
+        "          NULL::jsonb AS before_image FROM drledger_old_rows o) e;\n"
+        "  ELSE\n"
+        "    INSERT INTO drledger.outbox (id, aggregatetype, aggregateid, type, payload, before_image, fingerprint)\n"
+        "    SELECT e.id, {table_literal}, e.key, e.op, e.payload, e.before_image,\n"
+        "           uuid_send(e.id) || sha256(convert_to({change}, 'UTF8'))\n"
+        "    FROM (SELECT gen_random_uuid() AS id, coalesce(a.key, b.key) AS key,\n"
+        "                 CASE WHEN a.key IS NULL THEN 'delete' WHEN b.key IS NULL THEN 'insert' ELSE 'update' END AS op,\n"
+        "                 coalesce(a.image, b.image) AS payload,\n"
+        "                 CASE WHEN a.key IS NOT NULL AND b.key IS NOT NULL THEN b.image END AS before_image\n"
+        "          FROM (SELECT {new_key} AS key, to_jsonb(n.*) AS image FROM drledger_new_rows n) a\n"
+        "          FULL JOIN (SELECT {old_key} AS key, to_jsonb(o.*) AS image FROM drledger_old_rows o) b\n"
+        "          ON a.key = b.key\n"
+        "          ORDER BY CASE WHEN a.key IS NULL THEN 0 WHEN b.key IS NULL THEN 2 ELSE 1 END) e;\n"
+        "  END IF;\n"
         "  RETURN NULL;\n"
         "END"
     ).format(
         suppress=sql.Literal(SUPPRESS_SETTING),
+        captured=captured,
         # Written out, not wrapped in a SQL function: convert_to is only stable, so such a function
         # would not be inlined and each row would pay for a function executor (a fifth of insert TPS).
         fingerprint=sql.SQL("uuid_send(e.id) || sha256(convert_to(e.payload::text, 'UTF8'))"),
+        change=sql.SQL(_CHANGE_TEXT),
         table_literal=sql.Literal(table.qualified),
-        key=key_expression(key_columns),
+        new_key=new_key,
+        old_key=old_key,
     )
     return sql.SQL(
         "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
@@ -200,13 +245,42 @@ def _capture_function_ddl(table: TableName, key_columns: list[str]) -> sql.Compo
     ).format(function=trigger_function(table), body=sql.Literal(body.as_string(None)))
 
 
-def _capture_trigger_ddl(on: TableName, captured: TableName) -> sql.Composed:
+_TRIGGERS = {
+    "insert": ("drledger_capture", "AFTER INSERT", "REFERENCING NEW TABLE AS drledger_new_rows"),
+    "update": (
+        "drledger_capture_update",
+        "AFTER UPDATE",
+        "REFERENCING OLD TABLE AS drledger_old_rows NEW TABLE AS drledger_new_rows",
+    ),
+    "delete": ("drledger_capture_delete", "AFTER DELETE", "REFERENCING OLD TABLE AS drledger_old_rows"),
+}
+
+
+def _capture_trigger_ddl(on: TableName, captured: TableName, op: str = "insert") -> sql.Composed:
     # CREATE OR REPLACE needs only the TRIGGER privilege on the table; DROP would need its ownership.
+    name, when, referencing = _TRIGGERS[op]
     return sql.SQL(
-        "CREATE OR REPLACE TRIGGER drledger_capture AFTER INSERT ON {table} "
-        "REFERENCING NEW TABLE AS drledger_new_rows "
+        "CREATE OR REPLACE TRIGGER {name} {when} ON {table} {referencing} "
         "FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
-    ).format(table=ident(on), function=trigger_function(captured))
+    ).format(
+        name=sql.Identifier(name),
+        when=sql.SQL(when),
+        referencing=sql.SQL(referencing),
+        table=ident(on),
+        function=trigger_function(captured),
+    )
+
+
+def captured_ops(conn: psycopg.Connection[Any], table: TableName) -> tuple[str, ...]:
+    """The operations init last chose for a captured table, as its capture function records them."""
+    row = conn.execute(
+        "SELECT obj_description(%s::regprocedure, 'pg_proc')",
+        (f"{trigger_function(table).as_string(conn)}()",),
+    ).fetchone()
+    text = row[0] if row and row[0] else ""
+    if not text.startswith(_OPS_COMMENT):
+        return DEFAULT_OPS
+    return tuple(op for op in text[len(_OPS_COMMENT) :].split(",") if op in CAPTURABLE_OPS)
 
 
 def partitions(conn: psycopg.Connection[Any], oid: int) -> list[TableName]:
@@ -271,7 +345,7 @@ def _refuse_partition(conn: psycopg.Connection[Any], table: TableName, oid: int)
         )
 
 
-def install(dsn: str, tables: list[str]) -> list[str]:
+def install(dsn: str, tables: list[str], ops: Sequence[str] = DEFAULT_OPS) -> list[str]:
     """Create the outbox, the publication and a capture trigger per table; safe to run again.
 
     A partitioned table is captured with every partition it has; a partition alone is refused (its
@@ -295,13 +369,19 @@ def install(dsn: str, tables: list[str]) -> list[str]:
         conn.execute(_REPLAY_GUARD_FUNCTION)
         conn.execute(_REPLAY_GUARD_TRIGGER)
         for table in names:
-            conn.execute(_capture_function_ddl(table, primary_key_columns(conn, table)))
+            conn.execute(_capture_function_ddl(table, primary_key_columns(conn, table), ops))
+            conn.execute(
+                sql.SQL("COMMENT ON FUNCTION {}() IS {}").format(
+                    trigger_function(table), sql.Literal(_OPS_COMMENT + ",".join(ops))
+                )
+            )
             # Only drledger's triggers call it; nobody needs to run it by hand.
             conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(trigger_function(table)))
-            # A partitioned table's statement trigger fires for inserts through it; an insert straight
-            # into a partition fires that partition's, so every partition gets one, naming the root.
+            # A partitioned table's statement trigger fires for changes made through it; a change made
+            # straight in a partition fires that partition's, so every partition gets one, naming the root.
             for target in [table, *partitions(conn, table_oid(conn, table))]:
-                conn.execute(_capture_trigger_ddl(target, table))
+                for op in ops:
+                    conn.execute(_capture_trigger_ddl(target, table, op))
         exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION,)).fetchone()
         if not exists:
             conn.execute(
@@ -407,9 +487,14 @@ def _trigger_finding(conn: psycopg.Connection[Any], table: TableName) -> Finding
     ).fetchone()
     ok = trigger is not None and trigger[0] != "D"
     state = "is missing" if trigger is None else ("is disabled" if trigger[0] == "D" else "is installed")
+    ops = captured_ops(conn, table) if ok else ()
+    # A transaction is whole in the ledger only if every change it makes is captured.
+    what = (
+        f" (capturing {', '.join(ops)}{'' if len(ops) == 3 else '; its other changes are not in the ledger'})"
+    )
     return Finding(
         ok,
-        f"the capture trigger on {table.qualified} {state}",
+        f"the capture trigger on {table.qualified} {state}" + (what if ok else ""),
         None if ok else f"run drledger init --table {table.qualified}",
     )
 
@@ -567,15 +652,38 @@ def prune(dsn: str, older_than_ms: int, *, apply: bool) -> int:
         return int(row[0])  # type: ignore[index]
 
 
-# An OutboxRow's columns; the digest is the database's hash of the same jsonb text the relay hashed.
-_ROW_COLUMNS = (
-    "id::text, aggregatetype, aggregateid, type, payload::text, txid, "
-    "(extract(epoch FROM created_at) * 1000)::bigint, encode(sha256(convert_to(payload::text, 'UTF8')), 'hex')"
-)
-_WINDOW_QUERY = (
-    f"SELECT {_ROW_COLUMNS} FROM drledger.outbox "
-    "WHERE created_at BETWEEN to_timestamp(%s / 1000.0) AND to_timestamp(%s / 1000.0)"
-)
+def has_before_image(conn: psycopg.Connection[Any]) -> bool:
+    """Whether this outbox has the before_image column (init adds it; an outbox from before lacks it,
+    and holds inserts only)."""
+    row = conn.execute(
+        "SELECT 1 FROM pg_attribute WHERE attrelid = 'drledger.outbox'::regclass "
+        "AND attname = 'before_image' AND NOT attisdropped"
+    ).fetchone()
+    return row is not None
+
+
+def _change_text(has_before: bool) -> str:
+    """The text of a row's change, as events.change_text builds it (an insert: its payload alone)."""
+    if not has_before:
+        return "payload::text"
+    return (
+        "CASE type WHEN 'insert' THEN payload::text "
+        "ELSE type || E'\\n' || coalesce(before_image::text, '') || E'\\n' || payload::text END"
+    )
+
+
+def _row_columns(has_before: bool) -> str:
+    """An OutboxRow's columns; the digest is the database's hash of the same text the relay hashed."""
+    return (
+        "id::text, aggregatetype, aggregateid, type, payload::text, txid, "
+        f"(extract(epoch FROM created_at) * 1000)::bigint, "
+        f"encode(sha256(convert_to({_change_text(has_before)}, 'UTF8')), 'hex'), "
+        + ("before_image::text" if has_before else "NULL::text")
+    )
+
+
+def _fingerprint_expression(has_before: bool) -> str:
+    return f"uuid_send(id) || sha256(convert_to({_change_text(has_before)}, 'UTF8'))"
 
 
 def read_window(dsn: str, since_ms: int | None, until_ms: int | None) -> Iterator[OutboxRow]:
@@ -584,7 +692,11 @@ def read_window(dsn: str, since_ms: int | None, until_ms: int | None) -> Iterato
     high = until_ms if until_ms is not None else LATEST_MS
     with connect(dsn) as conn, conn.cursor(name="drledger_window") as cursor:
         cursor.itersize = 20_000
-        cursor.execute(_WINDOW_QUERY, (low, high))
+        cursor.execute(
+            f"SELECT {_row_columns(has_before_image(conn))} FROM drledger.outbox "
+            "WHERE created_at BETWEEN to_timestamp(%s / 1000.0) AND to_timestamp(%s / 1000.0)",
+            (low, high),
+        )
         for row in cursor:
             yield OutboxRow(*row)
 
@@ -597,8 +709,6 @@ _DIGEST_QUERY = (
 )
 # A row without a stored fingerprint (an outbox from before it, a row written by hand) is
 # fingerprinted by the query instead.
-_FINGERPRINT_EXPRESSION = "uuid_send(id) || sha256(convert_to(payload::text, 'UTF8'))"
-_STORED_OR_COMPUTED = f"coalesce(fingerprint, {_FINGERPRINT_EXPRESSION})"
 # At least two parts, read at once by their own server processes; more for a large window.
 _MIN_PARTS = 2
 _ROWS_PER_PART = 2_000_000
@@ -618,6 +728,7 @@ def read_fingerprints(
             "SELECT 1 FROM pg_attribute WHERE attrelid = 'drledger.outbox'::regclass "
             "AND attname = 'fingerprint' AND NOT attisdropped"
         ).fetchone()
+        computed = _fingerprint_expression(has_before_image(conn))
         span = conn.execute(
             "SELECT (extract(epoch FROM min(created_at)) * 1000)::bigint, "
             "(extract(epoch FROM max(created_at)) * 1000)::bigint, count(*) FROM drledger.outbox "
@@ -626,7 +737,7 @@ def read_fingerprints(
         ).fetchone()
     if span is None or not span[2]:
         return []
-    chosen = ("fingerprint" if stored_only else _STORED_OR_COMPUTED) if stored else _FINGERPRINT_EXPRESSION
+    chosen = ("fingerprint" if stored_only else f"coalesce(fingerprint, {computed})") if stored else computed
     query = _DIGEST_QUERY.format(fingerprint=chosen)  # string_agg skips the NULLs of rows without one
     # Equal spans of time between the first and last row (a millisecond of slack for rounding).
     first, last = max(low, span[0] - 1), min(end, span[1] + 2)
@@ -707,7 +818,8 @@ def outbox_rows(dsn: str, event_ids: list[str]) -> dict[str, OutboxRow]:
         return {}
     with connect(dsn) as conn:
         rows = conn.execute(
-            f"SELECT {_ROW_COLUMNS} FROM drledger.outbox WHERE id = ANY(%s::uuid[])", (event_ids,)
+            f"SELECT {_row_columns(has_before_image(conn))} FROM drledger.outbox WHERE id = ANY(%s::uuid[])",
+            (event_ids,),
         ).fetchall()
     return {r[0]: OutboxRow(*r) for r in rows}
 
