@@ -588,3 +588,80 @@ def test_an_older_version_left_by_the_failover_is_stale_and_only_a_write_since_i
     assert [c["key"] for c in report["stale"]] == ["1"] and report["counts"]["stale"] == 1, report
     assert [c["key"] for c in report["split_brain"]] == ["2"] and report["counts"]["split_brain"] == 1, report
     assert "older version" in report["verdict"] and "split brain" in report["verdict"]
+
+
+def test_updates_and_deletes_reach_the_ledger_and_hold_their_transaction_back_on_mysql(shop: Shop) -> None:
+    import pymysql
+
+    shop.server.execute(
+        "CREATE TABLE `Sales`.account (id INT PRIMARY KEY, balance DECIMAL(38,18) NOT NULL, tags JSON, note TEXT)"
+    )
+    init = shop.cli("init", "--table", "Sales.account", "--ops", "insert,update,delete")
+    assert init.returncode == 0, init.stderr
+    check = shop.cli("init", "--table", "Sales.account", "--check", "--json")
+    findings = [f["what"] for f in json.loads(check.stdout)["findings"]]
+    assert any("is installed (capturing insert, update, delete)" in f for f in findings), findings
+    url = f"sqlite:///{shop.workdir}/changes.db"
+    relay = start_relay(shop, url)
+    try:
+        wait_for(
+            lambda: shop.rows("SELECT COUNT(*) FROM drledger.heartbeat") == [(1,)], 120, "the relay to stream"
+        )
+        app = shop.app_dsn.split("//")[1].split("@")[0]
+        shop.server.execute(f"GRANT UPDATE, DELETE ON `Sales`.account TO '{app}'@'%'")
+        conn = pymysql.connect(
+            host="127.0.0.1",
+            port=shop.server.port,
+            user=app,
+            database="Sales",
+            charset="utf8mb4",
+            autocommit=False,
+        )
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(
+                    "INSERT INTO account VALUES (1, 100.000000000000000001, '{\"vip\": true}', NULL), "
+                    "(2, 50, NULL, 'ünïcode'), (3, 7, '[1, 2]', NULL)"
+                )
+                conn.commit()
+                cursor.execute("UPDATE account SET balance = balance - 10 WHERE id = 1")
+                cursor.execute("UPDATE account SET balance = balance + 10, note = NULL WHERE id = 2")
+                conn.commit()
+                cursor.execute("DELETE FROM account WHERE id = 3")
+                conn.commit()
+                cursor.execute("UPDATE account SET id = 20 WHERE id = 2")  # a key that changes
+                conn.commit()
+        finally:
+            conn.close()
+        wait_for(lambda: len(ledger_events(url)) >= 8, 120, "eight changes in the ledger")
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(60) == 0, (shop.workdir / "relay.log").read_text()[-2000:]
+    events = sorted(ledger_events(url), key=lambda e: (e.txid, e.lsn))
+    assert [(e.op, e.key) for e in events] == [
+        ("insert", "1"),
+        ("insert", "2"),
+        ("insert", "3"),
+        ("update", "1"),
+        ("update", "2"),
+        ("delete", "3"),
+        ("delete", "2"),
+        ("insert", "20"),
+    ], [(e.op, e.key, e.txid, e.lsn) for e in events]
+    update = events[3]
+    assert update.before_json is not None and '"balance": 100.000000000000000001' in update.before_json
+    assert '"balance": 90.000000000000000001' in update.row_json
+    assert events[3].txid == events[4].txid  # one application transaction, one source transaction
+    # The server's fingerprints of these changes are the ledger's: nothing is missing.
+    same = shop.cli("reconcile", "--ledger", url, "--since", "1h", "--json")
+    assert same.returncode == 0, same.stdout + same.stderr
+    # The failover: the two updates are lost (the DR holds the rows before them).
+    lost = [e.event_id for e in events[3:5]]
+    shop.server.execute(f"DELETE FROM drledger.outbox WHERE id IN ({', '.join(repr(i) for i in lost)})")
+    report = shop.cli("reconcile", "--ledger", url, "--since", "1h", "--json")
+    assert report.returncode == 3, report.stdout + report.stderr
+    assert json.loads(report.stdout)["missing_by_op"] == {"update": 2}
+    replayed = shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", "--json")
+    outcome = json.loads(replayed.stdout)
+    assert replayed.returncode == 3 and outcome["applied"] == 0, replayed.stdout + replayed.stderr
+    assert all("a lost update" in r["reason"] for r in outcome["refused"]) and len(outcome["refused"]) == 2

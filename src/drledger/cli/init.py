@@ -61,8 +61,8 @@ def init(
         str | None,
         typer.Option(
             "--ops",
-            help="Which changes to capture, comma-separated: insert (the default), update, delete "
-            "(PostgreSQL). Recorded per table; run init again to change it. Replay applies inserts and "
+            help="Which changes to capture, comma-separated: insert (the default), update, delete. "
+            "Recorded per table; run init again to change it. Replay applies inserts and "
             "holds back every source transaction holding a lost update or delete, whole.",
         ),
     ] = None,

@@ -41,11 +41,7 @@ class MySQLSource(SourceDatabase):
             conn.close()
 
     def install(self, tables: Sequence[str], ops: Sequence[str] = ("insert",)) -> list[str]:
-        if tuple(ops) != ("insert",):
-            raise DrledgerError(
-                "On MySQL drledger captures inserts only so far; --ops update,delete is PostgreSQL's."
-            )
-        return outbox.install(self.dsn, list(tables))
+        return outbox.install(self.dsn, list(tables), ops)
 
     def check(self, tables: Sequence[str]) -> list[Finding]:
         return outbox.check(self.dsn, list(tables))

@@ -18,11 +18,11 @@ import hashlib
 import re
 import uuid
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from drledger.errors import DrledgerError
-from drledger.events import LATEST_MS, OutboxRow
+from drledger.events import DEFAULT_OPS, LATEST_MS, OutboxRow
 from drledger.names import TableName
 from drledger.source.base import Finding
 from drledger.source.mysql.columns import Column, image_expression, key_expression, literal, quote
@@ -54,6 +54,7 @@ _DDL = [
         txid          BIGINT NULL,
         created_at    DATETIME(6) NOT NULL,
         fingerprint   VARBINARY(48) NULL,
+        before_image  LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
         KEY outbox_created_at_idx (created_at)
     ) ENGINE=InnoDB""",
     f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.heartbeat (
@@ -197,25 +198,91 @@ def primary_key_columns(conn: Any, table: TableName) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _trigger_ddl(table: TableName, columns: list[Column], keys: list[str]) -> str:
+#: Each captured operation's trigger: its name's suffix after trigger_name(table), and its event.
+_OP_TRIGGERS = {"insert": ("", "INSERT"), "update": ("_u", "UPDATE"), "delete": ("_d", "DELETE")}
+# The text an event's hash is taken of, as events.change_text builds it: an insert's payload alone.
+# CHAR(10), not '\\n': a session with NO_BACKSLASH_ESCAPES would read that as two characters.
+_NL = "CONVERT(CHAR(10) USING utf8mb4)"
+_CHANGE_TEXT = (
+    f"IF(type = 'insert', payload, CONCAT(type, {_NL}, COALESCE(before_image, ''), {_NL}, payload))"
+)
+
+
+def _outbox_row(table: TableName, key: str, op: str, payload: str, before: str = "NULL") -> str:
+    """The capture trigger's INSERT of one event (`payload`, `before`: SQL expressions of the images)."""
+    text = (
+        "v_payload" if op == "insert" else f"CONCAT('{op}', {_NL}, COALESCE(v_before, ''), {_NL}, v_payload)"
+    )
+    return f"""    SET v_id = UUID();
+    SET v_payload = {payload};
+    SET v_before = {before};
+    INSERT INTO {SCHEMA}.outbox (id, aggregatetype, aggregateid, type, payload, before_image, created_at, fingerprint)
+    VALUES (v_id, {literal(table.qualified)}, {key}, '{op}', v_payload, v_before, UTC_TIMESTAMP(6),
+            CONCAT(UNHEX(REPLACE(v_id, '-', '')), UNHEX(SHA2({text}, 256))));
+"""
+
+
+def _trigger_ddl(table: TableName, columns: list[Column], keys: list[str], op: str = "insert") -> str:
+    """The row trigger that captures `op`. An update keeps its key: one `update` event with both
+    images; an update that changes the key is a `delete` of the old key and an `insert` of the new."""
     by_name = {c.name: c for c in columns}
-    key = key_expression([by_name[k] for k in keys], {k: f"NEW.{quote(k)}" for k in keys})
-    return f"""CREATE TRIGGER {quote(table.schema)}.{quote(trigger_name(table))}
-AFTER INSERT ON {ident(table)} FOR EACH ROW
+    key_columns = [by_name[k] for k in keys]
+    new_key = key_expression(key_columns, {k: f"NEW.{quote(k)}" for k in keys})
+    old_key = key_expression(key_columns, {k: f"OLD.{quote(k)}" for k in keys})
+    suffix, event = _OP_TRIGGERS[op]
+    if op == "insert":
+        body = _outbox_row(table, new_key, "insert", image_expression(columns))
+    elif op == "delete":
+        body = _outbox_row(table, old_key, "delete", image_expression(columns, "OLD"))
+    else:
+        same_key = " AND ".join(f"NEW.{quote(k)} <=> OLD.{quote(k)}" for k in keys)
+        body = (
+            f"    IF {same_key} THEN\n"
+            + _outbox_row(
+                table, new_key, "update", image_expression(columns), image_expression(columns, "OLD")
+            )
+            + "    ELSE\n"
+            + _outbox_row(table, old_key, "delete", image_expression(columns, "OLD"))
+            + _outbox_row(table, new_key, "insert", image_expression(columns))
+            + "    END IF;\n"
+        )
+    return f"""CREATE TRIGGER {quote(table.schema)}.{quote(trigger_name(table) + suffix)}
+AFTER {event} ON {ident(table)} FOR EACH ROW
 BEGIN
   DECLARE v_id CHAR(36) CHARACTER SET ascii;
   DECLARE v_payload LONGTEXT CHARACTER SET utf8mb4;
+  DECLARE v_before LONGTEXT CHARACTER SET utf8mb4;
   IF NOT EXISTS (SELECT 1 FROM {SCHEMA}.replay_session WHERE connection_id = CONNECTION_ID()) THEN
-    SET v_id = UUID();
-    SET v_payload = {image_expression(columns)};
-    INSERT INTO {SCHEMA}.outbox (id, aggregatetype, aggregateid, type, payload, created_at, fingerprint)
-    VALUES (v_id, {literal(table.qualified)}, {key}, 'insert', v_payload, UTC_TIMESTAMP(6),
-            CONCAT(UNHEX(REPLACE(v_id, '-', '')), UNHEX(SHA2(v_payload, 256))));
-  END IF;
+{body}  END IF;
 END"""
 
 
-def install(dsn: str, tables: list[str]) -> list[str]:
+def captured_ops(conn: Any, table: TableName) -> tuple[str, ...]:
+    """The operations whose capture trigger the table has."""
+    names = {
+        r[0]
+        for r in query(
+            conn,
+            "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = %s "
+            "AND EVENT_OBJECT_TABLE = %s",
+            (table.schema, table.name),
+        )
+    }
+    return tuple(op for op, (suffix, _) in _OP_TRIGGERS.items() if trigger_name(table) + suffix in names)
+
+
+def has_before_image(conn: Any) -> bool:
+    return bool(
+        query(
+            conn,
+            "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = 'outbox' "
+            "AND COLUMN_NAME = 'before_image'",
+            (SCHEMA,),
+        )
+    )
+
+
+def install(dsn: str, tables: list[str], ops: Sequence[str] = DEFAULT_OPS) -> list[str]:
     """Create database drledger with its tables, and a capture trigger per table; safe to run again."""
     default = parse_dsn(dsn).database
     names = [parse_table(t, default) for t in tables]
@@ -239,9 +306,19 @@ def install(dsn: str, tables: list[str]) -> list[str]:
             query(conn, _DDL[0])
         for statement in _DDL[1:]:
             query(conn, statement)
+        if not has_before_image(conn):  # an outbox made before updates and deletes were captured
+            query(
+                conn,
+                f"ALTER TABLE {SCHEMA}.outbox ADD COLUMN before_image LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL",
+            )
         for table, columns, keys in plans:
-            query(conn, f"DROP TRIGGER IF EXISTS {quote(table.schema)}.{quote(trigger_name(table))}")
-            query(conn, _trigger_ddl(table, columns, keys))
+            for op, (suffix, _) in _OP_TRIGGERS.items():
+                query(
+                    conn,
+                    f"DROP TRIGGER IF EXISTS {quote(table.schema)}.{quote(trigger_name(table) + suffix)}",
+                )
+                if op in ops:
+                    query(conn, _trigger_ddl(table, columns, keys, op))
     finally:
         conn.close()
     return [t.qualified for t in names]
@@ -324,10 +401,14 @@ def check(dsn: str, tables: list[str]) -> list[Finding]:
         for text in tables:
             table = parse_table(text, default)
             ok = trigger_name(table) in triggers
+            ops = captured_ops(conn, table) if ok else ()
+            # A transaction is whole in the ledger only if every change it makes is captured.
+            what = f" (capturing {', '.join(ops)}{'' if len(ops) == 3 else '; its other changes are not in the ledger'})"
             findings.append(
                 Finding(
                     ok,
-                    f"the capture trigger on {table.qualified} " + ("is installed" if ok else "is missing"),
+                    f"the capture trigger on {table.qualified} "
+                    + (f"is installed{what}" if ok else "is missing"),
                     None if ok else f"run drledger init --table {table.qualified}",
                 )
             )
@@ -378,11 +459,20 @@ def prune(dsn: str, older_than_ms: int, *, apply: bool) -> int:
         conn.close()
 
 
-# An OutboxRow's columns; the digest is of the payload text exactly as stored.
-_ROW_COLUMNS = (
-    "id, aggregatetype, aggregateid, type, payload, COALESCE(txid, 0), "
-    f"{ms_of('created_at')}, SHA2(payload, 256)"
-)
+def _row_columns(has_before: bool) -> str:
+    """An OutboxRow's columns; the digest is of the change's text exactly as stored."""
+    if not has_before:
+        return f"id, aggregatetype, aggregateid, type, payload, COALESCE(txid, 0), {ms_of('created_at')}, SHA2(payload, 256), NULL"
+    return (
+        "id, aggregatetype, aggregateid, type, payload, COALESCE(txid, 0), "
+        f"{ms_of('created_at')}, SHA2({_CHANGE_TEXT}, 256), before_image"
+    )
+
+
+def fingerprint_expression(has_before: bool) -> str:
+    """A row's fingerprint computed by the server (for a row written without one)."""
+    text = _CHANGE_TEXT if has_before else "payload"
+    return f"CONCAT(UNHEX(REPLACE(id, '-', '')), UNHEX(SHA2({text}, 256)))"
 
 
 def _bounds(since_ms: int | None, until_ms: int | None) -> tuple[int, int]:
@@ -396,8 +486,9 @@ def read_window(dsn: str, since_ms: int | None, until_ms: int | None) -> Iterato
     conn = connect(dsn)
     try:
         with conn.cursor(pymysql.cursors.SSCursor) as cursor:
+            columns = _row_columns(has_before_image(conn))
             cursor.execute(
-                f"SELECT {_ROW_COLUMNS} FROM {SCHEMA}.outbox WHERE created_at BETWEEN {_AT} AND {_AT}",
+                f"SELECT {columns} FROM {SCHEMA}.outbox WHERE created_at BETWEEN {_AT} AND {_AT}",
                 _bounds(since_ms, until_ms),
             )
             for row in cursor:
@@ -417,7 +508,7 @@ def read_fingerprints(
         chosen = (
             "fingerprint"
             if stored_only
-            else "COALESCE(fingerprint, CONCAT(UNHEX(REPLACE(id, '-', '')), UNHEX(SHA2(payload, 256))))"
+            else f"COALESCE(fingerprint, {fingerprint_expression(has_before_image(conn))})"
         )
         rows = query(
             conn,
@@ -468,7 +559,11 @@ def outbox_rows(dsn: str, event_ids: list[str]) -> dict[str, OutboxRow]:
         return {}
     conn = connect(dsn)
     try:
-        rows = query(conn, f"SELECT {_ROW_COLUMNS} FROM {SCHEMA}.outbox WHERE id IN %s", (event_ids,))
+        rows = query(
+            conn,
+            f"SELECT {_row_columns(has_before_image(conn))} FROM {SCHEMA}.outbox WHERE id IN %s",
+            (event_ids,),
+        )
     finally:
         conn.close()
     return {r[0]: OutboxRow(*r) for r in rows}

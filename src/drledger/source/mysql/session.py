@@ -32,6 +32,8 @@ from drledger.source.mysql.connection import error_code
 from drledger.source.mysql.outbox import (
     SCHEMA,
     captured_tables,
+    fingerprint_expression,
+    has_before_image,
     ident,
     ms_of,
     primary_key_columns,
@@ -200,7 +202,7 @@ class MySQLRecoverySession(RecoverySession):
             return {}
         rows = query(
             self.conn,
-            f"SELECT id, COALESCE(fingerprint, CONCAT(UNHEX(REPLACE(id, '-', '')), UNHEX(SHA2(payload, 256)))) "
+            f"SELECT id, COALESCE(fingerprint, {fingerprint_expression(has_before_image(self.conn))}) "
             f"FROM {SCHEMA}.outbox WHERE id IN %s",
             (list(event_ids),),
         )
