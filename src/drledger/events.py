@@ -35,9 +35,8 @@ READABLE_WIRE_VERSIONS = frozenset({1, 2})
 
 #: The operations a ledger event may carry; a record with any other is malformed, never applied.
 KNOWN_OPS = frozenset({"insert", "update", "delete"})
-#: The changes `init` captures when told nothing else (`--ops`): inserts only, until replay applies
-#: updates and deletes; a table captured with more keeps their events in the ledger, and replay holds
-#: back (never applies in part) every source transaction that holds one.
+#: The changes `init` captures when told nothing else (`--ops`): inserts, as before updates and deletes
+#: were captured; `--ops insert,update,delete` captures every change.
 DEFAULT_OPS = ("insert",)
 CAPTURABLE_OPS = ("insert", "update", "delete")
 #: The operations in the order reports list them.
@@ -268,11 +267,15 @@ class OutboxRow:
     created_at_ms: int
     row_sha256: str
     before_json: str | None = None
+    # Where the row stands among its transaction's changes (PostgreSQL: its command's number, from 1;
+    # MySQL: its creation in microseconds): without a log position, what orders a row's changes.
+    position: int = 0
 
     def as_event(self) -> LedgerEvent:
         """The event this row records, read from the table rather than a change stream: its commit
-        time is created_at (its statement's time, just before the commit) and its position unknown, so
-        replay orders it by commit time, then transaction. A row without a transaction id (MySQL's
+        time is created_at (its statement's time, just before the commit) and its log position is
+        `position`, which orders the changes of one transaction (0: unknown), so replay orders it by
+        commit time, then transaction. A row without a transaction id (MySQL's
         outbox has none) is a transaction of its own, never one giant one with every other such row."""
         txid = self.txid or own_transaction_txid(self.event_id)
         return LedgerEvent.from_outbox(
@@ -282,7 +285,7 @@ class OutboxRow:
             op=self.op,
             row_json=self.row_json,
             txid=txid,
-            lsn=0,
+            lsn=self.position,
             commit_ts_ms=self.created_at_ms,
             before_json=self.before_json,
         )

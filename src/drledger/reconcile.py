@@ -79,6 +79,8 @@ class KeyCollision:
     ledger_written_ms: int
     dr_row: str
     dr_written_ms: int | None  # None when the DR row was written without capture
+    op: str = "insert"
+    ledger_before: str | None = None  # an update's row before it: the version the DR should hold
 
     @property
     def written_since(self) -> bool:
@@ -106,6 +108,9 @@ class Report:
     # Lost events whose key holds an older version in the DR database, never written there since.
     stale: list[KeyCollision] = field(default_factory=list)
     split_brain_unchecked: str | None = None  # why the DR database could not be asked, if it could not
+    # Whether replay applies updates and deletes to this database (its engine does); where it does not,
+    # a lost one needs a person.
+    changes_replayable: bool = True
     dr_last_commit_ms: int | None = None
     ledger_last_commit_ms: int | None = None
     # Events per second on each side, for the timeline picture.
@@ -120,8 +125,13 @@ class Report:
 
     @property
     def lost_changes(self) -> int:
-        """Lost updates and deletes: replay holds their source transactions back for a person."""
+        """Lost updates and deletes."""
         return sum(1 for e in self.missing_in_dr if e.op != "insert")
+
+    @property
+    def unreplayable_changes(self) -> int:
+        """Lost updates and deletes replay holds back for a person (this engine's replay applies none)."""
+        return 0 if self.changes_replayable else self.lost_changes
 
     @property
     def needs_a_human(self) -> bool:
@@ -132,7 +142,7 @@ class Report:
             or self.ambiguous
             or self.split_brain
             or self.stale
-            or self.lost_changes
+            or self.unreplayable_changes
         )
 
     @property

@@ -119,6 +119,36 @@ def chunk_transactions(
     return chunks
 
 
+def superseded_events(plan: Sequence[SourceTransaction]) -> frozenset[str]:
+    """The events a later event of the plan changes the same row after (same table and key). Pure.
+
+    Such an event's row is not expected to hold its image any more: that it was replayed before is
+    proven by the outbox's record alone; the row is compared only with the last change of its key."""
+    last: dict[tuple[str, str], str] = {}
+    for transaction in plan:
+        for event in transaction.events:
+            last[(event.table, event.key)] = event.event_id
+    latest = set(last.values())
+    return frozenset(e.event_id for t in plan for e in t.events if e.event_id not in latest)
+
+
+def change_runs(events: Sequence[LedgerEvent]) -> list[tuple[str, str, list[LedgerEvent]]]:
+    """Events in their order as runs of one table and one operation, no key twice in a run. Pure.
+
+    Each run goes to the database in one statement; the runs keep the source's order, so a row
+    inserted, updated a hundred times and deleted is replayed as it happened."""
+    runs: list[tuple[str, str, list[LedgerEvent]]] = []
+    keys: set[str] = set()
+    for event in events:
+        if runs and runs[-1][0] == event.table and runs[-1][1] == event.op and event.key not in keys:
+            runs[-1][2].append(event)
+            keys.add(event.key)
+        else:
+            runs.append((event.table, event.op, [event]))
+            keys = {event.key}
+    return runs
+
+
 def hold_back_transactions(
     valid: list[Admitted], refused: list[Refusal], ambiguous: list[Ambiguity]
 ) -> tuple[list[Admitted], list[Refusal]]:
@@ -137,12 +167,23 @@ def hold_back_transactions(
     return kept, held
 
 
+class ChangeConflicts(RowsRejected):
+    """An update or delete found its row neither before nor after it: the source transaction holding it
+    is rolled back and held back whole, the conflicts carried out to be reported."""
+
+    def __init__(self, conflicts: list[Conflict]) -> None:
+        super().__init__(f"{len(conflicts)} changes found their rows in another state")
+        self.conflicts = conflicts
+
+
 class ReadBackMismatch(RowsRejected):
     """A row replay wrote does not read back as its image (a user trigger, a type written wrongly, a
     generated column): its source transaction is rolled back and held back, named."""
 
 
 KEY_HOLDS_OTHER = "the key holds different content"
+NEITHER_IMAGE = "the row is neither the change's before image nor its after image"
+HELD_WITH_ITS_TRANSACTION = "held back with its source transaction, another change of which conflicts"
 REPLAYED_ROW_CHANGED = "the row replayed before no longer holds its image"
 OTHER_UNIQUE_KEY = "another unique key of the table holds a clashing row"
 OUTBOX_HOLDS_OTHER = "the DR outbox holds this event id with different content"
@@ -159,6 +200,7 @@ class Conflict:
     # When each version was written: the lost one's commit, and the current row's capture (split brain).
     ledger_written_at: str | None = None
     current_written_at: str | None = None
+    ledger_before: str | None = None  # an update's row before it, as the ledger holds it
 
     @classmethod
     def of(
@@ -173,6 +215,7 @@ class Conflict:
             why,
             format_instant(event.commit_ts_ms),
             format_instant(current_ms),
+            event.before_json,
         )
 
 
@@ -285,7 +328,10 @@ def prove(session: RecoverySession, admitted: list[Admitted], result: ReplayResu
     return Proof(_validate(session, admitted, shapes, result), shapes)
 
 
-CHANGE_NOT_APPLIED = "replay does not apply updates or deletes yet; its source transaction is held back whole (see docs/replay.md)"
+CHANGE_NOT_APPLIED = (
+    "replay does not apply updates or deletes on this database's engine yet; its source transaction is held "
+    "back whole (see docs/commands/replay.md)"
+)
 
 
 def held_back_changes(admitted: list[Admitted], refused: list[Refusal]) -> list[Admitted]:
@@ -332,9 +378,13 @@ def replay(
         ambiguous=screening.ambiguous,
         malformed=list(malformed),
     )
-    admitted = held_back_changes(screening.admitted, result.refused)
     with open_source(dsn).recovery_session() as session:
         session.require_outbox()
+        admitted = (
+            screening.admitted
+            if session.applies_changes
+            else held_back_changes(screening.admitted, result.refused)
+        )
         proof = prove(session, admitted, result)
         beyond = beyond_the_fence(session, [(a.table, a.row) for a in proof.valid], margin)
         result.refused.extend(Refusal(proof.valid[i].event, why) for i, why in beyond.items())
@@ -355,7 +405,17 @@ def replay(
         if apply:
             session.commit()
         try:
-            _apply_plan(session, plan, proof.shapes, policy, apply, chunk_events, result, on_progress)
+            _apply_plan(
+                session,
+                plan,
+                proof.shapes,
+                superseded_events(plan),
+                policy,
+                apply,
+                chunk_events,
+                result,
+                on_progress,
+            )
         except (SourceUnavailable, RowsRejected) as exc:
             reason = str(exc).rstrip(".")
             if not apply:
@@ -438,6 +498,7 @@ def _apply_plan(
     session: RecoverySession,
     plan: list[SourceTransaction],
     shapes: dict[str, TableShape],
+    superseded: frozenset[str],
     policy: OnConflict,
     apply: bool,
     chunk_events: int,
@@ -446,7 +507,7 @@ def _apply_plan(
 ) -> None:
     done = 0
     for chunk in chunk_transactions(plan, chunk_events):
-        if not _apply_and_commit(session, chunk, shapes, policy, apply, result):
+        if not _apply_and_commit(session, chunk, shapes, superseded, policy, apply, result):
             return
         done += sum(len(t.events) for t in chunk)
         if on_progress is not None:
@@ -457,6 +518,7 @@ def _apply_and_commit(
     session: RecoverySession,
     chunk: list[SourceTransaction],
     shapes: dict[str, TableShape],
+    superseded: frozenset[str],
     policy: OnConflict,
     apply: bool,
     result: ReplayResult,
@@ -466,7 +528,7 @@ def _apply_and_commit(
     A COMMIT the database refuses (a constraint checked only then) is retried one source transaction
     at a time, so only the transaction that causes it is held back."""
     session.begin_chunk()
-    outcome = _apply_chunk_or_each(session, chunk, shapes)
+    outcome = _apply_chunk_or_each(session, chunk, shapes, superseded)
     if outcome.conflicts and policy is OnConflict.FAIL:
         session.rollback()
         result.conflicts.extend(outcome.conflicts)
@@ -481,7 +543,9 @@ def _apply_and_commit(
                 reason = f"the database rejected its source transaction at commit: {rejected.reason}"
                 _ChunkOutcome(refused=[Refusal(e, reason) for e in chunk[0].events]).merge_into(result)
                 return True
-            return all(_apply_and_commit(session, [t], shapes, policy, apply, result) for t in chunk)
+            return all(
+                _apply_and_commit(session, [t], shapes, superseded, policy, apply, result) for t in chunk
+            )
     outcome.merge_into(result)
     return True
 
@@ -518,15 +582,29 @@ class _ChunkOutcome:
 
 
 def _apply_chunk_or_each(
-    session: RecoverySession, chunk: list[SourceTransaction], shapes: dict[str, TableShape]
+    session: RecoverySession,
+    chunk: list[SourceTransaction],
+    shapes: dict[str, TableShape],
+    superseded: frozenset[str],
 ) -> _ChunkOutcome:
     """The chunk in one savepoint; if the database rejects it, each source transaction in its own,
     so a transaction the database refuses (a foreign key, a check) is rolled back alone."""
     try:
         with session.savepoint():
-            return _apply_chunk(session, chunk, shapes)
+            return _apply_chunk(session, chunk, shapes, superseded)
     except RowsRejected as rejected:
         if len(chunk) == 1:
+            if isinstance(rejected, ChangeConflicts):
+                conflicted = {c.event_id for c in rejected.conflicts}
+                return _ChunkOutcome(
+                    conflicts=rejected.conflicts,
+                    outcomes=[(e, Outcome.CONFLICT) for e in chunk[0].events if e.event_id in conflicted],
+                    refused=[
+                        Refusal(e, HELD_WITH_ITS_TRANSACTION)
+                        for e in chunk[0].events
+                        if e.event_id not in conflicted
+                    ],
+                )
             if isinstance(rejected, ReadBackMismatch):
                 reason = f"{READ_BACK_DIFFERS} ({rejected.reason}); its source transaction was rolled back"
             else:
@@ -534,24 +612,30 @@ def _apply_chunk_or_each(
             return _ChunkOutcome(refused=[Refusal(event, reason) for event in chunk[0].events])
     combined = _ChunkOutcome()
     for transaction in chunk:
-        combined.absorb(_apply_chunk_or_each(session, [transaction], shapes))
+        combined.absorb(_apply_chunk_or_each(session, [transaction], shapes, superseded))
     return combined
 
 
 def _apply_chunk(
-    session: RecoverySession, chunk: list[SourceTransaction], shapes: dict[str, TableShape]
+    session: RecoverySession,
+    chunk: list[SourceTransaction],
+    shapes: dict[str, TableShape],
+    superseded: frozenset[str],
 ) -> _ChunkOutcome:
     """Apply one chunk inside the open savepoint."""
     outcome = _ChunkOutcome(transactions=len(chunk))
     events = [e for t in chunk for e in t.events]
-    pending = _not_replayed_before(session, events, shapes, outcome)
+    pending = _not_replayed_before(session, events, shapes, superseded, outcome)
     kinds: dict[str, Outcome] = {}
-    by_ref = {shape.ref: name for name, shape in shapes.items()}
-    parents = {name: {by_ref[p] for p in shape.parents if p in by_ref} for name, shape in shapes.items()}
-    # A chunk holds many source transactions; every parent row in it goes in before any child row.
-    for table in table_order([e.table for e in pending], parents):
-        rows = [e for e in pending if e.table == table]
-        kinds.update(_insert_table(session, shapes[table], rows, outcome))
+    if any(e.op != "insert" for e in pending):
+        kinds = _apply_in_order(session, pending, shapes, outcome)
+    else:
+        by_ref = {shape.ref: name for name, shape in shapes.items()}
+        parents = {name: {by_ref[p] for p in shape.parents if p in by_ref} for name, shape in shapes.items()}
+        # A chunk holds many source transactions; every parent row in it goes in before any child row.
+        for table in table_order([e.table for e in pending], parents):
+            rows = [e for e in pending if e.table == table]
+            kinds.update(_insert_table(session, shapes[table], rows, outcome))
     restored = [e for e in pending if kinds[e.event_id] is not Outcome.CONFLICT]
     if restored:
         session.restore_outbox(restored)
@@ -563,10 +647,56 @@ def _apply_chunk(
     return outcome
 
 
+def _apply_in_order(
+    session: RecoverySession,
+    pending: list[LedgerEvent],
+    shapes: dict[str, TableShape],
+    outcome: _ChunkOutcome,
+) -> dict[str, Outcome]:
+    """A chunk holding updates or deletes, in the source's order (runs of one table and operation).
+
+    An update applies only where the row is its before image, a delete only where the row is its
+    image; a row already in the after state is present; anything else is a conflict, and a source
+    transaction holding an update or delete that conflicts is rolled back whole (ChangeConflicts)."""
+    kinds: dict[str, Outcome] = {}
+    conflicts: list[Conflict] = []
+    for table, op, run in change_runs(pending):
+        shape = shapes[table]
+        if op == "insert":
+            kinds.update(_insert_table(session, shape, run, outcome))
+            continue
+        found = session.apply_changes(shape, op, run)
+        for event in run:
+            change = found[event.event_id]
+            if change.outcome == "applied":
+                if not change.read_back:
+                    raise ReadBackMismatch(
+                        f"{shape.name.qualified} key {_short(event.key)}: after its {op} the row does not read "
+                        "back as the ledger's row image"
+                    )
+                kinds[event.event_id] = Outcome.APPLIED
+            elif change.outcome == "present":
+                kinds[event.event_id] = Outcome.PRESENT
+            else:
+                kinds[event.event_id] = Outcome.CONFLICT
+                conflicts.append(Conflict.of(event, change.current_row, NEITHER_IMAGE))
+    with_changes = {e.txid for e in pending if e.op != "insert"}
+    whole = [c for c in conflicts + outcome.conflicts if _txid_of(pending, c.event_id) in with_changes]
+    if whole:
+        raise ChangeConflicts(whole)
+    outcome.conflicts.extend(conflicts)
+    return kinds
+
+
+def _txid_of(events: list[LedgerEvent], event_id: str) -> int | None:
+    return next((e.txid for e in events if e.event_id == event_id), None)
+
+
 def _not_replayed_before(
     session: RecoverySession,
     events: list[LedgerEvent],
     shapes: dict[str, TableShape],
+    superseded: frozenset[str],
     outcome: _ChunkOutcome,
 ) -> list[LedgerEvent]:
     """The events whose id the outbox does not hold yet; the others are counted in `outcome` — replayed
@@ -578,8 +708,11 @@ def _not_replayed_before(
         print_in_outbox = stored.get(event.event_id)
         if print_in_outbox is None:
             pending.append(event)
-        elif print_in_outbox == row_fingerprint(event.event_id, event.row_json):
-            replayed.setdefault(event.table, []).append(event)
+        elif print_in_outbox == row_fingerprint(event.event_id, event.row_json, event.op, event.before_json):
+            if event.event_id in superseded:  # a later change of its row is in the plan
+                outcome.outcomes.append((event, Outcome.ALREADY_REPLAYED))
+            else:
+                replayed.setdefault(event.table, []).append(event)
         else:
             outcome.outcomes.append((event, Outcome.CONFLICT))
             outcome.conflicts.append(Conflict.of(event, None, OUTBOX_HOLDS_OTHER))
@@ -588,7 +721,8 @@ def _not_replayed_before(
         current = session.current_rows(shapes[table], members)
         for event in members:
             now = current.get(event.event_id)
-            if now is not None and now.same:
+            gone = event.op == "delete" and now is None
+            if gone or (event.op != "delete" and now is not None and now.same):
                 outcome.outcomes.append((event, Outcome.ALREADY_REPLAYED))
             else:
                 outcome.outcomes.append((event, Outcome.CONFLICT))

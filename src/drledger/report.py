@@ -59,10 +59,11 @@ def verdict(report: Report) -> str:
                 f"{len(report.split_brain)} lost events collide with rows the DR database wrote under the same "
                 "keys since (split brain): replay keeps the DR rows and reports both versions"
             )
-        if report.lost_changes:
+        if report.unreplayable_changes:
             parts.append(
-                f"{report.lost_changes} lost events are updates or deletes ({_by_op(report)}): replay does not "
-                "apply those yet and holds back every source transaction holding one, whole"
+                f"{report.unreplayable_changes} lost events are updates or deletes ({_by_op(report)}): replay "
+                "does not apply those on this database's engine yet and holds back every source transaction "
+                "holding one, whole"
             )
         if report.stale:
             parts.append(
@@ -158,6 +159,8 @@ def _collision_json(c: KeyCollision) -> dict[str, Any]:
         "ledger_written_at": format_instant(c.ledger_written_ms),
         "dr_row": c.dr_row,
         "dr_written_at": format_instant(c.dr_written_ms),
+        "op": c.op,
+        "ledger_before": c.ledger_before,
     }
 
 

@@ -6,7 +6,7 @@ from drledger.events import LedgerEvent, MalformedRecord, row_digest
 from drledger.fence import key_values
 from drledger.names import TableName
 from drledger.reconcile import Window, compare, reconcile
-from drledger.replay import chunk_transactions, plan_replay
+from drledger.replay import change_runs, chunk_transactions, plan_replay, superseded_events
 from drledger.source.postgres.outbox import OutboxRow
 
 T0 = 1_800_000_000_000
@@ -180,3 +180,52 @@ def test_kafka_offsets_no_digest_covers_are_read_from_the_topic() -> None:
     # a batch whose digest was lost, a record from another producer, and the unlisted tail
     assert uncovered(5, [(20, 10), (5, 10), (31, 4)]) == [(15, 20), (30, 31), (35, None)]
     assert uncovered(12, [(0, 10), (0, 10)]) == [(12, None)]
+
+
+def change(n: int, key: str, op: str, *, txid: int, table: str = "public.orders") -> LedgerEvent:
+    return LedgerEvent.from_outbox(
+        event_id=f"c{n}",
+        table=table,
+        key=key,
+        op=op,
+        row_json=f'{{"id": {key}, "v": {n}}}',
+        before_json='{"id": 0}' if op == "update" else None,
+        txid=txid,
+        lsn=n,
+        commit_ts_ms=T0 + n,
+    )
+
+
+def test_only_the_last_change_of_a_row_is_compared_with_the_row() -> None:
+    plan = plan_replay(
+        [
+            change(1, "1", "insert", txid=1),
+            change(2, "1", "update", txid=2),
+            change(3, "2", "insert", txid=2),
+            change(4, "1", "update", txid=3),
+            change(5, "1", "insert", txid=4, table="public.other"),
+        ]
+    )
+    assert superseded_events(plan) == frozenset({"c1", "c2"})
+
+
+def test_changes_go_in_the_source_order_in_runs_of_one_table_op_and_key_once() -> None:
+    events = [
+        change(1, "1", "insert", txid=1),
+        change(2, "2", "insert", txid=1),
+        change(3, "1", "update", txid=2),
+        change(4, "1", "update", txid=3),  # the same key again: a run of its own
+        change(5, "2", "update", txid=3),
+        change(6, "1", "delete", txid=4),
+        change(7, "1", "insert", txid=5),  # deleted and inserted again, in that order
+        change(8, "3", "insert", txid=5, table="public.other"),
+    ]
+    runs = [(table, op, [e.event_id for e in run]) for table, op, run in change_runs(events)]
+    assert runs == [
+        ("public.orders", "insert", ["c1", "c2"]),
+        ("public.orders", "update", ["c3"]),
+        ("public.orders", "update", ["c4", "c5"]),
+        ("public.orders", "delete", ["c6"]),
+        ("public.orders", "insert", ["c7"]),
+        ("public.other", "insert", ["c8"]),
+    ]

@@ -83,6 +83,18 @@ class CurrentRow:
         return not self.differs
 
 
+@dataclass(frozen=True)
+class ChangeOutcome:
+    """What replaying one update or delete found: `applied` (the row held its before image and now
+    holds the change), `present` (it already holds the change: the after image, or for a delete no
+    row), or neither — a conflict, with the row the key holds now (None: no row). `read_back` is False
+    when an applied row does not read back as its after image (a trigger changed it)."""
+
+    outcome: str  # "applied", "present" or "conflict"
+    current_row: str | None = None
+    read_back: bool = True
+
+
 @dataclass
 class ReplayRights:
     """What replay writes with, checked before its first write."""
@@ -173,6 +185,18 @@ class RecoverySession(ABC):
         proved, in the same statement, that the stored row equals its image; False leaves the reading
         back to current_rows."""
 
+    #: Whether this engine replays updates and deletes; where it does not, replay holds back every source
+    #: transaction holding one.
+    applies_changes = False
+
+    def apply_changes(
+        self, shape: TableShape, op: str, events: Sequence[LedgerEvent]
+    ) -> dict[str, ChangeOutcome]:
+        """Apply updates (op "update") or deletes (op "delete") of one table, each only where the key's
+        row equals its before image (a delete's: its row image); event id → what each found. Keys are
+        distinct within one call."""
+        raise NotImplementedError
+
     @abstractmethod
     def current_rows(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, CurrentRow]:
         """event id → what its key holds now, for the events whose key holds a row."""
@@ -223,6 +247,8 @@ class SourceDatabase(ABC):
 
     #: The DSN with its secrets masked: safe to print.
     display: str
+    #: Whether replay applies updates and deletes here (see RecoverySession.applies_changes).
+    replays_changes = False
     #: How the relay starts streaming after a backfill: from the slot `ensure_slot` made before it
     #: ("no_data"), or, where no slot can be made first, with a snapshot of the outbox ("initial").
     snapshot_after_backfill: str = "no_data"

@@ -461,11 +461,16 @@ def prune(dsn: str, older_than_ms: int, *, apply: bool) -> int:
 
 def _row_columns(has_before: bool) -> str:
     """An OutboxRow's columns; the digest is of the change's text exactly as stored."""
+    # The row's creation in microseconds orders a transaction's changes (the trigger's clock, per row).
+    position = "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', created_at)"
     if not has_before:
-        return f"id, aggregatetype, aggregateid, type, payload, COALESCE(txid, 0), {ms_of('created_at')}, SHA2(payload, 256), NULL"
+        return (
+            f"id, aggregatetype, aggregateid, type, payload, COALESCE(txid, 0), {ms_of('created_at')}, "
+            f"SHA2(payload, 256), NULL, {position}"
+        )
     return (
         "id, aggregatetype, aggregateid, type, payload, COALESCE(txid, 0), "
-        f"{ms_of('created_at')}, SHA2({_CHANGE_TEXT}, 256), before_image"
+        f"{ms_of('created_at')}, SHA2({_CHANGE_TEXT}, 256), before_image, {position}"
     )
 
 

@@ -679,6 +679,8 @@ def _row_columns(has_before: bool) -> str:
         f"(extract(epoch FROM created_at) * 1000)::bigint, "
         f"encode(sha256(convert_to({_change_text(has_before)}, 'UTF8')), 'hex'), "
         + ("before_image::text" if has_before else "NULL::text")
+        # The command within its transaction that wrote the row: a transaction's changes in order.
+        + ", cmin::text::bigint + 1"
     )
 
 

@@ -23,6 +23,7 @@ from drledger.errors import DrledgerError, RowsRejected, SourceUnavailable
 from drledger.events import LedgerEvent
 from drledger.names import TableName
 from drledger.source.base import (
+    ChangeOutcome,
     CurrentRow,
     RecoverySession,
     ReplayRights,
@@ -186,6 +187,71 @@ class PostgresRecoverySession(RecoverySession):
         rows = self.conn.execute(statement, {"images": images, "by_key": by_key}, prepare=False).fetchall()
         return {r[0]: bool(r[1]) for r in rows}
 
+    applies_changes = True
+
+    def apply_changes(
+        self, shape: TableShape, op: str, events: Sequence[LedgerEvent]
+    ) -> dict[str, ChangeOutcome]:
+        # Rows compare as JSON both printed here, the image read through the table's type first
+        # (to_jsonb of jsonb_populate_record): the same instant in another zone, 1.0 and 1.00 in a
+        # numeric(10,2), compare equal, as the same values do. The key's row is read back in the same
+        # statement where the change did not apply: the statement's snapshot is the state before it.
+        table = ident(shape.name)
+        key_match = sql.SQL(" AND ").join(
+            sql.SQL("n.{c} = i.{c}").format(c=sql.Identifier(c)) for c in shape.key_columns
+        )
+        absent = sql.SQL("n.{} IS NULL").format(sql.Identifier(shape.key_columns[0]))
+        # Ids are UUIDs and images single JSON values: screening proved both.
+        items = _json_array(
+            f'{{"id": "{e.event_id}", "row": {e.row_json}, "before": {e.before_json or "null"}}}'
+            for e in events
+        )
+        if op == "update":
+            images = [orjson.loads(e.row_json) for e in events]
+            settable = [
+                c
+                for c in shape.column_order
+                if c in shape.insertable and c not in shape.key_columns and all(c in i for i in images)
+            ] or [shape.key_columns[0]]
+            targets = sql.SQL(", ").join(sql.Identifier(c) for c in settable)
+            values = sql.SQL(", ").join(sql.SQL("i.{}").format(sql.Identifier(c)) for c in settable)
+            statement = sql.SQL(
+                "WITH r AS (SELECT e.item ->> 'id' AS id, e.item -> 'row' AS image, e.item -> 'before' AS prior "
+                "FROM jsonb_array_elements(%(items)s::jsonb) AS e(item)), "
+                "changed AS (UPDATE {table} AS n SET ({targets}) = ROW({values}) FROM r "
+                "CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, r.image) AS i "
+                "CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, r.prior) AS b "
+                "WHERE {key_match} AND to_jsonb(n.*) = to_jsonb(b.*) "
+                "RETURNING r.id, to_jsonb(n.*) = to_jsonb(i.*) AS same) "
+                "SELECT r.id, c.id IS NOT NULL, coalesce(c.same, to_jsonb(n.*) = to_jsonb(i.*)), "
+                "CASE WHEN c.id IS NULL AND NOT {absent} THEN to_jsonb(n.*)::text END, {absent} "
+                "FROM r CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, r.image) AS i "
+                "LEFT JOIN changed AS c ON c.id = r.id LEFT JOIN {table} AS n ON c.id IS NULL AND {key_match}"
+            ).format(table=table, targets=targets, values=values, key_match=key_match, absent=absent)
+        else:
+            statement = sql.SQL(
+                "WITH r AS (SELECT e.item ->> 'id' AS id, e.item -> 'row' AS image "
+                "FROM jsonb_array_elements(%(items)s::jsonb) AS e(item)), "
+                "gone AS (DELETE FROM {table} AS n USING r "
+                "CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, r.image) AS i "
+                "WHERE {key_match} AND to_jsonb(n.*) = to_jsonb(i.*) RETURNING r.id) "
+                "SELECT r.id, g.id IS NOT NULL, g.id IS NOT NULL OR {absent}, "
+                "CASE WHEN g.id IS NULL AND NOT {absent} THEN to_jsonb(n.*)::text END, {absent} "
+                "FROM r CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, r.image) AS i "
+                "LEFT JOIN gone AS g ON g.id = r.id LEFT JOIN {table} AS n ON g.id IS NULL AND {key_match}"
+            ).format(table=table, key_match=key_match, absent=absent)
+        found: dict[str, ChangeOutcome] = {}
+        with self._translated():
+            rows = self.conn.execute(statement, {"items": items}, prepare=False).fetchall()
+        for event_id, applied, holds_change, current, _ in rows:
+            if applied:
+                found[event_id] = ChangeOutcome("applied", read_back=bool(holds_change))
+            elif holds_change:
+                found[event_id] = ChangeOutcome("present")
+            else:
+                found[event_id] = ChangeOutcome("conflict", current)
+        return found
+
     def current_rows(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, CurrentRow]:
         join = sql.SQL(" AND ").join(
             sql.SQL("n.{c} = k.{c}").format(c=sql.Identifier(c)) for c in shape.key_columns
@@ -239,28 +305,30 @@ class PostgresRecoverySession(RecoverySession):
         return found
 
     def restore_outbox(self, events: Sequence[LedgerEvent]) -> None:
-        # COPY is the cheapest way in; no row can clash, since the ids were checked under the lock.
+        # COPY is the cheapest way in; no row can clash, since the ids were checked under the lock. An
+        # update's before image goes back too (an outbox from before updates were captured has no
+        # column for it, and never needs one for inserts).
+        with_before = any(e.before_json is not None for e in events)
+        columns = "id, aggregatetype, aggregateid, type, payload, txid, created_at, fingerprint" + (
+            ", before_image" if with_before else ""
+        )
         with (
             self.conn.cursor() as cursor,
-            cursor.copy(
-                "COPY drledger.outbox (id, aggregatetype, aggregateid, type, payload, txid, created_at, "
-                "fingerprint) FROM STDIN"
-            ) as copy,
+            cursor.copy(f"COPY drledger.outbox ({columns}) FROM STDIN") as copy,
         ):
             for e in events:
-                # The fingerprint of the image replayed: screening proved row_sha256 is its hash.
-                copy.write_row(
-                    (
-                        e.event_id,
-                        e.table,
-                        e.key,
-                        e.op,
-                        e.row_json,
-                        e.txid,
-                        _timestamp(e.commit_ts_ms),
-                        e.fingerprint,
-                    )
+                # The fingerprint of the change replayed: screening proved row_sha256 is its hash.
+                row: tuple[Any, ...] = (
+                    e.event_id,
+                    e.table,
+                    e.key,
+                    e.op,
+                    e.row_json,
+                    e.txid,
+                    _timestamp(e.commit_ts_ms),
+                    e.fingerprint,
                 )
+                copy.write_row((*row, e.before_json) if with_before else row)
 
     def log_outcomes(self, outcomes: Sequence[tuple[str, str, str]]) -> None:
         with (
