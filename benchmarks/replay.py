@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 
 from drledger.collisions import key_collisions
-from drledger.drill.postgres.cluster import ClusterSet
+from drledger.drill.postgres.cluster import ClusterSet, LocalCluster
 from drledger.drill.postgres.rig import DEMO_TABLE_DDL
 from drledger.events import LedgerEvent
 from drledger.replay import plan_replay, replay
@@ -132,6 +132,42 @@ def without_read_back() -> Iterator[None]:
         yield
 
 
+def lost_updates(inserted: list[LedgerEvent], transactions: int) -> list[LedgerEvent]:
+    """One update of every inserted row (its amount changed), in `transactions` source transactions
+    after the inserts: what replay applies onto rows that hold their before image."""
+    per_tx = len(inserted) // transactions
+    start_ms = inserted[-1].commit_ts_ms + 1_000
+    events = []
+    for i, before in enumerate(inserted):
+        tx = i // per_tx
+        row = before.row_json.replace('"amount": ', '"amount": 1', 1)
+        events.append(
+            LedgerEvent.from_outbox(
+                event_id=str(uuid.UUID(int=10_000_000 + i)),
+                table=before.table,
+                key=before.key,
+                op="update",
+                row_json=row,
+                before_json=before.row_json,
+                txid=900_000 + tx,
+                lsn=5_000_000 + i,
+                commit_ts_ms=start_ms + tx,
+            )
+        )
+    return events
+
+
+def captured_database(primary: LocalCluster, name: str) -> str:
+    """A fresh database named `name` holding the demo table, captured; its DSN."""
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    dsn = f"postgresql://postgres@127.0.0.1:{primary.port}/{name}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(DEMO_TABLE_DDL)
+    install(dsn, ["public.orders"])
+    return dsn
+
+
 def plain_load(dsn: str, events: list[LedgerEvent], chunk_events: int) -> float:
     """Seconds to COPY the same rows and outbox rows in the same chunks, one commit each: replay's limit."""
     rows = []
@@ -190,13 +226,7 @@ def main() -> None:
         # The default chunk with and without the read-back, alternating, so both see the same machine.
         runs = [(True, 5_000), (False, 5_000)] * args.repeat + [(True, 500), (True, 10)]
         for run, (read_back, chunk) in enumerate(runs):
-            name = f"replay_{run}_{chunk}"
-            with psycopg.connect(primary.dsn, autocommit=True) as conn:
-                conn.execute(f"CREATE DATABASE {name}")
-            dsn = f"postgresql://postgres@127.0.0.1:{primary.port}/{name}"
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(DEMO_TABLE_DDL)
-            install(dsn, ["public.orders"])
+            dsn = captured_database(primary, f"replay_{run}_{chunk}")
             if run == 0:
                 free = split_brain_lookup(dsn, events, 0)
             variant = contextlib.nullcontext() if read_back else without_read_back()
@@ -258,16 +288,30 @@ def main() -> None:
             "second_run_seconds_without_read_back": round(without_it[1], 2),
             "second_run_ratio": round(with_it[1] / without_it[1], 3),
         }
+        # Updates: the same number of lost updates, one a row, onto the rows the inserts made.
+        updates = lost_updates(events, args.transactions)
+        update_runs = []
+        for run in range(args.repeat):
+            dsn = captured_database(primary, f"updates_{run}")
+            assert replay(dsn, events, apply=True).applied == len(events)
+            started = time.perf_counter()
+            result = replay(dsn, updates, apply=True)
+            update_runs.append(time.perf_counter() - started)
+            assert result.applied == len(updates) and not result.conflicts, result.as_json()
+            print(f"{len(updates):,} lost updates replayed: {update_runs[-1]:.2f} s", flush=True)
+        update_seconds = sorted(update_runs)[len(update_runs) // 2]
+        results["updates"] = {
+            "runs": args.repeat,
+            "updates": len(updates),
+            "seconds": round(update_seconds, 2),
+            "rows_per_s": round(len(updates) / update_seconds),
+            "inserts_rows_per_s_same_run": round(len(events) / with_it[0]),
+            "target_rows_per_s": 20_000,
+        }
         # The limit: the same rows loaded plainly, in the default chunks, in fresh databases.
         plain = []
         for run in range(args.repeat):
-            name = f"plain_{run}"
-            with psycopg.connect(primary.dsn, autocommit=True) as conn:
-                conn.execute(f"CREATE DATABASE {name}")
-            dsn = f"postgresql://postgres@127.0.0.1:{primary.port}/{name}"
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(DEMO_TABLE_DDL)
-            install(dsn, ["public.orders"])
+            dsn = captured_database(primary, f"plain_{run}")
             plain.append(plain_load(dsn, events, 5_000))
             print(f"plain load of the same rows, 5000-event chunks: {plain[-1]:.2f} s", flush=True)
         plain_seconds = sorted(plain)[len(plain) // 2]
