@@ -108,9 +108,6 @@ class Report:
     # Lost events whose key holds an older version in the DR database, never written there since.
     stale: list[KeyCollision] = field(default_factory=list)
     split_brain_unchecked: str | None = None  # why the DR database could not be asked, if it could not
-    # Whether replay applies updates and deletes to this database (its engine does); where it does not,
-    # a lost one needs a person.
-    changes_replayable: bool = True
     dr_last_commit_ms: int | None = None
     ledger_last_commit_ms: int | None = None
     # Events per second on each side, for the timeline picture.
@@ -124,16 +121,6 @@ class Report:
         return {op: counts[op] for op in KNOWN_OPS_IN_ORDER if counts[op]}
 
     @property
-    def lost_changes(self) -> int:
-        """Lost updates and deletes."""
-        return sum(1 for e in self.missing_in_dr if e.op != "insert")
-
-    @property
-    def unreplayable_changes(self) -> int:
-        """Lost updates and deletes replay holds back for a person (this engine's replay applies none)."""
-        return 0 if self.changes_replayable else self.lost_changes
-
-    @property
     def needs_a_human(self) -> bool:
         return bool(
             self.mismatched
@@ -142,7 +129,6 @@ class Report:
             or self.ambiguous
             or self.split_brain
             or self.stale
-            or self.unreplayable_changes
         )
 
     @property

@@ -147,7 +147,6 @@ def _reconcile(
         [(events[lp], rows[event_id_text(dp[:EVENT_ID_BYTES])]) for lp, dp in comparison.mismatched],
         malformed,
     )
-    report.changes_replayable = dr_side.replays_changes
     if report.missing_in_dr:
         _find_split_brain(dr_side, report)
     return report

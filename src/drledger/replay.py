@@ -328,23 +328,6 @@ def prove(session: RecoverySession, admitted: list[Admitted], result: ReplayResu
     return Proof(_validate(session, admitted, shapes, result), shapes)
 
 
-CHANGE_NOT_APPLIED = (
-    "replay does not apply updates or deletes on this database's engine yet; its source transaction is held "
-    "back whole (see docs/commands/replay.md)"
-)
-
-
-def held_back_changes(admitted: list[Admitted], refused: list[Refusal]) -> list[Admitted]:
-    """The inserts; every update and delete is refused (appended to `refused`), so its source transaction
-    is held back whole rather than applied in part. Pure."""
-    refused.extend(
-        Refusal(a.event, f"a lost {a.event.op}: {CHANGE_NOT_APPLIED}")
-        for a in admitted
-        if a.event.op != "insert"
-    )
-    return [a for a in admitted if a.event.op == "insert"]
-
-
 def require_recoverer_rights(session: RecoverySession, command: str, shapes: Iterable[TableShape]) -> None:
     """Before the first write: the role holds every right of the recoverer's list (the one
     --print-grants prints and init --check --as verifies) for these tables, or one sentence naming the
@@ -380,12 +363,7 @@ def replay(
     )
     with open_source(dsn).recovery_session() as session:
         session.require_outbox()
-        admitted = (
-            screening.admitted
-            if session.applies_changes
-            else held_back_changes(screening.admitted, result.refused)
-        )
-        proof = prove(session, admitted, result)
+        proof = prove(session, screening.admitted, result)
         beyond = beyond_the_fence(session, [(a.table, a.row) for a in proof.valid], margin)
         result.refused.extend(Refusal(proof.valid[i].event, why) for i, why in beyond.items())
         admitted = [a for i, a in enumerate(proof.valid) if i not in beyond]

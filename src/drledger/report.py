@@ -59,12 +59,6 @@ def verdict(report: Report) -> str:
                 f"{len(report.split_brain)} lost events collide with rows the DR database wrote under the same "
                 "keys since (split brain): replay keeps the DR rows and reports both versions"
             )
-        if report.unreplayable_changes:
-            parts.append(
-                f"{report.unreplayable_changes} lost events are updates or deletes ({_by_op(report)}): replay "
-                "does not apply those on this database's engine yet and holds back every source transaction "
-                "holding one, whole"
-            )
         if report.stale:
             parts.append(
                 f"{len(report.stale)} lost events find an older version of their row in the DR database, not "
@@ -79,8 +73,11 @@ def verdict(report: Report) -> str:
             if report.split_brain_unchecked
             else ""
         )
+        changes = _by_op(report)
         return (
-            f"{len(report.missing_in_dr)} committed events are missing from the DR database and can be replayed."
+            f"{len(report.missing_in_dr)} committed events are missing from the DR database"
+            + (f" ({changes} among them)" if changes else "")
+            + " and can be replayed."
             + skipped
         )
     return "Nothing is missing: every ledger event in the window is in the DR database."

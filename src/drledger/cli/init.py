@@ -62,8 +62,8 @@ def init(
         typer.Option(
             "--ops",
             help="Which changes to capture, comma-separated: insert (the default), update, delete. "
-            "Recorded per table; run init again to change it. Replay applies lost updates and deletes on "
-            "PostgreSQL, each only onto the row it changed; on MySQL it holds their transactions back.",
+            "Recorded per table; run init again to change it. Replay applies lost updates and deletes, each "
+            "only onto the row it changed.",
         ),
     ] = None,
     as_json: JsonOption = False,

@@ -185,10 +185,6 @@ class RecoverySession(ABC):
         proved, in the same statement, that the stored row equals its image; False leaves the reading
         back to current_rows."""
 
-    #: Whether this engine replays updates and deletes; where it does not, replay holds back every source
-    #: transaction holding one.
-    applies_changes = False
-
     def apply_changes(
         self, shape: TableShape, op: str, events: Sequence[LedgerEvent]
     ) -> dict[str, ChangeOutcome]:
@@ -247,8 +243,6 @@ class SourceDatabase(ABC):
 
     #: The DSN with its secrets masked: safe to print.
     display: str
-    #: Whether replay applies updates and deletes here (see RecoverySession.applies_changes).
-    replays_changes = False
     #: How the relay starts streaming after a backfill: from the slot `ensure_slot` made before it
     #: ("no_data"), or, where no slot can be made first, with a snapshot of the outbox ("initial").
     snapshot_after_backfill: str = "no_data"

@@ -13,13 +13,17 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 from drledger.errors import DrledgerError, RowsRejected, SourceUnavailable
 from drledger.events import LedgerEvent
 from drledger.names import TableName
 from drledger.source.base import (
+    ChangeOutcome,
     CurrentRow,
     RecoverySession,
     ReplayRights,
@@ -256,6 +260,67 @@ class MySQLRecoverySession(RecoverySession):
             after = self._existing_keys(shape, document)
         return dict.fromkeys(after - before, False)
 
+    def apply_changes(
+        self, shape: TableShape, op: str, events: Sequence[LedgerEvent]
+    ) -> dict[str, ChangeOutcome]:
+        # MySQL returns nothing from an UPDATE or a DELETE: the keys' rows are locked, compared with the
+        # images as current_rows compares (each value through its column's type), changed where they
+        # hold the state before, and an update's rows read back.
+        typed = self._typed(shape)
+        join = " AND ".join(f"t.{quote(k)} <=> {typed[k]}" for k in shape.key_columns)
+        table = ident(shape.name)
+        with self._translated():
+            query(
+                self.conn,
+                _over_images(f"SELECT 1 FROM {_ROWS} JOIN {table} AS t ON {join} FOR UPDATE"),
+                (_json_array([e.row_json for e in events]),),
+            )
+        after = self.current_rows(shape, events)
+        before = (
+            self.current_rows(shape, [replace(e, row_json=e.before_json or "{}") for e in events])
+            if op == "update"
+            else after
+        )
+        found: dict[str, ChangeOutcome] = {}
+        due: list[LedgerEvent] = []
+        for event in events:
+            now, then = after.get(event.event_id), before.get(event.event_id)
+            if op == "delete" and now is None:
+                found[event.event_id] = ChangeOutcome("present")  # already gone
+            elif then is not None and then.same:
+                due.append(event)
+            elif op == "update" and now is not None and now.same:
+                found[event.event_id] = ChangeOutcome("present")
+            else:
+                held = now if now is not None else then
+                found[event.event_id] = ChangeOutcome("conflict", held.text if held else None)
+        if not due:
+            return found
+        document = _json_array([e.row_json for e in due])
+        if op == "update":
+            images = [orjson.loads(e.row_json) for e in due]
+            settable = [
+                c
+                for c in shape.column_order
+                if c in shape.insertable and c not in shape.key_columns and all(c in i for i in images)
+            ] or [shape.key_columns[0]]
+            assignments = ", ".join(f"t.{quote(c)} = {typed[c]}" for c in settable)
+            statement = f"UPDATE {table} AS t JOIN {_ROWS} ON {join} SET {assignments}"
+        else:
+            statement = f"DELETE t FROM {table} AS t JOIN {_ROWS} ON {join}"
+        with self._translated():
+            query(self.conn, _over_images(statement), (document,))
+            trouble = self._warnings()
+        if trouble:
+            raise RowsRejected(str(trouble[0][2]))
+        stored = self.current_rows(shape, due) if op == "update" else {}
+        for event in due:
+            now = stored.get(event.event_id)
+            found[event.event_id] = ChangeOutcome(
+                "applied", read_back=op == "delete" or (now is not None and now.same)
+            )
+        return found
+
     def current_rows(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, CurrentRow]:
         typed = self._typed(shape)
         join = " AND ".join(f"t.{quote(k)} <=> {typed[k]}" for k in shape.key_columns)
@@ -309,10 +374,14 @@ class MySQLRecoverySession(RecoverySession):
         return found
 
     def restore_outbox(self, events: Sequence[LedgerEvent]) -> None:
+        # An update's before image goes back too (an outbox from before updates were captured has no
+        # column for it, and never needs one for inserts).
+        with_before = any(e.before_json is not None for e in events)
         with self._translated(), self.conn.cursor() as cursor:
             cursor.executemany(
-                f"INSERT INTO {SCHEMA}.outbox (id, aggregatetype, aggregateid, type, payload, txid, created_at, fingerprint) "
-                "VALUES (%s, %s, %s, %s, %s, %s, TIMESTAMPADD(MICROSECOND, %s, '1970-01-01 00:00:00'), %s)",
+                f"INSERT INTO {SCHEMA}.outbox (id, aggregatetype, aggregateid, type, payload, txid, created_at, "
+                f"fingerprint{', before_image' if with_before else ''}) VALUES (%s, %s, %s, %s, %s, %s, "
+                f"TIMESTAMPADD(MICROSECOND, %s, '1970-01-01 00:00:00'), %s{', %s' if with_before else ''})",
                 [
                     (
                         e.event_id,
@@ -323,6 +392,7 @@ class MySQLRecoverySession(RecoverySession):
                         e.txid,
                         e.commit_ts_ms * 1000,
                         e.fingerprint,
+                        *((e.before_json,) if with_before else ()),
                     )
                     for e in events
                 ],

@@ -19,8 +19,6 @@ from drledger.streaming import Cause, RelaySettings, SlotInfo, SourceIdentity
 
 
 class PostgresSource(SourceDatabase):
-    replays_changes = True
-
     def __init__(self, dsn: str) -> None:
         from drledger.source.postgres.readiness import KeptConnection
 

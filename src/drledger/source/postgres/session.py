@@ -187,8 +187,6 @@ class PostgresRecoverySession(RecoverySession):
         rows = self.conn.execute(statement, {"images": images, "by_key": by_key}, prepare=False).fetchall()
         return {r[0]: bool(r[1]) for r in rows}
 
-    applies_changes = True
-
     def apply_changes(
         self, shape: TableShape, op: str, events: Sequence[LedgerEvent]
     ) -> dict[str, ChangeOutcome]:
