@@ -35,10 +35,9 @@ READABLE_WIRE_VERSIONS = frozenset({1, 2})
 
 #: The operations a ledger event may carry; a record with any other is malformed, never applied.
 KNOWN_OPS = frozenset({"insert", "update", "delete"})
-#: The changes `init` captures when told nothing else (`--ops`): inserts, as before updates and deletes
-#: were captured; `--ops insert,update,delete` captures every change.
-DEFAULT_OPS = ("insert",)
 CAPTURABLE_OPS = ("insert", "update", "delete")
+#: The changes `init` captures when told nothing else: every one (`--ops insert` keeps a table to fewer).
+DEFAULT_OPS = CAPTURABLE_OPS
 #: The operations in the order reports list them.
 KNOWN_OPS_IN_ORDER = ("insert", "update", "delete")
 #: The operations whose event carries the row as it was before (`before_json`).

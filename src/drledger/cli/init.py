@@ -61,7 +61,8 @@ def init(
         str | None,
         typer.Option(
             "--ops",
-            help="Which changes to capture, comma-separated: insert (the default), update, delete. "
+            help="Which changes to capture, comma-separated, insert always among them: insert, update, "
+            "delete (all three by default). "
             "Recorded per table; run init again to change it. Replay applies lost updates and deletes, each "
             "only onto the row it changed.",
         ),

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from drledger.errors import DrledgerError
-from drledger.events import LedgerEvent, OutboxRow
+from drledger.events import DEFAULT_OPS, LedgerEvent, OutboxRow
 from drledger.names import TableName
 from drledger.streaming import Cause, RelaySettings, SlotInfo, SourceIdentity
 
@@ -250,7 +250,7 @@ class SourceDatabase(ABC):
     # -- capture: the outbox and its triggers --------------------------------------------------
 
     @abstractmethod
-    def install(self, tables: Sequence[str], ops: Sequence[str] = ("insert",)) -> list[str]:
+    def install(self, tables: Sequence[str], ops: Sequence[str] = DEFAULT_OPS) -> list[str]:
         """Create the outbox and capture triggers for `ops` per table (safe to run again); canonical names."""
 
     @abstractmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 
 from drledger.errors import DrledgerError
-from drledger.events import OutboxRow
+from drledger.events import DEFAULT_OPS, OutboxRow
 from drledger.masking import mask_dsn
 from drledger.names import TableName
 from drledger.source.base import Finding, OutboxSlice, RecoverySession, SlotHealth, SourceDatabase
@@ -30,7 +30,7 @@ class PostgresSource(SourceDatabase):
     def close(self) -> None:
         self._kept.close()
 
-    def install(self, tables: Sequence[str], ops: Sequence[str] = ("insert",)) -> list[str]:
+    def install(self, tables: Sequence[str], ops: Sequence[str] = DEFAULT_OPS) -> list[str]:
         return outbox.install(self.dsn, list(tables), ops)
 
     def check(self, tables: Sequence[str]) -> list[Finding]:
