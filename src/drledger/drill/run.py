@@ -119,6 +119,8 @@ class DrillResult:
     predicted_at_risk: int | None = None
     predicted_recoverable: int | None = None
     predicted_unrecoverable: int | None = None
+    # How the DR replica replicated (MySQL: GTID, or binlog file and position; see docs/mysql.md).
+    replica_replication: str | None = None
     keep: dict[str, str] = field(default_factory=dict)
     # For the picture (drill --html); not part of --json.
     timeline: DrillTimeline | None = field(default=None, repr=False)
@@ -249,6 +251,7 @@ class Drill:
         self.lag_before_workload: dict[int, int] = {}
         self.disaster_at_ms: int | None = None
         self.watch: DrillWatch | None = None
+        self.replica_replication: str | None = None
 
     def setup(self) -> None:
         with open_ledger(self.rig.ledger_url, writer=True, create=True) as ledger:
@@ -256,6 +259,7 @@ class Drill:
                 self.progress(f"created the ledger {ledger.display_url}, which did not exist")
         self.progress(f"starting a primary and a replica {self.lag_s:g} s behind it, and the relay")
         self.rig.start()
+        self.replica_replication = self.rig.replica_replication()
         if self.settings.warmup_rows:
             self.progress(f"warming the relay up ({self.settings.warmup_rows:,} rows of a side table)")
             self.rig.warm_up(self.settings.warmup_rows)
@@ -498,6 +502,7 @@ def _result(drill: Drill, found: _Findings, p50: float | None, p99: float | None
         predicted_at_risk=predicted.at_risk if predicted else None,
         predicted_recoverable=predicted.recoverable if predicted else None,
         predicted_unrecoverable=predicted.unrecoverable if predicted else None,
+        replica_replication=drill.replica_replication,
         keep=drill.kept() if drill.settings.keep else {},
         timeline=DrillTimeline(
             commits=[(c.acked_at_ms, k) for c in truth.commits for k in c.keys],

