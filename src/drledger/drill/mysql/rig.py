@@ -28,7 +28,8 @@ from drledger.source import open_source
 DATABASE = "drill"
 DEMO_TABLE_DDL = (
     "CREATE TABLE drill.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer VARCHAR(100) NOT NULL, "
-    "amount DECIMAL(12,2) NOT NULL, placed_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
+    "amount DECIMAL(12,2) NOT NULL, placed_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), "
+    "reference VARCHAR(64) NULL, CONSTRAINT reference UNIQUE (reference))"
 )
 WARMUP_TABLE_DDL = (
     "CREATE TABLE drill.drill_warmup (id BIGINT AUTO_INCREMENT PRIMARY KEY, note TEXT NOT NULL)"
@@ -38,6 +39,7 @@ WARMUP_TABLE_DDL = (
 class MySQLFailoverRig(FailoverRig):
     engine = "mysql"
     demo_table = "drill.orders"
+    reference_constraint = "reference"
 
     def old_region_returns(self) -> str:
         """The killed primary's data directory starts again on a port of its own, read-only, replicating
@@ -145,8 +147,10 @@ class MySQLFailoverRig(FailoverRig):
                     rows = 3 if multi_row_every and i % multi_row_every == multi_row_every - 1 else 1
                     doomed = rollback_every > 0 and i % rollback_every == rollback_every - 1
                     prefix = "rolled-back-" if doomed else "customer-"
-                    values = ", ".join(f"('{prefix}{g}', {g * 7.25:.2f})" for g in range(1, rows + 1))
-                    cursor.execute(f"INSERT INTO orders (customer, amount) VALUES {values}")
+                    values = ", ".join(
+                        f"('{prefix}{g}', {g * 7.25:.2f}, CONCAT('ord-', UUID()))" for g in range(1, rows + 1)
+                    )
+                    cursor.execute(f"INSERT INTO orders (customer, amount, reference) VALUES {values}")
                     # A multi-row insert takes consecutive keys (innodb_autoinc_lock_mode 1 or 2 alike
                     # for a lone writer), the first of them LAST_INSERT_ID().
                     first = int(cursor.lastrowid)
@@ -192,6 +196,18 @@ class MySQLFailoverRig(FailoverRig):
                 conn.close()
             return float(row[0]) if row and row[0] is not None else None
         return None
+
+    def _insert_on_dr(self, reference: str) -> int:
+        conn = self._connect(self.dr_dsn)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(
+                    "INSERT INTO orders (customer, amount, reference) VALUES ('dr-application', 1, %s)",
+                    (reference,),
+                )
+                return int(cursor.lastrowid)
+        finally:
+            conn.close()
 
     def keys_in(self, dsn: str) -> set[int]:
         conn = self._connect(dsn)
