@@ -56,7 +56,7 @@ def lost_events(count: int, transactions: int) -> list[LedgerEvent]:
         tx = i // per_tx
         row = (
             f'{{"id": {i + 1}, "amount": {(i % 1000) * 7.25:.2f}, "customer": "customer-{i}", '
-            f'"placed_at": "2027-01-15T08:00:00.{(i % 1000) * 1000 + 1:06d}+00:00"}}'
+            f'"placed_at": "2027-01-15T08:00:00.{(i % 1000) * 1000 + 1:06d}+00:00", "reference": null}}'
         )
         events.append(
             LedgerEvent.from_outbox(
@@ -173,7 +173,7 @@ def plain_load(dsn: str, events: list[LedgerEvent], chunk_events: int) -> float:
     rows = []
     for event in events:
         row = event.row
-        rows.append((row["id"], row["customer"], row["amount"], row["placed_at"]))
+        rows.append((row["id"], row["customer"], row["amount"], row["placed_at"], row["reference"]))
     outbox = [
         (e.event_id, e.table, e.key, e.op, e.row_json, e.txid, _timestamp(e.commit_ts_ms), e.fingerprint)
         for e in events
@@ -185,7 +185,7 @@ def plain_load(dsn: str, events: list[LedgerEvent], chunk_events: int) -> float:
         started = time.perf_counter()
         for start in range(0, len(events), chunk_events):
             with conn.cursor() as cursor:
-                with cursor.copy("COPY public.orders (id, customer, amount, placed_at) FROM STDIN") as copy:
+                with cursor.copy("COPY public.orders (id, customer, amount, placed_at, reference) FROM STDIN") as copy:
                     for values in rows[start : start + chunk_events]:
                         copy.write_row(values)
                 with cursor.copy(

@@ -147,6 +147,7 @@ def test_every_scenario_of_the_spec(clean_machine: dict[str, str]) -> None:
         "ledger-up-relay-down",
         "healthy",
         "old-region-returns",
+        "dr-takes-unique-value",
     ]
     assert {tuple(sorted(o)) for o in outcomes} == {("expected", "figures", "observed", "pass", "scenario")}
     failed = [o for o in outcomes if not o["pass"]]
@@ -158,6 +159,31 @@ def test_every_scenario_of_the_spec(clean_machine: dict[str, str]) -> None:
     assert by_name["region-lost-with-ledger"]["figures"]["recovered"] == 0
     assert "ALERT" in by_name["ledger-up-relay-down"]["observed"]
     old_region_returned_everything_the_ledger_missed(by_name["old-region-returns"])
+    the_taken_unique_value_is_the_one_conflict(by_name["dr-takes-unique-value"], "orders_reference_key")
+
+
+def the_taken_unique_value_is_the_one_conflict(outcome: dict[str, Any], constraint: str) -> None:
+    """The DR application took a lost order's reference after promotion: replay reported exactly that
+    order as a conflict, by the constraint's name; everything else that reached the ledger came back."""
+    assert outcome["scenario"] == "dr-takes-unique-value" and outcome["pass"], outcome
+    figures = outcome["figures"]
+    took = figures["dr_took"]
+    assert took["constraint"] == constraint and took["reference"].startswith("ord-"), took
+    (conflict,) = figures["conflicts_reported"]
+    assert conflict["key"] == took["lost_key"], figures["conflicts_reported"]
+    assert conflict["why"].startswith("another unique key of the table holds a clashing row: " + constraint)
+    assert f"(the row under key {took['dr_key']})" in conflict["why"], conflict
+    assert figures["conflicts"] == 1 and figures["phantom_rows"] == 0, figures
+    assert figures["recovered"] == figures["detected"] - 1 > 0, figures
+    assert figures["missing_after_replay"] == figures["unrecoverable"] + 1, figures
+    assert figures["detected"] == figures["lost_without_ledger"] - figures["unrecoverable"], figures
+
+
+def test_the_dr_taking_a_lost_rows_unique_value_is_one_named_conflict(clean_machine: dict[str, str]) -> None:
+    result = short_drill("--scenario", "dr-takes-unique-value", duration="5s", timeout=600, env=clean_machine)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    (outcome,) = json.loads(result.stdout)
+    the_taken_unique_value_is_the_one_conflict(outcome, "orders_reference_key")
 
 
 def old_region_returned_everything_the_ledger_missed(outcome: dict[str, Any]) -> None:
@@ -188,15 +214,15 @@ def old_region_returned_everything_the_ledger_missed(outcome: dict[str, Any]) ->
     )
 
 
-def test_the_old_mysql_region_returns_with_everything_the_ledger_missed(
+def test_the_old_mysql_region_returns_and_the_dr_takes_a_unique_value(
     clean_machine: dict[str, str],
 ) -> None:
-    # On PostgreSQL the scenario runs in test_every_scenario_of_the_spec.
+    # On PostgreSQL the scenarios run in test_every_scenario_of_the_spec.
     result = short_drill(
         "--engine",
         "mysql",
         "--scenario",
-        "old-region-returns",
+        "old-region-returns,dr-takes-unique-value",
         "--warmup",
         "2000",
         duration="4s",
@@ -204,8 +230,10 @@ def test_the_old_mysql_region_returns_with_everything_the_ledger_missed(
         env=clean_machine,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    (outcome,) = json.loads(result.stdout)
-    old_region_returned_everything_the_ledger_missed(outcome)
+    old_region, unique_value = json.loads(result.stdout)
+    old_region_returned_everything_the_ledger_missed(old_region)
+    # MySQL names a unique key by its index; the demo table's is `reference`.
+    the_taken_unique_value_is_the_one_conflict(unique_value, "reference")
 
 
 #: The spec's scenarios whose outcome depends on the ledger's backend: a relay behind it, the ledger
@@ -293,4 +321,7 @@ def test_the_drill_on_mysql(clean_machine: dict[str, str]) -> None:
     # MariaDB servers standing in for Aurora MySQL: the same drill, the same verdict, the same keys.
     result = short_drill("--engine", "mysql", duration="6s", timeout=600, env=clean_machine)
     assert result.returncode == 0, result.stderr[-2000:]
-    check_drill(json.loads(result.stdout))
+    summary = json.loads(result.stdout)
+    check_drill(summary)
+    # Asked for GTIDs, the replica of a primary reporting version=8.0.2 replicates by file and position.
+    assert summary["replica_replication"] == "binlog file and position (Using_Gtid=No)", summary

@@ -698,3 +698,29 @@ def as_the_dr(shop: Shop, statement: str) -> None:
             cursor.execute("DELETE FROM drledger.replay_session WHERE connection_id = CONNECTION_ID()")
     finally:
         conn.close()
+
+
+def test_init_check_says_what_version_8_0_2_costs_a_mariadb_replica(shop: Shop) -> None:
+    # What the line says is so: a replica told to use GTIDs falls back to file and position.
+    shop.server.execute("CREATE USER IF NOT EXISTS 'gtid_probe'@'%'")
+    shop.server.execute("GRANT REPLICATION SLAVE ON *.* TO 'gtid_probe'@'%'")
+    with MariaDBSet() as servers:
+        # A server id of its own: a set's first server takes 1, as the module's primary did.
+        replica = servers.server("replica", {"read-only": "ON", "server-id": "99"})
+        replica.replicate_from(shop.server.port, user="gtid_probe")
+        # Only the IO thread matters here: it decides the mode when it connects.
+        status = wait_for(
+            lambda: (st := replica.replica_status()).get("Slave_IO_Running") == "Yes" and st,
+            60,
+            "the replica to connect",
+        )
+    assert status["Using_Gtid"] == "No", status
+    check = shop.cli("init", "--check")
+    lines = [line for line in check.stdout.splitlines() if "Using_Gtid" in line]
+    assert len(lines) == 1, check.stdout
+    assert lines[0].startswith("✓ MariaDB 10.") and "reports version=8.0.2" in lines[0], lines
+    assert "replicate by binlog file and position, not GTID" in lines[0]
+    assert "point failover tooling at file and position" in lines[0]
+    findings = json.loads(shop.cli("init", "--check", "--json").stdout)["findings"]
+    (finding,) = [f for f in findings if "Using_Gtid" in f["what"]]
+    assert finding["ok"] is True and "Exec_Master_Log_Pos" in finding["fix"]

@@ -13,6 +13,7 @@ SCENARIO_NAMES = (
     "ledger-up-relay-down",
     "healthy",
     "old-region-returns",
+    "dr-takes-unique-value",
 )
 
 

@@ -232,7 +232,14 @@ def render_drill_html(result: DrillResult, tps: float) -> str:
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>drledger drill</title>"
         f"<style>{_STYLE}</style></head><body>"
         f"<h1>DR drill: {tps:g} TPS, replication lag {result.replication_lag_s:g} s</h1>"
-        f"<p class='muted'>ledger {html.escape(result.ledger)}; drill took {result.total_seconds:g} s</p>"
+        f"<p class='muted'>ledger {html.escape(result.ledger)}; drill took {result.total_seconds:g} s"
+        + (
+            ""
+            if result.replica_replication is None
+            else f"; <span id='replica-replication'>the replica replicated by "
+            f"{html.escape(result.replica_replication)}</span>"
+        )
+        + "</p>"
         f"<p class='verdict {verdict}' id='verdict'>verdict: <b>{html.escape(result.verdict)}</b> — "
         f"{result.lost_without_ledger:,} records lost at failover, {result.recovered:,} recovered, "
         f"{result.missing_after_replay:,} still missing.</p>"

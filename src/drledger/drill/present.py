@@ -62,4 +62,6 @@ def comparison_table(result: DrillResult, tps: float) -> Table:
     )
     table.add_row("ledger lag p50 / p99 (commit → durably in ledger)", "", f"{p50} / {p99}")
     table.add_row("replication lag", f"{result.replication_lag_s:g} s{measured}", "")
+    if result.replica_replication is not None:
+        table.add_row("the replica replicated by", result.replica_replication, "")
     return table

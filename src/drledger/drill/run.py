@@ -24,7 +24,7 @@ from drledger.masking import mask_url
 from drledger.reconcile import Report
 from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.relay.engine import lag_percentile, read_stats
-from drledger.replay import replay
+from drledger.replay import ReplayResult, replay
 from drledger.runbook import fence_from_ledger
 from drledger.watch.cycle import Snapshot, Watcher, WatchSettings
 
@@ -119,6 +119,10 @@ class DrillResult:
     predicted_at_risk: int | None = None
     predicted_recoverable: int | None = None
     predicted_unrecoverable: int | None = None
+    # Each conflict replay reported on the demo table: {"key": the lost row's key, "why": replay's reason}.
+    conflicts_reported: list[dict[str, Any]] = field(default_factory=list)
+    # How the DR replica replicated (MySQL: GTID, or binlog file and position; see docs/mysql.md).
+    replica_replication: str | None = None
     keep: dict[str, str] = field(default_factory=dict)
     # For the picture (drill --html); not part of --json.
     timeline: DrillTimeline | None = field(default=None, repr=False)
@@ -230,6 +234,16 @@ class DrillWatch:
         self.predictor.close()
 
 
+@dataclass
+class DrWrites:
+    """What the DR application wrote after promotion (after fence, before replay): the keys of its own
+    rows, and the lost rows those writes take a unique value of — which replay must report as conflicts
+    and leave out, while everything else comes back."""
+
+    keys: set[int] = field(default_factory=set)
+    clashes_with: set[int] = field(default_factory=set)
+
+
 def _keys_of(events: list[LedgerEvent], table: str) -> set[int]:
     return {int(e.key) for e in events if e.table == table}
 
@@ -249,6 +263,8 @@ class Drill:
         self.lag_before_workload: dict[int, int] = {}
         self.disaster_at_ms: int | None = None
         self.watch: DrillWatch | None = None
+        self.replica_replication: str | None = None
+        self.replayed: ReplayResult | None = None
 
     def setup(self) -> None:
         with open_ledger(self.rig.ledger_url, writer=True, create=True) as ledger:
@@ -256,6 +272,7 @@ class Drill:
                 self.progress(f"created the ledger {ledger.display_url}, which did not exist")
         self.progress(f"starting a primary and a replica {self.lag_s:g} s behind it, and the relay")
         self.rig.start()
+        self.replica_replication = self.rig.replica_replication()
         if self.settings.warmup_rows:
             self.progress(f"warming the relay up ({self.settings.warmup_rows:,} rows of a side table)")
             self.rig.warm_up(self.settings.warmup_rows)
@@ -345,7 +362,7 @@ class Drill:
         self.progress(f"replay: {len(report.missing_in_dr)} events")
         started = time.monotonic()
         # As the operator's replay --apply: validated, fenced again, then applied.
-        result = replay(self.rig.dr_dsn, report.missing_in_dr, apply=True)
+        result = self.replayed = replay(self.rig.dr_dsn, report.missing_in_dr, apply=True)
         return result.applied + result.present, len(result.conflicts), time.monotonic() - started
 
     def ledger_lag(self) -> tuple[float | None, float | None]:
@@ -389,6 +406,8 @@ class _Findings:
     recover_s: float = 0.0
     missing_after: int = 0
     phantoms: int = 0
+    dr_writes: DrWrites = field(default_factory=DrWrites)
+    conflict_keys: set[int] = field(default_factory=set)
 
     @property
     def lost(self) -> set[int]:
@@ -403,12 +422,15 @@ class _Findings:
     @property
     def verdict(self) -> str:
         """ok when everything that reached the ledger came back, nothing else is missing, and nothing
-        was invented or overwritten."""
+        was invented or overwritten — but for the lost rows the DR application took a unique value of
+        after promotion: each of those, and only those, reported as a conflict and left out."""
+        taken = self.dr_writes.clashes_with
         ok = (
-            self.missing_after == self.unrecoverable
-            and self.recovered == self.detected
+            self.missing_after == self.unrecoverable + len(taken)
+            and self.recovered == self.detected - len(taken)
             and self.detected == len(self.lost) - self.unrecoverable
-            and self.conflicts == 0
+            and self.conflicts == len(taken)
+            and self.conflict_keys == taken
             and self.phantoms == 0
         )
         return "ok" if ok else "failed"
@@ -421,10 +443,13 @@ def run_drill(
     before: dict[float, Callable[[FailoverRig], None]] | None = None,
     lose_ledger: bool = False,
     after: Callable[[FailoverRig], None] | None = None,
+    promoted: Callable[[FailoverRig, GroundTruth, set[int]], DrWrites] | None = None,
 ) -> DrillResult:
     """The whole drill. `before` acts on the rig seconds before the disaster; `lose_ledger` makes the
     ledger die with the region (the spec's "DB + Kafka down" row); `after` acts on the rig once the
-    ledger's recovery is measured, before everything is stopped (the old region returning, say).
+    ledger's recovery is measured, before everything is stopped (the old region returning, say);
+    `promoted` is the DR application writing once fence has run, before reconcile and replay (given the
+    ground truth and the lost keys the ledger holds; what it wrote is what the verdict allows for).
 
     After the failover the drill runs the operator's runbook, in its order: fence, reconcile, replay.
     """
@@ -441,6 +466,7 @@ def run_drill(
         on_replica = drill.rig.keys_in(drill.rig.dr_dsn)
         lost = truth.keys - on_replica
         fence_error = drill.fence()
+        dr_writes = DrWrites() if promoted is None else promoted(drill.rig, truth, lost & in_ledger)
         report, detect_s, failure = drill.reconcile()
         found = _Findings(
             drill.rig.demo_table,
@@ -451,19 +477,32 @@ def run_drill(
             report,
             detect_s,
             failure or fence_error,
+            dr_writes=dr_writes,
         )
         if report is not None and report.missing_in_dr:
             found.recovered, found.conflicts, found.recover_s = drill.recover(report)
         progress("verifying the promoted database against the ground truth")
         on_dr = drill.rig.keys_in(drill.rig.dr_dsn)
         found.missing_after = len(truth.keys - on_dr)
-        found.phantoms = len(on_dr - truth.keys)  # rows no acknowledged commit wrote
+        # Rows no acknowledged commit wrote (the DR application's own excepted).
+        found.phantoms = len(on_dr - truth.keys - dr_writes.keys)
+        reported = _conflicts_reported(drill)
+        found.conflict_keys = {c["key"] for c in reported}
         result = _result(drill, found, p50, p99)
+        result.conflicts_reported = reported
         if after is not None:
             after(drill.rig)
         return result
     finally:
         drill.close()
+
+
+def _conflicts_reported(drill: Drill) -> list[dict[str, Any]]:
+    """The conflicts replay reported on the demo table: each lost row's key and replay's reason."""
+    if drill.replayed is None:
+        return []
+    table = drill.rig.demo_table
+    return [{"key": int(c.key), "why": c.why} for c in drill.replayed.conflicts if c.table == table]
 
 
 def _result(drill: Drill, found: _Findings, p50: float | None, p99: float | None) -> DrillResult:
@@ -498,6 +537,7 @@ def _result(drill: Drill, found: _Findings, p50: float | None, p99: float | None
         predicted_at_risk=predicted.at_risk if predicted else None,
         predicted_recoverable=predicted.recoverable if predicted else None,
         predicted_unrecoverable=predicted.unrecoverable if predicted else None,
+        replica_replication=drill.replica_replication,
         keep=drill.kept() if drill.settings.keep else {},
         timeline=DrillTimeline(
             commits=[(c.acked_at_ms, k) for c in truth.commits for k in c.keys],

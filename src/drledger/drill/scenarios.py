@@ -18,10 +18,11 @@ from drledger.drill.old_region import OldRegionFindings
 from drledger.drill.old_region import old_region_returns as old_region_returns_step
 from drledger.drill.postgres.cluster import free_port
 from drledger.drill.postgres.rig import FailoverRig, GroundTruth
-from drledger.drill.run import Drill, DrillResult, DrillSettings, Progress, run_drill
+from drledger.drill.run import Drill, DrillResult, DrillSettings, DrWrites, Progress, run_drill
 from drledger.errors import ExitCode
 from drledger.ledger import sibling_ledger_url
 from drledger.recovery import ReconcileRequest, run_reconcile
+from drledger.replay import OTHER_UNIQUE_KEY
 from drledger.timeutil import format_instant
 from drledger.watch.cycle import Snapshot, WatchSettings
 from drledger.watch.service import run_watch
@@ -414,6 +415,58 @@ def _old_region_table(cases: list[_OldRegionCase]) -> Table:
     return table
 
 
+def dr_takes_unique_value(settings: DrillSettings, progress: Progress) -> ScenarioOutcome:
+    """After promotion (and fence) the DR application places an order under the reference — a unique key
+    besides the primary key — that a lost order holds in the ledger. Replay must report that lost order
+    as a conflict named by the unique constraint, leave the DR's order as it is, and bring back
+    everything else."""
+    taken: dict[str, Any] = {}
+
+    def dr_application(rig: FailoverRig, truth: GroundTruth, lost_in_ledger: set[int]) -> DrWrites:
+        # A lost order committed alone, so its source transaction holds nothing else to hold back.
+        alone = sorted(c.keys[0] for c in truth.commits if len(c.keys) == 1 and c.keys[0] in lost_in_ledger)
+        if not alone:
+            progress("no lost order reached the ledger: the DR application has no reference to take")
+            return DrWrites()
+        lost_key = alone[len(alone) // 2]
+        dr_key, reference = rig.dr_takes_reference_of(lost_key)
+        progress(
+            f"the DR application places order {dr_key} under {reference}, the reference of lost order {lost_key}"
+        )
+        taken.update(
+            lost_key=lost_key, dr_key=dr_key, reference=reference, constraint=rig.reference_constraint
+        )
+        return DrWrites({dr_key}, {lost_key})
+
+    result = run_drill(settings, progress, promoted=dr_application)
+    reported = result.conflicts_reported
+    named = (
+        bool(taken)
+        and [c["key"] for c in reported] == [taken["lost_key"]]
+        and reported[0]["why"].startswith(OTHER_UNIQUE_KEY)
+        and f": {taken['constraint']} " in reported[0]["why"]
+    )
+    passed = result.verdict == "ok" and named and result.recovered > 0
+    said = "; ".join(f"order {c['key']}: {c['why']}" for c in reported) or "none"
+    observed = (
+        f"the DR application took the reference of lost order {taken['lost_key']} (its own order {taken['dr_key']}); "
+        if taken
+        else "no lost order reached the ledger, so the DR application took nothing; "
+    ) + (
+        f"{result.lost_without_ledger} lost at failover, {result.recovered} recovered, "
+        f"{result.unrecoverable} never reached the ledger, {result.missing_after_replay} still missing; "
+        f"conflicts reported: {said}."
+    )
+    return ScenarioOutcome(
+        "dr-takes-unique-value",
+        "The promoted database takes a lost row's unique value (an order reference) before replay: replay "
+        "reports exactly that row as a conflict named by the unique constraint, and everything else comes back.",
+        observed,
+        passed,
+        {**result.as_json(), "dr_took": taken or None},
+    )
+
+
 _RUNS: tuple[Callable[[DrillSettings, Progress], ScenarioOutcome], ...] = (
     db_lost_ledger_ok,
     ledger_lagging,
@@ -422,6 +475,7 @@ _RUNS: tuple[Callable[[DrillSettings, Progress], ScenarioOutcome], ...] = (
     ledger_up_relay_down,
     healthy,
     old_region_returns,
+    dr_takes_unique_value,
 )
 SCENARIOS = dict(zip(SCENARIO_NAMES, _RUNS, strict=True))
 

@@ -1,7 +1,9 @@
-"""The failover rig on MySQL: a MariaDB primary, a GTID replica behind the lag injector, the relay.
+"""The failover rig on MySQL: a MariaDB primary, a replica behind the lag injector, the relay.
 
-The same face as PostgreSQL's rig (rig.py), so the drill and its scenarios run on either. Replication is
-MariaDB's GTID replication (`MASTER_USE_GTID=slave_pos`); its IO thread connects through the lag
+The same face as PostgreSQL's rig (rig.py), so the drill and its scenarios run on either. The replica
+asks for MariaDB's GTID replication (`MASTER_USE_GTID=slave_pos`) but, its primary reporting
+`version=8.0.2`, replicates by binlog file and position; the drill reports which (`replica_replication`).
+Its IO thread connects through the lag
 injector with no delay first (it makes a dozen round trips at connect), and the delay is set once it
 replicates. Promotion is what Aurora's failover amounts to: replication stopped and forgotten, and
 the replica writable. `Seconds_Behind_Master` is not trusted for lag (it reads 0 while hundreds of
@@ -26,7 +28,8 @@ from drledger.source import open_source
 DATABASE = "drill"
 DEMO_TABLE_DDL = (
     "CREATE TABLE drill.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer VARCHAR(100) NOT NULL, "
-    "amount DECIMAL(12,2) NOT NULL, placed_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
+    "amount DECIMAL(12,2) NOT NULL, placed_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), "
+    "reference VARCHAR(64) NULL, CONSTRAINT reference UNIQUE (reference))"
 )
 WARMUP_TABLE_DDL = (
     "CREATE TABLE drill.drill_warmup (id BIGINT AUTO_INCREMENT PRIMARY KEY, note TEXT NOT NULL)"
@@ -36,6 +39,7 @@ WARMUP_TABLE_DDL = (
 class MySQLFailoverRig(FailoverRig):
     engine = "mysql"
     demo_table = "drill.orders"
+    reference_constraint = "reference"
 
     def old_region_returns(self) -> str:
         """The killed primary's data directory starts again on a port of its own, read-only, replicating
@@ -143,8 +147,10 @@ class MySQLFailoverRig(FailoverRig):
                     rows = 3 if multi_row_every and i % multi_row_every == multi_row_every - 1 else 1
                     doomed = rollback_every > 0 and i % rollback_every == rollback_every - 1
                     prefix = "rolled-back-" if doomed else "customer-"
-                    values = ", ".join(f"('{prefix}{g}', {g * 7.25:.2f})" for g in range(1, rows + 1))
-                    cursor.execute(f"INSERT INTO orders (customer, amount) VALUES {values}")
+                    values = ", ".join(
+                        f"('{prefix}{g}', {g * 7.25:.2f}, CONCAT('ord-', UUID()))" for g in range(1, rows + 1)
+                    )
+                    cursor.execute(f"INSERT INTO orders (customer, amount, reference) VALUES {values}")
                     # A multi-row insert takes consecutive keys (innodb_autoinc_lock_mode 1 or 2 alike
                     # for a lone writer), the first of them LAST_INSERT_ID().
                     first = int(cursor.lastrowid)
@@ -160,6 +166,16 @@ class MySQLFailoverRig(FailoverRig):
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def replica_replication(self) -> str | None:
+        """How the replica replicates, from its SHOW SLAVE STATUS: GTID or binlog file and position."""
+        assert isinstance(self.replica, LocalMariaDB)
+        using = self.replica.replica_status().get("Using_Gtid")
+        if using is None:
+            return None
+        if str(using).lower() == "no":
+            return "binlog file and position (Using_Gtid=No)"
+        return f"GTID (Using_Gtid={using})"
 
     def failover(self) -> None:
         assert isinstance(self.replica, LocalMariaDB)
@@ -180,6 +196,18 @@ class MySQLFailoverRig(FailoverRig):
                 conn.close()
             return float(row[0]) if row and row[0] is not None else None
         return None
+
+    def _insert_on_dr(self, reference: str) -> int:
+        conn = self._connect(self.dr_dsn)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(
+                    "INSERT INTO orders (customer, amount, reference) VALUES ('dr-application', 1, %s)",
+                    (reference,),
+                )
+                return int(cursor.lastrowid)
+        finally:
+            conn.close()
 
     def keys_in(self, dsn: str) -> set[int]:
         conn = self._connect(dsn)

@@ -1,9 +1,11 @@
-"""Throw-away MariaDB servers in temp directories: a binlogging primary and GTID replicas.
+"""Throw-away MariaDB servers in temp directories: a binlogging primary and its replicas.
 
 MariaDB stands in for Aurora MySQL: Debezium's MySQL connector refuses MariaDB 10.11 as it is (it reads
 a version past 8.4 from "10.11" and will not fall back from `SHOW BINARY LOG STATUS`), so these servers
 report `version = 8.0.2`, which sends the connector down the MySQL 8.0 path Aurora MySQL 3 takes
 (8.0.3 and later would make its JDBC driver ask for `transaction_isolation`, which MariaDB lacks).
+That version costs the replicas their GTIDs: asked for `MASTER_USE_GTID=slave_pos`, a replica of a server
+reporting a version below 10 falls back to binlog file and position (source/mysql/mariadb.py).
 
 Servers run as root with `--user=root` (mariadbd refuses root otherwise), listen on 127.0.0.1 only,
 keep nothing durable they do not need (throw-away data), and are stopped by PID.
@@ -167,14 +169,16 @@ class LocalMariaDB:
         self.process = None
 
     def replicate_from(self, port: int, user: str = "root") -> None:
-        """Replicate from the server at `port` (a lag injector, say) by GTID, from its first event."""
+        """Replicate from the server at `port` (a lag injector, say), from its first event: by GTID if
+        the primary lets it (one reporting `version=8.0.2` does not: file and position, then)."""
         self.execute(
             f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, MASTER_USER='{user}', "
             "MASTER_PASSWORD='', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1"
         )
         self.execute("START SLAVE")
 
-    def replicating(self) -> bool:
+    def replica_status(self) -> dict[str, Any]:
+        """SHOW SLAVE STATUS as a dict; empty when the server replicates from nothing."""
         conn = self.connect()
         try:
             with conn.cursor() as cursor:
@@ -183,9 +187,10 @@ class LocalMariaDB:
                 names = [d[0] for d in cursor.description or []]
         finally:
             conn.close()
-        if not row:
-            return False
-        status = dict(zip(names, row, strict=False))
+        return dict(zip(names, row, strict=False)) if row else {}
+
+    def replicating(self) -> bool:
+        status = self.replica_status()
         return status.get("Slave_IO_Running") == "Yes" and status.get("Slave_SQL_Running") == "Yes"
 
     def promote(self) -> None:

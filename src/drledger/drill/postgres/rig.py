@@ -33,9 +33,13 @@ from drledger.streaming import DEFAULT_SLOT, RelaySettings
 
 DEMO_TABLE = "public.orders"
 WARMUP_TABLE_DDL = "CREATE TABLE public.drill_warmup (id bigserial PRIMARY KEY, note text NOT NULL)"
+# `reference` is a unique key besides the primary key (an order reference, as an application has): the
+# workload gives every order one, and the dr-takes-unique-value scenario has the promoted database take
+# a lost order's. Nullable, so a row written without one (tests, the old region's checks) is still valid.
 DEMO_TABLE_DDL = (
     "CREATE TABLE public.orders (id bigserial PRIMARY KEY, customer text NOT NULL, "
-    "amount numeric(12,2) NOT NULL, placed_at timestamptz NOT NULL DEFAULT now())"
+    "amount numeric(12,2) NOT NULL, placed_at timestamptz NOT NULL DEFAULT now(), "
+    "reference text CONSTRAINT orders_reference_key UNIQUE)"
 )
 
 
@@ -72,6 +76,8 @@ class FailoverRig:
 
     engine = "postgresql"
     demo_table = DEMO_TABLE
+    #: The demo table's unique key besides the primary key, as replay names it in a conflict.
+    reference_constraint = "orders_reference_key"
 
     def __init__(self, base: Path | None = None, lag_s: float = 2.0, ledger_url: str | None = None) -> None:
         self.clusters: Any = self._servers(base)
@@ -121,6 +127,10 @@ class FailoverRig:
         self.injector.set_delay(self.lag_s)
         if relay:
             self.start_relay()
+
+    def replica_replication(self) -> str | None:
+        """How the replica replicates, as the drill reports it."""
+        return "physical streaming"
 
     def _replica_streaming(self) -> bool:
         with psycopg.connect(self.dr_dsn, autocommit=True) as conn:
@@ -265,7 +275,8 @@ class FailoverRig:
                 keys = [
                     r[0]
                     for r in conn.execute(
-                        "INSERT INTO public.orders (customer, amount) SELECT %s || g, (g * 7.25)::numeric(12,2) "
+                        "INSERT INTO public.orders (customer, amount, reference) SELECT %s || g, "
+                        "(g * 7.25)::numeric(12,2), 'ord-' || gen_random_uuid() "
                         "FROM generate_series(1, %s) g RETURNING id",
                         ("rolled-back-" if doomed else "customer-", rows),
                     ).fetchall()
@@ -332,6 +343,34 @@ class FailoverRig:
         except psycopg.Error:
             return None
         return float(row[0]) if row and row[0] is not None else None
+
+    def ledger_row(self, key: int) -> dict[str, Any]:
+        """The demo table's row under `key` as the ledger holds it (its newest image)."""
+        with open_ledger(self.ledger_url) as ledger:
+            rows = [
+                r.row_json
+                for r in ledger.read()
+                if isinstance(r, LedgerEvent) and r.table == self.demo_table and int(r.key) == key
+            ]
+        if not rows:
+            raise DrledgerError(f"The ledger holds no row of {self.demo_table} under key {key}.")
+        return dict(json.loads(rows[-1]))
+
+    def dr_takes_reference_of(self, key: int) -> tuple[int, str]:
+        """The DR application, after promotion, places an order under the reference the lost order `key`
+        holds in the ledger: the key of the DR's own row, and the reference."""
+        reference = str(self.ledger_row(key)["reference"])
+        return self._insert_on_dr(reference), reference
+
+    def _insert_on_dr(self, reference: str) -> int:
+        with psycopg.connect(self.dr_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "INSERT INTO public.orders (customer, amount, reference) VALUES ('dr-application', 1, %s) "
+                "RETURNING id",
+                (reference,),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
 
     def keys_in(self, dsn: str) -> set[int]:
         with psycopg.connect(dsn, autocommit=True) as conn:

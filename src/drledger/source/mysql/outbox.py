@@ -27,6 +27,7 @@ from drledger.names import TableName
 from drledger.source.base import Finding
 from drledger.source.mysql.columns import Column, image_expression, key_expression, literal, quote
 from drledger.source.mysql.connection import connect, error_code, parse_dsn
+from drledger.source.mysql.mariadb import replica_finding
 
 SCHEMA = "drledger"
 TRIGGER_PREFIX = "drledger_capture_"
@@ -372,6 +373,8 @@ def check(dsn: str, tables: list[str]) -> list[Finding]:
                     else "preferably set gtid_mode = ON and enforce_gtid_consistency = ON (parameter group)",
                 )
             )
+        if (replicas := replica_finding(conn)) is not None:
+            findings.append(replicas)
         retention = (
             "binlog retention: on Aurora, CALL mysql.rds_set_configuration('binlog retention hours', 24)"
         )
