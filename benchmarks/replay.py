@@ -185,7 +185,9 @@ def plain_load(dsn: str, events: list[LedgerEvent], chunk_events: int) -> float:
         started = time.perf_counter()
         for start in range(0, len(events), chunk_events):
             with conn.cursor() as cursor:
-                with cursor.copy("COPY public.orders (id, customer, amount, placed_at, reference) FROM STDIN") as copy:
+                with cursor.copy(
+                    "COPY public.orders (id, customer, amount, placed_at, reference) FROM STDIN"
+                ) as copy:
                     for values in rows[start : start + chunk_events]:
                         copy.write_row(values)
                 with cursor.copy(
