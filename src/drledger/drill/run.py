@@ -20,6 +20,7 @@ from drledger.drill.postgres.rig import FailoverRig, GroundTruth
 from drledger.errors import DrledgerError, ExitCode
 from drledger.events import LedgerEvent
 from drledger.ledger import destroy_ledger, open_ledger
+from drledger.ledger.base import Ledger
 from drledger.masking import mask_url
 from drledger.reconcile import Report
 from drledger.recovery import ReconcileRequest, run_reconcile
@@ -173,6 +174,8 @@ class DrillWatch:
     ledger, and one more at the moment of disaster — the prediction the drill then checks."""
 
     INTERVAL_S = 1.0
+    #: Waiting longer than this for the watcher at the disaster is said, not sat through silently.
+    SAY_AFTER_S = 5.0
 
     def __init__(self, primary_dsn: str, replica_dsn: str, ledger_url: str) -> None:
         settings = WatchSettings(primary_dsn, ledger_url, replica_dsn, grace_s=5.0, skew_s=1.0, lookback_s=60)
@@ -213,9 +216,15 @@ class DrillWatch:
         self._predicting.start()
         read.wait(30)
 
-    def prediction_done(self) -> None:
+    def prediction_done(self, progress: Progress | None = None) -> None:
+        self._thread.join(self.SAY_AFTER_S)
+        if self._thread.is_alive() and progress is not None:
+            progress("waiting for the watcher's last cycle to finish reading the ledger")
         self._thread.join(120)
         if self._predicting is not None:
+            self._predicting.join(self.SAY_AFTER_S)
+            if self._predicting.is_alive() and progress is not None:
+                progress("waiting for the watcher's prediction to finish reading the ledger")
             self._predicting.join(120)
             if self._prediction:
                 self.prediction = WatchSample.of(self._prediction[0])
@@ -228,6 +237,54 @@ class DrillWatch:
             self._predicting.join(30)
         self.watcher.close()
         self.predictor.close()
+
+
+class QueueReader:
+    """The DR region's reader of a queue ledger (SQS), as the operator runs one: while the drill runs,
+    it drains the queue into the ledger's local index every half second, so the queue never holds more
+    than the last moments. Without it the queue would hold the whole warm-up when the watcher first
+    reads it, and every call on a deep queue costs more (an emulator's, moto's, in proportion to the
+    depth): the watcher's first read would drain for minutes while the disaster waited for it."""
+
+    INTERVAL_S = 0.5
+    SAY_EVERY_S = 10.0
+
+    def __init__(self, ledger_url: str, progress: Progress) -> None:
+        self.ledger_url = ledger_url
+        self.progress = progress
+        self.moved = 0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="drill-queue-reader", daemon=True)
+
+    @staticmethod
+    def needed(ledger: Ledger) -> bool:
+        return not ledger.writer_reads_back and callable(getattr(ledger, "drain", None))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        said_at = time.monotonic()
+        said = 0
+        try:
+            with open_ledger(self.ledger_url) as ledger:
+                drain: Callable[[], int] = ledger.drain  # type: ignore[attr-defined]
+                while True:
+                    self.moved += drain()
+                    if time.monotonic() - said_at >= self.SAY_EVERY_S and self.moved > said:
+                        self.progress(
+                            f"the DR reader has drained {self.moved:,} messages from the queue into its index"
+                        )
+                        said_at, said = time.monotonic(), self.moved
+                    if self._stop.wait(self.INTERVAL_S):
+                        return
+        except DrledgerError as exc:  # the watcher and reconcile read the queue too, and will say it
+            self.error = str(exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
 
 
 def _keys_of(events: list[LedgerEvent], table: str) -> set[int]:
@@ -249,11 +306,16 @@ class Drill:
         self.lag_before_workload: dict[int, int] = {}
         self.disaster_at_ms: int | None = None
         self.watch: DrillWatch | None = None
+        self.queue_reader: QueueReader | None = None
 
     def setup(self) -> None:
         with open_ledger(self.rig.ledger_url, writer=True, create=True) as ledger:
             if ledger.created:
                 self.progress(f"created the ledger {ledger.display_url}, which did not exist")
+            if QueueReader.needed(ledger):
+                self.progress(f"a DR reader drains {ledger.display_url} into its index as the drill runs")
+                self.queue_reader = QueueReader(self.rig.ledger_url, self.progress)
+                self.queue_reader.start()
         self.progress(f"starting a primary and a replica {self.lag_s:g} s behind it, and the relay")
         self.rig.start()
         if self.settings.warmup_rows:
@@ -297,8 +359,9 @@ class Drill:
             self.watch.predict()
         self.disaster_at_ms = time.time_ns() // 1_000_000
         self.rig.disaster()
+        self.stop_queue_reader()  # the relay is dead: nothing more reaches the queue
         if self.watch is not None:
-            self.watch.prediction_done()
+            self.watch.prediction_done(self.progress)
         self.progress("disaster: the primary region died (in-flight WAL dropped, primary and relay killed)")
         writer.join(30)
         if not outcome:
@@ -356,8 +419,14 @@ class Drill:
         histogram = {lag: count for lag, count in histogram.items() if count > 0}
         return lag_percentile(histogram, 50), lag_percentile(histogram, 99)
 
+    def stop_queue_reader(self) -> None:
+        if self.queue_reader is not None:
+            self.queue_reader.stop()
+            self.queue_reader = None
+
     def close(self) -> None:
         self.workload_stop.set()
+        self.stop_queue_reader()
         if self.watch is not None:
             self.watch.close()
         if not self.settings.keep:
