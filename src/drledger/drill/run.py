@@ -20,7 +20,7 @@ from drledger.drill.postgres.rig import FailoverRig, GroundTruth
 from drledger.errors import DrledgerError, ExitCode
 from drledger.events import LedgerEvent
 from drledger.ledger import destroy_ledger, open_ledger
-from drledger.ledger.base import Ledger
+from drledger.ledger.base import Ledger, ProgressCallback
 from drledger.masking import mask_url
 from drledger.reconcile import Report
 from drledger.recovery import ReconcileRequest, run_reconcile
@@ -241,10 +241,10 @@ class DrillWatch:
 
 class QueueReader:
     """The DR region's reader of a queue ledger (SQS), as the operator runs one: while the drill runs,
-    it drains the queue into the ledger's local index every half second, so the queue never holds more
-    than the last moments. Without it the queue would hold the whole warm-up when the watcher first
-    reads it, and every call on a deep queue costs more (an emulator's, moto's, in proportion to the
-    depth): the watcher's first read would drain for minutes while the disaster waited for it."""
+    it drains the queue into the ledger's local index every half second, so the queue holds only the
+    last moments. Without it the queue holds the whole warm-up when the watcher first reads it, and
+    the watcher's first cycle drains it (for minutes against moto, whose every SQS call costs in
+    proportion to the queue's depth) while the disaster waits for that cycle."""
 
     INTERVAL_S = 0.5
     SAY_EVERY_S = 10.0
@@ -253,7 +253,9 @@ class QueueReader:
         self.ledger_url = ledger_url
         self.progress = progress
         self.moved = 0
+        self.drains = 0
         self.error: str | None = None
+        self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drill-queue-reader", daemon=True)
 
@@ -265,22 +267,44 @@ class QueueReader:
         self._thread.start()
 
     def _run(self) -> None:
-        said_at = time.monotonic()
-        said = 0
         try:
             with open_ledger(self.ledger_url) as ledger:
-                drain: Callable[[], int] = ledger.drain  # type: ignore[attr-defined]
+                drain: Callable[[ProgressCallback], int] = ledger.drain  # type: ignore[attr-defined]
                 while True:
-                    self.moved += drain()
-                    if time.monotonic() - said_at >= self.SAY_EVERY_S and self.moved > said:
-                        self.progress(
-                            f"the DR reader has drained {self.moved:,} messages from the queue into its index"
-                        )
-                        said_at, said = time.monotonic(), self.moved
+                    before = self.moved
+                    moved = drain(lambda so_far: setattr(self, "moved", before + so_far))  # noqa: B023
+                    with self._changed:
+                        self.moved = before + moved
+                        self.drains += 1
+                        self._changed.notify_all()
                     if self._stop.wait(self.INTERVAL_S):
                         return
         except DrledgerError as exc:  # the watcher and reconcile read the queue too, and will say it
             self.error = str(exc)
+        finally:
+            with self._changed:
+                self._stop.set()
+                self._changed.notify_all()
+
+    def catch_up(self, timeout_s: float = 600) -> None:
+        """Wait until a whole drain begun after this call has ended: the queue then holds only what
+        the relay sent since. Says how far it got every SAY_EVERY_S."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            target = self.drains + 2
+            while self.drains < target and not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                before = self.moved
+                self._changed.wait_for(
+                    lambda: self.drains >= target or self._stop.is_set(), min(left, self.SAY_EVERY_S)
+                )
+                if self.drains < target and not self._stop.is_set():
+                    self.progress(
+                        f"the DR reader is draining the warm-up from the queue: {self.moved:,} messages "
+                        f"in its index ({(self.moved - before) / self.SAY_EVERY_S:,.0f}/s)"
+                    )
 
     def stop(self) -> None:
         self._stop.set()
@@ -321,6 +345,9 @@ class Drill:
         if self.settings.warmup_rows:
             self.progress(f"warming the relay up ({self.settings.warmup_rows:,} rows of a side table)")
             self.rig.warm_up(self.settings.warmup_rows)
+            if self.queue_reader is not None:
+                # The workload starts on a queue the DR reader keeps up with, not on the warm-up's.
+                self.queue_reader.catch_up()
         self.lag_before_workload = read_stats(self.rig.relay_stats_file)
         self.watch = DrillWatch(self.rig.primary_dsn, self.rig.dr_dsn, self.rig.ledger_url)
         self.watch.start()

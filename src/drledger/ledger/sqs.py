@@ -20,8 +20,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import queue
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,7 +43,6 @@ from drledger.ledger.sqlite import SqliteLedger
 _BATCH = 10  # SendMessageBatch / DeleteMessageBatch limit
 _VISIBILITY_S = 120
 _SENDERS = 8
-_RECEIVERS = 8
 
 
 def default_index(queue: str) -> Path:
@@ -110,6 +107,7 @@ class SqsLedger(Ledger):
         self.index_path = index or default_index(self.queue_name)
         self._index: SqliteLedger | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._delete_pool: ThreadPoolExecutor | None = None
 
     def _resolve(self, queue: str, create: bool) -> str:
         if queue.startswith(("http://", "https://")):
@@ -190,8 +188,9 @@ class SqsLedger(Ledger):
             self._index = SqliteLedger(self.index_path, create=True)
         return self._index
 
-    def drain(self) -> int:
+    def drain(self, on_progress: ProgressCallback = None) -> int:
         """Move the messages in the queue into the local index; delete each only once stored.
+        `on_progress` hears how many this drain has moved, after each batch.
 
         Ends at an empty answer (a long poll asks every SQS host, so one is enough), or once a whole
         batch was sent after the drain began: while a relay keeps writing the queue is never empty,
@@ -202,7 +201,7 @@ class SqsLedger(Ledger):
         index without them. A second reader waits for the first, then drains what is left.
         """
         with self._draining():
-            return self._drain()
+            return self._drain(on_progress)
 
     @contextlib.contextmanager
     def _draining(self) -> Iterator[None]:
@@ -214,13 +213,24 @@ class SqsLedger(Ledger):
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _drain(self) -> int:
+    def _drain(self, on_progress: ProgressCallback) -> int:
         index = self.index()
         moved = 0
-        run = _Drain(self, began_ms=int(time.time() * 1000))
+        began_ms = int(time.time() * 1000)
+        # A batch's delete is sent while the next batch is received: it only ever follows the batch's
+        # durable store. An empty answer then proves nothing yet (a FIFO queue hides a message group
+        # while one of its messages is in flight), so the drain ends only at an empty answer to a
+        # receive made with none of its own messages in flight.
+        deleting: Future[None] | None = None
         try:
-            run.add_receiver()
-            while (messages := run.next_batch()) is not None:
+            while True:
+                messages = self._receive()
+                if not messages:
+                    if deleting is None:
+                        break
+                    deleting.result()
+                    deleting = None
+                    continue
                 events: list[LedgerEvent] = []
                 unreadable: list[tuple[int | None, str | None, bytes]] = []
                 for message in messages:
@@ -230,12 +240,17 @@ class SqsLedger(Ledger):
                     else:
                         events.append(record)
                 index.store(events, unreadable)
-                run.delete(messages)  # only once the index holds them
+                if deleting is not None:
+                    deleting.result()
+                deleting = self._deleter().submit(self._delete, messages)
                 moved += len(messages)
-                if len(messages) == _BATCH:  # a full batch: more are waiting, receive them in parallel
-                    run.add_receiver()
+                if on_progress is not None:
+                    on_progress(moved)
+                if all(int(m.get("Attributes", {}).get("SentTimestamp", 0)) >= began_ms for m in messages):
+                    break  # sent after the drain began: the next read's
         finally:
-            run.finish()
+            if deleting is not None:
+                deleting.result()
         return moved
 
     def _receive(self) -> list[dict[str, Any]]:
@@ -258,6 +273,11 @@ class SqsLedger(Ledger):
             lambda: self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=receipts),
         )
 
+    def _deleter(self) -> ThreadPoolExecutor:
+        if self._delete_pool is None:
+            self._delete_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqs-delete")
+        return self._delete_pool
+
     def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
         self.drain()
         yield from self.index().read(since_ms, until_ms)
@@ -275,141 +295,9 @@ class SqsLedger(Ledger):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._delete_pool is not None:
+            self._delete_pool.shutdown(wait=True)
+            self._delete_pool = None
         if self._index is not None:
             self._index.close()
             self._index = None
-
-
-class _Drain:
-    """One drain's receivers, up to _RECEIVERS in parallel, and its deletes.
-
-    Receivers hand batches to the draining thread, which stores each in the index before its delete is
-    sent. The drain ends at a fresh batch (sent after it began) or at an empty answer to a receive made
-    alone: no other receive under way and none of this drain's messages in flight. An empty answer
-    while this drain holds messages proves nothing (a FIFO queue hides a message group while one of its
-    messages is in flight), so the receiver that got it waits for quiet, then asks once more, alone.
-    """
-
-    def __init__(self, ledger: SqsLedger, began_ms: int) -> None:
-        self.ledger = ledger
-        self.began_ms = began_ms
-        self.cond = threading.Condition()
-        self.receiving = 0  # receives under way
-        self.in_flight = 0  # messages received and not yet deleted
-        self.solo = False  # a receiver is asking alone
-        self.done = False
-        self.failure: BaseException | None = None
-        self.batches: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
-        self.receivers: list[threading.Thread] = []
-        self.live = 0
-        self.deleters = ThreadPoolExecutor(max_workers=_RECEIVERS, thread_name_prefix="sqs-delete")
-        self.deletes: list[Future[None]] = []
-
-    def add_receiver(self) -> None:
-        if len(self.receivers) >= _RECEIVERS or self.done:
-            return
-        thread = threading.Thread(
-            target=self._receive_loop, name=f"sqs-receive-{len(self.receivers)}", daemon=True
-        )
-        self.receivers.append(thread)
-        self.live += 1
-        thread.start()
-
-    def next_batch(self) -> list[dict[str, Any]] | None:
-        """The next batch received, or None once every receiver has stopped and all was handed over."""
-        while self.live:
-            batch = self.batches.get()
-            if batch is None:
-                self.live -= 1
-                continue
-            return batch
-        if self.failure is not None:
-            raise self.failure
-        return None
-
-    def delete(self, messages: list[dict[str, Any]]) -> None:
-        self.deletes.append(self.deleters.submit(self._delete, messages))
-
-    def _delete(self, messages: list[dict[str, Any]]) -> None:
-        try:
-            self.ledger._delete(messages)
-        except BaseException as exc:
-            self._fail(exc)
-            raise
-        finally:
-            with self.cond:
-                self.in_flight -= len(messages)
-                self.cond.notify_all()
-
-    def _fail(self, exc: BaseException) -> None:
-        with self.cond:
-            if self.failure is None:
-                self.failure = exc
-            self.done = True
-            self.cond.notify_all()
-
-    def _receive_loop(self) -> None:
-        try:
-            while self._receive_once():
-                pass
-        except BaseException as exc:
-            self._fail(exc)
-        finally:
-            self.batches.put(None)
-
-    def _receive_once(self) -> bool:
-        """One receive (and, after an empty answer, one more made alone); False once the drain is over."""
-        with self.cond:
-            self.cond.wait_for(lambda: self.done or not self.solo)
-            if self.done:
-                return False
-            self.receiving += 1
-        messages: list[dict[str, Any]] = []
-        try:
-            messages = self.ledger._receive()
-        finally:
-            with self.cond:
-                self.receiving -= 1
-                self.cond.notify_all()
-        if messages:
-            return self._took(messages)
-        with self.cond:
-            self.cond.wait_for(
-                lambda: self.done or (not self.solo and not self.receiving and not self.in_flight)
-            )
-            if self.done:
-                return False
-            self.solo = True
-        messages = []
-        try:
-            messages = self.ledger._receive()
-        finally:
-            with self.cond:
-                self.solo = False
-                if not messages:  # asked alone, answered empty (or failed): the drain is over
-                    self.done = True
-                self.cond.notify_all()
-        return bool(messages) and self._took(messages)
-
-    def _took(self, messages: list[dict[str, Any]]) -> bool:
-        fresh = all(int(m.get("Attributes", {}).get("SentTimestamp", 0)) >= self.began_ms for m in messages)
-        with self.cond:
-            self.in_flight += len(messages)
-            if fresh:  # sent after the drain began: the next read's
-                self.done = True
-            self.cond.notify_all()
-        self.batches.put(messages)
-        return not fresh
-
-    def finish(self) -> None:
-        """Stop the receivers, wait for every delete; raise the first failure."""
-        with self.cond:
-            self.done = True
-            self.cond.notify_all()
-        for thread in self.receivers:
-            thread.join()
-        self.deleters.shutdown(wait=True)
-        for future in self.deletes:
-            future.exception()  # any failure was recorded by _fail
-        if self.failure is not None:
-            raise self.failure
