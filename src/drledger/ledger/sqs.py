@@ -22,7 +22,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult
@@ -107,7 +107,6 @@ class SqsLedger(Ledger):
         self.index_path = index or default_index(self.queue_name)
         self._index: SqliteLedger | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._delete_pool: ThreadPoolExecutor | None = None
 
     def _resolve(self, queue: str, create: bool) -> str:
         if queue.startswith(("http://", "https://")):
@@ -217,40 +216,22 @@ class SqsLedger(Ledger):
         index = self.index()
         moved = 0
         began_ms = int(time.time() * 1000)
-        # A batch's delete is sent while the next batch is received: it only ever follows the batch's
-        # durable store. An empty answer then proves nothing yet (a FIFO queue hides a message group
-        # while one of its messages is in flight), so the drain ends only at an empty answer to a
-        # receive made with none of its own messages in flight.
-        deleting: Future[None] | None = None
-        try:
-            while True:
-                messages = self._receive()
-                if not messages:
-                    if deleting is None:
-                        break
-                    deleting.result()
-                    deleting = None
-                    continue
-                events: list[LedgerEvent] = []
-                unreadable: list[tuple[int | None, str | None, bytes]] = []
-                for message in messages:
-                    record = from_wire(message["Body"], f"sqs message {message['MessageId']}")
-                    if isinstance(record, MalformedRecord):
-                        unreadable.append((None, None, message["Body"].encode()))
-                    else:
-                        events.append(record)
-                index.store(events, unreadable)
-                if deleting is not None:
-                    deleting.result()
-                deleting = self._deleter().submit(self._delete, messages)
-                moved += len(messages)
-                if on_progress is not None:
-                    on_progress(moved)
-                if all(int(m.get("Attributes", {}).get("SentTimestamp", 0)) >= began_ms for m in messages):
-                    break  # sent after the drain began: the next read's
-        finally:
-            if deleting is not None:
-                deleting.result()
+        while messages := self._receive():
+            events: list[LedgerEvent] = []
+            unreadable: list[tuple[int | None, str | None, bytes]] = []
+            for message in messages:
+                record = from_wire(message["Body"], f"sqs message {message['MessageId']}")
+                if isinstance(record, MalformedRecord):
+                    unreadable.append((None, None, message["Body"].encode()))
+                else:
+                    events.append(record)
+            index.store(events, unreadable)
+            self._delete(messages)
+            moved += len(messages)
+            if on_progress is not None:
+                on_progress(moved)
+            if all(int(m.get("Attributes", {}).get("SentTimestamp", 0)) >= began_ms for m in messages):
+                break  # sent after the drain began: the next read's
         return moved
 
     def _receive(self) -> list[dict[str, Any]]:
@@ -273,11 +254,6 @@ class SqsLedger(Ledger):
             lambda: self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=receipts),
         )
 
-    def _deleter(self) -> ThreadPoolExecutor:
-        if self._delete_pool is None:
-            self._delete_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqs-delete")
-        return self._delete_pool
-
     def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
         self.drain()
         yield from self.index().read(since_ms, until_ms)
@@ -295,9 +271,6 @@ class SqsLedger(Ledger):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-        if self._delete_pool is not None:
-            self._delete_pool.shutdown(wait=True)
-            self._delete_pool = None
         if self._index is not None:
             self._index.close()
             self._index = None
