@@ -41,9 +41,12 @@ def drill(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the drawn lag, to repeat a run.")] = None,
     warmup: Annotated[
-        int,
-        typer.Option(help="Rows pushed through the relay before measuring, so its JVM is warm (0: none)."),
-    ] = 20_000,
+        int | None,
+        typer.Option(
+            help="Rows pushed through the relay before measuring, so its JVM is warm (0: none); "
+            "default 20,000, or 2,000 into an SQS queue, which a reader must drain."
+        ),
+    ] = None,
     engine: Annotated[
         str,
         typer.Option(

@@ -16,6 +16,8 @@ drop duplicates by event id either way.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import time
@@ -91,7 +93,7 @@ class SqsLedger(Ledger):
         )
         if self._index is not None:
             self._index.close()
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", ".lock"):
             Path(f"{self.index_path}{suffix}").unlink(missing_ok=True)
 
     def __init__(
@@ -185,30 +187,36 @@ class SqsLedger(Ledger):
             self._index = SqliteLedger(self.index_path, create=True)
         return self._index
 
-    def drain(self) -> int:
+    def drain(self, on_progress: ProgressCallback = None) -> int:
         """Move the messages in the queue into the local index; delete each only once stored.
+        `on_progress` hears how many this drain has moved, after each batch.
 
         Ends at an empty answer (a long poll asks every SQS host, so one is enough), or once a whole
         batch was sent after the drain began: while a relay keeps writing the queue is never empty,
         and what it sends from then on is the next read's.
+
+        One drain at a time per index, across threads and processes (a lock file beside it): a drain
+        that ended at an empty answer while another reader held messages in flight would read the
+        index without them. A second reader waits for the first, then drains what is left.
         """
+        with self._draining():
+            return self._drain(on_progress)
+
+    @contextlib.contextmanager
+    def _draining(self) -> Iterator[None]:
+        self.index_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{self.index_path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _drain(self, on_progress: ProgressCallback) -> int:
         index = self.index()
         moved = 0
         began_ms = int(time.time() * 1000)
-        while True:
-            answer = with_backoff(
-                "receiving from SQS",
-                lambda: self.client.receive_message(
-                    QueueUrl=self.queue_url,
-                    MaxNumberOfMessages=_BATCH,
-                    WaitTimeSeconds=1,
-                    VisibilityTimeout=_VISIBILITY_S,
-                    AttributeNames=["All"],
-                ),
-            )
-            messages = answer.get("Messages", [])
-            if not messages:
-                break
+        while messages := self._receive():
             events: list[LedgerEvent] = []
             unreadable: list[tuple[int | None, str | None, bytes]] = []
             for message in messages:
@@ -218,15 +226,33 @@ class SqsLedger(Ledger):
                 else:
                     events.append(record)
             index.store(events, unreadable)
-            receipts = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
-            with_backoff(
-                "deleting from SQS",
-                lambda: self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=receipts),  # noqa: B023
-            )
+            self._delete(messages)
             moved += len(messages)
+            if on_progress is not None:
+                on_progress(moved)
             if all(int(m.get("Attributes", {}).get("SentTimestamp", 0)) >= began_ms for m in messages):
-                break
+                break  # sent after the drain began: the next read's
         return moved
+
+    def _receive(self) -> list[dict[str, Any]]:
+        answer = with_backoff(
+            "receiving from SQS",
+            lambda: self.client.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=_BATCH,
+                WaitTimeSeconds=1,
+                VisibilityTimeout=_VISIBILITY_S,
+                AttributeNames=["All"],
+            ),
+        )
+        return list(answer.get("Messages", []))
+
+    def _delete(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        receipts = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+        with_backoff(
+            "deleting from SQS",
+            lambda: self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=receipts),
+        )
 
     def read(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[LedgerRecord]:
         self.drain()
