@@ -1,0 +1,49 @@
+from drledger.holdback import HeldBack, Reference, held_behind
+
+W = {
+    1: [("e1", ("customer", "7"))],
+    2: [("e2", ("order", "100"))],
+    3: [("e3", ("customer", "8"))],
+    4: [("e4", ("customer", "7"))],
+    5: [("e5", ("order_line", "9"))],
+}
+R = {
+    2: [Reference("order_customer_id_fk", ("customer", "7"))],
+    5: [Reference("line_order_id_fk", ("order", "100"))],
+}
+
+
+def test_child_of_a_held_back_row_is_held_behind_it_by_constraint_name() -> None:
+    holds = held_behind([1, 2, 3, 4, 5], {1}, W, R)
+    assert holds[2].text() == (
+        "held back behind event e1 (txid 1, customer key 7): "
+        "it references that row through order_customer_id_fk"
+    )
+    assert 3 not in holds
+
+
+def test_a_later_write_of_the_same_row_is_held_back() -> None:
+    holds = held_behind([1, 2, 3, 4, 5], {1}, W, R)
+    assert holds[4].reason == "it writes the same row"
+    assert (holds[4].behind_event, holds[4].behind_txid) == ("e1", 1)
+
+
+def test_dependents_chain_transitively() -> None:
+    holds = held_behind([1, 2, 3, 4, 5], {1}, W, R)
+    assert (holds[5].behind_event, holds[5].behind_txid, holds[5].table) == ("e2", 2, "order")
+
+
+def test_nothing_held_when_nothing_is() -> None:
+    assert held_behind([1, 2, 3, 4, 5], set(), W, R) == {}
+
+
+def test_earlier_transactions_are_not_held_behind_a_later_one() -> None:
+    assert held_behind([2, 1], {1}, W, R) == {}
+
+
+def test_the_ledger_grows_during_replay() -> None:
+    ledger = HeldBack()
+    assert ledger.depends(2, W[2], R[2]) is None
+    ledger.hold(1, W[1])  # found to conflict when applied
+    hold = ledger.depends(2, W[2], R[2])
+    assert hold is not None and hold.behind_txid == 1
