@@ -8,8 +8,10 @@ this is a small ledger asked about each transaction in plan order.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 Row = tuple[str, str]  # (table, key)
 
@@ -31,6 +33,38 @@ class Reference:
 
     constraint: str
     parent: Row
+
+
+def key_text(values: Mapping[str, Any]) -> str | None:
+    """A row key as the capture prints it: the value itself for one column, a JSON object (keys by
+    length, then bytes, as PostgreSQL's jsonb and MySQL's JSON order them) for a composite key."""
+    if any(v is None for v in values.values()):
+        return None
+    if len(values) == 1:
+        (value,) = values.values()
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return value if isinstance(value, str) else json.dumps(value)
+    ordered = sorted(values, key=lambda k: (len(k.encode()), k.encode()))
+    return json.dumps({k: values[k] for k in ordered}, ensure_ascii=False)
+
+
+def references_of(
+    row_json: str, foreign_keys: Sequence[ForeignKey], parent_keys: Mapping[str, Sequence[str]]
+) -> list[Reference]:
+    """The parent rows a row image points at, through the foreign keys that reference a parent's
+    key columns (parent_keys: table -> its key columns; a parent not there is not replayed)."""
+    row = json.loads(row_json)
+    found = []
+    for fk in foreign_keys:
+        key_columns = parent_keys.get(fk.parent_table)
+        if key_columns is None or set(key_columns) != set(fk.parent_columns):
+            continue
+        by_parent = dict(zip(fk.parent_columns, fk.columns, strict=True))
+        key = key_text({p: row.get(by_parent[p]) for p in key_columns})
+        if key is not None:
+            found.append(Reference(fk.name, (fk.parent_table, key)))
+    return found
 
 
 @dataclass(frozen=True)

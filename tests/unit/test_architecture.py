@@ -27,6 +27,7 @@ LAYERS = [
         "drledger.streaming",
         "drledger.java",
         "drledger.metrics_endpoint",
+        "drledger.holdback",
     },
     # the two seams: ledgers and source databases
     {"drledger.ledger", "drledger.source"},

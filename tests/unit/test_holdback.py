@@ -47,3 +47,20 @@ def test_the_ledger_grows_during_replay() -> None:
     ledger.hold(1, W[1])  # found to conflict when applied
     hold = ledger.depends(2, W[2], R[2])
     assert hold is not None and hold.behind_txid == 1
+
+
+def test_references_are_derived_from_the_foreign_key_columns() -> None:
+    from drledger.holdback import ForeignKey, references_of
+
+    fks = [
+        ForeignKey("order_customer_fk", "order", ("customer_id",), "customer", ("id",)),
+        ForeignKey("order_shop_fk", "order", ("shop_a", "shop_b"), "shop", ("a", "b")),
+        ForeignKey("order_other_fk", "order", ("x",), "not_captured", ("id",)),
+    ]
+    parents = {"customer": ["id"], "shop": ["a", "b"]}
+    refs = references_of('{"id": 1, "customer_id": 7, "shop_a": 2, "shop_b": "z", "x": 3}', fks, parents)
+    assert refs == [
+        Reference("order_customer_fk", ("customer", "7")),
+        Reference("order_shop_fk", ("shop", '{"a": 2, "b": "z"}')),
+    ]
+    assert references_of('{"id": 1, "customer_id": null}', fks[:1], parents) == []
