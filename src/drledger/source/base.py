@@ -51,6 +51,17 @@ class TableShape:
 
 
 @dataclass(frozen=True)
+class ForeignKeyInfo:
+    """A foreign key of a captured table: its constraint's name, the child's columns, the parent
+    (by the engine's handle, as TableShape.ref) and the parent's columns they reference, in order."""
+
+    name: str
+    columns: tuple[str, ...]
+    parent_ref: Any
+    parent_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SequenceInfo:
     """A sequence that hands out a captured table's keys (serial, identity, AUTO_INCREMENT)."""
 
@@ -201,6 +212,11 @@ class RecoverySession(ABC):
         """event id → the unique key (other than the primary key) whose value another row holds now,
         that row and its key, for events whose own key is free but whose insert was kept out."""
         return {}
+
+    def foreign_keys(self, shape: TableShape) -> list[ForeignKeyInfo]:
+        """The table's foreign keys, by constraint name: what a held-back transaction's dependents
+        are found by (a later change whose row references a held-back row is held back with it)."""
+        return []
 
     @abstractmethod
     def written_at(self, table: str, keys: Sequence[str]) -> dict[str, int]:

@@ -25,6 +25,7 @@ from drledger.names import TableName
 from drledger.source.base import (
     ChangeOutcome,
     CurrentRow,
+    ForeignKeyInfo,
     RecoverySession,
     ReplayRights,
     SequenceInfo,
@@ -340,6 +341,28 @@ class MySQLRecoverySession(RecoverySession):
                 text, tuple(k for k, v in mine.items() if k not in theirs or theirs[k] != v)
             )
         return found
+
+    def foreign_keys(self, shape: TableShape) -> list[ForeignKeyInfo]:
+        rows = query(
+            self.conn,
+            "SELECT CONSTRAINT_NAME, REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME, COLUMN_NAME, "
+            "REFERENCED_COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND REFERENCED_TABLE_NAME IS NOT NULL "
+            "ORDER BY CONSTRAINT_NAME, ORDINAL_POSITION",
+            (shape.name.schema, shape.name.name),
+        )
+        found: dict[str, ForeignKeyInfo] = {}
+        for name, schema, table, column, referenced in rows:
+            fk = found.get(str(name))
+            if fk is None:
+                found[str(name)] = ForeignKeyInfo(
+                    str(name), (str(column),), (schema, table), (str(referenced),)
+                )
+            else:
+                found[str(name)] = ForeignKeyInfo(
+                    fk.name, (*fk.columns, str(column)), fk.parent_ref, (*fk.parent_columns, str(referenced))
+                )
+        return list(found.values())
 
     def unique_clashes(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, UniqueClash]:
         indexes = query(

@@ -25,6 +25,7 @@ from drledger.names import TableName
 from drledger.source.base import (
     ChangeOutcome,
     CurrentRow,
+    ForeignKeyInfo,
     RecoverySession,
     ReplayRights,
     SequenceInfo,
@@ -276,6 +277,20 @@ class PostgresRecoverySession(RecoverySession):
             r[0]: CurrentRow(r[1] or "", tuple(r[2] or ()))
             for r in self.conn.execute(statement, (zoned, items), prepare=False).fetchall()
         }
+
+    def foreign_keys(self, shape: TableShape) -> list[ForeignKeyInfo]:
+        rows = self.conn.execute(
+            "SELECT c.conname, c.confrelid, "
+            "array(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY AS k(n, o) "
+            "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o), "
+            "array(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY AS k(n, o) "
+            "JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.o) "
+            "FROM pg_constraint c WHERE c.conrelid = %s AND c.contype = 'f' ORDER BY c.conname",
+            (shape.ref,),
+        ).fetchall()
+        return [
+            ForeignKeyInfo(str(n), tuple(cols), int(parent), tuple(pcols)) for n, parent, cols, pcols in rows
+        ]
 
     def unique_clashes(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, UniqueClash]:
         indexes = self.conn.execute(
