@@ -44,6 +44,7 @@ import orjson
 from drledger.errors import DrledgerError, ExitCode, ReplayInterrupted, RowsRejected, SourceUnavailable
 from drledger.events import LedgerEvent, MalformedRecord, row_fingerprint
 from drledger.fence import FenceResult, beyond_the_fence, fence_sequences
+from drledger.holdback import ForeignKey, HeldBack, Hold, Reference, references_of
 from drledger.margins import DEFAULT_MARGIN, validate_margin
 from drledger.names import TableName
 from drledger.screening import Admitted, Ambiguity, Refusal, screen
@@ -382,6 +383,7 @@ def replay(
         session.ensure_replay_log()  # in a dry run, rolled back with the rest
         if apply:
             session.commit()
+        dependencies = _dependencies(session, proof.shapes, result)
         try:
             _apply_plan(
                 session,
@@ -393,6 +395,7 @@ def replay(
                 chunk_events,
                 result,
                 on_progress,
+                dependencies,
             )
         except (SourceUnavailable, RowsRejected) as exc:
             reason = str(exc).rstrip(".")
@@ -482,10 +485,12 @@ def _apply_plan(
     chunk_events: int,
     result: ReplayResult,
     on_progress: Callable[[int], None] | None,
+    dependencies: _Dependencies | None = None,
 ) -> None:
     done = 0
+    deps = dependencies if dependencies is not None else _Dependencies()
     for chunk in chunk_transactions(plan, chunk_events):
-        if not _apply_and_commit(session, chunk, shapes, superseded, policy, apply, result):
+        if not _apply_and_commit(session, chunk, shapes, superseded, policy, apply, result, deps):
             return
         done += sum(len(t.events) for t in chunk)
         if on_progress is not None:
@@ -500,13 +505,15 @@ def _apply_and_commit(
     policy: OnConflict,
     apply: bool,
     result: ReplayResult,
+    deps: _Dependencies,
 ) -> bool:
     """One chunk, committed; False when replay must stop (a conflict under --on-conflict fail).
 
     A COMMIT the database refuses (a constraint checked only then) is retried one source transaction
-    at a time, so only the transaction that causes it is held back."""
+    at a time, so only the transaction that causes it is held back. What depends on a held-back
+    transaction is held back with it (_apply_holding_back)."""
     session.begin_chunk()
-    outcome = _apply_chunk_or_each(session, chunk, shapes, superseded)
+    outcome = _apply_holding_back(session, chunk, shapes, superseded, deps)
     if outcome.conflicts and policy is OnConflict.FAIL:
         session.rollback()
         result.conflicts.extend(outcome.conflicts)
@@ -520,12 +527,128 @@ def _apply_and_commit(
             if len(chunk) == 1:
                 reason = f"the database rejected its source transaction at commit: {rejected.reason}"
                 _ChunkOutcome(refused=[Refusal(e, reason) for e in chunk[0].events]).merge_into(result)
+                deps.held.hold(chunk[0].txid, _writes(chunk[0]))
                 return True
             return all(
-                _apply_and_commit(session, [t], shapes, superseded, policy, apply, result) for t in chunk
+                _apply_and_commit(session, [t], shapes, superseded, policy, apply, result, deps)
+                for t in chunk
             )
+    deps.held = deps.pending
     outcome.merge_into(result)
     return True
+
+
+@dataclass
+class _Dependencies:
+    """The foreign keys replay follows and the held-back rows so far (growing as replay proceeds)."""
+
+    foreign_keys: dict[str, list[ForeignKey]] = field(default_factory=dict)  # child table -> its keys
+    parent_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table -> its key columns
+    held: HeldBack = field(default_factory=HeldBack)
+    pending: HeldBack = field(default_factory=HeldBack)  # held, once the chunk is committed
+
+    def references(self, transaction: SourceTransaction) -> list[Reference]:
+        return [
+            ref
+            for e in transaction.events
+            if e.op != "delete"
+            for ref in references_of(e.row_json, self.foreign_keys.get(e.table, []), self.parent_keys)
+        ]
+
+
+def _writes(transaction: SourceTransaction) -> list[tuple[str, tuple[str, str]]]:
+    return [(e.event_id, (e.table, e.key)) for e in transaction.events]
+
+
+def _dependencies(
+    session: RecoverySession, shapes: dict[str, TableShape], result: ReplayResult
+) -> _Dependencies:
+    """The foreign keys among the replayed tables (through the session), and the rows of every source
+    transaction already held back before applying (refused, ambiguous): their dependents follow."""
+    by_ref = {shape.ref: name for name, shape in shapes.items()}
+    deps = _Dependencies(parent_keys={name: shape.key_columns for name, shape in shapes.items()})
+    for name, shape in shapes.items():
+        deps.foreign_keys[name] = [
+            ForeignKey(fk.name, name, fk.columns, by_ref[fk.parent_ref], fk.parent_columns)
+            for fk in session.foreign_keys(shape)
+            if fk.parent_ref in by_ref
+        ]
+    for refusal in result.refused:
+        deps.held.hold(
+            refusal.event.txid, [(refusal.event.event_id, (refusal.event.table, refusal.event.key))]
+        )
+    for ambiguity in result.ambiguous:
+        for e in ambiguity.events:
+            deps.held.hold(e.txid, [(e.event_id, (e.table, e.key))])
+    return deps
+
+
+class _Redo(Exception):
+    """The chunk is rolled back to its savepoint and applied again without its newly held dependents."""
+
+
+def _apply_holding_back(
+    session: RecoverySession,
+    chunk: list[SourceTransaction],
+    shapes: dict[str, TableShape],
+    superseded: frozenset[str],
+    deps: _Dependencies,
+) -> _ChunkOutcome:
+    """The chunk, without the transactions that depend on a held-back one. A transaction found to
+    conflict or be refused while the chunk is applied holds back what follows it in the chunk: the
+    chunk is rolled back to its savepoint and applied again without those (each round holds back at
+    least one more transaction, so this ends). deps.pending is the held-back set once committed."""
+    holds: dict[int, Hold] = {}
+    while True:
+        ledger = HeldBack(dict(deps.held.rows), set(deps.held.txids))
+        todo: list[SourceTransaction] = []
+        for transaction in chunk:
+            hold = holds.get(transaction.txid) or ledger.depends(
+                transaction.txid, _writes(transaction), deps.references(transaction)
+            )
+            if hold is not None:
+                holds[transaction.txid] = hold
+                ledger.hold(transaction.txid, _writes(transaction))
+            else:
+                todo.append(transaction)
+        try:
+            with session.savepoint():
+                outcome = _apply_chunk_or_each(session, todo, shapes, superseded) if todo else _ChunkOutcome()
+                failed = {
+                    _txid_of([e for t in todo for e in t.events], c.event_id) for c in outcome.conflicts
+                }
+                failed |= {r.event.txid for r in outcome.refused}
+                found = _later_dependents(todo, failed, ledger, deps)
+                if found:
+                    holds.update(found)
+                    raise _Redo
+        except _Redo:
+            continue
+        for transaction in todo:
+            if transaction.txid in failed:
+                ledger.hold(transaction.txid, _writes(transaction))
+        deps.pending = ledger
+        outcome.refused.extend(
+            Refusal(e, holds[t.txid].text()) for t in chunk if t.txid in holds for e in t.events
+        )
+        return outcome
+
+
+def _later_dependents(
+    todo: list[SourceTransaction], failed: set[int | None], ledger: HeldBack, deps: _Dependencies
+) -> dict[int, Hold]:
+    """The transactions of the chunk that depend on one found to conflict or be refused before them
+    (one refused for a foreign key to a conflicting row is named as held behind it)."""
+    trial = HeldBack(dict(ledger.rows), set(ledger.txids))
+    found: dict[int, Hold] = {}
+    for transaction in todo:
+        hold = trial.depends(transaction.txid, _writes(transaction), deps.references(transaction))
+        if hold is not None:
+            found[transaction.txid] = hold
+            trial.hold(transaction.txid, _writes(transaction))
+        elif transaction.txid in failed:
+            trial.hold(transaction.txid, _writes(transaction))
+    return found
 
 
 @dataclass
