@@ -114,3 +114,64 @@ def test_an_older_version_left_by_the_failover_is_stale_and_only_a_write_since_i
         assert [c["key"] for c in report["stale"]] == ["1"] and report["counts"]["stale"] == 1
         assert [c["key"] for c in report["split_brain"]] == ["2"] and report["counts"]["split_brain"] == 1
         assert "older version" in report["verdict"] and "split brain" in report["verdict"]
+
+
+def test_what_depends_on_a_held_back_transaction_is_held_back_behind_it_named(
+    primary: LocalCluster, workdir: Path
+) -> None:
+    """#27 item 2: B conflicts on its e-mail; C (an order of B's customer) and E (a later change of B's
+    customer row) are held back behind B's event, named; A, D and F apply; dry run == apply."""
+    workload = [
+        *WORKLOAD[:3],
+        "UPDATE shop_customer SET name = 'B again' WHERE id = 2",  # E: the same row as B
+        WORKLOAD[3],
+        "INSERT INTO shop_customer (email, name) VALUES ('f@example.com', 'F')",  # F: customer 4
+    ]
+    with fresh_database(primary, SCHEMA) as dsn:
+        init = run_cli("init", "--db", dsn, "--table", "shop_customer", "--table", "shop_order")
+        assert init.returncode == 0, init.stderr
+        with psycopg.connect(dsn) as conn:
+            for statement in workload:
+                conn.execute(statement)
+                conn.commit()
+        events, url = lost_to_a_ledger(dsn, workdir / "orm-hold.db", "shop_order, shop_customer")
+        assert len(events) == 7
+        b_event = next(
+            e for e in events if e.table == "public.shop_customer" and e.key == "2" and e.op == "insert"
+        )
+        with psycopg.connect(dsn) as conn:
+            conn.execute("INSERT INTO shop_customer (id, email, name) VALUES (100, 'b@example.com', 'other')")
+            conn.commit()
+
+        runs = {}
+        for mode in ("dry", "apply"):
+            extra = ["--apply"] if mode == "apply" else []
+            result = run_cli("replay", "--db", dsn, "--ledger", url, "--since", "1h", "--json", *extra)
+            assert "Traceback" not in result.stderr, result.stderr
+            summary = json.loads(result.stdout)
+            assert result.returncode == summary["exit_code"] == 3, (result.returncode, result.stderr)
+            runs[mode] = summary
+        applied = runs["apply"]
+        assert applied["applied"] == 4  # A's customer, D's customer and order, F's customer
+        assert [(c["table"], c["key"]) for c in applied["conflicts"]] == [("public.shop_customer", "2")]
+        refused = {(r["table"], r["key"]): r["reason"] for r in applied["refused"]}
+        behind = (
+            f"held back behind event {b_event.event_id} (txid {b_event.txid}, public.shop_customer key 2)"
+        )
+        assert refused == {
+            (
+                "public.shop_order",
+                "1",
+            ): f"{behind}: it references that row through shop_order_customer_id_fkey",
+            ("public.shop_customer", "2"): f"{behind}: it writes the same row",
+        }
+        for key in ("conflicts", "refused"):
+            assert runs["dry"][key] == applied[key], key
+        assert runs["dry"]["would_apply"] == applied["applied"]
+        text = run_cli("replay", "--db", dsn, "--ledger", url, "--since", "1h")
+        assert text.returncode == 3 and behind in text.stdout, text.stdout
+        with psycopg.connect(dsn) as conn:
+            customers = conn.execute("SELECT id, name FROM shop_customer ORDER BY id").fetchall()
+            orders = conn.execute("SELECT id, customer_id FROM shop_order ORDER BY id").fetchall()
+        assert customers == [(1, "A"), (3, "D"), (4, "F"), (100, "other")]
+        assert orders == [(2, 3)]
