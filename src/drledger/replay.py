@@ -618,16 +618,17 @@ def _apply_holding_back(
                     _txid_of([e for t in todo for e in t.events], c.event_id) for c in outcome.conflicts
                 }
                 failed |= {r.event.txid for r in outcome.refused}
-                found = _later_dependents(todo, failed, ledger, deps)
+                found = _later_dependents(chunk, holds, failed, deps)
                 if found:
                     holds.update(found)
                     raise _Redo
         except _Redo:
             continue
-        for transaction in todo:
-            if transaction.txid in failed:
-                ledger.hold(transaction.txid, _writes(transaction))
-        deps.pending = ledger
+        pending = HeldBack(dict(deps.held.rows), set(deps.held.txids))
+        for transaction in chunk:  # in plan order: a row is held behind its first held-back writer
+            if transaction.txid in holds or transaction.txid in failed:
+                pending.hold(transaction.txid, _writes(transaction))
+        deps.pending = pending
         outcome.refused.extend(
             Refusal(e, holds[t.txid].text()) for t in chunk if t.txid in holds for e in t.events
         )
@@ -635,13 +636,17 @@ def _apply_holding_back(
 
 
 def _later_dependents(
-    todo: list[SourceTransaction], failed: set[int | None], ledger: HeldBack, deps: _Dependencies
+    chunk: list[SourceTransaction], holds: dict[int, Hold], failed: set[int | None], deps: _Dependencies
 ) -> dict[int, Hold]:
-    """The transactions of the chunk that depend on one found to conflict or be refused before them
-    (one refused for a foreign key to a conflicting row is named as held behind it)."""
-    trial = HeldBack(dict(ledger.rows), set(ledger.txids))
+    """The transactions of the chunk, in plan order, that depend on one found to conflict or be refused
+    before them, not yet held (one refused for a foreign key to a conflicting row is named as held
+    behind it)."""
+    trial = HeldBack(dict(deps.held.rows), set(deps.held.txids))
     found: dict[int, Hold] = {}
-    for transaction in todo:
+    for transaction in chunk:
+        if transaction.txid in holds:
+            trial.hold(transaction.txid, _writes(transaction))
+            continue
         hold = trial.depends(transaction.txid, _writes(transaction), deps.references(transaction))
         if hold is not None:
             found[transaction.txid] = hold
