@@ -302,6 +302,52 @@ def test_a_unique_value_the_dr_database_gave_another_row_is_a_named_conflict_on_
     assert shop.rows("SELECT id FROM `Sales`.member") == [(50,)]
 
 
+def test_an_order_of_a_conflicting_member_is_held_back_behind_it_by_its_foreign_key_on_mysql(
+    shop: Shop,
+) -> None:
+    """#27 item 2 on MySQL/MariaDB: member 1's e-mail is taken on the DR; the later note referencing member
+    1 is held back behind member 1's event, named by its foreign key; member 2 applies; dry run == apply."""
+    shop.server.execute(
+        "CREATE TABLE `Sales`.member (id INT AUTO_INCREMENT PRIMARY KEY, email VARCHAR(100) UNIQUE)"
+    )
+    shop.server.execute(
+        "CREATE TABLE `Sales`.note (id INT AUTO_INCREMENT PRIMARY KEY, member_id INT NOT NULL, "
+        "CONSTRAINT note_member_fk FOREIGN KEY (member_id) REFERENCES `Sales`.member (id))"
+    )
+    assert shop.cli("init", "--table", "Sales.member", "--table", "Sales.note").returncode == 0
+    shop.server.execute("INSERT INTO `Sales`.member (id, email) VALUES (1, 'a@example.com')")
+    shop.server.execute("INSERT INTO `Sales`.note (id, member_id) VALUES (7, 1)")
+    shop.server.execute("INSERT INTO `Sales`.member (id, email) VALUES (2, 'b@example.com')")
+    events = [r.as_event() for r in open_source(shop.dsn).read_window(None, None)]
+    assert len(events) == 3
+    member = next(e for e in events if e.table.endswith("member") and e.key == "1")
+    shop.server.execute("DELETE FROM `Sales`.note")
+    shop.server.execute("DELETE FROM `Sales`.member")
+    shop.server.execute("DELETE FROM drledger.outbox")
+    shop.server.execute(
+        "INSERT INTO `Sales`.member (id, email) VALUES (50, 'a@example.com')"
+    )  # after promotion
+    url = f"sqlite:///{shop.workdir}/held.db"
+    with open_ledger(url, writer=True) as ledger:
+        ledger.publish(events)
+    runs = {}
+    for mode, extra in (("dry", []), ("apply", ["--apply"])):
+        result = shop.cli("replay", "--ledger", url, "--since", "1h", "--json", *extra)
+        assert result.returncode == 3, result.stdout + result.stderr
+        runs[mode] = json.loads(result.stdout)
+    applied = runs["apply"]
+    assert [c["key"] for c in applied["conflicts"]] == ["1"]
+    (held,) = applied["refused"]
+    assert held["key"] == "7" and held["reason"] == (
+        f"held back behind event {member.event_id} (txid {member.txid}, {member.table} key 1): "
+        "it references that row through note_member_fk"
+    ), held
+    assert runs["dry"]["refused"] == applied["refused"] and runs["dry"]["conflicts"] == applied["conflicts"]
+    assert applied["applied"] == 1 == runs["dry"]["would_apply"]
+    assert shop.rows("SELECT id FROM `Sales`.member ORDER BY id") == [(2,), (50,)]
+    assert shop.rows("SELECT id FROM `Sales`.note") == []
+
+
 def test_init_check_names_each_missing_setting(shop: Shop) -> None:
     shop.server.execute("SET GLOBAL binlog_format = 'MIXED'")
     try:
