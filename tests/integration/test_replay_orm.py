@@ -10,6 +10,7 @@ import psycopg
 
 from drledger.drill.postgres.cluster import LocalCluster
 from drledger.ledger import open_ledger
+from drledger.replay import replay
 from drledger.source.postgres.outbox import SUPPRESS_SETTING, read_window
 from tests.helpers import fresh_database, lost_to_a_ledger, run_cli
 
@@ -142,6 +143,21 @@ def test_what_depends_on_a_held_back_transaction_is_held_back_behind_it_named(
         with psycopg.connect(dsn) as conn:
             conn.execute("INSERT INTO shop_customer (id, email, name) VALUES (100, 'b@example.com', 'other')")
             conn.commit()
+
+        behind = (
+            f"held back behind event {b_event.event_id} (txid {b_event.txid}, public.shop_customer key 2)"
+        )
+        expected = {
+            (
+                "public.shop_order",
+                "1",
+            ): f"{behind}: it references that row through shop_order_customer_id_fkey",
+            ("public.shop_customer", "2"): f"{behind}: it writes the same row",
+        }
+        # One source transaction a chunk: the held-back set carries over from chunk to chunk.
+        one_by_one = replay(dsn, events, chunk_events=1)
+        assert {(r.event.table, r.event.key): r.reason for r in one_by_one.refused} == expected
+        assert one_by_one.exit_code == 3 and len(one_by_one.conflicts) == 1
 
         runs = {}
         for mode in ("dry", "apply"):
