@@ -49,6 +49,17 @@ class TableShape:
     parents: frozenset[Any] = frozenset()  # refs of the other tables its foreign keys reference
     zoned: frozenset[str] = frozenset()  # columns whose printed value depends on the session's time zone
 
+    def settable(self, images: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The columns an UPDATE sets from these after images: every column an INSERT may name, other
+        than the key (a key change is a delete and an insert), that all of them hold; the first key
+        column when there is none, so the statement still reads."""
+        chosen = [
+            c
+            for c in self.column_order
+            if c in self.insertable and c not in self.key_columns and all(c in i for i in images)
+        ]
+        return chosen or [self.key_columns[0]]
+
 
 @dataclass(frozen=True)
 class ForeignKeyInfo:

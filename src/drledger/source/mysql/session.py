@@ -299,12 +299,7 @@ class MySQLRecoverySession(RecoverySession):
             return found
         document = _json_array([e.row_json for e in due])
         if op == "update":
-            images = [orjson.loads(e.row_json) for e in due]
-            settable = [
-                c
-                for c in shape.column_order
-                if c in shape.insertable and c not in shape.key_columns and all(c in i for i in images)
-            ] or [shape.key_columns[0]]
+            settable = shape.settable([orjson.loads(e.row_json) for e in due])
             assignments = ", ".join(f"t.{quote(c)} = {typed[c]}" for c in settable)
             statement = f"UPDATE {table} AS t JOIN {_ROWS} ON {join} SET {assignments}"
         else:

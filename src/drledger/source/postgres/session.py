@@ -206,12 +206,7 @@ class PostgresRecoverySession(RecoverySession):
             for e in events
         )
         if op == "update":
-            images = [orjson.loads(e.row_json) for e in events]
-            settable = [
-                c
-                for c in shape.column_order
-                if c in shape.insertable and c not in shape.key_columns and all(c in i for i in images)
-            ] or [shape.key_columns[0]]
+            settable = shape.settable([orjson.loads(e.row_json) for e in events])
             targets = sql.SQL(", ").join(sql.Identifier(c) for c in settable)
             values = sql.SQL(", ").join(sql.SQL("i.{}").format(sql.Identifier(c)) for c in settable)
             statement = sql.SQL(
