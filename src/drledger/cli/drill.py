@@ -53,6 +53,13 @@ def drill(
             help="The database engine: 'postgresql', or 'mysql' (MariaDB servers standing in for Aurora MySQL)."
         ),
     ] = "postgresql",
+    ops: Annotated[
+        str,
+        typer.Option(
+            help="What the workload does and drledger captures: insert,update,delete (orders placed, moved "
+            "through statuses and deleted; transfers between accounts), or insert for the insert-only drill."
+        ),
+    ] = "insert,update,delete",
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the clusters afterwards and print how to connect.")
     ] = False,
@@ -68,13 +75,15 @@ def drill(
 ) -> None:
     """The disaster, for real, on this machine: what replication alone loses and what drledger gets back.
 
-    Starts a primary and a replica trailing it by --lag, the relay into a ledger, and inserts at --tps with
-    every acknowledged commit recorded client-side. Then the primary region dies mid-workload (in-flight WAL
+    Starts a primary and a replica trailing it by --lag, the relay into a ledger, and writes at --tps with
+    every acknowledged commit recorded client-side: orders inserted, moved through statuses and deleted,
+    and transfers between accounts (--ops insert: inserts only). Then the primary region dies mid-workload (in-flight WAL
     dropped, primary and relay killed), the replica is promoted, and reconcile, fence and replay run; the
     promoted database is checked against the ground truth. Everything it starts is stopped and removed,
     also on Ctrl-C, unless --keep.
     """
     from drledger.drill.run import DrillSettings
+    from drledger.events import parse_ops
     from drledger.timeutil import parse_duration
 
     settings = DrillSettings(
@@ -86,6 +95,7 @@ def drill(
         seed=seed,
         keep=keep,
         engine=engine,
+        ops=parse_ops(ops),
     )
     if scenario is not None:
         if html is not None:

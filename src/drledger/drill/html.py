@@ -217,9 +217,21 @@ def render_drill_html(result: DrillResult, tps: float) -> str:
         )
     rows = [
         ("committed", result.committed, None),
-        ("lost at failover (replication alone)", result.lost_without_ledger, result.predicted_at_risk),
-        ("recovered from the ledger", result.recovered, result.predicted_recoverable),
-        ("unrecoverable (never reached the ledger)", result.unrecoverable, result.predicted_unrecoverable),
+        (
+            "events lost at failover (replication alone)",
+            result.events(result.lost_without_ledger, "lost"),
+            result.predicted_at_risk,
+        ),
+        (
+            "recovered from the ledger",
+            result.events(result.recovered, "recovered"),
+            result.predicted_recoverable,
+        ),
+        (
+            "unrecoverable (never reached the ledger)",
+            result.events(result.unrecoverable, "unrecoverable"),
+            result.predicted_unrecoverable,
+        ),
         ("still missing after replay", result.missing_after_replay, None),
     ]
     table = "".join(

@@ -35,22 +35,41 @@ def comparison_table(result: DrillResult, tps: float) -> Table:
     )
     table.add_row("time to detect", "never", f"{result.detect_seconds:.2f} s")
     table.add_row("time to recover", "—", f"{result.recover_seconds:.2f} s")
+    for op, figures in result.changes.items():
+        table.add_section()
+        table.add_row(f"{op}s lost at failover", f"{figures['lost']:,}", f"{figures['lost']:,}")
+        table.add_row(f"{op}s detected", "no", f"{figures.get('detected', 0):,}")
+        table.add_row(f"{op}s recovered", "0", f"{figures['recovered']:,}")
+        table.add_row(f"{op}s held back by replay (a person decides)", "", f"{figures['held_back']:,}")
+        table.add_row(
+            f"{op}s unrecoverable (never reached the ledger)",
+            f"{figures['lost']:,}",
+            f"{figures['unrecoverable']:,}",
+        )
+    if result.changes:
+        table.add_section()
+        table.add_row("rows not as their commits left them (target 0)", "", f"{result.wrong_rows:,}")
+        table.add_row(
+            "sum of the accounts' balances: before → after",
+            "",
+            f"{result.balance_total_opening} → {result.balance_total_after}",
+        )
     if result.predicted_at_risk is not None:
         table.add_section()
         table.add_row(
-            "at risk, predicted by drledger watch at the disaster → lost",
+            "events at risk, predicted by drledger watch at the disaster → lost",
             "",
-            f"{result.predicted_at_risk:,} → {result.lost_without_ledger:,}",
+            f"{result.predicted_at_risk:,} → {result.events(result.lost_without_ledger, 'lost'):,}",
         )
         table.add_row(
             "recoverable, predicted → recovered",
             "",
-            f"{result.predicted_recoverable:,} → {result.recovered:,}",
+            f"{result.predicted_recoverable:,} → {result.events(result.recovered, 'recovered'):,}",
         )
         table.add_row(
             "unrecoverable, predicted → measured",
             "",
-            f"{result.predicted_unrecoverable:,} → {result.unrecoverable:,}",
+            f"{result.predicted_unrecoverable:,} → {result.events(result.unrecoverable, 'unrecoverable'):,}",
         )
     table.add_section()
     p50 = "n/a" if result.ledger_lag_p50_ms is None else f"{result.ledger_lag_p50_ms:.0f} ms"

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from drledger.drill import changes as truth_of
 from drledger.drill.postgres.rig import FailoverRig, GroundTruth
 from drledger.errors import DrledgerError, ExitCode
-from drledger.events import LedgerEvent
+from drledger.events import DEFAULT_OPS, LedgerEvent
 from drledger.ledger import destroy_ledger, open_ledger
 from drledger.ledger.base import Ledger, ProgressCallback
 from drledger.masking import mask_url
@@ -58,6 +59,9 @@ class DrillSettings:
     rollback_every: int = 0
     warmup_rows: int | None = None  # None: WARMUP_ROWS, or QUEUE_WARMUP_ROWS into a queue ledger
     engine: str = "postgresql"
+    # What the workload does and drledger captures: every change by default; ("insert",) is the
+    # insert-only drill.
+    ops: tuple[str, ...] = DEFAULT_OPS
 
     def __post_init__(self) -> None:
         # A wrong --engine, --tps or --duration is one sentence before anything starts.
@@ -129,6 +133,18 @@ class DrillResult:
     conflicts_reported: list[dict[str, Any]] = field(default_factory=list)
     # How the DR replica replicated (MySQL: GTID, or binlog file and position; see docs/mysql.md).
     replica_replication: str | None = None
+    ops: list[str] = field(default_factory=lambda: list(DEFAULT_OPS))
+    # Updates and deletes (the drill with them): per op, lost at failover, detected by reconcile,
+    # recovered, held back by replay, unrecoverable (never reached the ledger).
+    changes: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Rows (an order's status, an account's balance) whose value at the end is not what the commits
+    # the database holds leave, in order (target 0): a change on a row it did not change, or half a
+    # transaction. Examples are "table key: expected → found".
+    wrong_rows: int = 0
+    wrong_row_examples: list[str] = field(default_factory=list)
+    # The sum of the accounts' balances before the workload and at the end: transfers keep it.
+    balance_total_opening: str | None = None
+    balance_total_after: str | None = None
     keep: dict[str, str] = field(default_factory=dict)
     # For the picture (drill --html); not part of --json.
     timeline: DrillTimeline | None = field(default=None, repr=False)
@@ -137,6 +153,11 @@ class DrillResult:
         doc = asdict(self)
         doc.pop("timeline", None)
         return doc
+
+    def events(self, rows: int, what: str) -> int:
+        """`rows` (inserted rows) plus the updates and deletes counted as `what`: events, as watch
+        counts what is at risk."""
+        return rows + sum(figures.get(what, 0) for figures in self.changes.values())
 
 
 @dataclass
@@ -362,7 +383,7 @@ class Drill:
                 self.queue_reader = QueueReader(self.rig.ledger_url, self.progress)
                 self.queue_reader.start()
         self.progress(f"starting a primary and a replica {self.lag_s:g} s behind it, and the relay")
-        self.rig.start()
+        self.rig.start(ops=self.settings.ops)
         self.replica_replication = self.rig.replica_replication()
         rows = self.settings.warmup_rows
         if rows is None:
@@ -512,16 +533,25 @@ class _Findings:
     phantoms: int = 0
     dr_writes: DrWrites = field(default_factory=DrWrites)
     conflict_keys: set[int] = field(default_factory=set)
+    changes: ChangeFindings | None = None
+
+    @property
+    def lost_commits(self) -> range:
+        """The commits the promoted replica lacked: all after the prefix it holds."""
+        commits = self.truth.commits
+        return range(truth_of.replica_prefix(commits, self.on_replica), len(commits))
 
     @property
     def lost(self) -> set[int]:
-        return self.truth.keys - self.on_replica
+        """The order keys the commits lost at failover inserted."""
+        return {k for i in self.lost_commits for k in self.truth.commits[i].keys}
 
     @property
     def detected(self) -> int:
         if self.report is None:
             return 0
-        return len(_keys_of(self.report.missing_in_dr, self.demo_table) & self.truth.keys)
+        inserts = [e for e in self.report.missing_in_dr if e.op == "insert"]
+        return len(_keys_of(inserts, self.demo_table) & self.truth.keys)
 
     @property
     def verdict(self) -> str:
@@ -536,8 +566,55 @@ class _Findings:
             and self.conflicts == len(taken)
             and self.conflict_keys == taken
             and self.phantoms == 0
+            and (self.changes is None or self.changes.ok)
         )
         return "ok" if ok else "failed"
+
+
+@dataclass
+class ChangeFindings:
+    """The updates and deletes of the lost commits, what became of them, and the promoted database's
+    rows against the state the commits it holds leave."""
+
+    by_op: dict[str, dict[str, int]]
+    wrong: list[str]
+    opening_total: str
+    total_after: str
+
+    @property
+    def ok(self) -> bool:
+        """Every row as its commits leave it, the balances' sum kept, and nothing that reached the ledger
+        held back (the drill's DR application writes no row a lost change touches)."""
+        held = sum(figures["held_back"] for figures in self.by_op.values())
+        return not self.wrong and self.opening_total == self.total_after and held == 0
+
+
+def find_changes(
+    truth: GroundTruth, lost: range, in_ledger: set[int], present: set[int], state: truth_of.State
+) -> ChangeFindings:
+    """`lost`: the commits the replica lacked; `in_ledger`: the order keys whose insert reached the ledger;
+    `present`: the order keys in the promoted database now, and `state` its rows."""
+    commits = [*truth.commits, *([truth.in_flight] if truth.in_flight is not None else [])]
+    held = truth_of.landed(commits, present)
+    reached = {i for i in lost if in_ledger.intersection(commits[i].keys)}
+    figures = {
+        "lost": truth_of.count_changes(commits, lost),
+        "recovered": truth_of.count_changes(commits, held.intersection(lost)),
+        "held_back": truth_of.count_changes(commits, reached - held),
+        "unrecoverable": truth_of.count_changes(commits, set(lost) - reached),
+    }
+    by_op = {op: {what: counts[op] for what, counts in figures.items()} for op in truth_of.CHANGE_OPS}
+    expected = truth_of.expected_state(commits, held, truth.opening)
+    wrong = [
+        f"{table} {key}: {expected[(table, key)]} → {state.get((table, key))}"
+        for table, key in truth_of.differing(expected, state)
+    ]
+    return ChangeFindings(
+        by_op,
+        wrong,
+        str(truth_of.balance_total(truth.opening)),
+        str(truth_of.balance_total(state)),
+    )
 
 
 def run_drill(
@@ -584,10 +661,24 @@ def run_drill(
             dr_writes=dr_writes,
         )
         if report is not None and report.missing_in_dr:
-            found.recovered, found.conflicts, found.recover_s = drill.recover(report)
+            _, found.conflicts, found.recover_s = drill.recover(report)
         progress("verifying the promoted database against the ground truth")
         on_dr = drill.rig.keys_in(drill.rig.dr_dsn)
-        found.missing_after = len(truth.keys - on_dr)
+        landed = truth_of.landed(truth.commits, on_dr)
+        lost_commits = found.lost_commits
+        found.recovered = sum(len(truth.commits[i].keys) for i in landed.intersection(lost_commits))
+        found.missing_after = sum(len(c.keys) for i, c in enumerate(truth.commits) if i not in landed)
+        if drill.rig.changes:
+            found.changes = find_changes(
+                truth,
+                lost_commits,
+                set() if lose_ledger else in_ledger,
+                on_dr,
+                drill.rig.state_in(drill.rig.dr_dsn),
+            )
+            if report is not None:
+                for op, figures in found.changes.by_op.items():
+                    figures["detected"] = report.missing_by_op.get(op, 0)
         # Rows no acknowledged commit wrote (the DR application's own excepted).
         found.phantoms = len(on_dr - truth.keys - dr_writes.keys)
         reported = _conflicts_reported(drill)
@@ -642,6 +733,8 @@ def _result(drill: Drill, found: _Findings, p50: float | None, p99: float | None
         predicted_recoverable=predicted.recoverable if predicted else None,
         predicted_unrecoverable=predicted.unrecoverable if predicted else None,
         replica_replication=drill.replica_replication,
+        ops=list(drill.settings.ops),
+        **_change_fields(found.changes),
         keep=drill.kept() if drill.settings.keep else {},
         timeline=DrillTimeline(
             commits=[(c.acked_at_ms, k) for c in truth.commits for k in c.keys],
@@ -652,6 +745,18 @@ def _result(drill: Drill, found: _Findings, p50: float | None, p99: float | None
             prediction=predicted,
         ),
     )
+
+
+def _change_fields(changes: ChangeFindings | None) -> dict[str, Any]:
+    if changes is None:
+        return {}
+    return {
+        "changes": changes.by_op,
+        "wrong_rows": len(changes.wrong),
+        "wrong_row_examples": changes.wrong[:5],
+        "balance_total_opening": changes.opening_total,
+        "balance_total_after": changes.total_after,
+    }
 
 
 def _blind_seconds(disaster_at_ms: int | None, report: Report | None) -> float | None:

@@ -13,16 +13,15 @@ rows behind): the lag sample is the age of the newest replicated row.
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
-from collections.abc import Callable
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from drledger.drill.changes import State
 from drledger.drill.lag import LagInjector
 from drledger.drill.mysql.server import LocalMariaDB, MariaDBSet
 from drledger.drill.postgres.cluster import free_port
-from drledger.drill.postgres.rig import Commit, FailoverRig, GroundTruth, _wait
+from drledger.drill.postgres.rig import FailoverRig, Writer, _state, _wait
 from drledger.source import open_source
 
 DATABASE = "drill"
@@ -34,6 +33,35 @@ DEMO_TABLE_DDL = (
 WARMUP_TABLE_DDL = (
     "CREATE TABLE drill.drill_warmup (id BIGINT AUTO_INCREMENT PRIMARY KEY, note TEXT NOT NULL)"
 )
+
+
+ORDER_STATUS_DDL = "ALTER TABLE drill.orders ADD COLUMN status VARCHAR(16) NOT NULL DEFAULT 'placed'"
+ACCOUNTS_DDL = "CREATE TABLE drill.accounts (id INT PRIMARY KEY, balance DECIMAL(12,2) NOT NULL)"
+
+
+class MySQLWriter:
+    def __init__(self, conn: Any, cursor: Any) -> None:
+        self.conn = conn
+        self.cursor = cursor
+
+    def insert_orders(self, customer: str, rows: int) -> list[int]:
+        values = ", ".join(
+            f"('{customer}{g}', {g * 7.25:.2f}, CONCAT('ord-', UUID()))" for g in range(1, rows + 1)
+        )
+        self.cursor.execute(f"INSERT INTO orders (customer, amount, reference) VALUES {values}")
+        # A multi-row insert takes consecutive keys (innodb_autoinc_lock_mode 1 or 2 alike for a lone
+        # writer), the first of them LAST_INSERT_ID().
+        first = int(self.cursor.lastrowid)
+        return list(range(first, first + rows))
+
+    def execute(self, statement: str, params: tuple[Any, ...]) -> None:
+        self.cursor.execute(statement, params)
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
 
 
 class MySQLFailoverRig(FailoverRig):
@@ -66,14 +94,20 @@ class MySQLFailoverRig(FailoverRig):
         assert isinstance(self.replica, LocalMariaDB)
         return self.replica.dsn(DATABASE)
 
-    def start(self, *, relay: bool = True, capture: bool = True) -> None:
+    def start(self, *, relay: bool = True, capture: bool = True, ops: Sequence[str] | None = None) -> None:
         primary: LocalMariaDB = self.clusters.server("primary")
         self.primary = primary  # type: ignore[assignment]
+        self.changes = bool(ops) and any(op != "insert" for op in ops or ())
         primary.execute(f"CREATE DATABASE {DATABASE}")
         primary.execute(DEMO_TABLE_DDL)
         primary.execute(WARMUP_TABLE_DDL)
+        if self.changes:
+            primary.execute(ORDER_STATUS_DDL)
+            primary.execute(ACCOUNTS_DDL)
+            self._open_accounts()
         if capture:
-            open_source(self.primary_dsn).install([self.demo_table, "drill.drill_warmup"])
+            tables = [self.demo_table, "drill.drill_warmup", *(["drill.accounts"] if self.changes else [])]
+            open_source(self.primary_dsn).install(tables, *([ops] if ops else []))
         self.injector = LagInjector(primary.port, 0.0)
         self.injector.start()
         replica: LocalMariaDB = self.clusters.server("replica", {"read-only": "ON"})
@@ -123,49 +157,27 @@ class MySQLFailoverRig(FailoverRig):
         finally:
             conn.close()
 
-    def _insert_loop(
-        self,
-        truth: GroundTruth,
-        tps: float,
-        seconds: float,
-        dsn: str | None,
-        rollback_every: int,
-        multi_row_every: int,
-        on_tick: Callable[[float], None] | None,
-        stop: threading.Event | None,
-    ) -> None:
+    @contextlib.contextmanager
+    def _writer(self, dsn: str | None = None) -> Iterator[Writer]:
         conn = self._connect(dsn, autocommit=False)
         try:
             with conn.cursor() as cursor:
-                started = time.monotonic()
-                for i in range(int(tps * seconds)):
-                    if stop is not None and stop.is_set():
-                        return
-                    pause = started + i / tps - time.monotonic()
-                    if pause > 0:
-                        time.sleep(pause)
-                    rows = 3 if multi_row_every and i % multi_row_every == multi_row_every - 1 else 1
-                    doomed = rollback_every > 0 and i % rollback_every == rollback_every - 1
-                    prefix = "rolled-back-" if doomed else "customer-"
-                    values = ", ".join(
-                        f"('{prefix}{g}', {g * 7.25:.2f}, CONCAT('ord-', UUID()))" for g in range(1, rows + 1)
-                    )
-                    cursor.execute(f"INSERT INTO orders (customer, amount, reference) VALUES {values}")
-                    # A multi-row insert takes consecutive keys (innodb_autoinc_lock_mode 1 or 2 alike
-                    # for a lone writer), the first of them LAST_INSERT_ID().
-                    first = int(cursor.lastrowid)
-                    keys = list(range(first, first + rows))
-                    if doomed:
-                        conn.rollback()
-                        truth.rolled_back.update(keys)
-                        continue
-                    conn.commit()
-                    truth.commits.append(Commit(keys, time.time_ns() // 1_000_000))
-                    if on_tick is not None and i % 50 == 0:
-                        on_tick(min(1.0, (time.monotonic() - started) / seconds))
+                yield MySQLWriter(conn, cursor)
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def state_in(self, dsn: str) -> State:
+        conn = self._connect(dsn)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT id, status FROM orders")
+                orders = cursor.fetchall()
+                cursor.execute("SELECT id, balance FROM accounts")
+                accounts = cursor.fetchall()
+        finally:
+            conn.close()
+        return _state(orders, accounts)
 
     def replica_replication(self) -> str | None:
         """How the replica replicates, from its SHOW SLAVE STATUS: GTID or binlog file and position."""

@@ -11,18 +11,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
+from drledger.drill.changes import (
+    ACCOUNT_COUNT,
+    OPENING_BALANCE,
+    STATUSES,
+    Change,
+    Commit,
+    State,
+    opening_state,
+)
 from drledger.drill.lag import LagInjector
 from drledger.drill.postgres.cluster import ClusterSet, LocalCluster, free_port
 from drledger.errors import DrledgerError
@@ -42,23 +53,121 @@ DEMO_TABLE_DDL = (
     "reference text CONSTRAINT orders_reference_key UNIQUE)"
 )
 
+# With changes besides inserts (`drill --ops`, by default): orders move through statuses, some are
+# deleted, and transfers move money between accounts (two updates in one transaction; the sum of the
+# balances never changes).
+ORDER_STATUS_DDL = "ALTER TABLE public.orders ADD COLUMN status text NOT NULL DEFAULT 'placed'"
+ACCOUNTS_DDL = "CREATE TABLE public.accounts (id integer PRIMARY KEY, balance numeric(12,2) NOT NULL)"
+#: Of the workload's transactions, every TRANSFER_EVERY-th also transfers, every ADVANCE_EVERY-th also
+#: moves an earlier order's status on, and every DELETE_EVERY-th also deletes an earlier order.
+TRANSFER_EVERY, ADVANCE_EVERY, DELETE_EVERY = 2, 3, 7
 
-@dataclass
-class Commit:
-    """One acknowledged commit: the keys it inserted and when the client saw COMMIT return."""
 
-    keys: list[int]
-    acked_at_ms: int
+class Writer(Protocol):
+    """The workload's one connection, whatever the engine."""
+
+    def insert_orders(self, customer: str, rows: int) -> list[int]: ...
+
+    def execute(self, statement: str, params: tuple[Any, ...]) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+class PostgresWriter:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def insert_orders(self, customer: str, rows: int) -> list[int]:
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "INSERT INTO public.orders (customer, amount, reference) SELECT %s || g, "
+                "(g * 7.25)::numeric(12,2), 'ord-' || gen_random_uuid() "
+                "FROM generate_series(1, %s) g RETURNING id",
+                (customer, rows),
+            ).fetchall()
+        ]
+
+    def execute(self, statement: str, params: tuple[Any, ...]) -> None:
+        self.conn.execute(statement, params)
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+
+class ChangeMaker:
+    """The updates and deletes of the workload's i-th transaction, and what each leaves, client-side."""
+
+    RECENT = 300
+
+    def __init__(self, opening: State, seed: int = 1) -> None:
+        self.rng = random.Random(seed)
+        self.balances = {key: Decimal(str(v)) for (table, key), v in opening.items() if table == "accounts"}
+        self.statuses: dict[int, str] = {}
+        self.recent: list[int] = []
+
+    def plan(self, i: int) -> list[tuple[Change, str, tuple[Any, ...]]]:
+        """The changes (with their statements) the i-th transaction makes besides its inserts."""
+        planned: list[tuple[Change, str, tuple[Any, ...]]] = []
+        if i % TRANSFER_EVERY == TRANSFER_EVERY - 1:
+            a, b = self.rng.sample(sorted(self.balances), 2)
+            amount = Decimal(self.rng.randint(1, 5000)) / 100
+            for key, delta in ((a, -amount), (b, amount)):
+                value = str((self.balances[key] + delta).quantize(Decimal("0.01")))
+                statement = "UPDATE accounts SET balance = balance + %s WHERE id = %s"
+                planned.append((Change("update", "accounts", key, value), statement, (delta, key)))
+        movable = [k for k in self.recent if self.statuses.get(k, STATUSES[-1]) != STATUSES[-1]]
+        advanced = None
+        if i % ADVANCE_EVERY == ADVANCE_EVERY - 1 and movable:
+            advanced = self.rng.choice(movable)
+            status = STATUSES[STATUSES.index(self.statuses[advanced]) + 1]
+            statement = "UPDATE orders SET status = %s WHERE id = %s"
+            planned.append((Change("update", "orders", advanced, status), statement, (status, advanced)))
+        deletable = [k for k in self.recent if k in self.statuses and k != advanced]
+        if i % DELETE_EVERY == DELETE_EVERY - 1 and deletable:
+            gone = self.rng.choice(deletable)
+            planned.append(
+                (Change("delete", "orders", gone, None), "DELETE FROM orders WHERE id = %s", (gone,))
+            )
+        return planned
+
+    def committed(self, keys: list[int], changes: Sequence[Change]) -> None:
+        for key in keys:
+            self.statuses[key] = STATUSES[0]
+        self.recent = [*self.recent, *keys][-self.RECENT :]
+        for change in changes:
+            if change.table == "accounts":
+                self.balances[change.key] = Decimal(str(change.value))
+            elif change.value is None:
+                self.statuses.pop(change.key, None)
+                self.recent.remove(change.key)
+            else:
+                self.statuses[change.key] = change.value
 
 
 @dataclass
 class GroundTruth:
     commits: list[Commit] = field(default_factory=list)
     rolled_back: set[int] = field(default_factory=set)
+    # The rows the workload's updates start from (the accounts), when it makes changes besides inserts.
+    opening: State = field(default_factory=dict)
+    # The transaction whose COMMIT was in flight when the primary died: committed or not, nobody knows.
+    in_flight: Commit | None = None
 
     @property
     def keys(self) -> set[int]:
         return {k for c in self.commits for k in c.keys}
+
+
+def _state(orders: Sequence[Sequence[Any]], accounts: Sequence[Sequence[Any]]) -> State:
+    state: State = {("orders", int(key)): str(status) for key, status in orders}
+    state.update({("accounts", int(key)): str(balance) for key, balance in accounts})
+    return state
 
 
 def _wait(predicate: object, timeout: float, what: str) -> None:
@@ -96,6 +205,7 @@ class FailoverRig:
         self.relay: subprocess.Popen[bytes] | None = None
         self.relay_log = self.clusters.base / "relay.log"
         self.truth = GroundTruth()
+        self.changes = False
 
     def _servers(self, base: Path | None) -> Any:
         return ClusterSet(base)
@@ -110,15 +220,23 @@ class FailoverRig:
         assert self.replica is not None
         return self.replica.dsn
 
-    def start(self, *, relay: bool = True, capture: bool = True) -> None:
+    def start(self, *, relay: bool = True, capture: bool = True, ops: Sequence[str] | None = None) -> None:
         """The primary with the demo tables, the lagging replica, and the relay; without `capture`,
-        the outbox is left for the caller to install (as a role of its own, say)."""
+        the outbox is left for the caller to install (as a role of its own, say). With `ops` holding
+        an update or a delete, the workload makes those too (see `ChangeMaker`), captured with `ops`."""
         self.primary = self.clusters.primary("primary")
+        self.changes = bool(ops) and any(op != "insert" for op in ops or ())
         with psycopg.connect(self.primary.dsn, autocommit=True) as conn:
             conn.execute(DEMO_TABLE_DDL)
             conn.execute(WARMUP_TABLE_DDL)
+            if self.changes:
+                conn.execute(ORDER_STATUS_DDL)
+                conn.execute(ACCOUNTS_DDL)
+        if self.changes:
+            self._open_accounts()
         if capture:
-            open_source(self.primary.dsn).install(["public.orders", "public.drill_warmup"])
+            tables = ["public.orders", "public.drill_warmup", *(["public.accounts"] if self.changes else [])]
+            open_source(self.primary.dsn).install(tables, *([ops] if ops else []))
         # The base backup takes dozens of round trips; the lag starts once the replica streams.
         self.injector = LagInjector(self.primary.port, 0.0)
         self.injector.start()
@@ -127,6 +245,26 @@ class FailoverRig:
         self.injector.set_delay(self.lag_s)
         if relay:
             self.start_relay()
+
+    def _open_accounts(self) -> None:
+        """The accounts the transfers move money between, before capture: the replica starts with them."""
+        with self._writer() as writer:
+            for n in range(1, ACCOUNT_COUNT + 1):
+                writer.execute("INSERT INTO accounts (id, balance) VALUES (%s, %s)", (n, OPENING_BALANCE))
+            writer.commit()
+        self.truth.opening = opening_state()
+
+    @contextlib.contextmanager
+    def _writer(self, dsn: str | None = None) -> Iterator[Writer]:
+        with psycopg.connect(dsn or self.primary_dsn) as conn:
+            yield PostgresWriter(conn)
+
+    def state_in(self, dsn: str) -> State:
+        """Every order's status and every account's balance in a database."""
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            orders = conn.execute("SELECT id, status FROM public.orders").fetchall()
+            accounts = conn.execute("SELECT id, balance FROM public.accounts").fetchall()
+        return _state(orders, accounts)
 
     def replica_replication(self) -> str | None:
         """How the replica replicates, as the drill reports it."""
@@ -241,17 +379,18 @@ class FailoverRig:
         are recorded as `rolled_back`, never as commits. Only what COMMIT acknowledged is ground truth,
         so when the primary dies mid-workload the transaction in flight simply ends the run.
         """
-        truth = GroundTruth()
+        truth = GroundTruth(opening=self.truth.opening)
         try:
-            self._insert_loop(truth, tps, seconds, dsn, rollback_every, multi_row_every, on_tick, stop)
+            self._write_loop(truth, tps, seconds, dsn, rollback_every, multi_row_every, on_tick, stop)
         except Exception:  # the primary died under the writer: the end of the run, if it was meant to
             if stop is None or not stop.is_set():
                 raise
         self.truth.commits.extend(truth.commits)
         self.truth.rolled_back.update(truth.rolled_back)
+        self.truth.in_flight = truth.in_flight
         return truth
 
-    def _insert_loop(
+    def _write_loop(
         self,
         truth: GroundTruth,
         tps: float,
@@ -262,7 +401,11 @@ class FailoverRig:
         on_tick: Callable[[float], None] | None,
         stop: threading.Event | None,
     ) -> None:
-        with psycopg.connect(dsn or self.primary_dsn) as conn:
+        changes = ChangeMaker(self.truth.opening) if self.changes else None
+        if changes is not None:
+            for commit in self.truth.commits:  # a second run of the workload goes on from the first's state
+                changes.committed(commit.keys, commit.changes)
+        with self._writer(dsn) as writer:
             started = time.monotonic()
             for i in range(int(tps * seconds)):
                 if stop is not None and stop.is_set():
@@ -272,21 +415,21 @@ class FailoverRig:
                     time.sleep(pause)
                 rows = 3 if multi_row_every and i % multi_row_every == multi_row_every - 1 else 1
                 doomed = rollback_every > 0 and i % rollback_every == rollback_every - 1
-                keys = [
-                    r[0]
-                    for r in conn.execute(
-                        "INSERT INTO public.orders (customer, amount, reference) SELECT %s || g, "
-                        "(g * 7.25)::numeric(12,2), 'ord-' || gen_random_uuid() "
-                        "FROM generate_series(1, %s) g RETURNING id",
-                        ("rolled-back-" if doomed else "customer-", rows),
-                    ).fetchall()
-                ]
+                keys = writer.insert_orders("rolled-back-" if doomed else "customer-", rows)
+                planned = changes.plan(i) if changes is not None and not doomed else []
+                for _, statement, params in planned:
+                    writer.execute(statement, params)
                 if doomed:
-                    conn.rollback()
+                    writer.rollback()
                     truth.rolled_back.update(keys)
                     continue
-                conn.commit()
-                truth.commits.append(Commit(keys, time.time_ns() // 1_000_000))
+                made = [change for change, _, _ in planned]
+                truth.in_flight = Commit(keys, 0, made)
+                writer.commit()
+                truth.in_flight = None
+                truth.commits.append(Commit(keys, time.time_ns() // 1_000_000, made))
+                if changes is not None:
+                    changes.committed(keys, made)
                 if on_tick is not None and i % 50 == 0:
                     on_tick(min(1.0, (time.monotonic() - started) / seconds))
 
@@ -327,10 +470,12 @@ class FailoverRig:
         return bool(row is not None and not row[0])
 
     def keys_in_ledger(self) -> set[int]:
-        """Keys of the demo table's rows that the ledger holds (the warm-up table's are not counted)."""
+        """Keys of the demo table's rows whose insert the ledger holds (the warm-up table's not counted)."""
         with open_ledger(self.ledger_url) as ledger:
             return {
-                int(r.key) for r in ledger.read() if isinstance(r, LedgerEvent) and r.table == self.demo_table
+                int(r.key)
+                for r in ledger.read()
+                if isinstance(r, LedgerEvent) and r.table == self.demo_table and r.op == "insert"
             }
 
     def replication_lag_sample(self) -> float | None:
@@ -350,7 +495,10 @@ class FailoverRig:
             rows = [
                 r.row_json
                 for r in ledger.read()
-                if isinstance(r, LedgerEvent) and r.table == self.demo_table and int(r.key) == key
+                if isinstance(r, LedgerEvent)
+                and r.table == self.demo_table
+                and int(r.key) == key
+                and r.op != "delete"
             ]
         if not rows:
             raise DrledgerError(f"The ledger holds no row of {self.demo_table} under key {key}.")
