@@ -88,6 +88,26 @@ def check_drill(result: dict) -> None:
     assert result["phantom_rows"] == 0 and result["conflicts"] == 0
     assert 1.0 <= result["replication_lag_s"] <= 2.0
     assert result["ledger_lag_p99_ms"] is not None
+    if result["ops"] == ["insert"]:
+        assert result["changes"] == {} and result["wrong_rows"] == 0
+        return
+    # Every change: updates and deletes were lost at failover and came back, each row as its commits
+    # left it, and the transfers kept the sum of the balances.
+    assert set(result["changes"]) == {"update", "delete"}, result
+    for op, figures in result["changes"].items():
+        assert figures["lost"] > 0, (op, figures)
+        assert figures["held_back"] == 0, (op, figures)
+        assert figures["recovered"] == figures["detected"] == figures["lost"] - figures["unrecoverable"], (
+            op,
+            figures,
+        )
+    assert result["wrong_rows"] == 0, result["wrong_row_examples"]
+    assert result["balance_total_opening"] == result["balance_total_after"] == "20000.00"
+
+
+def lost_events(result: dict, what: str = "lost", rows: str = "lost_without_ledger") -> int:
+    """Rows plus updates plus deletes: events, as drledger watch counts what is at risk."""
+    return result[rows] + sum(figures[what] for figures in result["changes"].values())
 
 
 def short_drill(
@@ -107,10 +127,10 @@ def test_default_drill_recovers_everything_that_reached_the_ledger(clean_machine
     summary = json.loads(result.stdout)
     check_drill(summary)
     # drledger watch's prediction at the disaster, against what the failover then did.
-    assert abs(summary["predicted_at_risk"] - summary["lost_without_ledger"]) <= max(
-        10, summary["lost_without_ledger"] // 10
-    ), summary
-    assert abs(summary["predicted_unrecoverable"] - summary["unrecoverable"]) <= 5, summary
+    lost = lost_events(summary)
+    assert abs(summary["predicted_at_risk"] - lost) <= max(10, lost // 10), summary
+    unrecoverable = lost_events(summary, "unrecoverable", "unrecoverable")
+    assert abs(summary["predicted_unrecoverable"] - unrecoverable) <= 5, summary
     assert (
         summary["predicted_recoverable"] == summary["predicted_at_risk"] - summary["predicted_unrecoverable"]
     )
@@ -263,9 +283,12 @@ def every_ledger_scenario_passed(run: subprocess.CompletedProcess[str]) -> None:
 
 def test_drill_on_the_kafka_ledger(broker: str, clean_machine: dict[str, str]) -> None:
     url = f"kafka://{broker}/drill-{int(time.time())}"
-    result = short_drill("--ledger", url, duration="6s", timeout=300, env=clean_machine)
+    # The insert-only drill (--ops insert) here; every change on the other drills.
+    result = short_drill("--ledger", url, "--ops", "insert", duration="6s", timeout=300, env=clean_machine)
     assert result.returncode == 0, result.stderr[-2000:]
-    check_drill(json.loads(result.stdout))
+    summary = json.loads(result.stdout)
+    assert summary["ops"] == ["insert"]
+    check_drill(summary)
     scenarios = all_scenarios(url, timeout=900, env=clean_machine)
     every_ledger_scenario_passed(scenarios)
 
@@ -297,6 +320,7 @@ def test_bad_drill_input() -> None:
         (["--scenario", "healthy,meteor"], "Unknown scenario 'meteor'"),
         (["--scenario", ","], "Unknown scenario"),
         (["--duration", "0s"], "must be positive"),
+        (["--ops", "update"], "--ops takes insert, update and delete"),
     ):
         result = run_cli("drill", *args)
         assert result.returncode == 2 and fragment in result.stderr, result.stderr

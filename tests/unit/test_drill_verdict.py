@@ -27,3 +27,27 @@ def test_the_verdict_holds_exactly_the_taken_row_as_the_one_conflict(monkeypatch
     assert findings({8}).verdict == "failed"  # another row named instead
     assert findings({7, 8}, recovered=3, missing_after=2).verdict == "failed"  # more than the taken row
     assert findings({7}, recovered=3, missing_after=2).verdict == "failed"  # something else did not come back
+
+
+def test_changes_held_back_or_on_the_wrong_row_fail_the_drill() -> None:
+    from drledger.drill.changes import Change, expected_state, opening_state
+    from drledger.drill.run import find_changes
+
+    transfer = [Change("update", "accounts", 1, "900.00"), Change("update", "accounts", 2, "1100.00")]
+    truth = GroundTruth([Commit([1], 1), Commit([2], 2, transfer), Commit([3], 3)], opening=opening_state())
+    lost = range(1, 3)  # the replica held commit 0; commits 1 and 2 reached the ledger
+    whole = expected_state(truth.commits, range(3), truth.opening)
+    found = find_changes(truth, lost, {2, 3}, {1, 2, 3}, whole)
+    assert found.ok and found.by_op["update"] == {
+        "lost": 2,
+        "recovered": 2,
+        "held_back": 0,
+        "unrecoverable": 0,
+    }
+    half = {**whole, ("accounts", 2): "1000.00"}  # replay applied half the transfer
+    found = find_changes(truth, lost, {2, 3}, {1, 2, 3}, half)
+    assert not found.ok and found.wrong == ["accounts 2: 1100.00 → 1000.00"]
+    assert found.total_after != found.opening_total
+    without = expected_state(truth.commits, {0, 2}, truth.opening)  # the transfer's commit held back
+    found = find_changes(truth, lost, {2, 3}, {1, 3}, without)
+    assert not found.ok and found.by_op["update"]["held_back"] == 2 and not found.wrong

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from drledger.drill import changes as truth_of
 from drledger.drill.postgres.rig import FailoverRig
 from drledger.drill.run import Progress
 from drledger.recovery import ReconcileRequest, run_reconcile
@@ -40,6 +41,8 @@ class OldRegionFindings:
     - `rolled_back`: keys of transactions the application rolled back; `rolled_back_present`: those of
       them in the promoted database at the end (target 0).
     - `reconcile_seconds`, `replay_seconds`.
+    - `wrong_rows`: with updates and deletes, rows (an order's status, an account's balance) not as every
+      acknowledged commit left them (target 0).
     """
 
     committed: int
@@ -57,6 +60,7 @@ class OldRegionFindings:
     rolled_back_present: int
     reconcile_seconds: float
     replay_seconds: float
+    wrong_rows: int = 0
 
     @property
     def on_target(self) -> bool:
@@ -66,6 +70,7 @@ class OldRegionFindings:
             and self.phantom_rows == 0
             and self.rolled_back_present == 0
             and self.conflicts == 0
+            and self.wrong_rows == 0
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -75,7 +80,9 @@ class OldRegionFindings:
 def old_region_returns(rig: FailoverRig, progress: Progress) -> OldRegionFindings:
     """Given a rig after the disaster, the failover and the ledger's recovery: the old region returns."""
     committed = rig.truth.keys
-    after_ledger = committed - rig.keys_in(rig.dr_dsn)
+    # The orders every acknowledged commit leaves (with deletes, fewer than were ever inserted).
+    alive = _alive(rig) if rig.changes else committed
+    after_ledger = alive - rig.keys_in(rig.dr_dsn)
     progress("the old region returns: the killed primary starts isolated and read-only on a port of its own")
     old_dsn = rig.old_region_returns()
     progress("reconcile: the old primary's outbox, read as a ledger, against the promoted database")
@@ -102,11 +109,30 @@ def old_region_returns(rig: FailoverRig, progress: Progress) -> OldRegionFinding
         reconcile_exit_code=report.exit_code,
         replayed=replayed,
         conflicts=conflicts,
-        unrecoverable_after_old_region=len(committed - on_dr),
+        unrecoverable_after_old_region=len(alive - on_dr),
         phantom_rows=len(on_dr - committed - unacknowledged),
         unacknowledged=len(unacknowledged),
         rolled_back=len(rig.truth.rolled_back),
         rolled_back_present=len(on_dr & rig.truth.rolled_back),
         reconcile_seconds=round(reconcile_s, 3),
         replay_seconds=round(replay_s, 3),
+        wrong_rows=len(_wrong_rows(rig, on_dr)) if rig.changes else 0,
     )
+
+
+def _alive(rig: FailoverRig) -> set[int]:
+    truth = rig.truth
+    every = truth_of.expected_state(truth.commits, range(len(truth.commits)), truth.opening)
+    return {key for (table, key), value in every.items() if table == truth_of.ORDERS and value is not None}
+
+
+def _wrong_rows(rig: FailoverRig, on_dr: set[int]) -> list[tuple[str, int]]:
+    """Rows not as every acknowledged commit left them — and the commit in flight at the disaster, if the
+    old primary had committed it and it came back."""
+    truth = rig.truth
+    commits = [*truth.commits, *([truth.in_flight] if truth.in_flight is not None else [])]
+    indices = set(range(len(truth.commits)))
+    if truth.in_flight is not None and len(truth.commits) in truth_of.landed(commits, on_dr):
+        indices.add(len(truth.commits))
+    expected = truth_of.expected_state(commits, indices, truth.opening)
+    return truth_of.differing(expected, rig.state_in(rig.dr_dsn))

@@ -706,7 +706,7 @@ def _result(drill: Drill, found: _Findings, p50: float | None, p99: float | None
     predicted = drill.watch.prediction if drill.watch is not None else None
     return DrillResult(
         committed=len(truth.keys),
-        on_replica_at_failover=len(truth.keys & found.on_replica),
+        on_replica_at_failover=len(truth.keys) - len(found.lost),
         lost_without_ledger=len(found.lost),
         detected=found.detected,
         recovered=found.recovered,

@@ -139,15 +139,14 @@ class ChangeMaker:
     def committed(self, keys: list[int], changes: Sequence[Change]) -> None:
         for key in keys:
             self.statuses[key] = STATUSES[0]
-        self.recent = [*self.recent, *keys][-self.RECENT :]
         for change in changes:
             if change.table == "accounts":
                 self.balances[change.key] = Decimal(str(change.value))
             elif change.value is None:
                 self.statuses.pop(change.key, None)
-                self.recent.remove(change.key)
             else:
                 self.statuses[change.key] = change.value
+        self.recent = [k for k in [*self.recent, *keys] if k in self.statuses][-self.RECENT :]
 
 
 @dataclass
