@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Row = tuple[str, str]  # (table, key)
+UniqueValue = tuple[str, str, str]  # (table, unique key's name, its value as key_text prints it)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,52 @@ class ForeignKey:
     columns: tuple[str, ...]
     parent_table: str
     parent_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UniqueKey:
+    """A unique key besides the primary key, by name (from the RecoverySession)."""
+
+    name: str
+    table: str
+    columns: tuple[str, ...]
+
+
+def unique_values(row_json: str | None, unique_keys: Sequence[UniqueKey]) -> set[UniqueValue]:
+    """The unique values a row image holds (a NULL in a key's columns holds none: NULLs never clash)."""
+    if row_json is None or not unique_keys:
+        return set()
+    row = json.loads(row_json)
+    found = set()
+    for uk in unique_keys:
+        value = key_text({c: row.get(c) for c in uk.columns})
+        if value is not None:
+            found.add((uk.table, uk.name, value))
+    return found
+
+
+def frees(
+    op: str, before_json: str | None, after_json: str, unique_keys: Sequence[UniqueKey]
+) -> set[UniqueValue]:
+    """The unique values a change gives up: all its row's, for a delete (whose image is the row before
+    it); those it changes, for an update."""
+    if op == "delete":
+        return unique_values(after_json, unique_keys)
+    if op == "update":
+        return unique_values(before_json, unique_keys) - unique_values(after_json, unique_keys)
+    return set()
+
+
+def takes(
+    op: str, before_json: str | None, after_json: str, unique_keys: Sequence[UniqueKey]
+) -> set[UniqueValue]:
+    """The unique values a change newly holds: all its row's, for an insert; those it changes to, for
+    an update."""
+    if op == "insert":
+        return unique_values(after_json, unique_keys)
+    if op == "update":
+        return unique_values(after_json, unique_keys) - unique_values(before_json, unique_keys)
+    return set()
 
 
 @dataclass(frozen=True)
@@ -87,22 +134,42 @@ class Hold:
 
 @dataclass
 class HeldBack:
-    """The rows of held-back transactions, growing as replay proceeds in plan order."""
+    """The rows of held-back transactions, and the unique values they would have freed, growing as
+    replay proceeds in plan order."""
 
     rows: dict[Row, tuple[str, int]] = field(default_factory=dict)  # row -> (event id, txid)
     txids: set[int] = field(default_factory=set)
+    # A unique value a held-back transaction would have given up (deleted, or changed away): still
+    # held in the DR database, so a later change that takes it waits behind that transaction.
+    freed: dict[UniqueValue, tuple[str, int, Row]] = field(default_factory=dict)  # -> (event id, txid, row)
 
-    def hold(self, txid: int, writes: Iterable[tuple[str, Row]]) -> None:
-        """Mark txid held back; writes are its (event id, row) pairs."""
+    def copy(self) -> HeldBack:
+        return HeldBack(dict(self.rows), set(self.txids), dict(self.freed))
+
+    def hold(
+        self,
+        txid: int,
+        writes: Iterable[tuple[str, Row]],
+        freed: Iterable[tuple[str, Row, UniqueValue]] = (),
+    ) -> None:
+        """Mark txid held back; writes are its (event id, row) pairs, freed its (event id, row, unique
+        value) triples."""
         self.txids.add(txid)
         for event_id, row in writes:
             self.rows.setdefault(row, (event_id, txid))
+        for event_id, row, value in freed:
+            self.freed.setdefault(value, (event_id, txid, row))
 
     def depends(
-        self, txid: int, writes: Sequence[tuple[str, Row]], references: Sequence[Reference]
+        self,
+        txid: int,
+        writes: Sequence[tuple[str, Row]],
+        references: Sequence[Reference],
+        taken: Iterable[UniqueValue] = (),
     ) -> Hold | None:
-        """The first held-back row this transaction references or writes, or None. References
-        are checked first: a child of a held-back row fails by foreign key, the clearest reason."""
+        """The first held-back row this transaction references or writes, or unique value it takes, or
+        None. References are checked first: a child of a held-back row fails by foreign key, the
+        clearest reason."""
         if txid in self.txids:
             return None
         for ref in references:
@@ -120,6 +187,18 @@ class HeldBack:
             if row in self.rows:
                 event_id, behind = self.rows[row]
                 return Hold(txid, event_id, behind, row[0], row[1], "it writes the same row")
+        for value in sorted(taken):
+            if value in self.freed:
+                event_id, behind, (table, key) = self.freed[value]
+                _, constraint, text = value
+                return Hold(
+                    txid,
+                    event_id,
+                    behind,
+                    table,
+                    key,
+                    f"it takes the value {text} of {constraint}, which that change gives up",
+                )
         return None
 
 

@@ -44,7 +44,18 @@ import orjson
 from drledger.errors import DrledgerError, ExitCode, ReplayInterrupted, RowsRejected, SourceUnavailable
 from drledger.events import LedgerEvent, MalformedRecord, row_fingerprint
 from drledger.fence import FenceResult, beyond_the_fence, fence_sequences
-from drledger.holdback import ForeignKey, HeldBack, Hold, Reference, references_of
+from drledger.holdback import (
+    ForeignKey,
+    HeldBack,
+    Hold,
+    Reference,
+    Row,
+    UniqueKey,
+    UniqueValue,
+    frees,
+    references_of,
+    takes,
+)
 from drledger.margins import DEFAULT_MARGIN, validate_margin
 from drledger.names import TableName
 from drledger.screening import Admitted, Ambiguity, Refusal, screen
@@ -527,7 +538,7 @@ def _apply_and_commit(
             if len(chunk) == 1:
                 reason = f"the database rejected its source transaction at commit: {rejected.reason}"
                 _ChunkOutcome(refused=[Refusal(e, reason) for e in chunk[0].events]).merge_into(result)
-                deps.held.hold(chunk[0].txid, _writes(chunk[0]))
+                deps.hold(deps.held, chunk[0])
                 return True
             return all(
                 _apply_and_commit(session, [t], shapes, superseded, policy, apply, result, deps)
@@ -544,6 +555,7 @@ class _Dependencies:
 
     foreign_keys: dict[str, list[ForeignKey]] = field(default_factory=dict)  # child table -> its keys
     parent_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table -> its key columns
+    unique_keys: dict[str, list[UniqueKey]] = field(default_factory=dict)  # table -> its other unique keys
     held: HeldBack = field(default_factory=HeldBack)
     pending: HeldBack = field(default_factory=HeldBack)  # held, once the chunk is committed
 
@@ -554,6 +566,29 @@ class _Dependencies:
             if e.op != "delete"
             for ref in references_of(e.row_json, self.foreign_keys.get(e.table, []), self.parent_keys)
         ]
+
+    def freed(self, events: Sequence[LedgerEvent]) -> list[tuple[str, Row, UniqueValue]]:
+        """The unique values the events give up, each with the event and its row."""
+        return [
+            (e.event_id, (e.table, e.key), value)
+            for e in events
+            for value in frees(e.op, e.before_json, e.row_json, self.unique_keys.get(e.table, []))
+        ]
+
+    def taken(self, transaction: SourceTransaction) -> set[UniqueValue]:
+        return {
+            value
+            for e in transaction.events
+            for value in takes(e.op, e.before_json, e.row_json, self.unique_keys.get(e.table, []))
+        }
+
+    def hold(self, ledger: HeldBack, transaction: SourceTransaction) -> None:
+        ledger.hold(transaction.txid, _writes(transaction), self.freed(transaction.events))
+
+    def depends(self, ledger: HeldBack, transaction: SourceTransaction) -> Hold | None:
+        return ledger.depends(
+            transaction.txid, _writes(transaction), self.references(transaction), self.taken(transaction)
+        )
 
 
 def _writes(transaction: SourceTransaction) -> list[tuple[str, tuple[str, str]]]:
@@ -573,13 +608,10 @@ def _dependencies(
             for fk in session.foreign_keys(shape)
             if fk.parent_ref in by_ref
         ]
-    for refusal in result.refused:
-        deps.held.hold(
-            refusal.event.txid, [(refusal.event.event_id, (refusal.event.table, refusal.event.key))]
-        )
-    for ambiguity in result.ambiguous:
-        for e in ambiguity.events:
-            deps.held.hold(e.txid, [(e.event_id, (e.table, e.key))])
+        deps.unique_keys[name] = [UniqueKey(uk.name, name, uk.columns) for uk in session.unique_keys(shape)]
+    held = [refusal.event for refusal in result.refused] + [e for a in result.ambiguous for e in a.events]
+    for e in held:
+        deps.held.hold(e.txid, [(e.event_id, (e.table, e.key))], deps.freed([e]))
     return deps
 
 
@@ -600,15 +632,13 @@ def _apply_holding_back(
     least one more transaction, so this ends). deps.pending is the held-back set once committed."""
     holds: dict[int, Hold] = {}
     while True:
-        ledger = HeldBack(dict(deps.held.rows), set(deps.held.txids))
+        ledger = deps.held.copy()
         todo: list[SourceTransaction] = []
         for transaction in chunk:
-            hold = holds.get(transaction.txid) or ledger.depends(
-                transaction.txid, _writes(transaction), deps.references(transaction)
-            )
+            hold = holds.get(transaction.txid) or deps.depends(ledger, transaction)
             if hold is not None:
                 holds[transaction.txid] = hold
-                ledger.hold(transaction.txid, _writes(transaction))
+                deps.hold(ledger, transaction)
             else:
                 todo.append(transaction)
         try:
@@ -624,10 +654,10 @@ def _apply_holding_back(
                     raise _Redo
         except _Redo:
             continue
-        pending = HeldBack(dict(deps.held.rows), set(deps.held.txids))
+        pending = deps.held.copy()
         for transaction in chunk:  # in plan order: a row is held behind its first held-back writer
             if transaction.txid in holds or transaction.txid in failed:
-                pending.hold(transaction.txid, _writes(transaction))
+                deps.hold(pending, transaction)
         deps.pending = pending
         outcome.refused.extend(
             Refusal(e, holds[t.txid].text()) for t in chunk if t.txid in holds for e in t.events
@@ -641,18 +671,18 @@ def _later_dependents(
     """The transactions of the chunk, in plan order, that depend on one found to conflict or be refused
     before them, not yet held (one refused for a foreign key to a conflicting row is named as held
     behind it)."""
-    trial = HeldBack(dict(deps.held.rows), set(deps.held.txids))
+    trial = deps.held.copy()
     found: dict[int, Hold] = {}
     for transaction in chunk:
         if transaction.txid in holds:
-            trial.hold(transaction.txid, _writes(transaction))
+            deps.hold(trial, transaction)
             continue
-        hold = trial.depends(transaction.txid, _writes(transaction), deps.references(transaction))
+        hold = deps.depends(trial, transaction)
         if hold is not None:
             found[transaction.txid] = hold
-            trial.hold(transaction.txid, _writes(transaction))
+            deps.hold(trial, transaction)
         elif transaction.txid in failed:
-            trial.hold(transaction.txid, _writes(transaction))
+            deps.hold(trial, transaction)
     return found
 
 

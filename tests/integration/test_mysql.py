@@ -348,6 +348,67 @@ def test_an_order_of_a_conflicting_member_is_held_back_behind_it_by_its_foreign_
     assert shop.rows("SELECT id FROM `Sales`.note") == []
 
 
+def test_a_member_taking_an_email_a_held_back_change_gives_up_waits_behind_it_on_mysql(shop: Shop) -> None:
+    """#27 item 2 by unique value, on MySQL/MariaDB: T1 moves member 1 off its e-mail and conflicts (the
+    DR renamed member 1 after promotion); T2 registers member 2 under that e-mail: held back behind T1 by
+    the unique key; T3, a note of member 2, behind T2 by its foreign key; T4 applies."""
+    shop.server.execute(
+        "CREATE TABLE `Sales`.member (id INT PRIMARY KEY, email VARCHAR(100), name VARCHAR(50), "
+        "CONSTRAINT member_email UNIQUE (email))"
+    )
+    shop.server.execute(
+        "CREATE TABLE `Sales`.note (id INT PRIMARY KEY, member_id INT NOT NULL, "
+        "CONSTRAINT note_member_fk FOREIGN KEY (member_id) REFERENCES `Sales`.member (id))"
+    )
+    assert shop.cli("init", "--table", "Sales.member", "--table", "Sales.note").returncode == 0
+    shop.server.execute("INSERT INTO `Sales`.member VALUES (1, 'x@example.com', 'X')")
+    reached_dr = {r.as_event().event_id for r in open_source(shop.dsn).read_window(None, None)}
+    shop.server.execute("UPDATE `Sales`.member SET email = 'x-old@example.com' WHERE id = 1")  # T1
+    shop.server.execute("INSERT INTO `Sales`.member VALUES (2, 'x@example.com', 'Y')")  # T2
+    shop.server.execute("INSERT INTO `Sales`.note VALUES (7, 2)")  # T3
+    shop.server.execute("INSERT INTO `Sales`.member VALUES (4, 'z@example.com', 'Z')")  # T4
+    lost = [
+        e
+        for e in (r.as_event() for r in open_source(shop.dsn).read_window(None, None))
+        if e.event_id not in reached_dr
+    ]
+    assert [(e.key, e.op) for e in lost] == [
+        ("1", "update"),
+        ("2", "insert"),
+        ("7", "insert"),
+        ("4", "insert"),
+    ]
+    t1, t2 = lost[0], lost[1]
+    shop.server.execute("DELETE FROM `Sales`.note")
+    shop.server.execute("DELETE FROM `Sales`.member WHERE id <> 1")
+    shop.server.execute("UPDATE `Sales`.member SET email = 'x@example.com' WHERE id = 1")
+    shop.server.execute("DELETE FROM drledger.outbox")  # the DR as the failover left it
+    shop.server.execute("UPDATE `Sales`.member SET name = 'X renamed' WHERE id = 1")  # after promotion
+    url = f"sqlite:///{shop.workdir}/unique-held.db"
+    with open_ledger(url, writer=True) as ledger:
+        ledger.publish(lost)
+    runs = {}
+    for mode, extra in (("dry", []), ("apply", ["--apply"])):
+        result = shop.cli("replay", "--ledger", url, "--since", "1h", "--json", *extra)
+        assert result.returncode == 3, result.stdout + result.stderr
+        runs[mode] = json.loads(result.stdout)
+    applied = runs["apply"]
+    assert [c["key"] for c in applied["conflicts"]] == ["1"]
+    assert {r["key"]: r["reason"] for r in applied["refused"]} == {
+        "2": f"held back behind event {t1.event_id} (txid {t1.txid}, {t1.table} key 1): it takes the value "
+        "x@example.com of member_email, which that change gives up",
+        "7": f"held back behind event {t2.event_id} (txid {t2.txid}, {t2.table} key 2): it references that "
+        "row through note_member_fk",
+    }
+    assert runs["dry"]["refused"] == applied["refused"] and runs["dry"]["conflicts"] == applied["conflicts"]
+    assert applied["applied"] == 1 == runs["dry"]["would_apply"]
+    assert shop.rows("SELECT id, email, name FROM `Sales`.member ORDER BY id") == [
+        (1, "x@example.com", "X renamed"),
+        (4, "z@example.com", "Z"),
+    ]
+    assert shop.rows("SELECT id FROM `Sales`.note") == []
+
+
 def test_init_check_names_each_missing_setting(shop: Shop) -> None:
     shop.server.execute("SET GLOBAL binlog_format = 'MIXED'")
     try:

@@ -191,3 +191,84 @@ def test_what_depends_on_a_held_back_transaction_is_held_back_behind_it_named(
             orders = conn.execute("SELECT id, customer_id FROM shop_order ORDER BY id").fetchall()
         assert customers == [(1, "A"), (3, "D"), (4, "F"), (100, "other")]
         assert orders == [(2, 3)]
+
+
+def test_a_change_that_takes_a_unique_value_a_held_back_one_gives_up_waits_behind_it(
+    primary: LocalCluster, workdir: Path
+) -> None:
+    """#27 item 2, by unique value: T1 moves customer 1 off its e-mail and conflicts (the DR application
+    renamed that customer after promotion); T2 registers customer 2 under the e-mail T1 gave up, T3 is
+    an order of customer 2, T4 is unrelated. T2 is held back behind T1 by the unique key, T3 behind T2
+    by the foreign key, T4 applies; the dry run says the same."""
+    with fresh_database(primary, SCHEMA) as dsn:
+        init = run_cli("init", "--db", dsn, "--table", "shop_customer", "--table", "shop_order")
+        assert init.returncode == 0, init.stderr
+        with psycopg.connect(dsn) as conn:
+            conn.execute("INSERT INTO shop_customer (id, email, name) VALUES (1, 'x@example.com', 'X')")
+            conn.commit()
+        reached_dr = {r.as_event().event_id for r in read_window(dsn, None, None)}
+        with psycopg.connect(dsn) as conn:
+            for statement in (
+                "UPDATE shop_customer SET email = 'x-old@example.com' WHERE id = 1",  # T1
+                "INSERT INTO shop_customer (id, email, name) VALUES (2, 'x@example.com', 'Y')",  # T2
+                "INSERT INTO shop_order (id, customer_id, total) VALUES (1, 2, 9.99)",  # T3
+                "INSERT INTO shop_customer (id, email, name) VALUES (4, 'z@example.com', 'Z')",  # T4
+            ):
+                conn.execute(statement)
+                conn.commit()
+        lost = [
+            e for e in (r.as_event() for r in read_window(dsn, None, None)) if e.event_id not in reached_dr
+        ]
+        assert [(e.table, e.key, e.op) for e in lost] == [
+            ("public.shop_customer", "1", "update"),
+            ("public.shop_customer", "2", "insert"),
+            ("public.shop_order", "1", "insert"),
+            ("public.shop_customer", "4", "insert"),
+        ]
+        t1, t2 = lost[0], lost[1]
+        with psycopg.connect(dsn) as conn:
+            # The DR database as the failover left it (never written there: capture suppressed) …
+            conn.execute("SELECT set_config(%s, 'on', true)", (SUPPRESS_SETTING,))
+            conn.execute("DELETE FROM shop_order")
+            conn.execute("DELETE FROM shop_customer WHERE id <> 1")
+            conn.execute("UPDATE shop_customer SET email = 'x@example.com' WHERE id = 1")
+            conn.execute(
+                "DELETE FROM drledger.outbox WHERE id = ANY(%s::uuid[])", ([e.event_id for e in lost],)
+            )
+            conn.commit()
+            # … and then the DR application renames customer 1.
+            conn.execute("UPDATE shop_customer SET name = 'X renamed' WHERE id = 1")
+            conn.commit()
+        url = f"sqlite:///{workdir}/unique-held.db"
+        with open_ledger(url, writer=True) as ledger:
+            ledger.publish(lost)
+
+        runs = {}
+        for mode in ("dry", "apply"):
+            extra = ["--apply"] if mode == "apply" else []
+            result = run_cli("replay", "--db", dsn, "--ledger", url, "--since", "1h", "--json", *extra)
+            assert "Traceback" not in result.stderr, result.stderr
+            summary = json.loads(result.stdout)
+            assert result.returncode == summary["exit_code"] == 3, (result.returncode, result.stderr)
+            runs[mode] = summary
+        applied = runs["apply"]
+        assert [(c["table"], c["key"]) for c in applied["conflicts"]] == [("public.shop_customer", "1")]
+        behind_t1 = f"held back behind event {t1.event_id} (txid {t1.txid}, public.shop_customer key 1)"
+        behind_t2 = f"held back behind event {t2.event_id} (txid {t2.txid}, public.shop_customer key 2)"
+        assert {(r["table"], r["key"]): r["reason"] for r in applied["refused"]} == {
+            ("public.shop_customer", "2"): f"{behind_t1}: it takes the value x@example.com of "
+            "shop_customer_email_key, which that change gives up",
+            (
+                "public.shop_order",
+                "1",
+            ): f"{behind_t2}: it references that row through shop_order_customer_id_fkey",
+        }
+        assert applied["applied"] == 1  # T4
+        for key in ("conflicts", "refused"):
+            assert runs["dry"][key] == applied[key], key
+        assert runs["dry"]["would_apply"] == applied["applied"]
+        with psycopg.connect(dsn) as conn:
+            customers = conn.execute("SELECT id, email, name FROM shop_customer ORDER BY id").fetchall()
+            orders = conn.execute("SELECT id FROM shop_order").fetchall()
+        assert customers == [(1, "x@example.com", "X renamed"), (4, "z@example.com", "Z")]
+        assert orders == []

@@ -64,3 +64,28 @@ def test_references_are_derived_from_the_foreign_key_columns() -> None:
         Reference("order_shop_fk", ("shop", '{"a": 2, "b": "z"}')),
     ]
     assert references_of('{"id": 1, "customer_id": null}', fks[:1], parents) == []
+
+
+def test_a_change_taking_a_unique_value_a_held_back_change_gives_up_waits_behind_it() -> None:
+    from drledger.holdback import HeldBack, UniqueKey, frees, takes
+
+    email = [UniqueKey("customer_email_key", "customer", ("email",))]
+    moved = frees("update", '{"id": 1, "email": "x@e"}', '{"id": 1, "email": "old@e"}', email)
+    assert moved == {("customer", "customer_email_key", "x@e")}
+    assert (
+        frees("update", '{"id": 1, "email": "x@e", "n": 1}', '{"id": 1, "email": "x@e", "n": 2}', email)
+        == set()
+    )
+    assert frees("delete", None, '{"id": 1, "email": "x@e"}', email) == moved
+    assert takes("insert", None, '{"id": 2, "email": "x@e"}', email) == moved
+    assert takes("insert", None, '{"id": 2, "email": null}', email) == set()  # NULLs never clash
+    assert takes("delete", None, '{"id": 2, "email": "x@e"}', email) == set()
+    ledger = HeldBack()
+    ledger.hold(1, [("e1", ("customer", "1"))], [("e1", ("customer", "1"), v) for v in moved])
+    hold = ledger.depends(2, [("e2", ("customer", "2"))], [], moved)
+    assert hold is not None and (hold.behind_event, hold.behind_txid, hold.key) == ("e1", 1, "1")
+    assert "it takes the value x@e of customer_email_key" in hold.text()
+    assert (
+        ledger.depends(3, [("e3", ("customer", "3"))], [], {("customer", "customer_email_key", "y@e")})
+        is None
+    )

@@ -73,6 +73,14 @@ class ForeignKeyInfo:
 
 
 @dataclass(frozen=True)
+class UniqueKeyInfo:
+    """A unique key of a captured table other than its primary key: its name and columns, in order."""
+
+    name: str
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SequenceInfo:
     """A sequence that hands out a captured table's keys (serial, identity, AUTO_INCREMENT)."""
 
@@ -227,6 +235,11 @@ class RecoverySession(ABC):
     def foreign_keys(self, shape: TableShape) -> list[ForeignKeyInfo]:
         """The table's foreign keys, by constraint name: what a held-back transaction's dependents
         are found by (a later change whose row references a held-back row is held back with it)."""
+        return []
+
+    def unique_keys(self, shape: TableShape) -> list[UniqueKeyInfo]:
+        """The table's unique keys besides the primary key (plain columns, no predicate): a later change
+        that takes a value a held-back transaction frees is held back with it."""
         return []
 
     @abstractmethod

@@ -31,6 +31,7 @@ from drledger.source.base import (
     SequenceInfo,
     TableShape,
     UniqueClash,
+    UniqueKeyInfo,
 )
 from drledger.source.mysql.columns import Column, image_expression, key_expression, quote
 from drledger.source.mysql.connection import error_code
@@ -359,14 +360,18 @@ class MySQLRecoverySession(RecoverySession):
                 )
         return list(found.values())
 
-    def unique_clashes(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, UniqueClash]:
-        indexes = query(
+    def unique_keys(self, shape: TableShape) -> list[UniqueKeyInfo]:
+        rows = query(
             self.conn,
             "SELECT INDEX_NAME, GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX SEPARATOR '\\n') "
             "FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s "
             "AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY' GROUP BY INDEX_NAME ORDER BY INDEX_NAME",
             (shape.name.schema, shape.name.name),
         )
+        return [UniqueKeyInfo(str(name), tuple(str(columns).split("\n"))) for name, columns in rows]
+
+    def unique_clashes(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, UniqueClash]:
+        indexes = self.unique_keys(shape)
         typed = self._typed(shape)
         stored = image_expression(self._columns_of(shape.name), "t")
         by_name = {c.name: c for c in self._columns_of(shape.name)}
@@ -375,8 +380,8 @@ class MySQLRecoverySession(RecoverySession):
         )
         document = _json_array([e.row_json for e in events])
         found: dict[str, UniqueClash] = {}
-        for name, columns in indexes:
-            join = " AND ".join(f"t.{quote(c)} = {typed[c]}" for c in str(columns).split("\n"))
+        for name, columns in ((u.name, u.columns) for u in indexes):
+            join = " AND ".join(f"t.{quote(c)} = {typed[c]}" for c in columns)
             with self._translated():
                 rows = query(
                     self.conn,

@@ -31,6 +31,7 @@ from drledger.source.base import (
     SequenceInfo,
     TableShape,
     UniqueClash,
+    UniqueKeyInfo,
 )
 from drledger.source.postgres.outbox import (
     SUPPRESS_SETTING,
@@ -287,8 +288,8 @@ class PostgresRecoverySession(RecoverySession):
             ForeignKeyInfo(str(n), tuple(cols), int(parent), tuple(pcols)) for n, parent, cols, pcols in rows
         ]
 
-    def unique_clashes(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, UniqueClash]:
-        indexes = self.conn.execute(
+    def unique_keys(self, shape: TableShape) -> list[UniqueKeyInfo]:
+        rows = self.conn.execute(
             "SELECT c.relname, array_agg(a.attname ORDER BY k.ord) FROM pg_index i "
             "JOIN pg_class c ON c.oid = i.indexrelid "
             "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
@@ -297,9 +298,12 @@ class PostgresRecoverySession(RecoverySession):
             "AND i.indpred IS NULL GROUP BY c.relname ORDER BY c.relname",
             (shape.ref,),
         ).fetchall()
+        return [UniqueKeyInfo(str(name), tuple(columns)) for name, columns in rows]
+
+    def unique_clashes(self, shape: TableShape, events: Sequence[LedgerEvent]) -> dict[str, UniqueClash]:
         items = _json_array(f'{{"id": "{e.event_id}", "row": {e.row_json}}}' for e in events)
         found: dict[str, UniqueClash] = {}
-        for name, columns in indexes:
+        for name, columns in ((u.name, u.columns) for u in self.unique_keys(shape)):
             join = sql.SQL(" AND ").join(
                 sql.SQL("n.{c} = k.{c}").format(c=sql.Identifier(c)) for c in columns
             )
