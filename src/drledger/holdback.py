@@ -82,6 +82,15 @@ class Reference:
     parent: Row
 
 
+@dataclass(frozen=True)
+class ValueReference:
+    """A parent row an event's row points at through a foreign key to a unique key besides the
+    parent's primary key: known by that unique value."""
+
+    constraint: str
+    value: UniqueValue
+
+
 def key_text(values: Mapping[str, Any]) -> str | None:
     """A row key as the capture prints it: the value itself for one column, a JSON object (keys by
     length, then bytes, as PostgreSQL's jsonb and MySQL's JSON order them) for a composite key."""
@@ -97,20 +106,32 @@ def key_text(values: Mapping[str, Any]) -> str | None:
 
 
 def references_of(
-    row_json: str, foreign_keys: Sequence[ForeignKey], parent_keys: Mapping[str, Sequence[str]]
-) -> list[Reference]:
+    row_json: str,
+    foreign_keys: Sequence[ForeignKey],
+    parent_keys: Mapping[str, Sequence[str]],
+    parent_uniques: Mapping[str, Sequence[UniqueKey]] | None = None,
+) -> list[Reference | ValueReference]:
     """The parent rows a row image points at, through the foreign keys that reference a parent's
-    key columns (parent_keys: table -> its key columns; a parent not there is not replayed)."""
+    key columns (parent_keys: table -> its key columns; a parent not there is not replayed) or one of
+    its other unique keys (parent_uniques: table -> those keys)."""
     row = json.loads(row_json)
-    found = []
+    found: list[Reference | ValueReference] = []
     for fk in foreign_keys:
         key_columns = parent_keys.get(fk.parent_table)
-        if key_columns is None or set(key_columns) != set(fk.parent_columns):
+        if key_columns is None:
             continue
         by_parent = dict(zip(fk.parent_columns, fk.columns, strict=True))
-        key = key_text({p: row.get(by_parent[p]) for p in key_columns})
-        if key is not None:
-            found.append(Reference(fk.name, (fk.parent_table, key)))
+        if set(key_columns) == set(fk.parent_columns):
+            key = key_text({p: row.get(by_parent[p]) for p in key_columns})
+            if key is not None:
+                found.append(Reference(fk.name, (fk.parent_table, key)))
+            continue
+        for uk in (parent_uniques or {}).get(fk.parent_table, ()):
+            if set(uk.columns) == set(fk.parent_columns):
+                value = key_text({p: row.get(by_parent[p]) for p in uk.columns})
+                if value is not None:
+                    found.append(ValueReference(fk.name, (fk.parent_table, uk.name, value)))
+                break
     return found
 
 
@@ -142,29 +163,35 @@ class HeldBack:
     # A unique value a held-back transaction would have given up (deleted, or changed away): still
     # held in the DR database, so a later change that takes it waits behind that transaction.
     freed: dict[UniqueValue, tuple[str, int, Row]] = field(default_factory=dict)  # -> (event id, txid, row)
+    # A unique value a held-back transaction's row would have taken: a child pointing at it through a
+    # foreign key to that unique key waits behind it.
+    taken: dict[UniqueValue, tuple[str, int, Row]] = field(default_factory=dict)
 
     def copy(self) -> HeldBack:
-        return HeldBack(dict(self.rows), set(self.txids), dict(self.freed))
+        return HeldBack(dict(self.rows), set(self.txids), dict(self.freed), dict(self.taken))
 
     def hold(
         self,
         txid: int,
         writes: Iterable[tuple[str, Row]],
         freed: Iterable[tuple[str, Row, UniqueValue]] = (),
+        taken: Iterable[tuple[str, Row, UniqueValue]] = (),
     ) -> None:
-        """Mark txid held back; writes are its (event id, row) pairs, freed its (event id, row, unique
-        value) triples."""
+        """Mark txid held back; writes are its (event id, row) pairs, freed and taken its (event id,
+        row, unique value) triples."""
         self.txids.add(txid)
         for event_id, row in writes:
             self.rows.setdefault(row, (event_id, txid))
         for event_id, row, value in freed:
             self.freed.setdefault(value, (event_id, txid, row))
+        for event_id, row, value in taken:
+            self.taken.setdefault(value, (event_id, txid, row))
 
     def depends(
         self,
         txid: int,
         writes: Sequence[tuple[str, Row]],
-        references: Sequence[Reference],
+        references: Sequence[Reference | ValueReference],
         taken: Iterable[UniqueValue] = (),
     ) -> Hold | None:
         """The first held-back row this transaction references or writes, or unique value it takes, or
@@ -173,6 +200,13 @@ class HeldBack:
         if txid in self.txids:
             return None
         for ref in references:
+            if isinstance(ref, ValueReference):
+                if ref.value in self.taken:
+                    event_id, behind, (table, key) = self.taken[ref.value]
+                    return Hold(
+                        txid, event_id, behind, table, key, f"it references that row through {ref.constraint}"
+                    )
+                continue
             if ref.parent in self.rows:
                 event_id, behind = self.rows[ref.parent]
                 return Hold(

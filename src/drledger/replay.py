@@ -52,6 +52,7 @@ from drledger.holdback import (
     Row,
     UniqueKey,
     UniqueValue,
+    ValueReference,
     frees,
     references_of,
     takes,
@@ -559,12 +560,14 @@ class _Dependencies:
     held: HeldBack = field(default_factory=HeldBack)
     pending: HeldBack = field(default_factory=HeldBack)  # held, once the chunk is committed
 
-    def references(self, transaction: SourceTransaction) -> list[Reference]:
+    def references(self, transaction: SourceTransaction) -> list[Reference | ValueReference]:
         return [
             ref
             for e in transaction.events
             if e.op != "delete"
-            for ref in references_of(e.row_json, self.foreign_keys.get(e.table, []), self.parent_keys)
+            for ref in references_of(
+                e.row_json, self.foreign_keys.get(e.table, []), self.parent_keys, self.unique_keys
+            )
         ]
 
     def freed(self, events: Sequence[LedgerEvent]) -> list[tuple[str, Row, UniqueValue]]:
@@ -575,20 +578,21 @@ class _Dependencies:
             for value in frees(e.op, e.before_json, e.row_json, self.unique_keys.get(e.table, []))
         ]
 
-    def taken(self, transaction: SourceTransaction) -> set[UniqueValue]:
-        return {
-            value
-            for e in transaction.events
+    def taken(self, events: Sequence[LedgerEvent]) -> list[tuple[str, Row, UniqueValue]]:
+        """The unique values the events newly hold, each with the event and its row."""
+        return [
+            (e.event_id, (e.table, e.key), value)
+            for e in events
             for value in takes(e.op, e.before_json, e.row_json, self.unique_keys.get(e.table, []))
-        }
+        ]
 
     def hold(self, ledger: HeldBack, transaction: SourceTransaction) -> None:
-        ledger.hold(transaction.txid, _writes(transaction), self.freed(transaction.events))
+        events = transaction.events
+        ledger.hold(transaction.txid, _writes(transaction), self.freed(events), self.taken(events))
 
     def depends(self, ledger: HeldBack, transaction: SourceTransaction) -> Hold | None:
-        return ledger.depends(
-            transaction.txid, _writes(transaction), self.references(transaction), self.taken(transaction)
-        )
+        taken = {value for _, _, value in self.taken(transaction.events)}
+        return ledger.depends(transaction.txid, _writes(transaction), self.references(transaction), taken)
 
 
 def _writes(transaction: SourceTransaction) -> list[tuple[str, tuple[str, str]]]:
@@ -611,7 +615,7 @@ def _dependencies(
         deps.unique_keys[name] = [UniqueKey(uk.name, name, uk.columns) for uk in session.unique_keys(shape)]
     held = [refusal.event for refusal in result.refused] + [e for a in result.ambiguous for e in a.events]
     for e in held:
-        deps.held.hold(e.txid, [(e.event_id, (e.table, e.key))], deps.freed([e]))
+        deps.held.hold(e.txid, [(e.event_id, (e.table, e.key))], deps.freed([e]), deps.taken([e]))
     return deps
 
 

@@ -272,3 +272,43 @@ def test_a_change_that_takes_a_unique_value_a_held_back_one_gives_up_waits_behin
             orders = conn.execute("SELECT id FROM shop_order").fetchall()
         assert customers == [(1, "x@example.com", "X renamed"), (4, "z@example.com", "Z")]
         assert orders == []
+
+
+def test_a_child_pointing_at_a_held_back_row_by_its_unique_value_waits_behind_it(
+    primary: LocalCluster, workdir: Path
+) -> None:
+    """A foreign key to a unique column other than the parent's key (Django's `to_field`): B registers
+    customer 2 under an e-mail the DR application has taken since, so B conflicts; C, a note pointing at
+    B's customer by that e-mail, would otherwise land on the DR's customer. C is held back behind B; A
+    applies."""
+    schema = SCHEMA + (
+        "CREATE TABLE shop_note (id bigint PRIMARY KEY, body text, customer_email text NOT NULL "
+        "REFERENCES shop_customer (email) DEFERRABLE INITIALLY DEFERRED);"
+    )
+    with fresh_database(primary, schema) as dsn:
+        init = run_cli("init", "--db", dsn, "--table", "shop_customer", "--table", "shop_note")
+        assert init.returncode == 0, init.stderr
+        with psycopg.connect(dsn) as conn:
+            for statement in (
+                "INSERT INTO shop_customer (id, email, name) VALUES (1, 'a@example.com', 'A')",  # A
+                "INSERT INTO shop_customer (id, email, name) VALUES (2, 'b@example.com', 'B')",  # B
+                "INSERT INTO shop_note (id, body, customer_email) VALUES (1, 'vip', 'b@example.com')",  # C
+            ):
+                conn.execute(statement)
+                conn.commit()
+        events, url = lost_to_a_ledger(dsn, workdir / "to-field.db", "shop_note, shop_order, shop_customer")
+        b_event = next(e for e in events if e.table == "public.shop_customer" and e.key == "2")
+        with psycopg.connect(dsn) as conn:
+            conn.execute("INSERT INTO shop_customer (id, email, name) VALUES (100, 'b@example.com', 'other')")
+            conn.commit()
+        result = run_cli("replay", "--db", dsn, "--ledger", url, "--since", "1h", "--json", "--apply")
+        summary = json.loads(result.stdout)
+        assert result.returncode == summary["exit_code"] == 3, result.stderr
+        assert [(c["table"], c["key"]) for c in summary["conflicts"]] == [("public.shop_customer", "2")]
+        assert {(r["table"], r["key"]): r["reason"] for r in summary["refused"]} == {
+            ("public.shop_note", "1"): f"held back behind event {b_event.event_id} (txid {b_event.txid}, "
+            "public.shop_customer key 2): it references that row through shop_note_customer_email_fkey"
+        }
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM shop_note").fetchone() == (0,)
+            assert conn.execute("SELECT id FROM shop_customer ORDER BY id").fetchall() == [(1,), (100,)]

@@ -89,3 +89,21 @@ def test_a_change_taking_a_unique_value_a_held_back_change_gives_up_waits_behind
         ledger.depends(3, [("e3", ("customer", "3"))], [], {("customer", "customer_email_key", "y@e")})
         is None
     )
+
+
+def test_a_foreign_key_to_a_unique_column_finds_its_parent_by_value() -> None:
+    from drledger.holdback import ForeignKey, HeldBack, UniqueKey, ValueReference, references_of
+
+    email = UniqueKey("customer_email_key", "customer", ("email",))
+    fk = ForeignKey("note_email_fk", "note", ("customer_email",), "customer", ("email",))
+    refs = references_of(
+        '{"id": 1, "customer_email": "b@e"}', [fk], {"customer": ("id",)}, {"customer": [email]}
+    )
+    assert refs == [ValueReference("note_email_fk", ("customer", "customer_email_key", "b@e"))]
+    assert references_of('{"id": 1, "customer_email": "b@e"}', [fk], {"customer": ("id",)}) == []
+    ledger = HeldBack()
+    ledger.hold(1, [("e1", ("customer", "2"))], taken=[("e1", ("customer", "2"), refs[0].value)])  # type: ignore[union-attr]
+    hold = ledger.depends(2, [("e2", ("note", "1"))], refs)
+    assert (
+        hold is not None and hold.key == "2" and hold.reason == "it references that row through note_email_fk"
+    )
