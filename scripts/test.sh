@@ -20,7 +20,15 @@ if [ "$docs_status" != 0 ]; then
   exit 1
 fi
 "$VENV/bin/python" scripts/check_readme_links.py || exit 1
-"$VENV/bin/pytest" "$@"
+# The suite runs on TEST_WORKERS processes (pytest-xdist), each with its own clusters, broker and moto
+# (session fixtures are per process): most tests wait on servers and JVMs, so two share 2 cores well.
+# TEST_WORKERS=0 runs it in this one process.
+workers=${TEST_WORKERS:-2}
+if [ "$workers" = 0 ]; then
+  "$VENV/bin/pytest" "$@"
+else
+  "$VENV/bin/pytest" -n "$workers" "$@"
+fi
 status=$?
 if [ "$status" = 5 ]; then
   # pytest's "no tests collected": neither a pass nor an ordinary failure, and CI must not take it for either.
