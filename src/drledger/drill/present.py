@@ -35,6 +35,13 @@ def comparison_table(result: DrillResult, tps: float) -> Table:
     )
     table.add_row("time to detect", "never", f"{result.detect_seconds:.2f} s")
     table.add_row("time to recover", "—", f"{result.recover_seconds:.2f} s")
+    if result.replay_to_plain_load is not None:
+        table.add_row(
+            "replay rate ÷ a plain load of the same rows",
+            "",
+            f"{result.replay_events_per_s:,.0f} ÷ {result.plain_load_events_per_s:,.0f} events/s "
+            f"= {result.replay_to_plain_load:.2f}",
+        )
     for op, figures in result.changes.items():
         table.add_section()
         table.add_row(f"{op}s lost at failover", f"{figures['lost']:,}", f"{figures['lost']:,}")

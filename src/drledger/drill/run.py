@@ -26,7 +26,7 @@ from drledger.masking import mask_url
 from drledger.reconcile import Report
 from drledger.recovery import ReconcileRequest, run_reconcile
 from drledger.relay.engine import lag_percentile, read_stats
-from drledger.replay import ReplayResult, replay
+from drledger.replay import CHUNK_EVENTS, ReplayResult, replay
 from drledger.runbook import fence_from_ledger
 from drledger.watch.cycle import Snapshot, Watcher, WatchSettings
 
@@ -145,6 +145,12 @@ class DrillResult:
     # The sum of the accounts' balances before the workload and at the end: transfers keep it.
     balance_total_opening: str | None = None
     balance_total_after: str | None = None
+    # Replay's rate (events it was given ÷ its wall time, reading, proving and fencing included) and that
+    # of a plain load of the same rows and outbox rows in the same chunks, durable, measured right after
+    # it in the promoted database; their ratio is how close replay comes to its limit.
+    replay_events_per_s: float | None = None
+    plain_load_events_per_s: float | None = None
+    replay_to_plain_load: float | None = None
     keep: dict[str, str] = field(default_factory=dict)
     # For the picture (drill --html); not part of --json.
     timeline: DrillTimeline | None = field(default=None, repr=False)
@@ -685,11 +691,24 @@ def run_drill(
         found.conflict_keys = {c["key"] for c in reported}
         result = _result(drill, found, p50, p99)
         result.conflicts_reported = reported
+        if report is not None and report.missing_in_dr and found.recover_s > 0:
+            _replay_against_its_limit(drill, report.missing_in_dr, found.recover_s, result)
         if after is not None:
             after(drill.rig)
         return result
     finally:
         drill.close()
+
+
+def _replay_against_its_limit(
+    drill: Drill, events: list[LedgerEvent], replay_s: float, result: DrillResult
+) -> None:
+    drill.progress(f"measuring a plain load of the same {len(events):,} rows, replay's limit")
+    plain_s = drill.rig.plain_load_seconds(events, CHUNK_EVENTS)
+    result.replay_events_per_s = round(len(events) / replay_s, 1)
+    result.plain_load_events_per_s = round(len(events) / plain_s, 1) if plain_s > 0 else None
+    if plain_s > 0:
+        result.replay_to_plain_load = round(plain_s / replay_s, 2)
 
 
 def _conflicts_reported(drill: Drill) -> list[dict[str, Any]]:

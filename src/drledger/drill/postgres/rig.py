@@ -9,6 +9,7 @@ primary whose in-flight WAL is dropped, and a promoted replica.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import random
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
+from psycopg import sql
 
 from drledger.drill.changes import (
     ACCOUNT_COUNT,
@@ -518,6 +520,61 @@ class FailoverRig:
             ).fetchone()
         assert row is not None
         return int(row[0])
+
+    def plain_load_seconds(self, events: Sequence[LedgerEvent], chunk_events: int) -> float:
+        """Seconds a plain load of the same row images and their outbox rows takes in the promoted
+        database, in replay's chunks, one durable commit each: replay's limit, measured in the same place
+        on the same data. Into scratch copies of the tables (schema drill_plain, dropped afterwards); an
+        update's after image and a delete's image load as rows too, so it is the same amount of writing."""
+        tables = sorted({e.table for e in events})
+        scratch = {table: sql.Identifier("drill_plain", f"t{n}") for n, table in enumerate(tables)}
+        with psycopg.connect(self.dr_dsn) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS drill_plain CASCADE")
+            conn.execute("CREATE SCHEMA drill_plain")
+            for table, name in scratch.items():
+                schema, _, relation = table.partition(".")
+                # Without its constraints: the same rows may load twice (a row's insert, then its update).
+                conn.execute(
+                    sql.SQL("CREATE TABLE {} (LIKE {})").format(name, sql.Identifier(schema, relation))
+                )
+            conn.execute("CREATE TABLE drill_plain.outbox (LIKE drledger.outbox)")
+            conn.commit()
+            started = time.perf_counter()
+            for start in range(0, len(events), chunk_events):
+                chunk = events[start : start + chunk_events]
+                for table, name in scratch.items():
+                    rows = [e.row_json for e in chunk if e.table == table]
+                    if rows:
+                        conn.execute(
+                            sql.SQL(
+                                "INSERT INTO {0} SELECT * FROM jsonb_populate_recordset(NULL::{0}, %s::jsonb)"
+                            ).format(name),
+                            ("[" + ",".join(rows) + "]",),
+                        )
+                with conn.cursor().copy(
+                    "COPY drill_plain.outbox (id, aggregatetype, aggregateid, type, payload, before_image, txid, "
+                    "created_at, fingerprint) FROM STDIN"
+                ) as copy:
+                    for e in chunk:
+                        at = datetime.datetime.fromtimestamp(e.commit_ts_ms / 1000, datetime.UTC)
+                        copy.write_row(
+                            (
+                                e.event_id,
+                                e.table,
+                                e.key,
+                                e.op,
+                                e.row_json,
+                                e.before_json,
+                                e.txid,
+                                at,
+                                e.fingerprint,
+                            )
+                        )
+                conn.commit()
+            seconds = time.perf_counter() - started
+            conn.execute("DROP SCHEMA drill_plain CASCADE")
+            conn.commit()
+        return seconds
 
     def keys_in(self, dsn: str) -> set[int]:
         with psycopg.connect(dsn, autocommit=True) as conn:
