@@ -32,6 +32,7 @@ ReplayInterrupted carrying what was committed; running the same command again re
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -522,29 +523,36 @@ def _apply_and_commit(
     """One chunk, committed; False when replay must stop (a conflict under --on-conflict fail).
 
     A COMMIT the database refuses (a constraint checked only then) is retried one source transaction
-    at a time, so only the transaction that causes it is held back. What depends on a held-back
+    at a time, so only the transaction that causes it is held back. A dry run, which never commits,
+    has the database check those constraints at the chunk's end instead (inside a savepoint, rolled
+    back with the rest), so it holds back the same transactions. What depends on a held-back
     transaction is held back with it (_apply_holding_back)."""
     session.begin_chunk()
-    outcome = _apply_holding_back(session, chunk, shapes, superseded, deps)
-    if outcome.conflicts and policy is OnConflict.FAIL:
+    stop = False
+    try:
+        with contextlib.nullcontext() if apply else session.savepoint():
+            outcome = _apply_holding_back(session, chunk, shapes, superseded, deps)
+            stop = bool(outcome.conflicts) and policy is OnConflict.FAIL
+            if not stop and apply:
+                session.commit()  # durable (synchronous_commit as the server has it) before it is counted
+            elif not stop:
+                session.check_deferred()
+    except RowsRejected as rejected:
+        if apply:
+            session.rollback()
+        if len(chunk) == 1:
+            reason = f"the database rejected its source transaction at commit: {rejected.reason}"
+            _ChunkOutcome(refused=[Refusal(e, reason) for e in chunk[0].events]).merge_into(result)
+            deps.hold(deps.held, chunk[0])
+            return True
+        return all(
+            _apply_and_commit(session, [t], shapes, superseded, policy, apply, result, deps) for t in chunk
+        )
+    if stop:
         session.rollback()
         result.conflicts.extend(outcome.conflicts)
         result.stopped_on_conflict = True
         return False
-    if apply:
-        try:
-            session.commit()  # durable (synchronous_commit as the server has it) before it is counted
-        except RowsRejected as rejected:
-            session.rollback()
-            if len(chunk) == 1:
-                reason = f"the database rejected its source transaction at commit: {rejected.reason}"
-                _ChunkOutcome(refused=[Refusal(e, reason) for e in chunk[0].events]).merge_into(result)
-                deps.hold(deps.held, chunk[0])
-                return True
-            return all(
-                _apply_and_commit(session, [t], shapes, superseded, policy, apply, result, deps)
-                for t in chunk
-            )
     deps.held = deps.pending
     outcome.merge_into(result)
     return True

@@ -312,3 +312,52 @@ def test_a_child_pointing_at_a_held_back_row_by_its_unique_value_waits_behind_it
         with psycopg.connect(dsn) as conn:
             assert conn.execute("SELECT count(*) FROM shop_note").fetchone() == (0,)
             assert conn.execute("SELECT id FROM shop_customer ORDER BY id").fetchall() == [(1,), (100,)]
+
+
+def test_a_commit_the_database_refuses_holds_back_only_the_transaction_that_causes_it(
+    primary: LocalCluster, workdir: Path
+) -> None:
+    """A constraint checked only at COMMIT, despite replay's SET CONSTRAINTS ALL IMMEDIATE (a user
+    trigger defers them again): the chunk's COMMIT fails, replay retries it one source transaction at a
+    time and holds back only the order whose customer the DR database lacks; the dry run, which checks
+    the deferred constraints where it would commit, says the same."""
+    schema = SCHEMA + (
+        "CREATE FUNCTION defer_again() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN SET CONSTRAINTS ALL DEFERRED; RETURN NULL; END$$;"
+        "CREATE TRIGGER defer_again BEFORE INSERT ON shop_order FOR EACH STATEMENT EXECUTE FUNCTION defer_again();"
+    )
+    with fresh_database(primary, schema) as dsn:
+        # Only the orders are captured; the customers are there on both sides — but for customer 2.
+        assert run_cli("init", "--db", dsn, "--table", "shop_order").returncode == 0
+        with psycopg.connect(dsn) as conn:
+            conn.execute(
+                "INSERT INTO shop_customer (id, email) VALUES (1, 'a@example.com'), (2, 'b@example.com')"
+            )
+            conn.commit()
+            for order, customer in ((1, 1), (2, 2), (3, 1)):
+                conn.execute(
+                    "INSERT INTO shop_order (id, customer_id, total) VALUES (%s, %s, 1)", (order, customer)
+                )
+                conn.commit()
+        events, url = lost_to_a_ledger(dsn, workdir / "commit.db", "shop_order")
+        assert len(events) == 3
+        with psycopg.connect(dsn) as conn:
+            conn.execute("DELETE FROM shop_customer WHERE id = 2")
+            conn.commit()
+        runs = {}
+        for mode in ("dry", "apply"):
+            extra = ["--apply"] if mode == "apply" else []
+            result = run_cli("replay", "--db", dsn, "--ledger", url, "--since", "1h", "--json", *extra)
+            assert "Traceback" not in result.stderr and "stopped" not in result.stderr, result.stderr
+            summary = json.loads(result.stdout)
+            assert result.returncode == summary["exit_code"] == 3, (result.returncode, result.stderr)
+            runs[mode] = summary
+        applied = runs["apply"]
+        (refused,) = applied["refused"]
+        assert (refused["table"], refused["key"]) == ("public.shop_order", "2")
+        assert refused["reason"].startswith("the database rejected its source transaction at commit: ")
+        assert "shop_order_customer_id_fkey" in refused["reason"], refused
+        assert applied["applied"] == 2 == runs["dry"]["would_apply"]
+        assert runs["dry"]["refused"] == applied["refused"]
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT id FROM shop_order ORDER BY id").fetchall() == [(1,), (3,)]

@@ -203,6 +203,12 @@ class RecoverySession(ABC):
     @abstractmethod
     def rollback(self) -> None: ...
 
+    def check_deferred(self) -> None:
+        """Check now what the database would check only at COMMIT (deferred constraints), raising
+        RowsRejected as a COMMIT would: a dry run's stand-in for the commit it never makes. MySQL
+        defers nothing."""
+        return None
+
     @abstractmethod
     def outbox_fingerprints(self, event_ids: Sequence[str]) -> dict[str, bytes]:
         """event id → the fingerprint of the outbox row holding it, for ids the outbox has."""

@@ -151,6 +151,12 @@ class PostgresRecoverySession(RecoverySession):
         with contextlib.suppress(psycopg.Error):
             self.conn.rollback()
 
+    def check_deferred(self) -> None:
+        # Retroactive: what was left to the end of the transaction (a trigger that deferred the
+        # constraints again, say) is checked now.
+        with self._translated():
+            self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
     def outbox_fingerprints(self, event_ids: Sequence[str]) -> dict[str, bytes]:
         rows = self.conn.execute(
             "SELECT o.id::text, coalesce(o.fingerprint, "
