@@ -361,3 +361,50 @@ def test_a_commit_the_database_refuses_holds_back_only_the_transaction_that_caus
         assert runs["dry"]["refused"] == applied["refused"]
         with psycopg.connect(dsn) as conn:
             assert conn.execute("SELECT id FROM shop_order ORDER BY id").fetchall() == [(1,), (3,)]
+
+
+def test_a_key_deleted_and_inserted_again_with_deletes_captured_is_replayed_over_in_order(
+    primary: LocalCluster, workdir: Path
+) -> None:
+    """#27 item 5 with every change captured: the DR database holds the version the failover left; the
+    ledger holds its delete and the new insert. Nothing collides (the delete's image is the DR's row);
+    replay applies the delete, then the insert; a second run changes nothing."""
+    with fresh_database(primary, SCHEMA) as dsn:
+        assert run_cli("init", "--db", dsn, "--table", "shop_customer").returncode == 0
+        with psycopg.connect(dsn) as conn:
+            conn.execute("INSERT INTO shop_customer (id, email, name) VALUES (1, 'one@example.com', 'old')")
+            conn.commit()
+        reached_dr = {r.as_event().event_id for r in read_window(dsn, None, None)}
+        with psycopg.connect(dsn) as conn:
+            conn.execute("DELETE FROM shop_customer WHERE id = 1")
+            conn.execute("INSERT INTO shop_customer (id, email, name) VALUES (1, 'one@example.com', 'new')")
+            conn.commit()
+        lost = [
+            e for e in (r.as_event() for r in read_window(dsn, None, None)) if e.event_id not in reached_dr
+        ]
+        assert [(e.op, e.key) for e in lost] == [("delete", "1"), ("insert", "1")]
+        with psycopg.connect(dsn) as conn:  # the DR database as the failover left it
+            conn.execute("SELECT set_config(%s, 'on', true)", (SUPPRESS_SETTING,))
+            conn.execute("UPDATE shop_customer SET name = 'old' WHERE id = 1")
+            conn.execute(
+                "DELETE FROM drledger.outbox WHERE id = ANY(%s::uuid[])", ([e.event_id for e in lost],)
+            )
+            conn.commit()
+        url = f"sqlite:///{workdir}/over.db"
+        with open_ledger(url, writer=True) as ledger:
+            ledger.publish(lost)
+        report = json.loads(
+            run_cli("reconcile", "--db", dsn, "--ledger", url, "--since", "1h", "--json").stdout
+        )
+        assert (
+            report["stale"] == [] and report["split_brain"] == [] and report["counts"]["missing_in_dr"] == 2
+        )
+        for _ in range(2):
+            result = run_cli("replay", "--db", dsn, "--ledger", url, "--since", "1h", "--json", "--apply")
+            summary = json.loads(result.stdout)
+            assert result.returncode == summary["exit_code"] == 0, result.stderr
+            assert summary["conflicts"] == [] and summary["refused"] == []
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute("SELECT id, name FROM shop_customer").fetchall()
+        assert rows == [(1, "new")]
+        assert summary["applied"] == 0  # the second run: nothing left to write
