@@ -1,4 +1,5 @@
-"""The reconcile report as one self-contained HTML page (inline CSS and SVG; opens offline)."""
+"""The reconcile report and the replay result, each as one self-contained HTML page (inline CSS and
+SVG; opens offline)."""
 
 from __future__ import annotations
 
@@ -201,3 +202,73 @@ def render_html(summary: dict[str, Any], report: Report) -> str:
 
 def write_html(path: Path, summary: dict[str, Any], report: Report) -> None:
     write_private(path, render_html(summary, report).encode("utf-8"), "HTML report")
+
+
+def render_replay_html(summary: dict[str, Any]) -> str:
+    """replay's result (its --json object): what it applied, and every event it did not write with why —
+    a conflict with both versions and their write times, a held-back transaction with the event it
+    waits behind and the constraint that ties them."""
+    esc = html.escape
+    tone = "ok" if summary["exit_code"] == ExitCode.SUCCESS else "bad"
+    mode = "dry run (rolled back): what --apply would do" if summary["dry_run"] else "applied"
+    applied = summary["would_apply"] if summary["dry_run"] else summary["applied"]
+    counts = {
+        "source transactions": summary["transactions"],
+        "would apply" if summary["dry_run"] else "applied": applied,
+        "already present": summary["present"],
+        "already replayed": summary["already_replayed"],
+        "conflicts": len(summary["conflicts"]),
+        "refused or held back": len(summary["refused"]),
+        "conflicting versions": len(summary["conflicting"]),
+        "malformed records": len(summary["malformed"]),
+    }
+    rows = "".join(f"<tr><td>{esc(k)}</td><td class='n'>{v:,}</td></tr>" for k, v in counts.items())
+    conflicts = _table_section(
+        "Conflicts: not written, both versions shown",
+        "conflicts",
+        {"table": False, "key": False, "why": False, "ledger before": True, "ledger row": True}
+        | {"lost version written": False, "DR row": True, "DR row written": False},
+        [
+            [
+                c["table"],
+                c["key"],
+                c["why"],
+                (c.get("ledger_before") or "")[:300],
+                c["ledger_row"][:300],
+                str(c.get("ledger_written_at")),
+                (c.get("current_row") or "(no row)")[:300],
+                str(c.get("current_written_at")),
+            ]
+            for c in summary["conflicts"][:500]
+        ],
+    )
+    refused = _table_section(
+        "Refused or held back: not written, and why (a held-back transaction names the event it waits behind)",
+        "refused",
+        {"table": False, "key": False, "txid": False, "event id": True, "reason": False},
+        [
+            [r["table"], r["key"], str(r["txid"]), r["event_id"], r["reason"]]
+            for r in summary["refused"][:1000]
+        ],
+    )
+    verdict = (
+        "Everything was written or was already there."
+        if tone == "ok"
+        else "Some events were not written: a person decides each one below (exit "
+        f"{int(summary['exit_code'])})."
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>drledger replay</title><style>{_STYLE}</style></head>
+<body>
+<h1>drledger replay</h1>
+<p class="muted">{esc(mode)}</p>
+<p class="verdict {tone}" id="verdict">{esc(verdict)}</p>
+<h2>Counts</h2><table id="counts">{rows}</table>
+{conflicts}
+{refused}
+</body></html>
+"""
+
+
+def write_replay_html(path: Path, summary: dict[str, Any]) -> None:
+    write_private(path, render_replay_html(summary).encode("utf-8"), "HTML page")

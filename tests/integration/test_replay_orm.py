@@ -3,6 +3,7 @@ DEFERRED, a unique e-mail): one source transaction that cannot apply never stops
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from drledger.drill.postgres.cluster import LocalCluster
 from drledger.ledger import open_ledger
 from drledger.replay import replay
 from drledger.source.postgres.outbox import SUPPRESS_SETTING, read_window
-from tests.helpers import fresh_database, lost_to_a_ledger, run_cli
+from tests.helpers import fresh_database, lost_to_a_ledger, rendered_dom, run_cli
 
 SCHEMA = """
 CREATE TABLE shop_customer (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, name text);
@@ -184,8 +185,14 @@ def test_what_depends_on_a_held_back_transaction_is_held_back_behind_it_named(
         for key in ("conflicts", "refused"):
             assert runs["dry"][key] == applied[key], key
         assert runs["dry"]["would_apply"] == applied["applied"]
-        text = run_cli("replay", "--db", dsn, "--ledger", url, "--since", "1h")
+        text = run_cli(
+            "replay", "--db", dsn, "--ledger", url, "--since", "1h", "--html", str(workdir / "r.html")
+        )
         assert text.returncode == 3 and behind in text.stdout, text.stdout
+        # The same chain on the HTML page, as Chromium renders it.
+        dom = rendered_dom(workdir / "r.html")
+        assert 'id="refused"' in dom and 'id="conflicts"' in dom
+        assert html.escape(f"{behind}: it references that row through shop_order_customer_id_fkey") in dom
         with psycopg.connect(dsn) as conn:
             customers = conn.execute("SELECT id, name FROM shop_customer ORDER BY id").fetchall()
             orders = conn.execute("SELECT id, customer_id FROM shop_order ORDER BY id").fetchall()

@@ -51,6 +51,14 @@ def replay(
     ledger_config: LedgerConfigOption = None,
     ledger_config_file: LedgerConfigFileOption = None,
     endpoint_url: EndpointOption = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write the result as one self-contained page: counts, each conflict with both versions, "
+            "each refused or held-back event with why (and the event it waits behind).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Re-insert what the DR database lost, transaction by transaction, idempotently (dry run unless --apply).
@@ -100,17 +108,22 @@ def replay(
                 on_progress=lambda n: status.update(f"replaying… {n:,} events"),
             )
         except ReplayInterrupted as stopped:
-            _show(stopped.result, as_json, stopped.exit_code)
+            _show(stopped.result, as_json, stopped.exit_code, html)
             raise
-    _show(result, as_json, result.exit_code)
+    _show(result, as_json, result.exit_code, html)
     raise typer.Exit(result.exit_code)
 
 
-def _show(result: ReplayResult, as_json: bool, exit_code: int) -> None:
+def _show(result: ReplayResult, as_json: bool, exit_code: int, html: Path | None) -> None:
     """The result, its JSON's exit_code the process's own (a run stopped part way exits 2 whatever it did)."""
     from drledger.report import print_replay
 
+    summary = {**result.as_json(), "exit_code": int(exit_code)}
+    if html is not None:
+        from drledger.report_html import write_replay_html
+
+        write_replay_html(html, summary)
     if as_json:
-        print_json({**result.as_json(), "exit_code": int(exit_code)})
+        print_json(summary)
     else:
         print_replay(out, result)
