@@ -415,3 +415,96 @@ def test_a_key_deleted_and_inserted_again_with_deletes_captured_is_replayed_over
             rows = conn.execute("SELECT id, name FROM shop_customer").fetchall()
         assert rows == [(1, "new")]
         assert summary["applied"] == 0  # the second run: nothing left to write
+
+
+def test_a_many_to_many_through_table_with_a_unique_pair(primary: LocalCluster, workdir: Path) -> None:
+    """Django's many-to-many: a through table with its own key and a unique (order, tag) pair. After
+    promotion the DR application tags order 1 with tag 1 itself. Lost: T1 tags order 1 with tag 1 (row
+    10): a conflict on the pair; T2 removes row 10 and tags tag 2 instead (row 11): held back behind T1,
+    it writes the same row; T3 tags tag 1 again (row 12): held back behind T2, whose delete gives up the
+    pair; T4, unrelated, applies. Dry run == apply."""
+    schema = SCHEMA + (
+        "CREATE TABLE shop_tag (id bigint PRIMARY KEY, name text NOT NULL UNIQUE);"
+        "CREATE TABLE shop_order_tags (id bigserial PRIMARY KEY, "
+        "order_id bigint NOT NULL REFERENCES shop_order (id) DEFERRABLE INITIALLY DEFERRED, "
+        "tag_id bigint NOT NULL REFERENCES shop_tag (id) DEFERRABLE INITIALLY DEFERRED, UNIQUE (order_id, tag_id));"
+    )
+    with fresh_database(primary, schema) as dsn:
+        tables = ["--table", "shop_order_tags", "--table", "shop_tag"]
+        assert run_cli("init", "--db", dsn, *tables).returncode == 0
+        with psycopg.connect(dsn) as conn:
+            conn.execute("INSERT INTO shop_customer (id, email) VALUES (1, 'a@example.com')")
+            conn.execute("INSERT INTO shop_order (id, customer_id, total) VALUES (1, 1, 5)")
+            conn.execute("INSERT INTO shop_tag VALUES (1, 'gift'), (2, 'rush')")
+            conn.commit()
+        reached_dr = {r.as_event().event_id for r in read_window(dsn, None, None)}
+        with psycopg.connect(dsn) as conn:
+            for statements in (
+                ["INSERT INTO shop_order_tags (id, order_id, tag_id) VALUES (10, 1, 1)"],  # T1
+                [  # T2
+                    "DELETE FROM shop_order_tags WHERE id = 10",
+                    "INSERT INTO shop_order_tags (id, order_id, tag_id) VALUES (11, 1, 2)",
+                ],
+                ["INSERT INTO shop_order_tags (id, order_id, tag_id) VALUES (12, 1, 1)"],  # T3
+                ["INSERT INTO shop_tag VALUES (3, 'fragile')"],  # T4
+            ):
+                for statement in statements:
+                    conn.execute(statement)
+                conn.commit()
+        lost = [
+            e for e in (r.as_event() for r in read_window(dsn, None, None)) if e.event_id not in reached_dr
+        ]
+        assert [(e.key, e.op) for e in lost] == [
+            ("10", "insert"),
+            ("10", "delete"),
+            ("11", "insert"),
+            ("12", "insert"),
+            ("3", "insert"),
+        ]
+        t1, t2_delete = lost[0], lost[1]
+        with psycopg.connect(dsn) as conn:
+            conn.execute("SELECT set_config(%s, 'on', true)", (SUPPRESS_SETTING,))
+            conn.execute("DELETE FROM shop_order_tags")
+            conn.execute("DELETE FROM shop_tag WHERE id = 3")
+            conn.execute(
+                "DELETE FROM drledger.outbox WHERE id = ANY(%s::uuid[])", ([e.event_id for e in lost],)
+            )
+            conn.commit()
+            conn.execute(
+                "INSERT INTO shop_order_tags (id, order_id, tag_id) VALUES (100, 1, 1)"
+            )  # the DR application
+            conn.commit()
+        url = f"sqlite:///{workdir}/m2m.db"
+        with open_ledger(url, writer=True) as ledger:
+            ledger.publish(lost)
+        runs = {}
+        for mode in ("dry", "apply"):
+            extra = ["--apply"] if mode == "apply" else []
+            result = run_cli("replay", "--db", dsn, "--ledger", url, "--since", "1h", "--json", *extra)
+            summary = json.loads(result.stdout)
+            assert result.returncode == summary["exit_code"] == 3, (result.returncode, result.stderr)
+            runs[mode] = summary
+        applied = runs["apply"]
+        (conflict,) = applied["conflicts"]
+        assert (conflict["key"], conflict["why"].split(":")[0]) == (
+            "10",
+            "another unique key of the table holds a clashing row",
+        )
+        assert "shop_order_tags_order_id_tag_id_key (the row under key 100)" in conflict["why"], conflict
+        behind_t1 = f"held back behind event {t1.event_id} (txid {t1.txid}, public.shop_order_tags key 10)"
+        behind_t2 = f"held back behind event {t2_delete.event_id} (txid {t2_delete.txid}, public.shop_order_tags key 10)"
+        assert [(r["key"], r["reason"]) for r in applied["refused"]] == [
+            ("10", f"{behind_t1}: it writes the same row"),
+            ("11", f"{behind_t1}: it writes the same row"),
+            (
+                "12",
+                f'{behind_t2}: it takes the value {{"tag_id": 1, "order_id": 1}} of shop_order_tags_order_id_tag_id_key, which that change gives up',
+            ),
+        ]
+        assert applied["applied"] == 1 == runs["dry"]["would_apply"]
+        assert (
+            runs["dry"]["refused"] == applied["refused"] and runs["dry"]["conflicts"] == applied["conflicts"]
+        )
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT id FROM shop_order_tags").fetchall() == [(100,)]
+            assert conn.execute("SELECT id FROM shop_tag ORDER BY id").fetchall() == [(1,), (2,), (3,)]
