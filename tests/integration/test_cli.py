@@ -152,6 +152,10 @@ def test_json_exit_code_is_the_process_exit_code_for_every_ending(database: str,
         ("reconcile", "--db", "postgresql://drl:s3cret@127.0.0.1:1/x", "--ledger", ledger, "--since", "1h"),
         ("ledger", "inspect", "--ledger", "kafka://"),
         ("reconcile", "--no-such-option"),
+        ("watch", "--db", database, "--ledger", ledger, "--once"),  # the ledger unreadable: 1
+        ("watch", "--db", database, "--ledger", ledger, "--interval", "0s"),
+        ("drill", "--lag", "fast"),
+        ("drill", "--ops", "delete"),
     ]
     codes = set()
     for args in cases:
