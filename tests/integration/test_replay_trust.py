@@ -693,3 +693,33 @@ def test_a_user_trigger_that_writes_the_outbox_during_replay_holds_its_transacti
     with psycopg.connect(world.dsn, autocommit=True) as conn:
         conn.execute("""INSERT INTO public."we""ird" VALUES (50, 'after')""")
     assert outbox_count(world.dsn) == 15
+
+
+def test_a_generated_column_the_dr_database_computes_otherwise_is_read_back_and_held_back(
+    primary: LocalCluster, workdir: Path
+) -> None:
+    """A stored generated column is the DR database's to compute (replay leaves it out); where its
+    expression differs from the primary's (schema drift), the row read back is not the image: its
+    source transaction is held back, the column named, exit 2, nothing written."""
+    ddl = "CREATE TABLE public.line (id int PRIMARY KEY, qty int NOT NULL, total int GENERATED ALWAYS AS (qty * 2) STORED)"
+    with fresh_database(primary, ddl) as dsn:
+        assert run_cli("init", "--db", dsn, "--table", "public.line").returncode == 0
+        with psycopg.connect(dsn) as conn:
+            conn.execute("INSERT INTO public.line (id, qty) VALUES (1, 5), (2, 7)")
+            conn.commit()
+        events, url = lost_to_a_ledger(dsn, workdir / "generated.db", "public.line")
+        assert '"total": 10' in events[0].row_json
+        with psycopg.connect(dsn, autocommit=True) as conn:  # the DR database computes it otherwise
+            conn.execute("ALTER TABLE public.line DROP COLUMN total")
+            conn.execute("ALTER TABLE public.line ADD COLUMN total int GENERATED ALWAYS AS (qty * 3) STORED")
+        for apply in ((), ("--apply",)):
+            result = run_cli("replay", "--db", dsn, "--ledger", url, "--since", "1h", *apply, "--json")
+            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+            summary = json.loads(result.stdout)
+            reasons = {r["key"]: r["reason"] for r in summary["refused"]}
+            assert set(reasons) == {"1", "2"}, summary
+            assert re.search(r"column total: the ledger holds 10, the database stored 15", reasons["1"]), (
+                reasons
+            )
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM public.line").fetchone() == (0,)
