@@ -125,6 +125,23 @@ def test_a_column_captured_through_a_users_cast_to_json_is_refused(
             ).fetchone() == (0,)
 
 
+def test_a_key_column_captured_through_a_users_cast_to_text_is_refused(primary: LocalCluster) -> None:
+    # The capture trigger prints a one-column key with ::text: a user type's cast to text would run
+    # there with drledger's rights. On a column that is not the key it never runs, and is left alone.
+    cast = (
+        "CREATE FUNCTION mood_text(mood) RETURNS text LANGUAGE sql AS $$ SELECT 'x' $$;"
+        "CREATE CAST (mood AS text) WITH FUNCTION mood_text(mood);"
+    )
+    with fresh_database(
+        primary,
+        MOOD.split("CREATE FUNCTION")[0] + cast + "CREATE TABLE keyed (m mood PRIMARY KEY);"
+        "CREATE TABLE other (id int PRIMARY KEY, m mood);",
+    ) as dsn:
+        keyed = run_cli("init", "--db", dsn, "--table", "keyed")
+        assert keyed.returncode == 2 and "cast to text (mood_text(mood))" in keyed.stderr, keyed.stderr
+        assert run_cli("init", "--db", dsn, "--table", "other").returncode == 0
+
+
 def test_a_cast_to_json_made_after_init_is_named_by_the_check(primary: LocalCluster) -> None:
     with fresh_database(primary, MOOD + "CREATE TABLE items (id int PRIMARY KEY, v text);") as dsn:
         assert run_cli("init", "--db", dsn, "--table", "items").returncode == 0

@@ -296,7 +296,8 @@ def partitions(conn: psycopg.Connection[Any], oid: int) -> list[TableName]:
 
 # The columns whose value to_jsonb would turn into JSON through a cast someone defined: to_jsonb uses
 # a user type's cast to json or jsonb, and in the capture trigger that function would run with
-# drledger's rights (SECURITY DEFINER). Types are followed through domains, arrays and composites.
+# drledger's rights (SECURITY DEFINER). Types are followed through domains, arrays and composites. A key
+# column's cast to text runs there too (the key is printed with ::text).
 _JSON_CASTS = """
 WITH RECURSIVE t(col, typ) AS (
     SELECT a.attname, a.atttypid FROM pg_attribute a WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
@@ -309,14 +310,21 @@ WITH RECURSIVE t(col, typ) AS (
     ) x
 )
 SELECT DISTINCT t.col, format_type(t.typ, NULL), format_type(k.casttarget, NULL), k.castfunc::regprocedure::text
-FROM t JOIN pg_cast k ON k.castsource = t.typ AND k.casttarget IN ('json'::regtype, 'jsonb'::regtype)
+FROM t JOIN pg_cast k ON k.castsource = t.typ AND (
+    k.casttarget IN ('json'::regtype, 'jsonb'::regtype)
+    -- The key is printed with ::text (key_expression): a key column's cast to text runs there too.
+    OR (k.casttarget = 'text'::regtype AND t.col IN (
+        SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+        WHERE i.indrelid = %s AND i.indisprimary))
+)
 WHERE t.typ >= 16384 AND k.castmethod = 'f' ORDER BY 1
 """
 
 
 def json_cast_columns(conn: psycopg.Connection[Any], oid: int) -> list[tuple[str, str, str, str]]:
-    """(column, its type, json or jsonb, the cast's function) for each column captured through a cast."""
-    return [tuple(r) for r in conn.execute(_JSON_CASTS, (oid,)).fetchall()]
+    """(column, its type, json, jsonb or text, the cast's function) for each column captured through a
+    cast someone defined: to json or jsonb (to_jsonb), or, for a key column, to text (the key's print)."""
+    return [tuple(r) for r in conn.execute(_JSON_CASTS, (oid, oid)).fetchall()]
 
 
 def _json_cast_sentence(table: TableName, column: str, type_name: str, target: str, function: str) -> str:
