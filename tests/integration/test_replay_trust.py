@@ -566,6 +566,19 @@ ALIAS_COLUMNS = [
     "row",
     "id",
     "drledger_new_rows",
+    # … and those of the update and delete capture, and of replay's updates and deletes.
+    "o",
+    "a",
+    "b",
+    "i",
+    "c",
+    "g",
+    "image",
+    "op",
+    "before_image",
+    "gone",
+    "changed",
+    "drledger_old_rows",
 ]
 
 
@@ -577,14 +590,29 @@ def test_no_column_name_changes_what_is_captured_or_replayed(primary: LocalClust
         values = ", ".join(f"'{c}-' || g" for c in ALIAS_COLUMNS if c != "id")
         with psycopg.connect(dsn) as conn:
             conn.execute(
-                f"INSERT INTO public.items (id, {names}) SELECT g, {values} FROM generate_series(1, 3) g"
+                f"INSERT INTO public.items (id, {names}) SELECT g, {values} FROM generate_series(1, 4) g"
             )
             conn.commit()
+            inserted = {r[0] for r in conn.execute("SELECT to_jsonb(t.*)::text FROM public.items t")}
+            # Updates and a delete, each column named like an alias changed.
+            conn.execute(
+                f"UPDATE public.items SET {', '.join(f'{n} = {n} || ' + repr('!') for n in names.split(', '))}"
+            )
+            conn.execute("DELETE FROM public.items WHERE id = 4")
+            conn.commit()
             images = {r[0] for r in conn.execute("SELECT to_jsonb(t.*)::text FROM public.items t")}
-            captured = {r[0] for r in conn.execute("SELECT payload::text FROM drledger.outbox")}
-        assert captured == images  # the whole row, whatever its columns are called
+            captured = {
+                (r[0], r[1], r[2])
+                for r in conn.execute("SELECT type, before_image::text, payload::text FROM drledger.outbox")
+            }
+        # The whole row, before and after, whatever its columns are called.
+        (deleted,) = [after for op, _, after in captured if op == "delete"]  # row 4, as updated
+        assert '"id": 4' in deleted and "!" in deleted
+        assert {after for op, _, after in captured if op == "update"} == images | {deleted}
+        assert {before for op, before, _ in captured if op == "update"} == inserted
+        assert {after for op, _, after in captured if op == "insert"} == inserted
         _events, url = lost_to_a_ledger(dsn, workdir / "aliases.db", "public.items")
-        for expected in (3, 0):  # the second run finds every row already present
+        for expected in (9, 0):  # 4 inserts, 4 updates, a delete; then nothing left to write
             result = run_cli("replay", "--db", dsn, "--ledger", url, "--since", "1h", "--apply", "--json")
             assert result.returncode == 0, result.stderr
             assert json.loads(result.stdout)["applied"] == expected
