@@ -41,6 +41,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from drledger.drill.broker import LocalBroker
 from drledger.drill.postgres.cluster import ClusterSet, LocalCluster
 from drledger.errors import ExitCode
+from drledger.ledger import open_ledger
 from drledger.source.postgres import outbox as postgres
 
 
@@ -343,7 +344,9 @@ class Bench:
         self.clusters = ClusterSet()
         self.primary = self.clusters.primary("primary", {"max_connections": "100"})
 
-    def relay(self, dsn: str, url: str, name: str, *extra: str, slot: str | None = None) -> Supervisor:
+    def relay(
+        self, dsn: str, url: str, name: str, *extra: str, slot: str | None = None, wait: bool = True
+    ) -> Supervisor:
         slot = slot or f"slot_{name}"
         args = [
             "--db",
@@ -358,8 +361,76 @@ class Bench:
             *extra,
         ]
         supervisor = Supervisor(args, self.work / f"{name}.log").start()
-        wait_for(lambda: slot_active(dsn, slot), 120, "the relay to open its slot")
+        if wait:
+            wait_for(lambda: slot_active(dsn, slot), 120, "the relay to open its slot")
         return supervisor
+
+    def snapshot_kill(self, rows: int = 60_000) -> Row:
+        """SIGKILL in the relay's first seconds, during its first snapshot of an outbox of `rows` rows
+        (Debezium reads it whole again on the restart), under 200 tx/s."""
+        dsn = new_database(self.primary)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO orders (customer) SELECT 'before' FROM generate_series(1, %s)", (rows,))
+        url = f"sqlite://{self.work}/snapshot.db"
+        relay = self.relay(dsn, url, "snapshot", wait=False)
+        watch = LedgerWatch(url)
+        with Load(dsn, 200):
+            wait_for(lambda: watch.events >= 2_000, 180, "part of the snapshot in the ledger")
+            relay.kill(signal.SIGKILL)
+            time.sleep(0.5)
+            held = len(watch.ids)
+            time.sleep(10)
+        load_end = time.monotonic()
+        row = tally(Row("relay SIGKILLed during its first snapshot"), dsn, watch, load_end, relay)
+        row.note = (
+            f"{rows:,} outbox rows before its first start, 200 insert tx/s; killed with {held:,} events in the "
+            "ledger, which the restart's snapshot left out"
+        )
+        watch.close()
+        return row
+
+    def broker_back_empty(self) -> Row:
+        """The broker killed; 5 s later an empty one with the same cluster id, the topics made again."""
+        broker = LocalBroker()
+        broker.start()
+        dsn = new_database(self.primary)
+        url = f"kafka://{broker.bootstrap}/backempty"
+        relay = self.relay(dsn, url, "backempty")
+        watch = LedgerWatch(url)
+        back = LocalBroker()
+        back.port, back.cluster_id = broker.port, broker.cluster_id
+        try:
+            with Load(dsn, 200):
+                time.sleep(5)
+                assert broker.process is not None
+                broker.process.kill()
+                broker.process.wait()
+                relay.mark = time.monotonic()
+                time.sleep(5)
+                back.start()
+                with open_ledger(url, writer=True, create=True):
+                    pass
+                wait_for(lambda: relay.stopped, 240, "the relay to exit")
+                log = relay.log.read_text()
+                said = log.strip().splitlines()[-1]
+                noise = sum(1 for line in log.splitlines() if "FATAL" in line or "Traceback" in line)
+                watch.close()
+                # The operator reads the sentence and backfills into the new topic.
+                second = self.relay(dsn, url, "backempty", "--backfill-since", "1h")
+                watch = LedgerWatch(url)
+                time.sleep(5)
+            load_end = time.monotonic()
+            row = tally(Row("Kafka broker back empty with its cluster id"), dsn, watch, load_end, second)
+            row.exit_codes = relay.exits + row.exit_codes
+            row.note = (
+                f"exited {relay.exit_seconds[0]:.0f} s after the kill, saying: {said!r}; FATAL or Traceback "
+                f"lines in its output: {noise}; then --backfill-since 1h"
+            )
+            watch.close()
+            return row
+        finally:
+            back.stop()
+            broker.stop()
 
     def kill(self) -> Row:
         """SIGKILL 3 times at random moments; the supervisor restarts it each time."""
@@ -623,9 +694,11 @@ class Bench:
 
 FAULTS = [
     "kill",
+    "snapshot-kill",
     "broker-stop",
     "broker-stall",
     "broker-replaced",
+    "broker-back-empty",
     "pg-restart",
     "pg-down",
     "slot-lost",
@@ -656,7 +729,7 @@ def main() -> None:
     try:
         for fault in chosen:
             print(f"… {fault}", file=sys.stderr, flush=True)
-            if fault.startswith("broker-") and fault != "broker-replaced" and broker is None:
+            if fault in ("broker-stop", "broker-stall") and broker is None:
                 broker = LocalBroker()
                 broker.start()
             if fault == "kill":
@@ -669,6 +742,10 @@ def main() -> None:
                 rows.append(bench.broker_stop(broker, args.stall, "1m"))
             elif fault == "broker-replaced":
                 rows.append(bench.broker_replaced())
+            elif fault == "snapshot-kill":
+                rows.append(bench.snapshot_kill())
+            elif fault == "broker-back-empty":
+                rows.append(bench.broker_back_empty())
             elif fault == "pg-restart":
                 rows.append(bench.pg_outage(0))
             elif fault == "pg-down":

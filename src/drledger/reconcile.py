@@ -90,6 +90,24 @@ class KeyCollision:
         return self.dr_written_ms is not None and self.dr_written_ms > self.ledger_written_ms
 
 
+#: The relay publishes in commit order, and an outbox row carries its transaction's start: a row the
+#: ledger lacks that was created this much before the ledger's newest event is no relay lag (a
+#: transaction open that long is rare); the ledger lost it, or a relay skipped it.
+LAG_CANNOT_EXPLAIN_MS = 15 * 60_000
+
+
+def missing_before_newest(
+    missing_in_ledger: Sequence[OutboxRow], ledger_last_commit_ms: int | None
+) -> list[OutboxRow]:
+    """The rows the ledger lacks though it holds events committed well after them (see
+    LAG_CANNOT_EXPLAIN_MS): evidence that the ledger went backwards (a broker re-created empty, a
+    file restored from an old copy) or that a relay skipped them. Oldest first. Pure."""
+    if ledger_last_commit_ms is None:
+        return []
+    before = ledger_last_commit_ms - LAG_CANNOT_EXPLAIN_MS
+    return sorted((r for r in missing_in_ledger if r.created_at_ms < before), key=lambda r: r.created_at_ms)
+
+
 @dataclass
 class Report:
     window: Window
@@ -113,6 +131,11 @@ class Report:
     # Events per second on each side, for the timeline picture.
     ledger_per_second: Counter[int] = field(default_factory=Counter)
     dr_per_second: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def missing_before_newest(self) -> list[OutboxRow]:
+        """DR rows the ledger lacks though it holds events committed long after them."""
+        return missing_before_newest(self.missing_in_ledger, self.ledger_last_commit_ms)
 
     @property
     def missing_by_op(self) -> dict[str, int]:

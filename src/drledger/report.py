@@ -18,7 +18,7 @@ from rich.text import Text
 
 from drledger.errors import ExitCode
 from drledger.masking import mask_dsn, mask_url
-from drledger.reconcile import KeyCollision, Report
+from drledger.reconcile import LAG_CANNOT_EXPLAIN_MS, KeyCollision, Report
 from drledger.timeutil import format_instant
 
 if TYPE_CHECKING:
@@ -46,6 +46,14 @@ def verdict(report: Report) -> str:
         if report.missing_in_ledger:
             parts.append(
                 f"{len(report.missing_in_ledger)} DR rows never reached the ledger (relay lag or outage)"
+            )
+        if behind := report.missing_before_newest:
+            oldest = behind[0].created_at_ms - LAG_CANNOT_EXPLAIN_MS
+            parts.append(
+                f"{len(behind)} of them were created more than {LAG_CANNOT_EXPLAIN_MS // 60_000} minutes before the "
+                "ledger's newest event, which no relay lag explains: the ledger went backwards (a broker "
+                "re-created empty, a file restored from an old copy) or a relay skipped them; start the relay "
+                f"with --backfill-since {format_instant(oldest)} on the database that still holds them"
             )
         if report.malformed:
             parts.append(f"{report.malformed} ledger records are unreadable")
@@ -107,6 +115,7 @@ def report_json(report: Report, *, ledgers: list[str], db: str) -> dict[str, Any
             "dr_events": report.dr_events,
             "missing_in_dr": len(report.missing_in_dr),
             "missing_in_ledger": len(report.missing_in_ledger),
+            "missing_in_ledger_before_its_newest": len(report.missing_before_newest),
             "mismatched": len(report.mismatched),
             "duplicates": report.duplicates,
             "malformed": report.malformed,
@@ -173,6 +182,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     alarming = (
         "missing_in_dr",
         "missing_in_ledger",
+        "missing_in_ledger_before_its_newest",
         "mismatched",
         "malformed",
         "conflicting",

@@ -229,3 +229,30 @@ def test_changes_go_in_the_source_order_in_runs_of_one_table_op_and_key_once() -
         ("public.orders", "insert", ["c7"]),
         ("public.other", "insert", ["c8"]),
     ]
+
+
+def test_rows_the_ledger_lacks_long_before_its_newest_event_say_it_went_backwards() -> None:
+    from drledger.report import report_json, verdict
+
+    minute = 60_000
+    window = Window(T0, T0 + 60 * minute, 1_000)
+    ledger = [event(1, ts=T0 + minute), event(9, ts=T0 + 50 * minute)]  # a broker re-created empty between
+    dr = [
+        outbox(1, created=T0 + minute - 5),
+        outbox(2, created=T0 + 2 * minute),  # lost with the old broker: 48 minutes before the newest
+        outbox(3, created=T0 + 3 * minute),
+        outbox(8, created=T0 + 49 * minute),  # a minute before it: lag can explain that
+        outbox(9, created=T0 + 50 * minute - 5),
+    ]
+    report = reconcile(ledger, dr, window)
+    assert [r.event_id for r in report.missing_in_ledger] == ["e2", "e3", "e8"]
+    assert [r.event_id for r in report.missing_before_newest] == ["e2", "e3"]
+    said = verdict(report)
+    assert "2 of them were created more than 15 minutes before the ledger's newest event" in said
+    assert "went backwards" in said and "--backfill-since 2027-01-15T07:47:00" in said, said
+    counts = report_json(report, ledgers=["sqlite:///l.db"], db="postgresql://x@h/db")["counts"]
+    assert counts["missing_in_ledger_before_its_newest"] == 2
+    # A ledger merely behind (its newest event before the rows it lacks) says nothing of the kind.
+    behind = reconcile([event(1, ts=T0 + minute)], dr[:3], window)
+    assert len(behind.missing_in_ledger) == 2 and behind.missing_before_newest == []
+    assert "went backwards" not in verdict(behind)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from drledger.errors import EXIT_OPERATOR, EXIT_RETRY, DrledgerError, RetryLater
-from drledger.relay.state import RelayState, check_source
+from drledger.relay.state import RelayState, check_source, snapshot_due
 from drledger.source.postgres.debezium import debezium_properties
 from drledger.source.postgres.faults import classify
 from drledger.streaming import Cause, RelaySettings, SlotInfo, SourceIdentity
@@ -324,3 +324,29 @@ def test_a_snapshot_reads_age_is_not_counted_as_the_relays_lag() -> None:
     assert stats.events == 1 and stats.last_lag_ms is None and not stats.lag_ms_counts
     stats.record([old, fresh], 100_000, streamed=[fresh])
     assert stats.last_lag_ms == 10 and dict(stats.lag_ms_counts) == {10: 1}
+
+
+def _offsets(position: str) -> bytes:
+    """Debezium's offsets file as FileOffsetBackingStore writes it: a serialized Java map of byte arrays."""
+    key = b'["drledger-relay-drledger_slot",{"server":"drledger"}]'
+    return (
+        b"\xac\xed\x00\x05sr\x00\x11java.util.HashMap\x05\x07\xda\xc1\xc3\x16`\xd1\x03\x00\x02F\x00\nloadFactor"
+        + b"ur\x00\x02[B\xac\xf3\x17\xf8\x06\x08T\xe0\x02\x00\x00xp\x00\x00\x006"
+        + key
+        + b"uq\x00~\x00\x02\x00\x00\x00\x83"
+        + position.encode()
+        + b"x"
+    )
+
+
+def test_a_snapshot_is_due_on_a_first_start_and_after_one_cut_short_only() -> None:
+    cut = '{"last_snapshot_record":false,"lsn":42128640,"txId":728,"snapshot":"INITIAL","snapshot_completed":false}'
+    done = '{"last_snapshot_record":true,"lsn":42128640,"txId":728,"snapshot":"INITIAL","snapshot_completed":true}'
+    streaming = '{"lsn_proc":42129680,"messageType":"UPDATE","lsn_commit":42129624,"lsn":42129680,"txId":734}'
+    older = '{"last_snapshot_record":false,"lsn":1,"snapshot":true}'  # before snapshot_completed existed
+    assert snapshot_due(b"", "initial")
+    assert snapshot_due(_offsets(cut), "initial")
+    assert snapshot_due(_offsets(older), "initial")
+    assert not snapshot_due(_offsets(done), "initial")
+    assert not snapshot_due(_offsets(streaming), "initial")
+    assert not snapshot_due(b"", "no_data") and not snapshot_due(_offsets(cut), "no_data")

@@ -14,6 +14,7 @@ must report, and for messages that lack the header (written by another producer)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import socket
@@ -137,9 +138,18 @@ class KafkaLedger(Ledger):
         self.topic = topic
         self.digest_topic = topic + kafka_digest.SUFFIX
         self.display_url = f"kafka://{bootstrap}/{topic}"
-        # librdkafka's own log lines would bury the one-sentence error; log_level=7 brings them back.
-        self._common: dict[str, Any] = {"bootstrap.servers": bootstrap, "log_level": 0, **client_config}
+        # librdkafka's own log lines would bury the one-sentence error: they go to the debug log
+        # (--verbose shows them; log_level=7 asks for all of them), never raw to stderr.
+        self._common: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "log_level": 0,
+            "logger": _ClientLog(),
+            **client_config,
+        }
         self._producer: Any = None
+        #: A fatal error the producer reported (error_cb): it takes nothing more, so the next publish
+        #: makes a new one.
+        self._fatal: str | None = None
         self._digest_lost = False
         # The highest offset acknowledged per partition: offsets only grow, so a lower one means the
         # broker lost what it had acknowledged (re-created empty, even with the same cluster id).
@@ -196,9 +206,18 @@ class KafkaLedger(Ledger):
                     "acks": "all",
                     "linger.ms": 2,
                     "compression.type": "lz4",
+                    # Without it, librdkafka's fatal error (an idempotent producer whose broker no longer
+                    # knows it: one that came back empty) is raised from inside a delivery callback.
+                    "error_cb": self._on_client_error,
                 }
             )
         return self._producer
+
+    def _on_client_error(self, error: Any) -> None:
+        if error.fatal():
+            self._fatal = _reason(KafkaException(error))
+        else:  # a broker away for now: the flush's timeout and the relay's retries deal with it
+            log.debug("the Kafka client reports: %s", error)
 
     def publish(self, events: Sequence[LedgerEvent]) -> None:
         producer = self._producer_client()
@@ -211,24 +230,19 @@ class KafkaLedger(Ledger):
             else:
                 placed.append((message.partition(), message.offset(), event))
 
-        for event in events:
-            while True:
-                try:
-                    producer.produce(
-                        self.topic,
-                        value=event.to_wire(),
-                        key=event.partition_key.encode(),
-                        headers=[
-                            ("event_id", event.event_id.encode()),
-                            (DIGEST_HEADER, event.fingerprint + event.commit_ts_ms.to_bytes(8, "big")),
-                        ],
-                        timestamp=event.commit_ts_ms,
-                        on_delivery=partial(on_delivery, event),
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        remaining = producer.flush(_TIMEOUT_S * 3)
+        try:
+            remaining = self._send(producer, events, on_delivery)
+        except (KafkaException, SystemError) as exc:
+            # librdkafka's fatal error (an idempotent producer the broker no longer knows: a broker back
+            # empty) is raised from poll or flush, and a delivery callback called while it is pending
+            # turns it into a SystemError. Either way this producer takes nothing more: a new one will.
+            cause = exc if isinstance(exc, KafkaException) else exc.__cause__
+            reason = self._fatal or (_reason(cause) if isinstance(cause, KafkaException) else str(exc))
+            self._drop_producer()
+            raise LedgerUnavailable(
+                f"The Kafka producer stopped on an error it cannot go on from ({reason}); the batch goes "
+                "again through a new one."
+            ) from None
         if remaining:
             # Withdraw what was not acknowledged: the caller retries the whole batch, and copies left
             # queued here would go out too, one more with every retry.
@@ -254,6 +268,13 @@ class KafkaLedger(Ledger):
                     "ledger lost with drledger ledger inspect, recreate the topic (or start the relay with --create), "
                     "then start the relay again."
                 )
+        if self._fatal is not None:
+            reason = self._fatal
+            self._drop_producer()
+            raise LedgerUnavailable(
+                f"The Kafka producer stopped on an error it cannot go on from ({reason}); the batch goes "
+                "again through a new one."
+            )
         if remaining:
             raise LedgerUnavailable(
                 f"The Kafka broker did not acknowledge {remaining} events within {_TIMEOUT_S * 3:.0f}s."
@@ -264,15 +285,43 @@ class KafkaLedger(Ledger):
         if self.has_digest:
             self._publish_digest(placed)
 
+    def _send(self, producer: Any, events: Sequence[LedgerEvent], on_delivery: Any) -> int:
+        """Queue every event and wait for the broker's acknowledgements; how many it did not give."""
+        for event in events:
+            while True:
+                try:
+                    producer.produce(
+                        self.topic,
+                        value=event.to_wire(),
+                        key=event.partition_key.encode(),
+                        headers=[
+                            ("event_id", event.event_id.encode()),
+                            (DIGEST_HEADER, event.fingerprint + event.commit_ts_ms.to_bytes(8, "big")),
+                        ],
+                        timestamp=event.commit_ts_ms,
+                        on_delivery=partial(on_delivery, event),
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        return int(producer.flush(_TIMEOUT_S * 3))
+
+    def _drop_producer(self) -> None:
+        """Let go of a producer that met a fatal error, withdrawing what it still held."""
+        producer, self._producer, self._fatal = self._producer, None, None
+        if producer is not None:
+            with contextlib.suppress(KafkaException, SystemError):
+                producer.purge()
+
     def _require_offsets_forward(self, placed: list[tuple[int, int, LedgerEvent]]) -> None:
         behind = [(p, o) for p, o, _e in placed if o <= self._acked.get(p, -1)]
         if behind:
             partition, offset = min(behind)
             raise DrledgerError(
                 f"The Kafka topic '{self.topic}' took this batch at offset {offset} of partition {partition}, at or "
-                f"below offset {self._acked[partition]} it had already acknowledged: the broker lost acknowledged "
-                "events (re-created empty?). See what the ledger lost with drledger reconcile against the "
-                "primary, then start the relay with --backfill-since before it."
+                f"below offset {self._acked[partition]} it had already acknowledged: the ledger went backwards (the "
+                "broker lost acknowledged events: re-created empty?). See what the ledger lost with drledger "
+                "reconcile against the primary, then start the relay with --backfill-since before it."
             )
         for partition, offset, _event in placed:
             self._acked[partition] = max(offset, self._acked.get(partition, -1))
@@ -553,6 +602,14 @@ class KafkaLedger(Ledger):
         if self._producer is not None:
             self._producer.flush(_TIMEOUT_S)
             self._producer = None
+
+
+class _ClientLog:
+    """Where librdkafka's log lines go (confluent-kafka's `logger` takes any object with `log`): the
+    debug log. Raw on stderr, its FATAL line stood before the relay's one sentence."""
+
+    def log(self, _level: int, message: str, *args: object) -> None:
+        log.debug("librdkafka: " + message, *args)
 
 
 def _gone(position: int) -> MalformedRecord:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from drledger.errors import DrledgerError, LedgerUnavailable, RetryLater, SlotBusy, StopRequested
-from drledger.events import LedgerEvent
+from drledger.events import LedgerEvent, event_id_bytes
 from drledger.files import write_private
 from drledger.java import start_jvm
 from drledger.ledger.base import Ledger
@@ -145,8 +145,13 @@ class Relay:
         backfill_hint: Callable[[], str] = lambda: "<the ledger's last commit, less 15 minutes>",
         verbose: bool = False,
         metrics: RelayMetrics | None = None,
+        already_relayed: set[bytes] | None = None,
     ) -> None:
         self.dsn = dsn
+        #: The ids of events the ledger holds, for a start on which Debezium reads the outbox whole: a
+        #: snapshot row among them is left out (a snapshot cut short published it already).
+        self.already_relayed = already_relayed
+        self.snapshot_rows_left_out = 0
         self.metrics = metrics
         self.source = open_source(dsn)
         self.ledger = ledger
@@ -193,10 +198,23 @@ class Relay:
                 event = outbox_change_to_event(text)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise unreadable_change(exc) from None
-            if event is not None:
+            if event is None:
+                continue
+            if '"op":"r"' not in text:  # not a snapshot read
                 events.append(event)
-                if '"op":"r"' not in text:  # not a snapshot read
-                    streamed.append(event)
+                streamed.append(event)
+            elif self.already_relayed is None or event_id_bytes(event.event_id) not in self.already_relayed:
+                events.append(event)
+            else:
+                self.snapshot_rows_left_out += 1
+        if streamed and self.already_relayed is not None:
+            # The snapshot is over: streamed events are never left out, and the ids need not be kept.
+            self.already_relayed = None
+            if self.snapshot_rows_left_out:
+                log.info(
+                    "the snapshot left out %d outbox rows the ledger already held",
+                    self.snapshot_rows_left_out,
+                )
         if events:
             publishing = time.monotonic()
             self.publish(events)

@@ -17,11 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from drledger.errors import DatabaseUnavailable, DrledgerError, LedgerUnavailable, RetryLater, StopRequested
+from drledger.events import LATEST_MS
 from drledger.ledger.base import Ledger
 from drledger.relay.engine import Relay, RelayStats, SignalsStop
 from drledger.relay.metrics import RelayMetrics
 from drledger.relay.state import RelayState, check_source
 from drledger.source import open_source
+from drledger.source.base import SourceDatabase
 from drledger.streaming import RelaySettings
 from drledger.timeutil import format_instant
 
@@ -120,10 +122,13 @@ def serve(request: RelayRequest, on_batch: Callable[[RelayStats], None] | None =
             try:
                 if target.created:
                     log.info("created the ledger %s", target.display_url)
+                already_relayed: set[bytes] | None = None
                 if request.backfill_since_ms is not None:
                     settings = _backfill(request, state, target)
                 else:
                     _require_ledger_not_behind(state, target)
+                    if state.snapshot_due():
+                        already_relayed = _outbox_events_in_ledger(source, target)
                 metrics = None
                 if request.metrics_listen is not None:
                     metrics = RelayMetrics()
@@ -142,6 +147,7 @@ def serve(request: RelayRequest, on_batch: Callable[[RelayStats], None] | None =
                     backfill_hint=state.backfill_hint,
                     verbose=request.verbose,
                     metrics=metrics,
+                    already_relayed=already_relayed,
                 )
                 signals.relay = relay
                 log.info("relaying %s → %s (slot %s)", "drledger.outbox", target.display_url, settings.slot)
@@ -171,6 +177,43 @@ def _require_ledger_not_behind(state: RelayState, target: Ledger) -> None:
             "went backwards (a broker re-created empty, a file restored from an old copy). See what it lost with "
             "drledger reconcile against the primary, then start the relay with --backfill-since before that time."
         )
+
+
+#: Snapshot reads carry their row's creation as commit time, streamed events their commit: never
+#: earlier. The ledger is read from a little before the oldest outbox row, for clocks that disagree.
+_SNAPSHOT_LOOKBACK_MS = 60_000
+
+
+def _outbox_events_in_ledger(source: SourceDatabase, target: Ledger) -> set[bytes] | None:
+    """The ids of the events the ledger holds from the outbox's oldest row on, for a start on which
+    Debezium reads the outbox whole: what a snapshot cut short (a relay killed in its first seconds)
+    already published is then left out, not published twice. None where the writer may not read the
+    ledger (a queue it would drain): then a cut snapshot is published again, and readers drop the copies."""
+    if not target.writer_reads_back:
+        return None
+    try:
+        first = source.outbox_slice(0, LATEST_MS, 1)
+    except DatabaseUnavailable as exc:
+        raise retry_if_transient(exc, _TRANSIENT) from None
+    finally:
+        source.close()
+    # A slice cut short before its first row (more rows in one millisecond than asked for) ends there.
+    oldest = first.events[0][1] if first.events else first.until_ms
+    if oldest >= LATEST_MS:
+        return None  # an empty outbox: no snapshot row to leave out
+    since_ms = oldest - _SNAPSHOT_LOOKBACK_MS
+    try:
+        held = target.event_ids(since_ms, LATEST_MS)
+    except LedgerUnavailable as exc:
+        raise retry_if_transient(exc, _LEDGER_TRANSIENT) from None
+    if held:
+        log.info(
+            "the outbox is read whole (its snapshot) on this start: of its rows, those among the %d events the "
+            "ledger holds from %s on are left out, not published twice",
+            len(held),
+            format_instant(since_ms),
+        )
+    return held
 
 
 def _backfill(request: RelayRequest, state: RelayState, target: Ledger) -> RelaySettings:

@@ -25,6 +25,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -130,6 +131,14 @@ class RelayState:
             return int(value) if value is not None else None
         return None
 
+    def snapshot_due(self) -> bool:
+        """Whether Debezium reads the outbox whole on this start (see `snapshot_due`)."""
+        try:
+            offsets = self.settings.offsets_file.read_bytes()
+        except OSError:
+            offsets = b""
+        return snapshot_due(offsets, self.settings.snapshot)
+
     def set_aside_offsets(self) -> Path:
         """Move the offsets of a slot that no longer exists out of the way; where they went."""
         aside = self.settings.offsets_file.with_name(f"{self.settings.offsets_file.name}.replaced-{now_ms()}")
@@ -143,6 +152,30 @@ class RelayState:
         if last is None:
             return "<the ledger's last commit, from drledger ledger inspect, less 15 minutes>"
         return str(format_instant(last - BACKFILL_MARGIN_MS)).replace("+00:00", "Z")
+
+
+# The position in Debezium's offsets file (a serialized Java map of byte arrays): one flat JSON object.
+_POSITION = re.compile(rb"\{\"[^{}]*\}")
+
+
+def snapshot_due(offsets: bytes, mode: str) -> bool:
+    """Whether Debezium will read the outbox whole (its snapshot) on a start from these offsets: with
+    the 'initial' mode, when there is no position yet, or the position is one of a snapshot that was
+    cut short (a relay killed in its first seconds); Debezium then takes the snapshot again from its
+    start, so what the cut one published reaches the ledger twice unless the relay leaves it out. Pure."""
+    if mode != "initial":
+        return False
+    positions = _POSITION.findall(offsets)
+    if not positions:
+        return True
+    try:
+        position = json.loads(positions[-1])
+    except ValueError:
+        return True  # unreadable: Debezium decides; checking the ledger first costs a read, never an event
+    if not isinstance(position, dict) or position.get("snapshot") in (None, False, "false"):
+        return False  # a streaming position: the snapshot was taken
+    completed = position.get("snapshot_completed", position.get("last_snapshot_record"))
+    return completed is not True
 
 
 def check_source(
