@@ -92,6 +92,17 @@ def needs(conn: psycopg.Connection[Any], roles: dict[str, str], tables: list[Tab
                 **db,
             )
         )
+        if duty == "relay":  # first: without it, nothing else the relay holds matters
+            out.append(
+                _need(
+                    duty,
+                    role,
+                    "the REPLICATION attribute (on RDS/Aurora: membership in rds_replication)",
+                    "(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = %(role)s) OR EXISTS "
+                    "(SELECT 1 FROM pg_roles r WHERE r.rolname = 'rds_replication' AND pg_has_role(%(role)s, r.oid, 'MEMBER'))",
+                    "ALTER ROLE {role} WITH REPLICATION",
+                )
+            )
         if duty == "installer":
             out.append(
                 _need(
@@ -153,17 +164,6 @@ def needs(conn: psycopg.Connection[Any], roles: dict[str, str], tables: list[Tab
                     table=sql.Identifier(SCHEMA, name),
                 )
             )
-        if duty == "relay":
-            out.append(
-                _need(
-                    duty,
-                    role,
-                    "the REPLICATION attribute (on RDS/Aurora: membership in rds_replication)",
-                    "(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = %(role)s) OR EXISTS "
-                    "(SELECT 1 FROM pg_roles r WHERE r.rolname = 'rds_replication' AND pg_has_role(%(role)s, r.oid, 'MEMBER'))",
-                    "ALTER ROLE {role} WITH REPLICATION",
-                )
-            )
         if duty == "recoverer":
             for table, sequences in with_sequences:
                 out.append(_schema_usage(duty, role, table))
@@ -199,10 +199,11 @@ def needs(conn: psycopg.Connection[Any], roles: dict[str, str], tables: list[Tab
 def missing(
     conn: psycopg.Connection[Any], role: str, duty: str, command: str, tables: list[TableName]
 ) -> list[MissingRight]:
-    """The rights of `duty`'s list that `command` uses and `role` lacks here (those on drledger's own
-    objects only once init has made them: before, the command's own "run drledger init" is the news)."""
+    """The first right of `duty`'s list that `command` uses and `role` lacks here, if any (those on
+    drledger's own objects only once init has made them: before, the command's own "run drledger init"
+    is the news). The first only: the list is in order (USAGE on a schema before a table in it), and a
+    role without the schema's USAGE may not even name the tables in it."""
     has_schema = bool(conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (SCHEMA,)).fetchone())
-    found = []
     for item in needs(conn, {duty: role}, tables):
         if not item.used_by(command) or (item.after_init and not has_schema):
             continue
@@ -210,8 +211,8 @@ def missing(
             sql.SQL("SELECT coalesce(({}), false)").format(item.test), {"role": role}
         ).fetchone()
         if not (row and row[0]):
-            found.append(MissingRight(role, duty, item.what, item.grant.as_string(conn)))
-    return found
+            return [MissingRight(role, duty, item.what, item.grant.as_string(conn))]
+    return []
 
 
 def _schema_usage(duty: str, role: str, table: TableName) -> Need:
