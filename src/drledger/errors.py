@@ -223,6 +223,11 @@ class DrledgerError(Exception):
     exit_code: ExitCode = ExitCode.OPERATOR
 
 
+class MissingPrivilege(DrledgerError):
+    """The connected role lacks a right of its duty's list (drledger.roles): found before the command
+    read or wrote anything, said with the command and the GRANT that fixes it."""
+
+
 class LedgerUnavailable(DrledgerError):
     """The ledger could not be reached or did not acknowledge a write."""
 

@@ -19,6 +19,7 @@ from drledger.ledger import open_ledger, parse_ledger_url
 from drledger.ledger.base import Ledger, LedgerScan
 from drledger.margins import DEFAULT_LOOKBACK_MS, DEFAULT_SKEW_MS
 from drledger.reconcile import Report, Window, build_report, compare
+from drledger.roles import COMMAND_DUTY
 from drledger.source import explain_failure, open_source
 from drledger.source.base import SourceDatabase
 from drledger.timeutil import now_ms
@@ -33,6 +34,8 @@ class ReconcileRequest:
     skew_ms: int = DEFAULT_SKEW_MS
     lookback_ms: int = DEFAULT_LOOKBACK_MS
     client_config: Mapping[str, str] | None = None
+    #: The command reconciling (replay reconciles first): its duty's rights are checked before anything is read.
+    command: str = "reconcile"
 
 
 def dr_latest_commit(request: ReconcileRequest) -> int | None:
@@ -80,6 +83,7 @@ def run_reconcile(request: ReconcileRequest, on_progress: Callable[[int], None] 
         raise DrledgerError("Name at least one ledger with --ledger URL.")
     for url in request.ledger_urls:
         parse_ledger_url(url)
+    open_source(request.dsn).require_rights(COMMAND_DUTY[request.command], request.command)
     latest = dr_latest_commit(request)
     with open_ledgers(request.ledger_urls, request.client_config) as ledgers:
         window = choose_window(request, ledgers, latest)

@@ -344,14 +344,9 @@ def prove(session: RecoverySession, admitted: list[Admitted], result: ReplayResu
 
 def require_recoverer_rights(session: RecoverySession, command: str, shapes: Iterable[TableShape]) -> None:
     """Before the first write: the role holds every right of the recoverer's list (the one
-    --print-grants prints and init --check --as verifies) for these tables, or one sentence naming the
-    command, the right and the GRANT that gives it."""
-    rights = session.missing_rights(list(shapes))
-    if rights.missing:
-        raise DrledgerError(
-            f"{command}: the role {rights.role} may not {command} here: it lacks {rights.missing[0]} (permission "
-            f"denied); {rights.grants[0]} gives it (drledger init --print-grants lists the recoverer's)."
-        )
+    --print-grants prints and init --check --as verifies) that `command` uses, for these tables, or one
+    sentence naming the command, the right and the GRANT that gives it (exit 2)."""
+    session.require_rights("recoverer", command, [shape.name for shape in shapes])
 
 
 def replay(
@@ -377,6 +372,7 @@ def replay(
     )
     with open_source(dsn).recovery_session() as session:
         session.require_outbox()
+        require_recoverer_rights(session, "replay", ())  # drledger's own objects, before anything is read
         proof = prove(session, screening.admitted, result)
         beyond = beyond_the_fence(session, [(a.table, a.row) for a in proof.valid], margin)
         result.refused.extend(Refusal(proof.valid[i].event, why) for i, why in beyond.items())
@@ -387,8 +383,8 @@ def replay(
             result.count(refusal.event.table, Outcome.REFUSED)
         plan = plan_replay(a.event for a in valid)
         result.plan = plan
-        if apply:
-            require_recoverer_rights(session, "replay", proof.shapes.values())
+        # A dry run rehearses the very writes --apply makes: it needs the same rights.
+        require_recoverer_rights(session, "replay", proof.shapes.values())
         session.rollback()  # validation reads only; what follows runs in transactions of its own
         # Fencing comes first: once the application writes again, a sequence behind a key replay is
         # about to restore would hand that key out.

@@ -34,6 +34,7 @@ def fence_from_ledger(
     conflicting or malformed), which fencing ignores — replay reports each of them.
     """
     validate_margin(margin)
+    open_source(request.dsn).require_rights("recoverer", "fence")  # before the ledger is read
     latest = dr_latest_commit(request)
     events: list[LedgerEvent] = []
     unreadable = 0

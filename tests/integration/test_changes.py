@@ -6,6 +6,7 @@ lost update or delete is held back whole, so a database that was behind is never
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -147,11 +148,37 @@ def replay_json(dsn: str, url: str, *extra: str) -> tuple[int, dict[str, Any]]:
     return result.returncode, json.loads(result.stdout)
 
 
+def printed_recoverer(dsn: str) -> tuple[str, str]:
+    """A recoverer made of exactly what `init --print-grants` prints for it (run as the superuser, once
+    init has run); its name and its DSN."""
+    role = f"rec_{uuid.uuid4().hex[:6]}"
+    printed = run_cli(
+        "init",
+        "--db",
+        dsn,
+        "--table",
+        "account",
+        "--table",
+        "history",
+        "--print-grants",
+        "--role",
+        f"recoverer={role}",
+    )
+    assert printed.returncode == 0, printed.stderr
+    mine = [line.rstrip(";") for line in printed.stdout.splitlines() if f'"{role}"' in line]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in mine:
+            conn.execute(statement)
+    return role, dsn.replace("postgres@", f"{role}@", 1)
+
+
 def test_lost_updates_and_deletes_are_replayed_in_order_onto_the_rows_they_changed(
     primary: LocalCluster, workdir: Path
 ) -> None:
     with fresh_database(primary, SCHEMA) as dsn:
         captured_bank(dsn)
+        # Replayed by a recoverer holding exactly the printed grants: updates and deletes need their own.
+        role, recoverer = printed_recoverer(dsn)
         with psycopg.connect(dsn) as conn:
             transfer(conn, 10)
             for _ in range(300):  # a hot row: one transaction each
@@ -180,9 +207,9 @@ def test_lost_updates_and_deletes_are_replayed_in_order_onto_the_rows_they_chang
         report = json.loads(found.stdout)
         assert report["exit_code"] == 1, report["verdict"]
         assert report["missing_by_op"] == {"insert": 2, "update": 303, "delete": 1}
-        code, dry = replay_json(dsn, url)
+        code, dry = replay_json(recoverer, url)
         assert code == 0 and dry["would_apply"] == 306 and bank(dsn) != truth, dry  # a rehearsal only
-        code, applied = replay_json(dsn, url, "--apply")
+        code, applied = replay_json(recoverer, url, "--apply")
         assert code == 0 and applied["applied"] == 306, applied
         assert (applied["conflicts"], applied["refused"]) == ([], [])
         assert bank(dsn) == truth  # every balance, the history, the deleted row gone
@@ -197,6 +224,9 @@ def test_lost_updates_and_deletes_are_replayed_in_order_onto_the_rows_they_chang
         assert bank(dsn) == truth
         verdict = run_cli("reconcile", "--db", dsn, "--ledger", url, "--since", "1h", "--json")
         assert verdict.returncode == 0, verdict.stdout
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
 
 
 def test_a_change_the_dr_row_never_saw_holds_its_whole_transaction_back(

@@ -9,6 +9,7 @@ cannot suppress capture. A missing privilege is one sentence and exit 2, whateve
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -120,6 +121,9 @@ def test_grants_are_printed_for_each_role_and_check_names_what_is_missing(story:
     assert 'GRANT TRIGGER ON "public"."orders" TO "drl_installer"' in story.grants
     assert 'ALTER ROLE "drl_relay" WITH REPLICATION' in story.grants
     assert 'GRANT SELECT, UPDATE ON SEQUENCE public.orders_id_seq TO "drl_recoverer"' in story.grants
+    # replay applies lost updates and deletes too: the recoverer's list says so
+    for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+        assert f'GRANT {privilege} ON "public"."orders" TO "drl_recoverer"' in story.grants
     assert APP not in story.grants  # the application needs nothing
     missing = [f for f in story.check_before["findings"] if not f["ok"]]
     assert any(
@@ -171,6 +175,10 @@ def test_each_role_runs_its_step_of_the_runbook(story: Story) -> None:
 
     fence = run_cli("fence", "--db", recoverer, "--ledger", url, "--json")
     assert fence.returncode == 0, fence.stderr
+    watch = run_cli("watch", "--db", reader, "--ledger", url, "--once", "--json", "--listen", "127.0.0.1:0")
+    assert watch.returncode in (0, 1) and json.loads(watch.stdout)["primary"]["up"], (
+        watch.stdout + watch.stderr
+    )
     reconcile = run_cli("reconcile", "--db", reader, "--ledger", url, "--json")
     assert reconcile.returncode == 1, reconcile.stderr
     missing = json.loads(reconcile.stdout)["counts"]["missing_in_dr"]
@@ -200,12 +208,100 @@ def test_each_role_runs_its_step_of_the_runbook(story: Story) -> None:
 
 def test_a_missing_privilege_is_one_sentence_and_exit_2(story: Story) -> None:
     dr, url = story.rig.dr_dsn, story.rig.ledger_url
-    app = as_role(dr, APP)
-    one_sentence(run_cli("reconcile", "--db", app, "--ledger", url), "permission denied")
+    app, reader = as_role(dr, APP), as_role(dr, ROLES["reader"])
+    # The application's role holds none of the reader's rights; the reader none of the recoverer's writes.
     one_sentence(
-        run_cli("replay", "--db", as_role(dr, ROLES["reader"]), "--ledger", url, "--apply"),
-        "permission denied",
+        run_cli("reconcile", "--db", app, "--ledger", url),
+        f"drledger reconcile as {APP} lacks USAGE on schema drledger: run GRANT USAGE ON SCHEMA",
+        "the reader's rights",
     )
-    one_sentence(run_cli("fence", "--db", as_role(dr, ROLES["reader"]), "--ledger", url), "permission denied")
-    one_sentence(run_cli("init", "--db", app, "--table", "public.orders"), "permission denied")
+    for command in ("replay", "fence"):
+        one_sentence(
+            run_cli(command, "--db", reader, "--ledger", url, *(("--apply",) if command == "replay" else ())),
+            f"drledger {command} as drl_reader lacks INSERT on drledger.outbox: run GRANT INSERT ON",
+            "the recoverer's rights",
+        )
+    one_sentence(
+        run_cli("init", "--db", app, "--table", "public.orders"),
+        f'drledger init as {APP} lacks TRIGGER on public.orders: run GRANT TRIGGER ON "public"."orders"',
+    )
     one_sentence(run_cli("prune", "--db", app, "--older-than", "7d", "--apply"), "permission denied")
+
+
+def stops_before_anything(
+    result: subprocess.CompletedProcess[str], command: str, role: str, grant: str
+) -> None:
+    """Exit 2, one sentence naming the command, the role and the GRANT that gives the right back."""
+    one_sentence(
+        result,
+        f"drledger {command} as {role} lacks ",
+        f": run {grant} (drledger init --print-grants lists the ",
+    )
+
+
+def test_a_right_revoked_from_the_printed_grants_stops_each_duty_before_it_reads_or_writes(
+    story: Story,
+) -> None:
+    """One right of each duty's list taken away (on the promoted database, where the roles replicated
+    to): its command names itself and the GRANT, before anything, and init --check --as shows it ✗."""
+    dr, url = story.rig.dr_dsn, story.rig.ledger_url
+    revoked = {
+        "installer": (
+            'GRANT TRIGGER ON "public"."orders" TO "drl_installer"',
+            ("init", "--table", "public.orders"),
+        ),
+        "relay": (
+            'ALTER ROLE "drl_relay" WITH REPLICATION',
+            ("relay", "--ledger", url, "--state-dir", str(story.rig.clusters.base / "never")),
+        ),
+        "reader": ('GRANT SELECT ON "drledger"."outbox" TO "drl_reader"', ("reconcile", "--ledger", url)),
+        "recoverer": (
+            'GRANT INSERT ON "drledger"."replay_log" TO "drl_recoverer"',
+            ("fence", "--ledger", url),
+        ),
+    }
+    undo = {
+        duty: grant.replace("WITH REPLICATION", "WITH NOREPLICATION")
+        if duty == "relay"
+        else grant.replace("GRANT", "REVOKE", 1).replace(" TO ", " FROM ", 1)
+        for duty, (grant, _) in revoked.items()
+    }
+    before = story.rig.keys_in(dr)
+    with psycopg.connect(dr, autocommit=True) as conn:
+        logged = conn.execute("SELECT count(*) FROM drledger.replay_log").fetchone()[0]  # type: ignore[index]
+        sequence = conn.execute("SELECT last_value FROM public.orders_id_seq").fetchone()[0]  # type: ignore[index]
+        for statement in undo.values():
+            conn.execute(statement)
+    try:
+        for duty, (grant, command) in revoked.items():
+            role = ROLES[duty]
+            stops_before_anything(
+                run_cli(command[0], "--db", as_role(dr, role), *command[1:]), command[0], role, grant
+            )
+        reader, recoverer = as_role(dr, ROLES["reader"]), as_role(dr, ROLES["recoverer"])
+        stops_before_anything(
+            run_cli("watch", "--db", reader, "--ledger", url, "--once", "--listen", "127.0.0.1:0"),
+            "watch",
+            ROLES["reader"],
+            revoked["reader"][0],
+        )
+        stops_before_anything(
+            run_cli("replay", "--db", recoverer, "--ledger", url, "--apply"),
+            "replay",
+            ROLES["recoverer"],
+            revoked["recoverer"][0],
+        )
+        with psycopg.connect(dr, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM drledger.replay_log").fetchone()[0] == logged  # type: ignore[index]
+            assert conn.execute("SELECT last_value FROM public.orders_id_seq").fetchone()[0] == sequence  # type: ignore[index]
+        assert story.rig.keys_in(dr) == before
+        tables = (a for t in TABLES for a in ("--table", t))
+        roles = (a for d, r in ROLES.items() for a in ("--as", f"{d}={r}"))
+        check = run_cli("init", "--db", dr, "--check", "--json", *tables, *roles)
+        assert check.returncode == 1
+        lacking = {f["fix"] for f in json.loads(check.stdout)["findings"] if not f["ok"]}
+        assert {grant for grant, _ in revoked.values()} <= lacking, lacking
+    finally:
+        with psycopg.connect(dr, autocommit=True) as conn:
+            for grant, _ in revoked.values():
+                conn.execute(grant)

@@ -775,18 +775,24 @@ def test_updates_and_deletes_reach_the_ledger_and_are_replayed_onto_the_rows_the
     report = shop.cli("reconcile", "--ledger", url, "--since", "1h", "--json")
     assert report.returncode == 1, report.stdout + report.stderr
     assert json.loads(report.stdout)["missing_by_op"] == {"insert": 1, "delete": 2}
+    # Replayed by a recoverer holding exactly the printed grants: updates and deletes need their own.
+    recoverer = f"rec_{uuid.uuid4().hex[:6]}"
+    for phase in ("before", "after"):
+        grant_as_printed(shop, ["--table", "Sales.account"], {"recoverer": recoverer}, phase)
+    as_recoverer = f"mysql://{recoverer}@127.0.0.1:{shop.server.port}/Sales"
     # After promotion the DR's application changed account 2: the key change is held back whole.
     as_the_dr(shop, "UPDATE `Sales`.account SET note = 'after' WHERE id = 2")
-    held = shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", "--json")
+    held = shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", "--json", db=as_recoverer)
     outcome = json.loads(held.stdout)
     assert held.returncode == 3 and outcome["applied"] == 1, held.stdout + held.stderr  # account 3's delete
     (conflict,) = outcome["conflicts"]
     assert conflict["key"] == "2" and "neither" in conflict["why"] and '"after"' in conflict["current_row"]
     assert [r["key"] for r in outcome["refused"]] == ["20"]  # the insert of the same transaction
     as_the_dr(shop, "UPDATE `Sales`.account SET note = NULL WHERE id = 2")
-    replayed = shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", "--json")
+    replayed = shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", "--json", db=as_recoverer)
     outcome = json.loads(replayed.stdout)
     assert replayed.returncode == 0 and outcome["applied"] == 2, replayed.stdout + replayed.stderr
+    shop.server.execute(f"DROP USER '{recoverer}'@'%'")
     assert shop.rows("SELECT id, balance, note FROM `Sales`.account ORDER BY id") == [
         (1, Decimal("90.000000000000000001"), None),
         (20, Decimal("60.000000000000000000"), None),
@@ -831,3 +837,143 @@ def test_init_check_says_what_version_8_0_2_costs_a_mariadb_replica(shop: Shop) 
     findings = json.loads(shop.cli("init", "--check", "--json").stdout)["findings"]
     (finding,) = [f for f in findings if "Using_Gtid" in f["what"]]
     assert finding["ok"] is True and "Exec_Master_Log_Pos" in finding["fix"]
+
+
+def grant_as_printed(shop: Shop, tables: list[str], roles: dict[str, str], phase: str) -> str:
+    """Run exactly what `init --print-grants --phase PHASE` prints for these roles, as root; the script."""
+    named = [a for duty, role in roles.items() for a in ("--role", f"{duty}={role}")]
+    printed = shop.cli("init", *tables, "--print-grants", "--phase", phase, *named)
+    assert printed.returncode == 0, printed.stderr
+    mine = [
+        line.rstrip(";")
+        for line in printed.stdout.splitlines()
+        if line.strip() and not line.startswith("--") and any(f"'{r}'" in line for r in roles.values())
+    ]
+    for statement in mine:
+        shop.server.execute(statement)
+    return printed.stdout
+
+
+def assert_stops_before_anything(result: subprocess.CompletedProcess[str], command: str, grant: str) -> None:
+    """Exit 2, one sentence on stderr naming the command and the GRANT that fixes it."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stdout + result.stderr
+    assert lines[0].startswith(f"drledger: drledger {command} as "), lines[0]
+    assert f"run {grant}" in lines[0] and "(drledger init --print-grants lists the" in lines[0], lines[0]
+
+
+def test_every_duty_runs_its_commands_with_exactly_the_printed_grants_and_a_revoked_one_is_named_on_mysql(
+    shop: Shop,
+) -> None:
+    """Each duty's account made from --print-grants alone runs its commands; one right revoked, the
+    command stops before reading or writing anything, naming itself and the GRANT, and init --check
+    --as shows that right ✗."""
+    tag = uuid.uuid4().hex[:6]
+    roles = {
+        "installer": f"ins_{tag}",
+        "relay": f"rel_{tag}",
+        "reader": f"rd_{tag}",
+        "recoverer": f"rec_{tag}",
+    }
+    tables = ["--table", "Sales.customer"]
+    port = shop.server.port
+    # The relay's and the reader's grants are on database drledger, which their DSNs name.
+    home = {"installer": "Sales", "relay": "drledger", "reader": "drledger", "recoverer": "Sales"}
+    dsn = {duty: f"mysql://{role}@127.0.0.1:{port}/{home[duty]}" for duty, role in roles.items()}
+    as_ = [a for duty, role in roles.items() for a in ("--as", f"{duty}={role}")]
+    url = f"sqlite:///{shop.workdir}/ledger.db"
+    try:
+        grant_as_printed(shop, tables, roles, "before")
+        init = shop.cli("init", *tables, db=dsn["installer"])
+        assert init.returncode == 0, init.stdout + init.stderr
+        grant_as_printed(shop, tables, roles, "after")
+        check = shop.cli("init", *tables, "--check", *as_, "--json")
+        privileges = [f for f in json.loads(check.stdout)["findings"] if f"_{tag}" in f["what"]]
+        assert privileges and all(f["ok"] for f in privileges), privileges
+        shop.server.execute("INSERT INTO `Sales`.customer (name) VALUES ('Ada'), ('Grace')")
+        events = [r.as_event() for r in open_source(shop.dsn).read_window(None, None)]
+        with open_ledger(url, writer=True) as ledger:
+            ledger.publish(events)
+        for table in ("`Sales`.customer", "drledger.outbox"):  # the failover lost both rows
+            shop.server.execute(f"DELETE FROM {table}")
+        # Every command of every duty, as exactly the printed grants.
+        assert shop.cli("init", *tables, db=dsn["installer"]).returncode == 0
+        reconcile = shop.cli("reconcile", "--ledger", url, "--since", "1h", "--json", db=dsn["reader"])
+        assert reconcile.returncode == 1, reconcile.stdout + reconcile.stderr
+        assert json.loads(reconcile.stdout)["counts"]["missing_in_dr"] == 2
+        watch = run_cli(
+            "watch", "--db", dsn["reader"], "--ledger", url, "--once", "--json", "--listen", "127.0.0.1:0"
+        )
+        assert watch.returncode in (0, 1) and json.loads(watch.stdout)["primary"]["up"], (
+            watch.stdout + watch.stderr
+        )
+        fence = shop.cli("fence", "--ledger", url, "--since", "1h", db=dsn["recoverer"])
+        assert fence.returncode == 0, fence.stdout + fence.stderr
+        replay = shop.cli(
+            "replay", "--ledger", url, "--since", "1h", "--apply", "--json", db=dsn["recoverer"]
+        )
+        assert replay.returncode == 0 and json.loads(replay.stdout)["applied"] == 2, (
+            replay.stdout + replay.stderr
+        )
+
+        # One right of each duty's list revoked: the command names itself and the GRANT, exit 2, and
+        # init --check --as shows the right ✗.
+        revoked = {
+            "installer": ("init", f"GRANT TRIGGER ON `Sales`.`customer` TO '{roles['installer']}'@'%'"),
+            "reader": ("reconcile", f"GRANT SELECT ON `drledger`.`outbox` TO '{roles['reader']}'@'%'"),
+            "recoverer": ("fence", f"GRANT ALTER ON `Sales`.`customer` TO '{roles['recoverer']}'@'%'"),
+            "relay": ("relay", f"GRANT REPLICATION SLAVE ON *.* TO '{roles['relay']}'@'%'"),
+        }
+        for table in ("`Sales`.customer", "drledger.outbox"):  # lost again: replay has work to refuse
+            shop.server.execute(f"DELETE FROM {table}")
+        for grant in (g for _, g in revoked.values()):
+            shop.server.execute(grant.replace("GRANT", "REVOKE", 1).replace(" TO ", " FROM ", 1))
+        counter = (
+            "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'Sales' "
+            "AND TABLE_NAME = 'customer'"
+        )
+        before = shop.rows(counter)
+        assert_stops_before_anything(
+            shop.cli("init", *tables, db=dsn["installer"]), "init", revoked["installer"][1]
+        )
+        assert_stops_before_anything(
+            shop.cli("reconcile", "--ledger", url, "--since", "1h", db=dsn["reader"]),
+            "reconcile",
+            revoked["reader"][1],
+        )
+        assert_stops_before_anything(
+            run_cli("watch", "--db", dsn["reader"], "--ledger", url, "--once", "--listen", "127.0.0.1:0"),
+            "watch",
+            revoked["reader"][1],
+        )
+        assert_stops_before_anything(
+            shop.cli("fence", "--ledger", url, "--since", "1h", "--margin", "1000", db=dsn["recoverer"]),
+            "fence",
+            revoked["recoverer"][1],
+        )
+        assert_stops_before_anything(
+            shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", db=dsn["recoverer"]),
+            "replay",
+            revoked["recoverer"][1],
+        )
+        assert shop.rows(counter) == before  # nothing fenced
+        assert shop.rows("SELECT COUNT(*) FROM `Sales`.customer") == [(0,)]  # nothing replayed
+        relay = run_cli(
+            "relay",
+            "--db",
+            dsn["relay"],
+            "--ledger",
+            url,
+            "--state-dir",
+            str(shop.workdir / "state"),
+            timeout=120,
+        )
+        assert_stops_before_anything(relay, "relay", revoked["relay"][1])
+        assert not (shop.workdir / "state").exists()  # stopped before its state, the ledger or Debezium
+        check = shop.cli("init", *tables, "--check", *as_, "--json")
+        assert check.returncode == 1
+        lacking = {f["fix"] for f in json.loads(check.stdout)["findings"] if not f["ok"]}
+        assert {g for _, g in revoked.values()} <= lacking, lacking
+    finally:
+        for role in roles.values():
+            shop.server.execute(f"DROP USER IF EXISTS '{role}'@'%'")

@@ -269,12 +269,15 @@ def test_a_missing_privilege_is_refused_before_the_engine_starts_and_a_revoked_o
     try:
         result = run_cli("relay", "--db", dsn, "--ledger", url, "--state-dir", str(workdir / "s1"))
         assert result.returncode == EXIT_OPERATOR
-        assert "may not open a replication connection" in the_sentence(result.stderr)
+        assert f"drledger relay as {role} lacks the REPLICATION attribute" in the_sentence(result.stderr)
+        assert f'run ALTER ROLE "{role}" WITH REPLICATION' in the_sentence(result.stderr)
         with psycopg.connect(database, autocommit=True) as conn:
             conn.execute(f"ALTER ROLE {role} REPLICATION")
         result = run_cli("relay", "--db", dsn, "--ledger", url, "--state-dir", str(workdir / "s2"))
         assert result.returncode == EXIT_OPERATOR
-        assert "may not read drledger.outbox" in the_sentence(result.stderr)
+        assert f'lacks SELECT on drledger.outbox: run GRANT SELECT ON "drledger"."outbox" TO "{role}"' in (
+            the_sentence(result.stderr)
+        )
         with psycopg.connect(database, autocommit=True) as conn:
             conn.execute(f"GRANT SELECT ON drledger.outbox TO {role}")
         result = run_cli("relay", "--db", dsn, "--ledger", url, "--state-dir", str(workdir / "s3"))

@@ -382,7 +382,8 @@ def test_a_fence_it_may_not_make_stops_replay_before_any_row_and_a_rerun_finishe
         conn.execute("CREATE ROLE drl_no_sequences LOGIN")
         conn.execute('GRANT USAGE ON SCHEMA drledger, "Sales" TO drl_no_sequences')
         conn.execute(
-            'GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA drledger, public, "Sales" TO drl_no_sequences'
+            'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA drledger, public, "Sales" '
+            "TO drl_no_sequences"
         )
         conn.execute("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO drl_no_sequences")
     limited = world.dsn.replace("postgres@", "drl_no_sequences@")
@@ -391,7 +392,7 @@ def test_a_fence_it_may_not_make_stops_replay_before_any_row_and_a_rerun_finishe
         "fence", "--db", limited, "--ledger", world.ledger("all"), "--since", "2000-01-01T00:00:00Z"
     )
     assert fenced.returncode == 2 and fenced.stderr.startswith(
-        "drledger: fence: the role drl_no_sequences"
+        "drledger: drledger fence as drl_no_sequences lacks SELECT and UPDATE on sequence"
     ), fenced.stderr
     assert "GRANT SELECT, UPDATE ON SEQUENCE public.customer_id_seq TO" in fenced.stderr
     result = run_cli("replay", "--db", limited, "--from", str(path), "--apply")

@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,6 +255,69 @@ def test_watch_serves_metrics_and_survives_an_unreachable_primary(database: str,
     assert code == 0, output
     assert "primary: down (was up)" in output and "primary: up (was down)" in output
     assert "Traceback" not in output
+
+
+def test_watch_checks_the_readers_rights_once_the_primary_answers_and_starts_while_it_is_down(
+    database: str, workdir: Path
+) -> None:
+    """A right of the reader's list missing: at start, one sentence naming the GRANT, exit 2. With the
+    database down at start, the watcher starts as ever; once the database answers, the missing right is
+    the primary's state (logged with the GRANT, never a crash), and the GRANT brings it up."""
+    url = f"sqlite:///{workdir}/ledger.db"
+    assert run_cli("init", "--db", database, "--table", "orders").returncode == 0
+    from drledger.ledger import open_ledger
+
+    with open_ledger(url, writer=True):
+        pass
+    role = f"rd_{uuid.uuid4().hex[:6]}"
+    name = database.rsplit("/", 1)[1]
+    admin = database.rsplit("/", 1)[0] + "/postgres"
+    grant = f'GRANT SELECT ON "drledger"."outbox" TO "{role}"'
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT USAGE ON SCHEMA drledger TO {role}")
+    reader = database.replace("postgres@", f"{role}@", 1)
+    try:
+        once = run_cli("watch", "--db", reader, "--ledger", url, "--once", "--listen", "127.0.0.1:0")
+        lines = [line for line in once.stderr.splitlines() if line.strip()]
+        assert once.returncode == 2 and len(lines) == 1, once.stdout + once.stderr
+        assert f"drledger watch as {role} lacks SELECT on drledger.outbox: run {grant}" in lines[0], lines
+
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")
+        try:
+            watch = start_watch(reader, url, workdir / "watch.log", "--interval", "0.5s")
+            metrics_url = f"http://127.0.0.1:{watch.port}/metrics"
+            wait_for(
+                lambda: 'drledger_watch_up{target="primary"} 0.0' in _text(metrics_url), 60, "primary down"
+            )
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
+        try:
+            wait_for(
+                lambda: "primary: lacks a right" in (workdir / "watch.log").read_text(), 30, "the right named"
+            )
+            assert watch.process.poll() is None
+            assert 'drledger_watch_up{target="primary"} 0.0' in _text(metrics_url)
+            with psycopg.connect(database, autocommit=True) as conn:
+                conn.execute(grant)
+            wait_for(
+                lambda: 'drledger_watch_up{target="primary"} 1.0' in _text(metrics_url), 30, "primary up"
+            )
+        finally:
+            code = watch.stop()
+        output = (workdir / "watch.log").read_text()
+        assert code == 0 and "Traceback" not in output, output
+        assert (
+            f"primary: lacks a right (was down): drledger watch as {role} lacks SELECT on drledger.outbox"
+            in output
+        )
+        assert "primary: up (was lacks a right)" in output
+    finally:
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
 
 
 def _text(url: str) -> str:

@@ -46,8 +46,16 @@ app = typer.Typer(
 
 @app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
+    from drledger.roles import set_running_command
+
+    if ctx.invoked_subcommand:
+        # `ledger` has one subcommand; a rights sentence names the command as the operator typed it.
+        set_running_command(
+            "ledger inspect" if ctx.invoked_subcommand == "ledger" else ctx.invoked_subcommand
+        )
     if version:
         out.print(f"drledger {__version__}")
         raise typer.Exit(ExitCode.SUCCESS)

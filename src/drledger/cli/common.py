@@ -81,6 +81,7 @@ def reconcile_request(
     ledger_config: list[str] | None,
     ledger_config_file: list[Path] | None,
     endpoint_url: str | None,
+    command: str = "reconcile",
 ) -> ReconcileRequest:
     """The window and the inputs reconcile, replay and fence share, as the library's request."""
     from drledger.recovery import ReconcileRequest
@@ -94,4 +95,5 @@ def reconcile_request(
         skew_ms=int(parse_duration(skew) * 1000),
         lookback_ms=int(parse_duration(lookback) * 1000),
         client_config=client_config(ledger_config, ledger_config_file, endpoint_url),
+        command=command,
     )

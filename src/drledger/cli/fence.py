@@ -59,6 +59,7 @@ def fence(
         ledger_config=ledger_config,
         ledger_config_file=ledger_config_file,
         endpoint_url=endpoint_url,
+        command="fence",
     )
     if not request.ledger_urls:
         raise DrledgerError("Name at least one ledger with --ledger URL.")

@@ -89,6 +89,7 @@ def replay(
             ledger_config=ledger_config,
             ledger_config_file=ledger_config_file,
             endpoint_url=endpoint_url,
+            command="replay",
         )
     with err.status("reading the lost events…") as status:
         events, unreadable = lost_events(

@@ -21,6 +21,7 @@ from drledger.errors import DatabaseUnavailable, DrledgerError
 from drledger.events import EVENT_ID_BYTES, LedgerEvent, LedgerRecord, MalformedRecord
 from drledger.ledger.base import Ledger
 from drledger.masking import mask_url
+from drledger.roles import running_command
 from drledger.source import MYSQL_SCHEMES, POSTGRES_SCHEMES, open_source
 from drledger.source.base import SourceDatabase
 
@@ -77,6 +78,8 @@ class DatabaseLedger(Ledger):
                 f"The ledger {address.display} is a database's outbox: drledger reads it, never publishes to it."
             )
         source = open_source(address.dsn)
+        # Read with the reader's rights, whichever command reads it: checked before anything is read.
+        source.require_rights("reader", running_command())
         if not address.accept_writable:
             writable = source.writable_by_others()
             if writable is not None:

@@ -90,6 +90,9 @@ def serve(request: RelayRequest, on_batch: Callable[[RelayStats], None] | None =
             source.connector_properties(settings)  # the DSN's settings, before anything connects
             parse_ledger_url(request.ledger_url)
             try:
+                # The relay's rights from the one list, before anything else asks the database (or
+                # Debezium starts): a gap is one sentence naming the GRANT, exit 2.
+                source.require_rights("relay", "relay")
                 source.prepare_relay(settings.slot)
                 others = source.other_relay_slots(settings.slot)
                 if others:

@@ -17,13 +17,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from drledger.errors import DrledgerError
 from drledger.events import DEFAULT_OPS, LedgerEvent, OutboxRow
 from drledger.names import TableName
+from drledger.roles import MissingRight, require
 from drledger.streaming import Cause, RelaySettings, SlotInfo, SourceIdentity
 
 
@@ -125,15 +126,6 @@ class ChangeOutcome:
     read_back: bool = True
 
 
-@dataclass
-class ReplayRights:
-    """What replay writes with, checked before its first write."""
-
-    missing: list[str] = field(default_factory=list)
-    role: str = ""
-    grants: list[str] = field(default_factory=list)  # the GRANT that gives each missing right
-
-
 @dataclass(frozen=True)
 class OutboxSlice:
     """Outbox events read oldest first from a time range: each event's id (16 bytes) and the time its
@@ -185,7 +177,14 @@ class RecoverySession(ABC):
         RowsRejected if the database refuses any of them."""
 
     @abstractmethod
-    def missing_rights(self, shapes: Sequence[TableShape]) -> ReplayRights: ...
+    def missing_rights(self, duty: str, command: str, tables: Sequence[TableName] = ()) -> list[MissingRight]:
+        """The rights of `duty`'s list (the one --print-grants prints and init --check --as verifies)
+        that `command` uses, for these tables, and this session's role lacks."""
+
+    def require_rights(self, duty: str, command: str, tables: Sequence[TableName] = ()) -> None:
+        """Every right `command` uses of `duty`'s list, or one sentence naming the command, the right and
+        the GRANT that gives it (exit 2)."""
+        require(command, self.missing_rights(duty, command, tables))
 
     @abstractmethod
     def ensure_replay_log(self) -> None: ...
@@ -313,6 +312,18 @@ class SourceDatabase(ABC):
 
     @abstractmethod
     def check_roles(self, roles: Mapping[str, str], tables: Sequence[str]) -> list[Finding]: ...
+
+    @abstractmethod
+    def missing_rights(self, duty: str, command: str, tables: Sequence[str] = ()) -> list[MissingRight]:
+        """The rights of `duty`'s list (the one --print-grants prints and init --check --as verifies)
+        that `command` uses, for these tables, and the DSN's role lacks; DatabaseUnavailable if the
+        database cannot be reached."""
+
+    def require_rights(self, duty: str, command: str, tables: Sequence[str] = ()) -> None:
+        """The preflight every command runs before its first read or write: every right `command` uses
+        of `duty`'s list, or one sentence naming the command, the right and the GRANT that gives it
+        (MissingPrivilege, exit 2)."""
+        require(command, self.missing_rights(duty, command, tables))
 
     # -- reading the outbox, for reconcile and backfill ------------------------------------------
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Container
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from drledger.errors import DatabaseUnavailable, DrledgerError, LedgerUnavailable
+from drledger.errors import DatabaseUnavailable, DrledgerError, LedgerUnavailable, MissingPrivilege
 from drledger.events import LATEST_MS
 from drledger.ledger import open_ledger
 from drledger.ledger.base import Ledger
@@ -120,6 +120,8 @@ class Side:
     newest_commit_ms: int | None = None
     #: The failure is not an outage but something to fix (no outbox, a privilege, a file not there).
     misconfigured: bool = False
+    #: The failure is a right of the reader's list missing: `error` is the sentence with its GRANT.
+    lacks_right: bool = False
 
 
 @dataclass
@@ -202,6 +204,8 @@ class Watcher:
         self.ledger_display = mask_url(settings.ledger_url)
         self._last_ledger_frontier: int | None = None
         self.ledger_ids = self._new_ledger_ids()
+        #: The databases whose reader's rights were found complete (checked until then, every cycle).
+        self._rights_checked: set[str] = set()
 
     def _new_ledger_ids(self) -> LedgerIdCache:
         return LedgerIdCache(self._ledger_ids, margin_ms=ARRIVAL_MARGIN_MS)
@@ -263,21 +267,33 @@ class Watcher:
         snap.cycle_seconds = time.monotonic() - began
         return snap
 
+    def _require_rights(self, side: str, source: SourceDatabase) -> None:
+        """The reader's rights that watch uses, checked on a database before its first read there. A
+        database down is down (checked again once it answers); a right missing is a misconfiguration:
+        at start, one sentence and exit 2; later, that database reported unreadable, with the GRANT."""
+        if side not in self._rights_checked:
+            source.require_rights("reader", "watch")
+            self._rights_checked.add(side)
+
     def _primary(self, snap: Snapshot) -> None:
         try:
+            self._require_rights("primary", self.primary)
             snap.primary.newest_commit_ms = self.primary.latest_commit_ms()
             snap.slot = self.primary.slot_health(self.settings.slot)
             snap.primary.up = True
         except Exception as exc:
             snap.primary.error, snap.primary.misconfigured = _reason(exc), _misconfigured(exc)
+            snap.primary.lacks_right = isinstance(exc, MissingPrivilege)
 
     def _replica_newest(self, side: Side) -> None:
         assert self.replica is not None
         try:
+            self._require_rights("replica", self.replica)
             side.newest_commit_ms = self.replica.latest_commit_ms()
             side.up = True
         except Exception as exc:
             side.error, side.misconfigured = _reason(exc), _misconfigured(exc)
+            side.lacks_right = isinstance(exc, MissingPrivilege)
 
     def _ledger_newest(self, snap: Snapshot) -> None:
         try:

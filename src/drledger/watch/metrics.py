@@ -225,7 +225,9 @@ def states_of(snap: Snapshot) -> dict[str, tuple[str, str | None]]:
     states: dict[str, tuple[str, str | None]] = {}
     for name, side in (("primary", snap.primary), ("replica", snap.replica), ("ledger", snap.ledger)):
         if side is not None:
-            states[name] = ("up", None) if side.up else ("down", side.error)
+            # A right missing is its own state: the line names the GRANT, even after an outage.
+            down = "lacks a right" if side.lacks_right else "down"
+            states[name] = ("up", None) if side.up else (down, side.error)
     if snap.relay.up is not None:
         states["relay"] = ("alive", None) if snap.relay.up else ("down", snap.relay.error)
     if snap.missing_in_ledger is not None:

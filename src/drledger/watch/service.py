@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from drledger.errors import DrledgerError
+from drledger.errors import DrledgerError, MissingPrivilege
 from drledger.watch.cycle import Snapshot, Watcher, WatchSettings
 from drledger.watch.metrics import WatchMetrics
 
@@ -15,6 +15,8 @@ def first_misconfiguration(snap: Snapshot) -> DrledgerError | None:
     """A side that failed for a reason no waiting mends (no outbox, a privilege, a ledger file not
     there): at start, that is bad input, said in one sentence; later, it is reported like an outage."""
     for name, side in (("primary", snap.primary), ("replica", snap.replica), ("ledger", snap.ledger)):
+        if side is not None and side.lacks_right and side.error:
+            return MissingPrivilege(side.error)  # already the sentence, naming the command and its GRANT
         if side is not None and side.misconfigured and side.error:
             return DrledgerError(f"The watcher cannot read the {name}: {side.error.rstrip('.')}.")
     return None

@@ -14,6 +14,7 @@ from drledger.errors import DrledgerError
 from drledger.events import DEFAULT_OPS, OutboxRow
 from drledger.masking import mask_dsn
 from drledger.names import TableName
+from drledger.roles import MissingRight
 from drledger.source.base import Finding, OutboxSlice, RecoverySession, SlotHealth, SourceDatabase
 from drledger.source.mysql import outbox
 from drledger.source.mysql.connection import connect, parse_dsn
@@ -41,6 +42,7 @@ class MySQLSource(SourceDatabase):
             conn.close()
 
     def install(self, tables: Sequence[str], ops: Sequence[str] = DEFAULT_OPS) -> list[str]:
+        self.require_rights("installer", "init", tables)
         return outbox.install(self.dsn, list(tables), ops)
 
     def check(self, tables: Sequence[str]) -> list[Finding]:
@@ -66,6 +68,17 @@ class MySQLSource(SourceDatabase):
                 user = str(outbox.query(conn, "SELECT CURRENT_USER()")[0][0])
                 roles = {"relay": user}
             return check_roles(conn, dict(roles), self._names(tables))
+        finally:
+            conn.close()
+
+    def missing_rights(self, duty: str, command: str, tables: Sequence[str] = ()) -> list[MissingRight]:
+        from drledger.source.mysql.privileges import missing
+
+        default = parse_dsn(self.dsn).database
+        conn = connect(self.dsn)
+        try:
+            role = str(outbox.query(conn, "SELECT CURRENT_USER()")[0][0])
+            return missing(conn, role, duty, command, [outbox.parse_table(t, default) for t in tables])
         finally:
             conn.close()
 

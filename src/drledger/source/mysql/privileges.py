@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drledger.names import TableName
+from drledger.roles import MissingRight
 from drledger.source.base import Finding
 from drledger.source.mysql.columns import quote
 from drledger.source.mysql.outbox import SCHEMA, query
@@ -31,6 +32,17 @@ class Need:
     privilege: str  # one privilege word, as information_schema lists it
     level: str  # "global", or "db" (database), or "db.table"
     before_init: bool = True
+    #: The duty's commands that use it (None: every one, see drledger.roles.DUTY_COMMANDS).
+    commands: frozenset[str] | None = None
+
+    def used_by(self, command: str) -> bool:
+        return self.commands is None or command in self.commands
+
+    @property
+    def what(self) -> str:
+        """The privilege and where it is held, as the GRANT names them."""
+        on = "*.*" if self.level == "global" else (self.level if "." in self.level else f"{self.level}.*")
+        return f"{self.privilege} on {on}"
 
     def grant(self, role: str) -> str:
         on = (
@@ -63,8 +75,9 @@ def needs(roles: dict[str, str], tables: list[TableName]) -> list[tuple[str, Nee
         elif duty == "reader":
             out.append((role, Need(duty, "SELECT", f"{SCHEMA}.outbox", False)))
             # watch: whether the relay is reading is a thread of the relay's account, seen with PROCESS.
-            out.append((role, Need(duty, "SELECT", f"{SCHEMA}.relays", False)))
-            out.append((role, Need(duty, "PROCESS", "global")))
+            watch = frozenset({"watch"})
+            out.append((role, Need(duty, "SELECT", f"{SCHEMA}.relays", False, watch)))
+            out.append((role, Need(duty, "PROCESS", "global", commands=watch)))
         elif duty == "recoverer":
             for name, privilege in (
                 ("outbox", "SELECT"),
@@ -77,8 +90,9 @@ def needs(roles: dict[str, str], tables: list[TableName]) -> list[tuple[str, Nee
             ):
                 out.append((role, Need(duty, privilege, f"{SCHEMA}.{name}", False)))
             for table in tables:
+                # UPDATE and DELETE: replay applies a lost update or delete onto the row it changed;
                 # ALTER: fencing moves AUTO_INCREMENT with ALTER TABLE.
-                for privilege in ("SELECT", "INSERT", "ALTER"):
+                for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE", "ALTER"):
                     out.append((role, Need(duty, privilege, f"{table.schema}.{table.name}")))
     return out
 
@@ -153,8 +167,18 @@ def check_roles(conn: Any, roles: dict[str, str], tables: list[TableName]) -> li
         findings.append(
             Finding(
                 ok,
-                f"{role} ({need.duty}) " + ("has " if ok else "lacks ") + f"{need.privilege} on {need.level}",
+                f"{role} ({need.duty}) " + ("has " if ok else "lacks ") + need.what,
                 None if ok else need.grant(role),
             )
         )
     return findings
+
+
+def missing(conn: Any, role: str, duty: str, command: str, tables: list[TableName]) -> list[MissingRight]:
+    """The rights of `duty`'s list that `command` uses and the account `role` lacks, read from
+    information_schema (which shows an account its own privileges)."""
+    return [
+        MissingRight(role, duty, need.what, need.grant(account_role))
+        for account_role, need in needs({duty: role}, tables)
+        if need.used_by(command) and not held(conn, account_role, need)
+    ]

@@ -22,12 +22,12 @@ import orjson
 from drledger.errors import DrledgerError, RowsRejected, SourceUnavailable
 from drledger.events import LedgerEvent
 from drledger.names import TableName
+from drledger.roles import MissingRight
 from drledger.source.base import (
     ChangeOutcome,
     CurrentRow,
     ForeignKeyInfo,
     RecoverySession,
-    ReplayRights,
     SequenceInfo,
     TableShape,
     UniqueClash,
@@ -47,7 +47,7 @@ from drledger.source.mysql.outbox import (
     require_outbox,
     table_columns,
 )
-from drledger.source.mysql.privileges import held, needs
+from drledger.source.mysql.privileges import missing
 
 REPLAY_LOCK = "drledger_replay"
 _DUPLICATE_KEY = 1062
@@ -147,16 +147,10 @@ class MySQLRecoverySession(RecoverySession):
             raise RowsRejected(str(warnings[0][2]))
         return [r[0] for r in rows]
 
-    def missing_rights(self, shapes: Sequence[TableShape]) -> ReplayRights:
-        # The recoverer's list that --print-grants prints and init --check --as verifies, read from
-        # information_schema (which shows an account its own privileges), before the first write.
-        user = str(query(self.conn, "SELECT CURRENT_USER()")[0][0])
-        rights = ReplayRights(role=user)
-        for role, need in needs({"recoverer": user}, [shape.name for shape in shapes]):
-            if not held(self.conn, role, need):
-                rights.missing.append(f"{need.privilege} on {need.level}")
-                rights.grants.append(need.grant(role))
-        return rights
+    def missing_rights(self, duty: str, command: str, tables: Sequence[TableName] = ()) -> list[MissingRight]:
+        # Read from information_schema (which shows an account its own privileges), before the first write.
+        role = str(query(self.conn, "SELECT CURRENT_USER()")[0][0])
+        return missing(self.conn, role, duty, command, list(tables))
 
     def ensure_replay_log(self) -> None:
         present = query(

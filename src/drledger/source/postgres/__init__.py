@@ -12,6 +12,7 @@ from drledger.errors import DrledgerError
 from drledger.events import DEFAULT_OPS, OutboxRow
 from drledger.masking import mask_dsn
 from drledger.names import TableName
+from drledger.roles import MissingRight
 from drledger.source.base import Finding, OutboxSlice, RecoverySession, SlotHealth, SourceDatabase
 from drledger.source.postgres import outbox
 from drledger.source.postgres.connection import connect
@@ -31,6 +32,7 @@ class PostgresSource(SourceDatabase):
         self._kept.close()
 
     def install(self, tables: Sequence[str], ops: Sequence[str] = DEFAULT_OPS) -> list[str]:
+        self.require_rights("installer", "init", tables)
         return outbox.install(self.dsn, list(tables), ops)
 
     def check(self, tables: Sequence[str]) -> list[Finding]:
@@ -62,6 +64,13 @@ class PostgresSource(SourceDatabase):
             if not roles:
                 roles = {"relay": str(conn.execute("SELECT current_user").fetchone()[0])}  # type: ignore[index]
             return check_roles(conn, dict(roles), self._tables(conn, tables))
+
+    def missing_rights(self, duty: str, command: str, tables: Sequence[str] = ()) -> list[MissingRight]:
+        from drledger.source.postgres.privileges import missing
+
+        with connect(self.dsn) as conn:
+            role = str(conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+            return missing(conn, role, duty, command, [TableName.parse(t) for t in tables])
 
     def latest_commit_ms(self) -> int | None:
         from drledger.source.postgres.readiness import latest_commit_ms

@@ -415,7 +415,9 @@ RELAY_COLUMNS = {
 def check(dsn: str, tables: list[str]) -> list[Finding]:
     """What the relay needs from this database, each item said plainly with how to fix it."""
     with connect(dsn) as conn:
-        findings = [_wal_level_finding(conn), _replication_finding(conn)]
+        # The connecting role's rights are not checked here: init --check checks them from the one list
+        # (privileges.needs) for the relay's duty, or for the duties --as names.
+        findings = [_wal_level_finding(conn)]
         has_outbox = outbox_exists(conn)
         findings.append(
             Finding(
@@ -473,19 +475,6 @@ def _wal_level_finding(conn: psycopg.Connection[Any]) -> Finding:
     )
 
 
-def _replication_finding(conn: psycopg.Connection[Any]) -> Finding:
-    can_replicate = conn.execute(
-        "SELECT rolreplication OR rolsuper OR coalesce(pg_has_role(current_user, "
-        "(SELECT oid FROM pg_roles WHERE rolname = 'rds_replication'), 'member'), false) "
-        "FROM pg_roles WHERE rolname = current_user"
-    ).fetchone()[0]  # type: ignore[index]
-    return Finding(
-        bool(can_replicate),
-        "this user " + ("may" if can_replicate else "may not") + " open a replication connection",
-        None if can_replicate else "run ALTER ROLE <user> WITH REPLICATION (on RDS: GRANT rds_replication)",
-    )
-
-
 def _trigger_finding(conn: psycopg.Connection[Any], table: TableName) -> Finding:
     trigger = conn.execute(
         "SELECT t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
@@ -508,7 +497,7 @@ def _trigger_finding(conn: psycopg.Connection[Any], table: TableName) -> Finding
 
 
 def _outbox_findings(conn: psycopg.Connection[Any]) -> list[Finding]:
-    """The outbox's columns, the heartbeat table, and this user's right to read and write them."""
+    """The outbox's columns, its replay guard, and the heartbeat table."""
     present = {
         r[0]
         for r in conn.execute(
@@ -543,32 +532,9 @@ def _outbox_findings(conn: psycopg.Connection[Any]) -> list[Finding]:
             None if guarded else "run drledger init (a current one)",
         )
     )
-    can_read = conn.execute("SELECT has_table_privilege('drledger.outbox', 'SELECT')").fetchone()[0]  # type: ignore[index]
-    findings.append(
-        Finding(
-            bool(can_read),
-            "this user " + ("may" if can_read else "may not") + " read drledger.outbox",
-            None if can_read else "run GRANT SELECT ON drledger.outbox TO <user>",
-        )
-    )
     has_heartbeat = conn.execute("SELECT to_regclass('drledger.heartbeat') IS NOT NULL").fetchone()[0]  # type: ignore[index]
     if not has_heartbeat:
         findings.append(Finding(False, "the drledger.heartbeat table is missing", "run drledger init"))
-        return findings
-    # The snapshot reads the heartbeat table too (it is in the publication); the heartbeat upserts it.
-    can_beat = conn.execute(
-        "SELECT bool_and(has_table_privilege('drledger.heartbeat', p)) FROM unnest(%s::text[]) p",
-        (["SELECT", "INSERT", "UPDATE"],),
-    ).fetchone()[0]  # type: ignore[index]
-    findings.append(
-        Finding(
-            bool(can_beat),
-            "this user "
-            + ("may" if can_beat else "may not")
-            + " write the relay's heartbeat (drledger.heartbeat)",
-            None if can_beat else "run GRANT SELECT, INSERT, UPDATE ON drledger.heartbeat TO <user>",
-        )
-    )
     return findings
 
 

@@ -7,8 +7,9 @@ checks of both. The four duties (see drledger.roles):
 - **relay** runs `relay`: a replication connection, and reads the outbox and the heartbeat table,
   which it also writes.
 - **reader** runs `reconcile` (and `watch`): reads the outbox.
-- **recoverer** runs `replay` and `fence`: reads and writes the captured tables and the outbox, writes
-  replay's audit log, and moves the tables' sequences. Writing the audit log is also what lets its
+- **recoverer** runs `replay` and `fence`: reads and writes the captured tables (replay applies lost
+  inserts, updates and deletes) and the outbox, writes replay's audit log, and moves the tables'
+  sequences. Writing the audit log is also what lets its
   sessions suppress capture; no other role can.
 
 The application keeps its own role and privileges; it needs nothing on schema `drledger`.
@@ -23,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from drledger.names import TableName, quote_ident
+from drledger.roles import MissingRight
 from drledger.source.base import Finding
 from drledger.source.postgres.outbox import SCHEMA, ident, table_oid
 
@@ -36,6 +38,11 @@ class Need:
     test: sql.Composable  # a boolean expression over the placeholder %(role)s
     grant: sql.Composable  # the statement, with {role} already filled in
     after_init: bool = False  # on drledger's own objects: granted by the installer once init has run
+    #: The duty's commands that use it (None: every one, see drledger.roles.DUTY_COMMANDS).
+    commands: frozenset[str] | None = None
+
+    def used_by(self, command: str) -> bool:
+        return self.commands is None or command in self.commands
 
 
 def _table_needs(conn: psycopg.Connection[Any], tables: list[TableName]) -> list[tuple[TableName, list[str]]]:
@@ -85,6 +92,17 @@ def needs(conn: psycopg.Connection[Any], roles: dict[str, str], tables: list[Tab
                 **db,
             )
         )
+        if duty == "relay":  # first: without it, nothing else the relay holds matters
+            out.append(
+                _need(
+                    duty,
+                    role,
+                    "the REPLICATION attribute (on RDS/Aurora: membership in rds_replication)",
+                    "(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = %(role)s) OR EXISTS "
+                    "(SELECT 1 FROM pg_roles r WHERE r.rolname = 'rds_replication' AND pg_has_role(%(role)s, r.oid, 'MEMBER'))",
+                    "ALTER ROLE {role} WITH REPLICATION",
+                )
+            )
         if duty == "installer":
             out.append(
                 _need(
@@ -146,21 +164,11 @@ def needs(conn: psycopg.Connection[Any], roles: dict[str, str], tables: list[Tab
                     table=sql.Identifier(SCHEMA, name),
                 )
             )
-        if duty == "relay":
-            out.append(
-                _need(
-                    duty,
-                    role,
-                    "the REPLICATION attribute (on RDS/Aurora: membership in rds_replication)",
-                    "(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = %(role)s) OR EXISTS "
-                    "(SELECT 1 FROM pg_roles r WHERE r.rolname = 'rds_replication' AND pg_has_role(%(role)s, r.oid, 'MEMBER'))",
-                    "ALTER ROLE {role} WITH REPLICATION",
-                )
-            )
         if duty == "recoverer":
             for table, sequences in with_sequences:
                 out.append(_schema_usage(duty, role, table))
-                for privilege in ("SELECT", "INSERT"):
+                # UPDATE and DELETE: replay applies a lost update or delete onto the row it changed.
+                for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE"):
                     out.append(
                         _need(
                             duty,
@@ -186,6 +194,25 @@ def needs(conn: psycopg.Connection[Any], roles: dict[str, str], tables: list[Tab
                         )
                     )
     return _unique(out)
+
+
+def missing(
+    conn: psycopg.Connection[Any], role: str, duty: str, command: str, tables: list[TableName]
+) -> list[MissingRight]:
+    """The first right of `duty`'s list that `command` uses and `role` lacks here, if any (those on
+    drledger's own objects only once init has made them: before, the command's own "run drledger init"
+    is the news). The first only: the list is in order (USAGE on a schema before a table in it), and a
+    role without the schema's USAGE may not even name the tables in it."""
+    has_schema = bool(conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (SCHEMA,)).fetchone())
+    for item in needs(conn, {duty: role}, tables):
+        if not item.used_by(command) or (item.after_init and not has_schema):
+            continue
+        row = conn.execute(
+            sql.SQL("SELECT coalesce(({}), false)").format(item.test), {"role": role}
+        ).fetchone()
+        if not (row and row[0]):
+            return [MissingRight(role, duty, item.what, item.grant.as_string(conn))]
+    return []
 
 
 def _schema_usage(duty: str, role: str, table: TableName) -> Need:

@@ -22,12 +22,12 @@ from psycopg import sql
 from drledger.errors import DrledgerError, RowsRejected, SourceUnavailable
 from drledger.events import LedgerEvent
 from drledger.names import TableName
+from drledger.roles import MissingRight
 from drledger.source.base import (
     ChangeOutcome,
     CurrentRow,
     ForeignKeyInfo,
     RecoverySession,
-    ReplayRights,
     SequenceInfo,
     TableShape,
     UniqueClash,
@@ -111,19 +111,11 @@ class PostgresRecoverySession(RecoverySession):
         with self._translated(), self.conn.transaction():
             return [r[0] for r in self.conn.execute(statement, (_json_array(images),)).fetchall()]
 
-    def missing_rights(self, shapes: Sequence[TableShape]) -> ReplayRights:
-        # The recoverer's list that --print-grants prints and init --check --as verifies, for this role.
-        from drledger.source.postgres.privileges import needs
+    def missing_rights(self, duty: str, command: str, tables: Sequence[TableName] = ()) -> list[MissingRight]:
+        from drledger.source.postgres.privileges import missing
 
-        rights = ReplayRights(role=str(self.conn.execute("SELECT current_user").fetchone()[0]))  # type: ignore[index]
-        for need in needs(self.conn, {"recoverer": rights.role}, [shape.name for shape in shapes]):
-            row = self.conn.execute(
-                sql.SQL("SELECT coalesce(({}), false)").format(need.test), {"role": rights.role}
-            ).fetchone()
-            if not (row and row[0]):
-                rights.missing.append(need.what)
-                rights.grants.append(need.grant.as_string(self.conn))
-        return rights
+        role = str(self.conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+        return missing(self.conn, role, duty, command, list(tables))
 
     def ensure_replay_log(self) -> None:
         ensure_replay_log(self.conn)
