@@ -21,13 +21,14 @@ if [ "$docs_status" != 0 ]; then
 fi
 "$VENV/bin/python" scripts/check_readme_links.py || exit 1
 # The suite runs on TEST_WORKERS processes (pytest-xdist), each with its own clusters, broker and moto
-# (session fixtures are per process): most tests wait on servers and JVMs, so two share 2 cores well.
+# (session fixtures are per process): most tests wait on servers and JVMs, so two share 2 cores well. A
+# module's tests that share a module-scoped fixture stay together in one process (tests/conftest.py).
 # TEST_WORKERS=0 runs it in this one process.
 workers=${TEST_WORKERS:-2}
 if [ "$workers" = 0 ]; then
   "$VENV/bin/pytest" "$@"
 else
-  "$VENV/bin/pytest" -n "$workers" "$@"
+  "$VENV/bin/pytest" -n "$workers" --dist loadgroup "$@"
 fi
 status=$?
 if [ "$status" = 5 ]; then

@@ -266,8 +266,8 @@ class OutboxRow:
     created_at_ms: int
     row_sha256: str
     before_json: str | None = None
-    # Where the row stands among its transaction's changes (PostgreSQL: its command's number, from 1;
-    # MySQL: its creation in microseconds): without a log position, what orders a row's changes.
+    # Where the row stands among the changes (PostgreSQL: its transaction id, then its command's number
+    # in it, from 1; MySQL: its creation in microseconds): without a log position, what orders changes.
     position: int = 0
 
     def as_event(self) -> LedgerEvent:

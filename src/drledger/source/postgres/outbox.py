@@ -646,6 +646,11 @@ def _change_text(has_before: bool) -> str:
     )
 
 
+#: Bits of an outbox row's position given to its command number within the transaction (a million
+#: commands; beyond, a transaction's last changes share one position and keep the order they are read in).
+_COMMAND_BITS = 20
+
+
 def _row_columns(has_before: bool) -> str:
     """An OutboxRow's columns; the digest is the database's hash of the same text the relay hashed."""
     return (
@@ -653,8 +658,10 @@ def _row_columns(has_before: bool) -> str:
         f"(extract(epoch FROM created_at) * 1000)::bigint, "
         f"encode(sha256(convert_to({_change_text(has_before)}, 'UTF8')), 'hex'), "
         + ("before_image::text" if has_before else "NULL::text")
-        # The command within its transaction that wrote the row: a transaction's changes in order.
-        + ", cmin::text::bigint + 1"
+        # The command within its transaction that wrote the row orders a transaction's changes; the
+        # transaction id before it orders transactions whose rows carry the same millisecond (replay
+        # sorts by commit time, then this), as no commit position is kept in the table.
+        + f", txid * {1 << _COMMAND_BITS} + least(cmin::text::bigint + 1, {(1 << _COMMAND_BITS) - 1})"
     )
 
 
