@@ -26,8 +26,9 @@ class OldRegionFindings:
     commits, recorded client-side). Its --json keys:
 
     - `committed`: keys whose COMMIT the application saw acknowledged.
-    - `unrecoverable_after_ledger`: committed keys the promoted database lacked after the ledger's replay
-      (they never reached the ledger).
+    - `unrecoverable_after_ledger`: the events (rows placed, and their updates and deletes) of the
+      acknowledged commits the promoted database lacked after the ledger's replay (they never reached the
+      ledger).
     - `found_on_old_primary`: events reconcile found in the old primary's outbox and not in the promoted
       database; `missing_in_ledger`: the promoted database's events the old primary lacks (0: the
       ledger replay's rows went back with their event ids); `split_brain`: lost keys the promoted
@@ -82,7 +83,7 @@ def old_region_returns(rig: FailoverRig, progress: Progress) -> OldRegionFinding
     committed = rig.truth.keys
     # The orders every acknowledged commit leaves (with deletes, fewer than were ever inserted).
     alive = _alive(rig) if rig.changes else committed
-    after_ledger = alive - rig.keys_in(rig.dr_dsn)
+    after_ledger = _events_not_landed(rig, rig.keys_in(rig.dr_dsn))
     progress("the old region returns: the killed primary starts isolated and read-only on a port of its own")
     old_dsn = rig.old_region_returns()
     progress("reconcile: the old primary's outbox, read as a ledger, against the promoted database")
@@ -102,7 +103,7 @@ def old_region_returns(rig: FailoverRig, progress: Progress) -> OldRegionFinding
     unacknowledged = rig.keys_in(old_dsn) - committed
     return OldRegionFindings(
         committed=len(committed),
-        unrecoverable_after_ledger=len(after_ledger),
+        unrecoverable_after_ledger=after_ledger,
         found_on_old_primary=len(report.missing_in_dr),
         missing_in_ledger=len(report.missing_in_ledger),
         split_brain=len(report.split_brain),
@@ -118,6 +119,13 @@ def old_region_returns(rig: FailoverRig, progress: Progress) -> OldRegionFinding
         replay_seconds=round(replay_s, 3),
         wrong_rows=len(_wrong_rows(rig, on_dr)) if rig.changes else 0,
     )
+
+
+def _events_not_landed(rig: FailoverRig, present: set[int]) -> int:
+    """The events of the acknowledged commits a database with these orders does not hold."""
+    commits = rig.truth.commits
+    held = truth_of.landed(commits, present)
+    return sum(len(c.keys) + len(c.changes) for i, c in enumerate(commits) if i not in held)
 
 
 def _alive(rig: FailoverRig) -> set[int]:
