@@ -147,7 +147,10 @@ def ledger_up_relay_down(settings: DrillSettings, progress: Progress) -> Scenari
         )
         heard = f"relay death → {how}: {alert_s:.1f} s" if alert_s is not None else f"no alert heard ({how})"
         passed = (
-            report.exit_code == ExitCode.NEEDS_HUMAN and flagged == never_relayed > 0 and alert_s is not None
+            report.exit_code == ExitCode.NEEDS_HUMAN
+            and flagged_rows == never_relayed > 0
+            and flagged >= flagged_rows
+            and alert_s is not None
         )
         return ScenarioOutcome(
             "ledger-up-relay-down",
