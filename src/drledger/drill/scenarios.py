@@ -330,7 +330,7 @@ def old_region_returns(settings: DrillSettings, progress: Progress) -> ScenarioO
     observed = (
         " ".join(
             f"{c.label}: unrecoverable after the ledger {c.old.unrecoverable_after_ledger} of "
-            f"{c.result.lost_without_ledger} lost, after the old region returned "
+            f"{c.result.events(c.result.lost_without_ledger, 'lost')} events lost, after the old region returned "
             f"{c.old.unrecoverable_after_old_region} (target 0; the old primary returned {c.old.replayed})."
             for c in cases
         )
@@ -364,13 +364,14 @@ class _OldRegionCase:
 
     def figures(self) -> dict[str, Any]:
         """The case's --json figures: `relay_stalled_s` (the relay's stall before the disaster; null: it
-        kept up), `lost_at_failover`, `recovered_by_ledger`, OldRegionFindings' keys (documented there:
+        kept up), `lost_at_failover`, `recovered_by_ledger` (events: rows placed, updates, deletes),
+        OldRegionFindings' keys (documented there:
         `unrecoverable_after_ledger`, `unrecoverable_after_old_region` — target 0 —, `phantom_rows`, …),
         and `drill`: the ledger drill's own --json object."""
         return {
             "relay_stalled_s": self.stall_s,
-            "lost_at_failover": self.result.lost_without_ledger,
-            "recovered_by_ledger": self.result.recovered,
+            "lost_at_failover": self.result.events(self.result.lost_without_ledger, "lost"),
+            "recovered_by_ledger": self.result.events(self.result.recovered, "recovered"),
             **self.old.as_json(),
             "drill": self.result.as_json(),
         }
@@ -407,12 +408,12 @@ def _old_region_table(cases: list[_OldRegionCase]) -> Table:
         table.add_column(case.label, justify="right")
     table.add_column("target", justify="right")
     rows: list[tuple[str, str, Callable[[_OldRegionCase], int]]] = [
-        ("committed (acknowledged to the application)", "", lambda c: c.old.committed),
-        ("lost at failover", "", lambda c: c.result.lost_without_ledger),
-        ("recovered from the ledger", "", lambda c: c.result.recovered),
-        ("unrecoverable after the ledger", "", lambda c: c.old.unrecoverable_after_ledger),
-        ("returned by the old primary", "", lambda c: c.old.replayed),
-        ("unrecoverable after the old region returned", "0", lambda c: c.old.unrecoverable_after_old_region),
+        ("orders placed (acknowledged to the application)", "", lambda c: c.old.committed),
+        ("events lost at failover", "", lambda c: c.result.events(c.result.lost_without_ledger, "lost")),
+        ("events recovered from the ledger", "", lambda c: c.result.events(c.result.recovered, "recovered")),
+        ("events unrecoverable after the ledger", "", lambda c: c.old.unrecoverable_after_ledger),
+        ("events returned by the old primary", "", lambda c: c.old.replayed),
+        ("orders missing after the old region returned", "0", lambda c: c.old.unrecoverable_after_old_region),
         ("phantom rows", "0", lambda c: c.old.phantom_rows),
         ("rolled-back keys present", "0", lambda c: c.old.rolled_back_present),
         ("rows not as the acknowledged commits left them", "0", lambda c: c.old.wrong_rows),
