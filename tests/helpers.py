@@ -287,12 +287,15 @@ def make_events(
 
 def lost_to_a_ledger(dsn: str, ledger: Path, tables: str) -> tuple[list[LedgerEvent], str]:
     """A failover's loss, in small: the outbox's events published to an embedded ledger at `ledger`, then
-    `tables` (SQL, comma-separated) and the outbox truncated. The events, and the ledger's URL."""
+    `tables` (SQL, comma-separated) and the outbox truncated, as a replica that never had those rows.
+    The events, and the ledger's URL."""
     from drledger.ledger import open_ledger
     from drledger.source.postgres.outbox import read_window
 
     events = [r.as_event() for r in read_window(dsn, None, None)]
     with psycopg.connect(dsn) as conn:
+        # init refuses a TRUNCATE of a captured table; replication's own role (a superuser's) passes it.
+        conn.execute("SET LOCAL session_replication_role = replica")
         conn.execute(f"TRUNCATE {tables}, drledger.outbox")
         conn.commit()
     url = f"sqlite:///{ledger}"

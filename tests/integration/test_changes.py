@@ -197,7 +197,7 @@ def test_lost_updates_and_deletes_are_replayed_in_order_onto_the_rows_they_chang
             [
                 "UPDATE account SET balance = CASE id WHEN 1 THEN 100 ELSE 50 END",
                 "DELETE FROM account WHERE id = 3",
-                "TRUNCATE history",
+                "DELETE FROM history",
             ],
         )
         saved = workdir / "lost.json"
@@ -245,7 +245,7 @@ def test_a_change_the_dr_row_never_saw_holds_its_whole_transaction_back(
             [
                 "UPDATE account SET balance = CASE id WHEN 1 THEN 100 ELSE 50 END",
                 "DELETE FROM account WHERE id = 4",
-                "TRUNCATE history",
+                "DELETE FROM history",
             ],
         )
         with psycopg.connect(dsn) as conn:  # after promotion, the DR's application moved account 1
@@ -304,3 +304,117 @@ def test_an_update_that_moves_a_row_between_partitions_is_a_delete_and_an_insert
             ("delete", us, False),
         ]
         assert run_cli("init", "--db", dsn, "--table", "visit", "--ops", "delete").returncode == 2
+
+
+TRUNCATABLE = (
+    "CREATE TABLE customer (id int PRIMARY KEY);"
+    "CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customer);"
+    "CREATE TABLE visit (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);"
+    "CREATE TABLE visit_eu PARTITION OF visit FOR VALUES IN ('eu');"
+    "CREATE TABLE scratch (id int PRIMARY KEY);"
+    "INSERT INTO customer VALUES (1); INSERT INTO orders VALUES (1, 1); INSERT INTO visit VALUES (1, 'eu');"
+    "INSERT INTO scratch VALUES (1)"
+)
+
+
+def refused(conn: psycopg.Connection[Any], statement: str) -> tuple[str, str]:
+    """The message and hint `statement` fails with (rolled back): drledger's refusal, not a missing
+    privilege."""
+    try:
+        conn.execute(statement)
+    except psycopg.errors.ProhibitedSqlStatementAttempted as exc:
+        conn.rollback()
+        return exc.diag.message_primary or "", exc.diag.message_hint or ""
+    raise AssertionError(f"{statement} was not refused")
+
+
+def test_a_truncate_of_a_captured_table_is_refused_in_one_sentence_and_the_rows_stay(
+    primary: LocalCluster,
+) -> None:
+    """Issue 22: TRUNCATE fires no row trigger, so nothing of it could reach the ledger. On PostgreSQL
+    init refuses it on every captured table and partition, for every role, however it is reached."""
+    app = f"app_{uuid.uuid4().hex[:6]}"
+    with fresh_database(primary, TRUNCATABLE) as dsn:
+        for _ in range(2):  # init twice: one refusal trigger per table all the same
+            init = run_cli("init", "--db", dsn, "--table", "orders", "--table", "visit")
+            assert init.returncode == 0, init.stderr
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            triggers = conn.execute(
+                "SELECT tgrelid::regclass::text, count(*) FROM pg_trigger WHERE tgname = 'drledger_capture_truncate' "
+                "GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+            assert triggers == [("orders", 1), ("visit", 1), ("visit_eu", 1)]
+            # It only raises: it runs with the truncating role's rights, never drledger's (issue 21).
+            assert conn.execute(
+                "SELECT prosecdef, proconfig FROM pg_proc WHERE oid = 'drledger.refuse_truncate'::regproc"
+            ).fetchone() == (False, ["search_path=pg_catalog, pg_temp"])
+            conn.execute(f"CREATE ROLE {app} LOGIN")
+            conn.execute(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO {app}"
+            )
+        try:
+            with psycopg.connect(dsn.replace("postgres@", f"{app}@", 1)) as conn:
+                message, hint = refused(conn, "TRUNCATE orders")
+                assert message == (
+                    "drledger captures public.orders: TRUNCATE would leave no trace in the DR ledger; "
+                    "use DELETE, which is captured, or stop capturing the table first"
+                )
+                assert hint == (
+                    "To stop capturing public.orders, its owner drops the drledger_capture triggers on it "
+                    "and on its partitions."
+                )
+                # The partitioned table, a partition, a list of tables, and a cascade from an uncaptured one.
+                assert refused(conn, "TRUNCATE visit")[0].startswith("drledger captures public.visit")
+                assert refused(conn, "TRUNCATE visit_eu")[0].startswith(
+                    "drledger captures public.visit_eu (a partition of public.visit): TRUNCATE would leave"
+                )
+                assert "public.orders" in refused(conn, "TRUNCATE scratch, orders")[0]
+                assert "public.orders" in refused(conn, "TRUNCATE customer CASCADE")[0]
+                conn.execute("TRUNCATE scratch")  # an uncaptured table truncates as ever
+                conn.commit()
+        finally:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f"DROP OWNED BY {app}")
+                conn.execute(f"DROP ROLE {app}")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            counts = conn.execute(
+                "SELECT (SELECT count(*) FROM customer), (SELECT count(*) FROM orders), "
+                "(SELECT count(*) FROM visit), (SELECT count(*) FROM scratch), (SELECT count(*) FROM drledger.outbox)"
+            ).fetchone()
+            assert counts == (1, 1, 1, 0, 0)  # every captured row stays, and no event was minted
+
+            # init --check shows the refusal, and names one taken away as it names a missing capture trigger.
+            def check(table: str = "orders") -> tuple[int, dict[str, tuple[bool, str | None]]]:
+                result = run_cli("init", "--db", dsn, "--table", table, "--check", "--json")
+                findings = json.loads(result.stdout)["findings"]
+                return result.returncode, {
+                    f["what"]: (f["ok"], f["fix"]) for f in findings if "TRUNCATE" in f["what"]
+                }
+
+            assert check()[1] == {
+                "TRUNCATE of public.orders is refused (it would leave no trace in the ledger)": (True, None)
+            }
+            conn.execute("ALTER TABLE orders DISABLE TRIGGER drledger_capture_truncate")
+            code, said = check()
+            assert code == 1 and said == {
+                "TRUNCATE of public.orders is not refused: its drledger_capture_truncate trigger is disabled, "
+                "and a TRUNCATE would leave no trace in the ledger": (
+                    False,
+                    "run drledger init --table public.orders",
+                )
+            }, said
+            conn.execute("DROP TRIGGER drledger_capture_truncate ON orders")
+            conn.execute("DROP TRIGGER drledger_capture_truncate ON visit_eu")
+            assert "public.orders is not refused: its drledger_capture_truncate trigger is missing" in str(
+                check()
+            )
+            code, said = check("visit")
+            assert code == 1 and said == {
+                "TRUNCATE of public.visit is refused (it would leave no trace in the ledger)": (True, None),
+                "the partition public.visit_eu of public.visit has no TRUNCATE refusal": (
+                    False,
+                    "run drledger init --table 'public.visit' again",
+                ),
+            }, said
+            assert run_cli("init", "--db", dsn, "--table", "orders", "--table", "visit").returncode == 0
+            assert check()[0] == 0 and check("visit")[0] == 0

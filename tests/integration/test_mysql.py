@@ -421,6 +421,72 @@ def test_init_check_names_each_missing_setting(shop: Shop) -> None:
     assert any("outbox table is missing" in what for what in missing)
 
 
+def test_init_check_names_each_account_that_may_truncate_a_captured_table(shop: Shop) -> None:
+    """MySQL fires no trigger for TRUNCATE TABLE: it cannot be refused nor captured, so init --check names
+    who may run it (it needs DROP), drledger's own roles aside, or says it could not tell."""
+    import pymysql
+
+    tables = ["--table", "Sales.customer", "--table", "Sales.line"]
+    assert shop.cli("init", *tables).returncode == 0
+    app = shop.app_dsn.split("//")[1].split("@")[0]
+
+    def said(*extra: str, db: str | None = None) -> tuple[int, dict[str, tuple[bool, str | None]]]:
+        result = shop.cli("init", *tables, "--check", "--json", *extra, db=db)
+        findings = json.loads(result.stdout)["findings"]
+        return result.returncode, {
+            f["what"]: (f["ok"], f["fix"]) for f in findings if "TRUNCATE" in f["what"]
+        }
+
+    code, lines = said()
+    assert code == 0, lines
+    assert lines.pop(
+        'no account but drledger\'s may TRUNCATE TABLE "Sales".customer, "Sales".line (it needs DROP) by a '
+        "grant on the table or its database; a TRUNCATE would leave no trace in the ledger"
+    ) == (True, None)
+    ((administrators, (ok, fix)),) = lines.items()  # root: an administrator's line, which fails nothing
+    assert ok and "'root'@'localhost'" in administrators and "DROP on every database" in administrators
+    assert fix == "empty a captured table with DELETE, never TRUNCATE TABLE"
+
+    shop.server.execute(f"GRANT DROP ON `Sales`.* TO '{app}'@'%'")
+    # Why it matters: the application's TRUNCATE goes through, and not one event says so.
+    shop.server.execute("INSERT INTO `Sales`.customer (name) VALUES ('Zoë')")
+    shop.server.execute("INSERT INTO `Sales`.line (customer_id) SELECT id FROM `Sales`.customer")
+    events = shop.rows("SELECT COUNT(*) FROM drledger.outbox")
+    conn = pymysql.connect(host="127.0.0.1", port=shop.server.port, user=app, database="Sales")
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("TRUNCATE TABLE line")
+    finally:
+        conn.close()
+    assert shop.rows("SELECT COUNT(*) FROM `Sales`.line") == [(0,)]
+    assert shop.rows("SELECT COUNT(*) FROM drledger.outbox") == events
+    # A drledger role holding DROP is not named (replay never truncates); the application's account is.
+    shop.server.execute("CREATE USER IF NOT EXISTS 'drledger_recoverer'@'%'")
+    try:
+        shop.server.execute("GRANT DROP ON `Sales`.line TO 'drledger_recoverer'@'%'")
+        code, lines = said()
+        assert code == 1 and not any("drledger_recoverer" in what for what in lines), lines
+        assert lines[
+            f"'{app}'@'%' holds DROP on \"Sales\".customer, \"Sales\".line: its TRUNCATE TABLE would leave no "
+            "trace in the ledger (MySQL fires no trigger for it)"
+        ] == (
+            False,
+            f"REVOKE DROP ON `Sales`.* FROM '{app}'@'%' (or see that it never truncates a captured table, "
+            "and empties one with DELETE)",
+        )
+    finally:
+        shop.server.execute("DROP USER IF EXISTS 'drledger_recoverer'@'%'")
+    # An account that may not read the grant tables says it could not tell: never a ✓ it cannot back.
+    shop.server.execute(f"REVOKE DROP ON `Sales`.* FROM '{app}'@'%'")
+    assert said()[0] == 0
+    code, lines = said(db=shop.app_dsn)
+    (could_not,) = [what for what, (ok, _fix) in lines.items() if not ok]
+    assert code == 1 and could_not.startswith(
+        'could not tell which accounts may TRUNCATE TABLE "Sales".customer, "Sales".line'
+    ), lines
+    assert "this account may not read mysql.user, mysql.db and mysql.tables_priv" in could_not
+
+
 def test_bad_mysql_input_is_one_sentence(shop: Shop) -> None:
     for dsn, fragment in (
         ("mysql://root:hunter2@127.0.0.1:1/Sales", "Cannot connect to the database"),

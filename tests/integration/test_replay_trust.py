@@ -147,6 +147,8 @@ def _build_world(dsn: str, workdir: Path) -> Iterator[World]:
     assert len(events) == 16
     # The failover: the rows and their outbox rows never reached the replica, nor did the sequences.
     with psycopg.connect(dsn) as conn:
+        # init refuses a TRUNCATE of a captured table; replication's own role (a superuser's) passes it.
+        conn.execute("SET LOCAL session_replication_role = replica")
         conn.execute(
             'TRUNCATE public.line, public.customer, "Sales"."Order", public."my table", '
             'public."we""ird", public."dot.ted", public."select", drledger.outbox RESTART IDENTITY'

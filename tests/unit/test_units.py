@@ -282,3 +282,21 @@ def test_an_update_and_a_delete_travel_with_a_hash_over_the_operation_and_both_i
             orjson.dumps({**version_1, "op": "delete", "row_sha256": delete.row_sha256}), "p"
         ).reason
     )
+
+
+def test_a_refused_truncate_names_the_captured_table_and_claims_delete_is_captured_only_when_it_is() -> None:
+    from drledger.names import TableName
+    from drledger.source.postgres.outbox import truncate_refusal
+
+    orders, sales = TableName("public", "orders"), TableName("Sales", "Order")
+    part = TableName("Sales", "Order_eu")
+    assert truncate_refusal(orders, orders, ("insert", "update", "delete"))[0] == (
+        "drledger captures public.orders: TRUNCATE would leave no trace in the DR ledger; use DELETE, which is "
+        "captured, or stop capturing the table first"
+    )
+    message, hint = truncate_refusal(part, sales, ("insert",))
+    assert message.startswith(
+        'drledger captures "Sales"."Order_eu" (a partition of "Sales"."Order"): TRUNCATE'
+    )
+    assert message.endswith("; use DELETE, or stop capturing the table first")  # deletes are not captured
+    assert hint.startswith('To stop capturing "Sales"."Order", its owner drops the drledger_capture triggers')

@@ -73,6 +73,8 @@ def init(
 
     On PostgreSQL it also creates the publication the relay reads. The capture trigger runs with drledger's rights (PostgreSQL: SECURITY DEFINER; MySQL: its definer's),
     so the application's role needs nothing new. A partitioned table is captured with all its partitions.
+    A TRUNCATE of a captured table is never silent: PostgreSQL refuses it (init adds a trigger that says
+    why); MySQL fires no trigger for it, so --check names each account that may run it (holds DROP).
     With --check, report what the relay still needs (PostgreSQL: wal_level and the replication privilege;
     MySQL: the binlog settings; the outbox, triggers) and, with --as, which privileges a role lacks and
     the GRANT that fixes each; exit 1 if anything is missing. With --print-grants, print every role's

@@ -60,14 +60,20 @@ class MySQLSource(SourceDatabase):
         return grant_script(dict(roles), names, phase)
 
     def check_roles(self, roles: Mapping[str, str], tables: Sequence[str]) -> list[Finding]:
-        from drledger.source.mysql.privileges import check_roles
+        """Each role's privileges for its duty, then who else may TRUNCATE a captured table: MySQL fires
+        no trigger for it, so it cannot be refused as on PostgreSQL (drledger's own roles, the named and
+        the default ones, aside)."""
+        from drledger.roles import DEFAULT_ROLES
+        from drledger.source.mysql.privileges import check_roles, truncate_findings
 
         conn = connect(self.dsn)
         try:
+            own = [*DEFAULT_ROLES.values(), *roles.values()]
             if not roles:
                 user = str(outbox.query(conn, "SELECT CURRENT_USER()")[0][0])
                 roles = {"relay": user}
-            return check_roles(conn, dict(roles), self._names(tables))
+            names = self._names(tables)
+            return [*check_roles(conn, dict(roles), names), *truncate_findings(conn, names, own)]
         finally:
             conn.close()
 

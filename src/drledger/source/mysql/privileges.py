@@ -13,6 +13,7 @@ from drledger.names import TableName
 from drledger.roles import MissingRight
 from drledger.source.base import Finding
 from drledger.source.mysql.columns import quote
+from drledger.source.mysql.connection import error_code
 from drledger.source.mysql.outbox import SCHEMA, query
 
 
@@ -182,3 +183,115 @@ def missing(conn: Any, role: str, duty: str, command: str, tables: list[TableNam
         for account_role, need in needs({duty: role}, tables)
         if need.used_by(command) and not held(conn, account_role, need)
     ]
+
+
+# -- TRUNCATE ------------------------------------------------------------------------------------------
+# MySQL fires no trigger for TRUNCATE TABLE, so capture cannot see it nor refuse it: the rows go and
+# nothing reaches the ledger. What can be known is who may run it: TRUNCATE TABLE needs DROP on the
+# table. `init --check` names each account holding DROP on a captured table, read from the grant
+# tables themselves (information_schema shows an account only its own grants), or says it could not tell.
+
+_GRANT_TABLES = "mysql.user, mysql.db and mysql.tables_priv"
+# Access denied to a database, a table, a column: this account may not read the grant tables.
+_DENIED = (1044, 1142, 1143)
+
+
+def _grantee(name: str, host: str) -> str:
+    """The account as GRANT and REVOKE name it; a MariaDB role has no host."""
+    return f"'{name}'@'{host}'" if host else f"'{name}'"
+
+
+def _named(name: str, host: str) -> str:
+    # A role's accounts hold what it holds.
+    return _grantee(name, host) if host else f"the role '{name}'"
+
+
+def _is_own(name: str, host: str, own: list[str]) -> bool:
+    return any(name == n and host in (h, "") for n, h in map(account, own))
+
+
+def truncate_findings(conn: Any, tables: list[TableName], own: list[str]) -> list[Finding]:
+    """Who may TRUNCATE a captured table (hold DROP on it), drledger's own roles (`own`) aside: each
+    account whose grant on a captured table or its database allows it is a ✗ with its REVOKE; those
+    holding DROP on every database (administrators: root, Aurora's master user) are named in one line
+    that does not fail the check; and an account that may not read the grant tables could not tell, ✗."""
+    if not tables:
+        return []
+    listed = ", ".join(t.qualified for t in tables)
+    try:
+        everywhere = [
+            (str(n), str(h))
+            for n, h in query(
+                conn, "SELECT User, Host FROM mysql.user WHERE Drop_priv = 'Y' ORDER BY User, Host"
+            )
+        ]
+        # account → the tables it may truncate, and the grants that let it (a database's name may be a
+        # pattern: `shop\_%`.*).
+        holders: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+        for table in tables:
+            grants = [
+                (str(n), str(h), f"{quote(str(db))}.*")
+                for n, h, db in query(
+                    conn,
+                    "SELECT User, Host, Db FROM mysql.db WHERE Drop_priv = 'Y' AND %s LIKE Db ORDER BY User, Host",
+                    (table.schema,),
+                )
+            ] + [
+                (str(n), str(h), f"{quote(table.schema)}.{quote(table.name)}")
+                for n, h in query(
+                    conn,
+                    "SELECT User, Host FROM mysql.tables_priv WHERE Db = %s AND Table_name = %s "
+                    "AND FIND_IN_SET('Drop', Table_priv) ORDER BY User, Host",
+                    (table.schema, table.name),
+                )
+            ]
+            for name, host, on in grants:
+                if (name, host) in everywhere or _is_own(name, host, own):
+                    continue
+                held_on, revokes = holders.setdefault((name, host), ([], []))
+                if table.qualified not in held_on:
+                    held_on.append(table.qualified)
+                if on not in revokes:
+                    revokes.append(on)
+    except Exception as exc:
+        if error_code(exc) not in _DENIED:
+            raise
+        return [
+            Finding(
+                False,
+                f"could not tell which accounts may TRUNCATE TABLE {listed}, which would leave no trace in the "
+                f"ledger (MySQL fires no trigger for it; it needs DROP): this account may not read {_GRANT_TABLES}",
+                f"run drledger init --check as an account that may read {_GRANT_TABLES} (an administrator)",
+            )
+        ]
+    findings = [
+        Finding(
+            False,
+            f"{_named(*who)} holds DROP on {', '.join(held_on)}: "
+            + ("its" if who[1] else "its accounts'")
+            + " TRUNCATE TABLE would leave no trace in the ledger (MySQL fires no trigger for it)",
+            "; ".join(f"REVOKE DROP ON {on} FROM {_grantee(*who)}" for on in revokes)
+            + " (or see that it never truncates a captured table, and empties one with DELETE)",
+        )
+        for who, (held_on, revokes) in holders.items()
+    ]
+    if not holders:
+        findings.append(
+            Finding(
+                True,
+                f"no account but drledger's may TRUNCATE TABLE {listed} (it needs DROP) by a grant on the "
+                "table or its database; a TRUNCATE would leave no trace in the ledger",
+            )
+        )
+    administrators = [_named(n, h) for n, h in everywhere if not _is_own(n, h, own)]
+    if administrators:
+        findings.append(
+            Finding(
+                True,
+                f"{', '.join(administrators)} hold{'s' if len(administrators) == 1 else ''} DROP on every "
+                f"database (an administrator's right): a TRUNCATE TABLE of {listed} by "
+                f"{'it' if len(administrators) == 1 else 'any of them'} would leave no trace in the ledger",
+                "empty a captured table with DELETE, never TRUNCATE TABLE",
+            )
+        )
+    return findings

@@ -4,6 +4,9 @@ The capture trigger is statement-level with a transition table, so an INSERT of 
 extra INSERT … SELECT into the outbox rather than one trigger call per row. It writes the outbox row
 in the same transaction as the business row: either both commit or neither does.
 
+A TRUNCATE of a captured table is refused by a trigger of its own (TRUNCATE_TRIGGER): it fires no
+row trigger, so nothing of it could reach the ledger.
+
 Setting `drledger.suppress_capture = on` in a transaction (SET LOCAL) makes the triggers write
 nothing; replay uses it so a recovered row does not mint a second event.
 """
@@ -256,6 +259,53 @@ _TRIGGERS = {
 }
 
 
+# TRUNCATE fires no row trigger and leaves no transition table: nothing of it could reach the ledger,
+# and the DR database would keep (or replay would bring back) rows the primary no longer has. So init
+# refuses it on every captured table and partition with a statement-level BEFORE TRUNCATE trigger;
+# this covers `TRUNCATE a, b` and a `TRUNCATE … CASCADE` that reaches a captured table, since each
+# truncated table's BEFORE TRUNCATE triggers fire. Only the table's owner (or a superuser, with
+# session_replication_role) can take the refusal away; `init --check` names a missing or disabled one.
+TRUNCATE_TRIGGER = "drledger_capture_truncate"
+REFUSE_TRUNCATE = sql.Identifier(SCHEMA, "refuse_truncate")
+# Not SECURITY DEFINER: it only raises, so it runs with the truncating role's rights and hands
+# drledger's to no one; its search_path is pinned all the same. The sentence and the hint are the
+# trigger's arguments, written by init for each table (a partition's names its captured table).
+_REFUSE_TRUNCATE_FUNCTION = sql.SQL(
+    "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
+    "SET search_path = pg_catalog, pg_temp AS $$\n"
+    "BEGIN\n"
+    "  RAISE EXCEPTION USING ERRCODE = 'prohibited_sql_statement_attempted', MESSAGE = TG_ARGV[0], HINT = TG_ARGV[1];\n"
+    "END $$"
+).format(function=REFUSE_TRUNCATE)
+
+
+def truncate_refusal(on: TableName, captured: TableName, ops: Sequence[str]) -> tuple[str, str]:
+    """What a TRUNCATE of `on` (the captured table or one of its partitions) is refused with: the
+    sentence, whole in itself, and the hint on stopping capture."""
+    what = captured.qualified if on == captured else f"{on.qualified} (a partition of {captured.qualified})"
+    instead = "use DELETE, which is captured" if "delete" in ops else "use DELETE"
+    return (
+        f"drledger captures {what}: TRUNCATE would leave no trace in the DR ledger; {instead}, "
+        "or stop capturing the table first",
+        f"To stop capturing {captured.qualified}, its owner drops the drledger_capture triggers on it "
+        "and on its partitions.",
+    )
+
+
+def _truncate_trigger_ddl(on: TableName, captured: TableName, ops: Sequence[str]) -> sql.Composed:
+    message, hint = truncate_refusal(on, captured, ops)
+    return sql.SQL(
+        "CREATE OR REPLACE TRIGGER {name} BEFORE TRUNCATE ON {table} "
+        "FOR EACH STATEMENT EXECUTE FUNCTION {function}({message}, {hint})"
+    ).format(
+        name=sql.Identifier(TRUNCATE_TRIGGER),
+        table=ident(on),
+        function=REFUSE_TRUNCATE,
+        message=sql.Literal(message),
+        hint=sql.Literal(hint),
+    )
+
+
 def _capture_trigger_ddl(on: TableName, captured: TableName, op: str = "insert") -> sql.Composed:
     # CREATE OR REPLACE needs only the TRIGGER privilege on the table; DROP would need its ownership.
     name, when, referencing = _TRIGGERS[op]
@@ -376,6 +426,8 @@ def install(dsn: str, tables: list[str], ops: Sequence[str] = DEFAULT_OPS) -> li
                 conn.execute(statement)
         conn.execute(_REPLAY_GUARD_FUNCTION)
         conn.execute(_REPLAY_GUARD_TRIGGER)
+        conn.execute(_REFUSE_TRUNCATE_FUNCTION)
+        conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(REFUSE_TRUNCATE))
         for table in names:
             conn.execute(_capture_function_ddl(table, primary_key_columns(conn, table), ops))
             conn.execute(
@@ -390,6 +442,7 @@ def install(dsn: str, tables: list[str], ops: Sequence[str] = DEFAULT_OPS) -> li
             for target in [table, *partitions(conn, table_oid(conn, table))]:
                 for op in ops:
                     conn.execute(_capture_trigger_ddl(target, table, op))
+                conn.execute(_truncate_trigger_ddl(target, table, ops))
         exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION,)).fetchone()
         if not exists:
             conn.execute(
@@ -438,7 +491,8 @@ def check(dsn: str, tables: list[str]) -> list[Finding]:
         )
         if has_pub:
             findings.extend(_publication_findings(conn))
-        findings.extend(_trigger_finding(conn, TableName.parse(text)) for text in tables)
+        for table in map(TableName.parse, tables):
+            findings += [_trigger_finding(conn, table), _truncate_finding(conn, table)]
         for text in tables:
             findings.extend(_json_cast_findings(conn, TableName.parse(text)))
     return findings
@@ -492,6 +546,35 @@ def _trigger_finding(conn: psycopg.Connection[Any], table: TableName) -> Finding
     return Finding(
         ok,
         f"the capture trigger on {table.qualified} {state}" + (what if ok else ""),
+        None if ok else f"run drledger init --table {table.qualified}",
+    )
+
+
+def _trigger_state(conn: psycopg.Connection[Any], table: TableName, trigger: str) -> str | None:
+    """A trigger's tgenabled on the table ('D' when disabled), or None when it has none by that name."""
+    row = conn.execute(
+        "SELECT t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND t.tgname = %s",
+        (table.schema, table.name, trigger),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _truncate_finding(conn: psycopg.Connection[Any], table: TableName) -> Finding:
+    """Whether a TRUNCATE of the table is refused, as init makes it (see TRUNCATE_TRIGGER)."""
+    state = _trigger_state(conn, table, TRUNCATE_TRIGGER)
+    ok = state is not None and state != "D"
+    return Finding(
+        ok,
+        f"TRUNCATE of {table.qualified} "
+        + (
+            "is refused (it would leave no trace in the ledger)"
+            if ok
+            else f"is not refused: its {TRUNCATE_TRIGGER} trigger "
+            + ("is missing" if state is None else "is disabled")
+            + ", and a TRUNCATE would leave no trace in the ledger"
+        ),
         None if ok else f"run drledger init --table {table.qualified}",
     )
 
@@ -586,7 +669,8 @@ def require_logical_wal(dsn: str) -> None:
 
 def partition_findings(dsn: str, tables: list[str]) -> list[Finding]:
     """A partition created after init has no capture trigger of its own: inserts made straight into it
-    would not be captured. Each captured partitioned table's partitions, checked."""
+    would not be captured, and a TRUNCATE of it would not be refused. Each captured partitioned table's
+    partitions, checked."""
     findings: list[Finding] = []
     with connect(dsn) as conn:
         for text in tables:
@@ -596,16 +680,17 @@ def partition_findings(dsn: str, tables: list[str]) -> list[Finding]:
             if kind is None or kind[0] != "p":
                 continue
             for part in partitions(conn, oid):
-                has = conn.execute(
-                    "SELECT 1 FROM pg_trigger WHERE tgrelid = %s AND tgname = 'drledger_capture'",
-                    (table_oid(conn, part),),
-                ).fetchone()
+                captured = _trigger_state(conn, part, "drledger_capture") is not None
+                refused = _trigger_state(conn, part, TRUNCATE_TRIGGER) is not None
+                lacks = " and no ".join(
+                    w for w, has in (("capture trigger", captured), ("TRUNCATE refusal", refused)) if not has
+                )
                 findings.append(
                     Finding(
-                        has is not None,
+                        captured and refused,
                         f"the partition {part.qualified} of {table.qualified} "
-                        + ("is captured" if has else "has no capture trigger"),
-                        None if has else f"run drledger init --table '{table.qualified}' again",
+                        + ("is captured" if not lacks else f"has no {lacks}"),
+                        None if not lacks else f"run drledger init --table '{table.qualified}' again",
                     )
                 )
     return findings
