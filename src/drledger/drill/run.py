@@ -651,7 +651,9 @@ def run_drill(
             destroy_ledger(drill.rig.ledger_url)
         drill.failover()
         on_replica = drill.rig.keys_in(drill.rig.dr_dsn)
-        lost = truth.keys - on_replica
+        # The orders of the commits the replica lacked (with deletes, not every order it lacks is lost).
+        prefix = truth_of.replica_prefix(truth.commits, on_replica)
+        lost = {k for c in truth.commits[prefix:] for k in c.keys}
         fence_error = drill.fence()
         dr_writes = DrWrites() if promoted is None else promoted(drill.rig, truth, lost & in_ledger)
         report, detect_s, failure = drill.reconcile()
