@@ -754,3 +754,57 @@ def test_a_generated_column_the_dr_database_computes_otherwise_is_read_back_and_
             assert all(re.search(named, reason) for reason in reasons.values()), reasons
         with psycopg.connect(dsn) as conn:
             assert conn.execute("SELECT count(*) FROM public.line").fetchone() == (0,)
+
+
+def test_a_replay_whose_database_goes_away_part_way_says_exit_2_in_its_json_and_exits_2(
+    primary: LocalCluster, workdir: Path
+) -> None:
+    """Through the CLI, as an operator's script reads it: the JSON's exit_code is the process's, and what
+    it says was committed is what the database holds. The database goes away deterministically: a trigger
+    on a row of the second chunk (replay commits 5,000 events a chunk) terminates replay's own backend."""
+    with fresh_database(primary, "CREATE TABLE public.items (id int PRIMARY KEY, note text)") as dsn:
+        assert run_cli("init", "--db", dsn, "--table", "public.items").returncode == 0
+        with psycopg.connect(dsn) as conn:
+            for first in range(1, 6001, 1000):  # six source transactions of 1,000 rows
+                conn.execute(
+                    "INSERT INTO public.items SELECT g, 'n' || g FROM generate_series(%s::int, %s::int) g",
+                    (first, first + 999),
+                )
+                conn.commit()
+        _events, url = lost_to_a_ledger(dsn, workdir / "ledger.db", "public.items")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION public.goodbye() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5); RETURN NEW; END$$"
+            )
+            conn.execute(
+                "CREATE TRIGGER goodbye BEFORE INSERT ON public.items FOR EACH ROW "
+                "WHEN (NEW.id > 5000) EXECUTE FUNCTION public.goodbye()"
+            )
+        result = run_cli(
+            "replay", "--db", dsn, "--ledger", url, "--since", "1h", "--apply", "--json", timeout=300
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        summary = json.loads(result.stdout)
+        assert result.returncode == summary["exit_code"] == 2, (
+            result.returncode,
+            result.stdout,
+            result.stderr,
+        )
+        assert "run the same command again to resume" in result.stderr, result.stderr
+        with psycopg.connect(dsn) as conn:
+            held = conn.execute("SELECT count(*), min(id), max(id) FROM public.items").fetchone()
+        # The first chunk (five transactions) committed, the second rolled back with the connection.
+        assert (summary["transactions"], summary["applied"]) == (5, 5000), summary
+        assert held == (5000, 1, 5000)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER goodbye ON public.items")
+        resumed = run_cli(
+            "replay", "--db", dsn, "--ledger", url, "--since", "1h", "--apply", "--json", timeout=300
+        )
+        again = json.loads(resumed.stdout)
+        # Reconcile finds only the last transaction missing now; the rerun finishes it.
+        assert resumed.returncode == again["exit_code"] == 0, resumed.stderr
+        assert (again["planned_transactions"], again["applied"]) == (1, 1000)
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM public.items").fetchone() == (6000,)
