@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -234,6 +235,8 @@ def test_a_state_directory_made_read_only_under_the_relay_stops_it_within_second
     assert code == EXIT_OPERATOR and took < 30, (code, took, relay.output()[-2000:])
     sentence = the_sentence(relay.output())
     assert "state directory" in sentence and "can no longer be written" in sentence, sentence
+    # Its log lines, progress and warnings, name no source file (`engine.py:408` means nothing to an operator).
+    assert not re.findall(r"\b[\w/.-]+\.py:\d+", relay.output()), relay.output()
 
 
 def test_a_publication_dropped_under_the_relay_stops_it_with_one_sentence(
