@@ -808,3 +808,48 @@ def test_a_replay_whose_database_goes_away_part_way_says_exit_2_in_its_json_and_
         assert (again["planned_transactions"], again["applied"]) == (1, 1000)
         with psycopg.connect(dsn) as conn:
             assert conn.execute("SELECT count(*) FROM public.items").fetchone() == (6000,)
+
+
+def test_every_odd_name_and_type_comes_back_exactly_as_the_printed_recoverer(world: World) -> None:
+    """Issue 26: the same replay as test_every_odd_name_and_type_comes_back_exactly, run not as a
+    superuser but as exactly the recoverer `init --print-grants` prints (the script run by psql, as an
+    administrator would): jsonb, numeric(38,10), arrays, bytea, timestamptz, NULLs, unicode, quoted
+    mixed-case names, identity and generated columns all come back as committed."""
+    suffix = uuid.uuid4().hex[:6]
+    roles = {duty: f"drl_{duty}_{suffix}" for duty in ("installer", "relay", "reader", "recoverer")}
+    printed = world.cli(
+        "init",
+        *(a for t in CAPTURED for a in ("--table", t)),
+        "--print-grants",
+        *(a for duty, role in roles.items() for a in ("--role", f"{duty}={role}")),
+    )
+    assert printed.returncode == 0, printed.stderr
+    script = world.workdir / "grants.sql"
+    script.write_text(printed.stdout)
+    try:
+        ran = subprocess.run(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", world.dsn, "-f", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ran.returncode == 0, ran.stderr
+        recoverer = world.dsn.replace("postgres@", f"{roles['recoverer']}@", 1)
+        with psycopg.connect(recoverer) as conn:  # not a superuser, and holds no more than printed
+            assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (
+                False,
+            )
+        url = world.ledger("ledger")
+        result = run_cli("replay", "--db", recoverer, "--ledger", url, "--since", "1h", "--apply", "--json")
+        assert "Traceback" not in result.stderr, result.stderr
+        summary = json.loads(result.stdout)
+        assert result.returncode == summary["exit_code"] == 0, (result.stderr, summary.get("refused"))
+        assert (summary["applied"], summary["conflicts"], summary["refused"]) == (16, [], [])
+        assert table_images(world.dsn) == world.originals  # every value, as to_jsonb prints it
+        again = run_cli("replay", "--db", recoverer, "--ledger", url, "--since", "1h", "--apply", "--json")
+        assert again.returncode == 0 and json.loads(again.stdout)["applied"] == 0, again.stderr
+    finally:
+        with psycopg.connect(world.dsn, autocommit=True) as conn:
+            for role in roles.values():
+                conn.execute(f"DROP OWNED BY {role}")
+                conn.execute(f"DROP ROLE {role}")
