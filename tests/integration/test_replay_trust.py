@@ -810,16 +810,46 @@ def test_a_replay_whose_database_goes_away_part_way_says_exit_2_in_its_json_and_
             assert conn.execute("SELECT count(*) FROM public.items").fetchone() == (6000,)
 
 
+#: A table of the types issue 26 names, added to the world for the recoverer's replay.
+PRECISE = 'public."Precise Ledger"'
+PRECISE_ROWS = r"""
+CREATE TABLE public."Precise Ledger" (id int PRIMARY KEY, amount numeric(38,18), doc jsonb, tags text[],
+    blob bytea, at timestamptz, note text);
+"""
+PRECISE_INSERT = r"""INSERT INTO public."Precise Ledger" VALUES
+    (1, 12345678901234567890.123456789012345678, '{"k": [1.5, "ü😀", null], "n": 1e-30, "": {}}',
+     '{"a b","ü",NULL,"{}"}', '\x00ff00', '2026-12-05 12:34:56.789012+09', 'naïve 😀 "q" \ back'),
+    (2, -0.000000000000000001, '"just a string"', '{}', '\x', '-infinity', ''),
+    (3, NULL, NULL, NULL, NULL, NULL, NULL)"""
+
+
 def test_every_odd_name_and_type_comes_back_exactly_as_the_printed_recoverer(world: World) -> None:
-    """Issue 26: the same replay as test_every_odd_name_and_type_comes_back_exactly, run not as a
-    superuser but as exactly the recoverer `init --print-grants` prints (the script run by psql, as an
-    administrator would): jsonb, numeric(38,10), arrays, bytea, timestamptz, NULLs, unicode, quoted
-    mixed-case names, identity and generated columns all come back as committed."""
+    """Issue 26: the replay of test_every_odd_name_and_type_comes_back_exactly, run not as a superuser
+    but as exactly the recoverer `init --print-grants` prints (the script run by psql, as an
+    administrator would), with a table of numeric(38,18), jsonb, text[], bytea and timestamptz values,
+    NULLs and unicode added: every row reads back, as to_jsonb prints it, exactly as committed."""
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute(PRECISE_ROWS)
+    tables = [*CAPTURED, PRECISE]
+    init = world.cli("init", *(a for t in tables for a in ("--table", t)))
+    assert init.returncode == 0, init.stderr
+    with psycopg.connect(world.dsn) as conn:
+        conn.execute(PRECISE_INSERT)
+        conn.commit()
+    precise = {r[0] for r in _rows(world.dsn, f"SELECT to_jsonb(t)::text FROM {PRECISE} t")}
+    assert len(precise) == 3
+    added = [r.as_event() for r in read_window(world.dsn, None, None)]
+    assert len(added) == 3
+    with psycopg.connect(world.dsn) as conn:  # lost with the rest
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute(f"TRUNCATE {PRECISE}, drledger.outbox")
+        conn.commit()
+
     suffix = uuid.uuid4().hex[:6]
     roles = {duty: f"drl_{duty}_{suffix}" for duty in ("installer", "relay", "reader", "recoverer")}
     printed = world.cli(
         "init",
-        *(a for t in CAPTURED for a in ("--table", t)),
+        *(a for t in tables for a in ("--table", t)),
         "--print-grants",
         *(a for duty, role in roles.items() for a in ("--role", f"{duty}={role}")),
     )
@@ -835,17 +865,16 @@ def test_every_odd_name_and_type_comes_back_exactly_as_the_printed_recoverer(wor
         )
         assert ran.returncode == 0, ran.stderr
         recoverer = world.dsn.replace("postgres@", f"{roles['recoverer']}@", 1)
-        with psycopg.connect(recoverer) as conn:  # not a superuser, and holds no more than printed
-            assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (
-                False,
-            )
-        url = world.ledger("ledger")
+        # Not a superuser, and no more than printed (and what PUBLIC holds).
+        assert _rows(recoverer, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") == [(False,)]
+        url = world.ledger("ledger", [*world.events, *added])
         result = run_cli("replay", "--db", recoverer, "--ledger", url, "--since", "1h", "--apply", "--json")
         assert "Traceback" not in result.stderr, result.stderr
         summary = json.loads(result.stdout)
         assert result.returncode == summary["exit_code"] == 0, (result.stderr, summary.get("refused"))
-        assert (summary["applied"], summary["conflicts"], summary["refused"]) == (16, [], [])
+        assert (summary["applied"], summary["conflicts"], summary["refused"]) == (19, [], [])
         assert table_images(world.dsn) == world.originals  # every value, as to_jsonb prints it
+        assert {r[0] for r in _rows(world.dsn, f"SELECT to_jsonb(t)::text FROM {PRECISE} t")} == precise
         again = run_cli("replay", "--db", recoverer, "--ledger", url, "--since", "1h", "--apply", "--json")
         assert again.returncode == 0 and json.loads(again.stdout)["applied"] == 0, again.stderr
     finally:
@@ -853,3 +882,8 @@ def test_every_odd_name_and_type_comes_back_exactly_as_the_printed_recoverer(wor
             for role in roles.values():
                 conn.execute(f"DROP OWNED BY {role}")
                 conn.execute(f"DROP ROLE {role}")
+
+
+def _rows(dsn: str, statement: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(statement).fetchall()
