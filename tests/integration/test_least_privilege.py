@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from drledger.drill.postgres.cluster import LocalCluster
 from drledger.drill.postgres.rig import FailoverRig, GroundTruth
-from tests.helpers import failover_aftermath, one_sentence, run_cli
+from tests.helpers import failover_aftermath, fresh_database, one_sentence, run_cli
 
 pytestmark = pytest.mark.debezium
 
@@ -305,3 +308,74 @@ def test_a_right_revoked_from_the_printed_grants_stops_each_duty_before_it_reads
         with psycopg.connect(dr, autocommit=True) as conn:
             for grant, _ in revoked.values():
                 conn.execute(grant)
+
+
+#: 63 characters (PostgreSQL's longest name), mixed case and spaces: a name an 80-column wrap would cut
+#: inside its quotes.
+LONG_NAME = "Quarterly Revenue By Region And Product Line For Finance 2026Q4"
+
+
+def test_print_grants_piped_to_a_file_never_wraps_and_psql_runs_it(
+    primary: LocalCluster, workdir: Path
+) -> None:
+    assert len(LONG_NAME) == 63
+    table = f'public."{LONG_NAME}"'
+    suffix = uuid.uuid4().hex[:6]
+    roles = {duty: f"{role}_{suffix}" for duty, role in ROLES.items()}
+    try:
+        with fresh_database(primary, f"CREATE TABLE {table} (id bigserial PRIMARY KEY, v text)") as dsn:
+            scripts = {}
+            for phase in ("before", "after"):
+                printed = run_cli(
+                    "init",
+                    "--db",
+                    dsn,
+                    "--table",
+                    table,
+                    "--print-grants",
+                    *(a for duty, role in roles.items() for a in ("--role", f"{duty}={role}")),
+                    "--phase",
+                    phase,
+                    env={"COLUMNS": "80"},  # what a terminal would have said; a pipe is not one
+                )
+                assert printed.returncode == 0, printed.stderr
+                scripts[phase] = workdir / f"grants-{phase}.sql"
+                scripts[phase].write_text(printed.stdout)
+            text = scripts["before"].read_text() + scripts["after"].read_text()
+            assert f'"{LONG_NAME}"' in text and "\x1b[" not in text  # whole, and never coloured
+            for line in text.splitlines():
+                assert line.count('"') % 2 == 0, f"a line ends inside a quoted name: {line!r}"
+                assert not line or line.startswith("--") or line.endswith(";"), line
+            assert max(len(line) for line in text.splitlines()) > 80  # a wrap would have had to cut
+
+            def psql(script: Path, as_dsn: str) -> None:
+                ran = subprocess.run(
+                    ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", as_dsn, "-f", str(script)],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                assert ran.returncode == 0, ran.stderr
+
+            psql(scripts["before"], dsn)  # the superuser's part: the roles and what init needs
+            installer = as_role(dsn, roles["installer"])
+            init = run_cli("init", "--db", installer, "--table", table)
+            assert init.returncode == 0, init.stderr
+            psql(scripts["after"], installer)  # the installer's part, on what init made
+            check = json.loads(
+                run_cli(
+                    "init",
+                    "--db",
+                    dsn,
+                    "--table",
+                    table,
+                    "--check",
+                    "--json",
+                    *(a for duty, role in roles.items() for a in ("--as", f"{duty}={role}")),
+                ).stdout
+            )
+            assert [f["what"] for f in check["findings"] if not f["ok"]] == [], check
+    finally:
+        with psycopg.connect(primary.dsn, autocommit=True) as conn:
+            for role in roles.values():
+                conn.execute(f"DROP ROLE IF EXISTS {role}")

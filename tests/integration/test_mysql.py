@@ -255,6 +255,40 @@ def test_a_forged_ledger_writes_nothing_on_mysql(shop: Shop) -> None:
     assert shop.rows("SELECT COUNT(*) FROM `Sales`.secret") == [(0,)]
 
 
+def test_a_row_image_nested_past_any_parser_is_one_refused_event_on_mysql(shop: Shop) -> None:
+    assert shop.cli("init", "--table", "Sales.customer").returncode == 0
+
+    def event(key: str, row: str, txid: int) -> LedgerEvent:
+        return LedgerEvent.from_outbox(
+            event_id=str(uuid.uuid4()),
+            table='"Sales".customer',
+            key=key,
+            op="insert",
+            row_json=row,
+            txid=txid,
+            lsn=1,
+            commit_ts_ms=int(time.time() * 1000),
+        )
+
+    # A correct row_sha256 over 10,000 nested arrays, in a transaction of its own beside a plain row.
+    deep = event("40", '{"id": 40, "name": ' + "[" * 10_000 + "]" * 10_000 + ', "name_len": 1}', 1)
+    plain = event("1", '{"id": 1, "name": "Zoë", "name_len": 3}', 2)
+    url = f"sqlite:///{shop.workdir}/deep.db"
+    with open_ledger(url, writer=True) as ledger:
+        ledger.publish([deep, plain])
+    for command in ("reconcile", "fence"):
+        result = shop.cli(command, "--ledger", url, "--since", "1h", "--json")
+        assert "Traceback" not in result.stderr and result.returncode in (0, 1, 3), (command, result.stderr)
+    result = shop.cli("replay", "--ledger", url, "--since", "1h", "--apply", "--json")
+    assert "Traceback" not in result.stderr, result.stderr
+    summary = json.loads(result.stdout)
+    assert result.returncode == summary["exit_code"] == 3 and summary["applied"] == 1, result.stdout
+    assert [(r["key"], r["reason"]) for r in summary["refused"]] == [
+        ("40", "its row image nests deeper than drledger reads (1,024 levels)")
+    ]
+    assert shop.rows("SELECT id, name FROM `Sales`.customer") == [(1, "Zoë")]
+
+
 def test_a_value_the_column_would_round_is_read_back_and_held_back_on_mysql(shop: Shop) -> None:
     assert shop.cli("init", "--table", "Sales.Order").returncode == 0
     write_as_the_application(shop)

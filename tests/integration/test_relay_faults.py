@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -210,6 +211,32 @@ def test_a_state_directory_removed_under_the_relay_stops_it_within_seconds(
     code, took = exits_within(relay, 60)
     assert code == EXIT_OPERATOR and took < 30, (code, took, relay.output()[-2000:])
     assert "state directory" in the_sentence(relay.output()) and "can no longer be written" in relay.output()
+
+
+def test_a_state_directory_made_read_only_under_the_relay_stops_it_within_seconds(
+    database: str, workdir: Path, relay_factory: RelayFactory
+) -> None:
+    """Read-only, not removed: the lock file is still there, only a write fails. Tests run as root, who
+    ignores a directory's mode bits, so the directory is made immutable (chattr +i), which root obeys."""
+    postgres.install(database, ["public.orders"])
+    url = f"sqlite:///{workdir}/ledger.db"
+    relay = started(relay_factory(database, url), database)
+    insert(database, 10)
+    all_in_ledger(database, url)
+    state = workdir / "state"
+    immutable = subprocess.run(["chattr", "+i", str(state)], capture_output=True, text=True)
+    assert immutable.returncode == 0, f"chattr +i is needed to deny root a write: {immutable.stderr}"
+    try:
+        with pytest.raises(PermissionError):  # what the relay now meets: a write is refused, even to root
+            (state / "probe").write_text("")
+        code, took = exits_within(relay, 60)
+    finally:
+        subprocess.run(["chattr", "-i", str(state)], check=True)
+    assert code == EXIT_OPERATOR and took < 30, (code, took, relay.output()[-2000:])
+    sentence = the_sentence(relay.output())
+    assert "state directory" in sentence and "can no longer be written" in sentence, sentence
+    # Its log lines, progress and warnings, name no source file (`engine.py:408` means nothing to an operator).
+    assert not re.findall(r"\b[\w/.-]+\.py:\d+", relay.output()), relay.output()
 
 
 def test_a_publication_dropped_under_the_relay_stops_it_with_one_sentence(

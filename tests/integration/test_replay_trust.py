@@ -754,3 +754,136 @@ def test_a_generated_column_the_dr_database_computes_otherwise_is_read_back_and_
             assert all(re.search(named, reason) for reason in reasons.values()), reasons
         with psycopg.connect(dsn) as conn:
             assert conn.execute("SELECT count(*) FROM public.line").fetchone() == (0,)
+
+
+def test_a_replay_whose_database_goes_away_part_way_says_exit_2_in_its_json_and_exits_2(
+    primary: LocalCluster, workdir: Path
+) -> None:
+    """Through the CLI, as an operator's script reads it: the JSON's exit_code is the process's, and what
+    it says was committed is what the database holds. The database goes away deterministically: a trigger
+    on a row of the second chunk (replay commits 5,000 events a chunk) terminates replay's own backend."""
+    with fresh_database(primary, "CREATE TABLE public.items (id int PRIMARY KEY, note text)") as dsn:
+        assert run_cli("init", "--db", dsn, "--table", "public.items").returncode == 0
+        with psycopg.connect(dsn) as conn:
+            for first in range(1, 6001, 1000):  # six source transactions of 1,000 rows
+                conn.execute(
+                    "INSERT INTO public.items SELECT g, 'n' || g FROM generate_series(%s::int, %s::int) g",
+                    (first, first + 999),
+                )
+                conn.commit()
+        _events, url = lost_to_a_ledger(dsn, workdir / "ledger.db", "public.items")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION public.goodbye() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5); RETURN NEW; END$$"
+            )
+            conn.execute(
+                "CREATE TRIGGER goodbye BEFORE INSERT ON public.items FOR EACH ROW "
+                "WHEN (NEW.id > 5000) EXECUTE FUNCTION public.goodbye()"
+            )
+        result = run_cli(
+            "replay", "--db", dsn, "--ledger", url, "--since", "1h", "--apply", "--json", timeout=300
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        summary = json.loads(result.stdout)
+        assert result.returncode == summary["exit_code"] == 2, (
+            result.returncode,
+            result.stdout,
+            result.stderr,
+        )
+        assert "run the same command again to resume" in result.stderr, result.stderr
+        with psycopg.connect(dsn) as conn:
+            held = conn.execute("SELECT count(*), min(id), max(id) FROM public.items").fetchone()
+        # The first chunk (five transactions) committed, the second rolled back with the connection.
+        assert (summary["transactions"], summary["applied"]) == (5, 5000), summary
+        assert held == (5000, 1, 5000)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER goodbye ON public.items")
+        resumed = run_cli(
+            "replay", "--db", dsn, "--ledger", url, "--since", "1h", "--apply", "--json", timeout=300
+        )
+        again = json.loads(resumed.stdout)
+        # Reconcile finds only the last transaction missing now; the rerun finishes it.
+        assert resumed.returncode == again["exit_code"] == 0, resumed.stderr
+        assert (again["planned_transactions"], again["applied"]) == (1, 1000)
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM public.items").fetchone() == (6000,)
+
+
+#: A table of the types issue 26 names, added to the world for the recoverer's replay.
+PRECISE = 'public."Precise Ledger"'
+PRECISE_ROWS = r"""
+CREATE TABLE public."Precise Ledger" (id int PRIMARY KEY, amount numeric(38,18), doc jsonb, tags text[],
+    blob bytea, at timestamptz, note text);
+"""
+PRECISE_INSERT = r"""INSERT INTO public."Precise Ledger" VALUES
+    (1, 12345678901234567890.123456789012345678, '{"k": [1.5, "ü😀", null], "n": 1e-30, "": {}}',
+     '{"a b","ü",NULL,"{}"}', '\x00ff00', '2026-12-05 12:34:56.789012+09', 'naïve 😀 "q" \ back'),
+    (2, -0.000000000000000001, '"just a string"', '{}', '\x', '-infinity', ''),
+    (3, NULL, NULL, NULL, NULL, NULL, NULL)"""
+
+
+def test_every_odd_name_and_type_comes_back_exactly_as_the_printed_recoverer(world: World) -> None:
+    """Issue 26: the replay of test_every_odd_name_and_type_comes_back_exactly, run not as a superuser
+    but as exactly the recoverer `init --print-grants` prints (the script run by psql, as an
+    administrator would), with a table of numeric(38,18), jsonb, text[], bytea and timestamptz values,
+    NULLs and unicode added: every row reads back, as to_jsonb prints it, exactly as committed."""
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute(PRECISE_ROWS)
+    tables = [*CAPTURED, PRECISE]
+    init = world.cli("init", *(a for t in tables for a in ("--table", t)))
+    assert init.returncode == 0, init.stderr
+    with psycopg.connect(world.dsn) as conn:
+        conn.execute(PRECISE_INSERT)
+        conn.commit()
+    precise = {r[0] for r in _rows(world.dsn, f"SELECT to_jsonb(t)::text FROM {PRECISE} t")}
+    assert len(precise) == 3
+    added = [r.as_event() for r in read_window(world.dsn, None, None)]
+    assert len(added) == 3
+    with psycopg.connect(world.dsn) as conn:  # lost with the rest
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute(f"TRUNCATE {PRECISE}, drledger.outbox")
+        conn.commit()
+
+    suffix = uuid.uuid4().hex[:6]
+    roles = {duty: f"drl_{duty}_{suffix}" for duty in ("installer", "relay", "reader", "recoverer")}
+    printed = world.cli(
+        "init",
+        *(a for t in tables for a in ("--table", t)),
+        "--print-grants",
+        *(a for duty, role in roles.items() for a in ("--role", f"{duty}={role}")),
+    )
+    assert printed.returncode == 0, printed.stderr
+    script = world.workdir / "grants.sql"
+    script.write_text(printed.stdout)
+    try:
+        ran = subprocess.run(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", world.dsn, "-f", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ran.returncode == 0, ran.stderr
+        recoverer = world.dsn.replace("postgres@", f"{roles['recoverer']}@", 1)
+        # Not a superuser, and no more than printed (and what PUBLIC holds).
+        assert _rows(recoverer, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") == [(False,)]
+        url = world.ledger("ledger", [*world.events, *added])
+        result = run_cli("replay", "--db", recoverer, "--ledger", url, "--since", "1h", "--apply", "--json")
+        assert "Traceback" not in result.stderr, result.stderr
+        summary = json.loads(result.stdout)
+        assert result.returncode == summary["exit_code"] == 0, (result.stderr, summary.get("refused"))
+        assert (summary["applied"], summary["conflicts"], summary["refused"]) == (19, [], [])
+        assert table_images(world.dsn) == world.originals  # every value, as to_jsonb prints it
+        assert {r[0] for r in _rows(world.dsn, f"SELECT to_jsonb(t)::text FROM {PRECISE} t")} == precise
+        again = run_cli("replay", "--db", recoverer, "--ledger", url, "--since", "1h", "--apply", "--json")
+        assert again.returncode == 0 and json.loads(again.stdout)["applied"] == 0, again.stderr
+    finally:
+        with psycopg.connect(world.dsn, autocommit=True) as conn:
+            for role in roles.values():
+                conn.execute(f"DROP OWNED BY {role}")
+                conn.execute(f"DROP ROLE {role}")
+
+
+def _rows(dsn: str, statement: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(statement).fetchall()

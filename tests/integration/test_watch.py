@@ -5,6 +5,7 @@ input. The pure arithmetic is tests/unit/test_watch_units.py's."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
@@ -255,6 +256,36 @@ def test_watch_serves_metrics_and_survives_an_unreachable_primary(database: str,
     assert code == 0, output
     assert "primary: down (was up)" in output and "primary: up (was down)" in output
     assert "Traceback" not in output
+
+
+#: A source location as a logging handler prints one (`cli.py:962`): it means nothing to an operator.
+SOURCE_PATH = re.compile(r"\b[\w/.-]+\.py:\d+")
+
+
+def test_watch_starts_before_its_kafka_topic_exists_and_picks_it_up(
+    database: str, workdir: Path, kafka_url: str
+) -> None:
+    """The Kafka topic is made by the relay's --create: a watcher started first serves /metrics with the
+    ledger down, stays up, and finds the topic once it appears. Its log lines name no source file."""
+    assert run_cli("init", "--db", database, "--table", "orders").returncode == 0
+    from drledger.ledger import open_ledger
+
+    watch = start_watch(database, kafka_url, workdir / "watch.log", "--interval", "0.5s")
+    metrics_url = f"http://127.0.0.1:{watch.port}/metrics"
+    try:
+        wait_for(lambda: 'drledger_watch_up{target="ledger"} 0.0' in _text(metrics_url), 60, "ledger down")
+        assert 'drledger_watch_up{target="primary"} 1.0' in _text(metrics_url)
+        time.sleep(1.5)  # a few cycles on a topic that is not there: still up, still serving
+        assert watch.process.poll() is None, (workdir / "watch.log").read_text()
+        with open_ledger(kafka_url, writer=True, create=True):
+            pass
+        wait_for(lambda: 'drledger_watch_up{target="ledger"} 1.0' in _text(metrics_url), 60, "topic found")
+    finally:
+        code = watch.stop()
+    output = (workdir / "watch.log").read_text()
+    assert code == 0 and "Traceback" not in output, output
+    assert "ledger: up (was down)" in output, output
+    assert not SOURCE_PATH.findall(output), output
 
 
 def test_watch_checks_the_readers_rights_once_the_primary_answers_and_starts_while_it_is_down(
