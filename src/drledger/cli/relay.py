@@ -12,7 +12,7 @@ import typer
 from drledger.cli.common import client_config, err
 from drledger.cli.options import DbOption, EndpointOption, LedgerConfigFileOption, LedgerConfigOption
 from drledger.errors import DrledgerError, ExitCode
-from drledger.streaming import DEFAULT_SLOT
+from drledger.streaming import DEFAULT_MAX_TRANSACTION_CHANGES, DEFAULT_SLOT
 
 if TYPE_CHECKING:
     from drledger.relay.engine import RelayStats
@@ -63,6 +63,13 @@ def relay(
             help="How long to retry a batch the ledger does not take before exiting 75 (for a supervisor to restart)."
         ),
     ] = "2m",
+    max_transaction_changes: Annotated[
+        int,
+        typer.Option(
+            help="The changes of one source transaction the relay holds in memory (about 2 KB each) to publish it "
+            "whole; a larger transaction stops the relay (exit 2) before any of it is published.",
+        ),
+    ] = DEFAULT_MAX_TRANSACTION_CHANGES,
     verbose: Annotated[
         bool,
         typer.Option("--verbose", "-v", help="Debezium's INFO lines and every stack trace, for debugging."),
@@ -91,7 +98,12 @@ def relay(
     from drledger.timeutil import parse_instant
 
     settings = RelaySettings.from_options(
-        slot=slot, state_dir=state_dir, snapshot=snapshot, heartbeat=heartbeat, ledger_timeout=ledger_timeout
+        slot=slot,
+        state_dir=state_dir,
+        snapshot=snapshot,
+        heartbeat=heartbeat,
+        ledger_timeout=ledger_timeout,
+        max_transaction_changes=max_transaction_changes,
     )
     if verbose:
         logging.getLogger("drledger").setLevel(logging.DEBUG)
