@@ -16,7 +16,7 @@ from drledger.census import take_census
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from drledger.source.postgres import outbox as postgres
-from tests.helpers import RelayFactory, slot_active, wait_for
+from tests.helpers import RelayFactory, RelayProcess, slot_active, wait_for
 
 pytestmark = pytest.mark.debezium
 
@@ -221,6 +221,17 @@ def partial_transactions(url: str, committed: Counter[int]) -> dict[int, tuple[i
     return {txid: (len(ids), committed[txid]) for txid, ids in held.items() if len(ids) != committed[txid]}
 
 
+def streaming(relay: RelayProcess, dsn: str) -> RelayProcess:
+    """The relay, once it reads its slot; a relay that exits meanwhile fails the test with its output."""
+
+    def active() -> bool:
+        assert relay.process.poll() is None, relay.output()[-3000:]
+        return slot_active(dsn, "drledger_slot")
+
+    wait_for(active, 90, "the relay to open its slot")
+    return relay
+
+
 def test_the_ledger_never_holds_part_of_a_source_transaction_whenever_the_relay_is_killed(
     database: str, workdir: Path, relay_factory: RelayFactory
 ) -> None:
@@ -229,8 +240,7 @@ def test_the_ledger_never_holds_part_of_a_source_transaction_whenever_the_relay_
         conn.execute("INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 10) g")
     postgres.install(database, ["public.orders", "public.accounts"])
     url = f"sqlite:///{workdir}/ledger.db"
-    relay = relay_factory(database, url, "--create")
-    wait_for(lambda: slot_active(database, "drledger_slot"), 90, "the relay to open its slot")
+    relay = streaming(relay_factory(database, url, "--create"), database)
     stop = threading.Event()
     writer = threading.Thread(target=transfer_load, args=(database, stop, 100))
     writer.start()
@@ -239,14 +249,13 @@ def test_the_ledger_never_holds_part_of_a_source_transaction_whenever_the_relay_
     try:
         for _ in range(5):
             time.sleep(rng.uniform(1.0, 4.0))  # a random moment of streaming under load
-            assert relay.kill(signal.SIGKILL) == -signal.SIGKILL
+            assert relay.kill(signal.SIGKILL) == -signal.SIGKILL, relay.output()[-3000:]
             kills += 1
             # Read while the relay is down, as a failover would find the ledger.
             committed = outbox_changes_by_txid(database)
             partial = partial_transactions(url, committed)
             assert not partial, f"after kill {kills}, the ledger holds part of: {sorted(partial.items())[:5]}"
-            relay = relay_factory(database, url)
-            wait_for(lambda: slot_active(database, "drledger_slot"), 90, "the relay to open its slot again")
+            relay = streaming(relay_factory(database, url), database)
     finally:
         stop.set()
         writer.join()

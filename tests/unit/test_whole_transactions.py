@@ -11,7 +11,7 @@ import pytest
 
 from drledger.errors import DrledgerError, RetryLater
 from drledger.relay.transactions import TransactionTooLarge, WholeTransactions
-from drledger.relay.translate import StreamRecord, read_stream_record
+from drledger.relay.translate import StreamRecord, read_stream_record, transaction_identity
 
 PG_TX = "771:24023128"
 
@@ -92,12 +92,21 @@ def feed(buffer: WholeTransactions[int], values: list[bytes | None], first: int 
 
 def test_a_debezium_record_is_read_for_what_it_is() -> None:
     change = read_stream_record(outbox_change(1))
-    assert (change.kind, change.transaction, change.outbox, change.snapshot) == ("change", PG_TX, True, False)
+    assert (change.kind, change.transaction, change.outbox, change.snapshot) == ("change", "771", True, False)
     assert change.event is not None and change.event.txid == 771
-    assert read_stream_record(begin()) == StreamRecord("begin", PG_TX)
-    assert read_stream_record(end(5, heartbeat=1)) == StreamRecord("end", PG_TX, outbox_changes=5)
+    assert read_stream_record(begin()) == StreamRecord("begin", "771")
+    assert read_stream_record(end(5, heartbeat=1)) == StreamRecord("end", "771", outbox_changes=5)
     beat = read_stream_record(heartbeat_change("772:1"))
-    assert (beat.kind, beat.transaction, beat.outbox, beat.event) == ("change", "772:1", False, None)
+    assert (beat.kind, beat.transaction, beat.outbox, beat.event) == ("change", "772", False, None)
+
+
+def test_a_transaction_is_known_by_the_same_identity_on_each_of_its_records() -> None:
+    # PostgreSQL: "xid:LSN", the LSN the record's own; MySQL and MariaDB: a GTID or a binlog position.
+    assert transaction_identity("730:26610128") == transaction_identity("730:26610456") == "730"
+    gtid = "3e11fa47-71ca-11e1-9e33-c80aa9429562:23"
+    assert transaction_identity(gtid) == gtid
+    assert transaction_identity("0-1-4012") == "0-1-4012"
+    assert transaction_identity("file=mysql-bin.000003,pos=1178") == "file=mysql-bin.000003,pos=1178"
     snapshot = read_stream_record(outbox_change(2, transaction=None, op="r"))
     assert snapshot.snapshot and snapshot.transaction is None and snapshot.event is not None
     prune = read_stream_record(outbox_change(3, op="d"))
@@ -173,7 +182,7 @@ def test_an_end_that_counts_more_than_arrived_stops_the_relay_rather_than_publis
 def test_a_change_of_another_transaction_before_the_open_one_ended_is_refused() -> None:
     buffer: WholeTransactions[int] = WholeTransactions()
     feed(buffer, [begin(), outbox_change(1)])
-    with pytest.raises(RetryLater, match=r"began the source transaction 772:1 before it ended 771:24023128"):
+    with pytest.raises(RetryLater, match=r"began the source transaction 772 before it ended 771"):
         feed(buffer, [outbox_change(2, transaction="772:1")], first=2)
     assert buffer.take().records == []
 

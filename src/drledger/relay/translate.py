@@ -37,6 +37,17 @@ class StreamRecord:
 
 
 OTHER = StreamRecord("other")
+# PostgreSQL's transaction ids in Debezium's metadata are "xid:LSN", the LSN that of the record itself,
+# so one transaction's records carry different ids; MySQL's (a GTID "uuid:n", "domain-server-n" on
+# MariaDB, or "file=…,pos=…") never have this all-digits form.
+_POSTGRES_TRANSACTION = re.compile(r"(\d+):\d+")
+
+
+def transaction_identity(debezium_id: object) -> str:
+    """The source transaction a Debezium transaction id names, the same on every record of it. Pure."""
+    text = str(debezium_id)
+    postgres = _POSTGRES_TRANSACTION.fullmatch(text)
+    return postgres.group(1) if postgres else text
 
 
 def read_stream_record(value: str | bytes | None) -> StreamRecord:
@@ -49,7 +60,7 @@ def read_stream_record(value: str | bytes | None) -> StreamRecord:
         return OTHER
     status = record.get("status")
     if "op" not in record and status in ("BEGIN", "END"):
-        boundary = str(record["id"])
+        boundary = transaction_identity(record["id"])
         if status == "BEGIN":
             return StreamRecord("begin", boundary)
         counts = record.get("data_collections") or []
@@ -59,7 +70,9 @@ def read_stream_record(value: str | bytes | None) -> StreamRecord:
         return OTHER
     source = record["source"]
     block = record.get("transaction")
-    transaction = str(block["id"]) if isinstance(block, dict) and block.get("id") is not None else None
+    transaction = (
+        transaction_identity(block["id"]) if isinstance(block, dict) and block.get("id") is not None else None
+    )
     outbox = (source.get("schema") or source.get("db"), source.get("table")) == OUTBOX_SOURCE
     event = change_to_event(record) if outbox else None
     return StreamRecord("change", transaction, outbox, event, record.get("op") == "r")
