@@ -69,13 +69,17 @@ def read_stream_record(value: str | bytes | None) -> StreamRecord:
     if "op" not in record or not isinstance(record.get("source"), dict):
         return OTHER
     source = record["source"]
+    snapshot = record.get("op") == "r"
     block = record.get("transaction")
+    # A snapshot read belongs to no source transaction: no END will ever come for it.
     transaction = (
-        transaction_identity(block["id"]) if isinstance(block, dict) and block.get("id") is not None else None
+        transaction_identity(block["id"])
+        if isinstance(block, dict) and block.get("id") is not None and not snapshot
+        else None
     )
     outbox = (source.get("schema") or source.get("db"), source.get("table")) == OUTBOX_SOURCE
     event = change_to_event(record) if outbox else None
-    return StreamRecord("change", transaction, outbox, event, record.get("op") == "r")
+    return StreamRecord("change", transaction, outbox, event, snapshot)
 
 
 def outbox_change_to_event(value: str | bytes) -> LedgerEvent | None:
