@@ -266,3 +266,29 @@ def test_the_ledger_never_holds_part_of_a_source_transaction_whenever_the_relay_
     assert {e.txid for e in ledger_events(url)} == set(committed)
     assert all(n == 5 for n in committed.values()), committed.most_common(3)
     assert relay.kill(signal.SIGTERM) == 0
+
+
+def test_a_transaction_larger_than_the_relay_may_hold_stops_it_before_any_of_it_is_published(
+    database: str, workdir: Path, relay_factory: RelayFactory
+) -> None:
+    postgres.install(database, ["public.orders"])
+    url = f"sqlite:///{workdir}/ledger.db"
+    relay = streaming(relay_factory(database, url, "--create", "--max-transaction-changes", "1000"), database)
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (customer) SELECT 'small' FROM generate_series(1, 10)")
+        wait_for(lambda: len(distinct_ids(url)) >= 10, 60, "the small transaction in the ledger")
+        conn.execute("INSERT INTO orders (customer) SELECT 'large' FROM generate_series(1, 3000)")
+    assert relay.process.wait(120) == 2, relay.output()[-3000:]
+    said = [line for line in relay.output().splitlines() if line.startswith("drledger: ")]
+    assert len(said) == 1 and "holds more than 1,000 changes" in said[0], relay.output()[-3000:]
+    assert "Traceback" not in relay.output()
+    assert len(distinct_ids(url)) == 10  # nothing of the large one
+    # Nothing of it was acknowledged: with room for it, the relay publishes it whole (once the slot is free).
+    wait_for(lambda: not slot_active(database, "drledger_slot"), 60, "the slot to be released")
+    relay = streaming(relay_factory(database, url, "--max-transaction-changes", "5000"), database)
+    try:
+        wait_for(lambda: len(distinct_ids(url)) >= 3010, 90, "the large transaction in the ledger")
+    except AssertionError:
+        raise AssertionError(relay.output()[-4000:]) from None
+    assert not partial_transactions(url, outbox_changes_by_txid(database))
+    assert relay.kill(signal.SIGTERM) == 0
