@@ -21,8 +21,8 @@ DEFAULT_SLOT = "drledger_slot"
 SNAPSHOT_MODES = ("initial", "no_data")
 
 
-#: The records held for one open source transaction before the relay refuses to hold more: about 2 KB
-#: each (a ledger event, and Debezium's record in the JVM's 1 GB heap).
+#: The records held for one open source transaction before the relay refuses to hold more: each is a
+#: ledger event in Python and Debezium's record in the JVM's 1 GB heap, with its row images.
 DEFAULT_MAX_TRANSACTION_CHANGES = 100_000
 
 

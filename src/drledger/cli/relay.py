@@ -66,7 +66,7 @@ def relay(
     max_transaction_changes: Annotated[
         int,
         typer.Option(
-            help="The changes of one source transaction the relay holds in memory (about 2 KB each) to publish it "
+            help="The changes of one source transaction the relay holds in memory (each with its row images) to publish it "
             "whole; a larger transaction stops the relay (exit 2) before any of it is published.",
         ),
     ] = DEFAULT_MAX_TRANSACTION_CHANGES,
@@ -86,8 +86,9 @@ def relay(
     """Stream every committed outbox row to the ledger, at least once, until SIGINT/SIGTERM.
 
     Runs Debezium's embedded connector on drledger.outbox (PostgreSQL: logical decoding with pgoutput;
-    MySQL: the binlog). A batch is marked processed only after the ledger acknowledged it, so a crash
-    loses nothing; a restart with the same --state-dir and --slot resumes where the ledger left off
+    MySQL: the binlog). A source transaction's events are published together, once all of them are in
+    hand, and marked processed only after the ledger acknowledged them, so a crash loses nothing and
+    never leaves part of a transaction in the ledger; a restart with the same --state-dir and --slot resumes where the ledger left off
     (duplicates possible, removed by event id). If the engine stops for any other reason than a signal,
     the relay exits within seconds with one sentence and an exit code that says whether to restart it
     (75) or call an operator (2).

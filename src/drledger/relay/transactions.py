@@ -97,7 +97,7 @@ class WholeTransactions(Generic[R]):
             raise TransactionTooLarge(
                 f"The source transaction {self._open} holds more than {self.limit:,} changes, more than the relay "
                 "holds in memory to publish one whole; none of it was published or acknowledged: start the relay "
-                "again with a larger --max-transaction-changes (about 2 KB of memory each)."
+                "again with a larger --max-transaction-changes (and the memory it needs)."
             )
 
     def take(self) -> Release[R]:
