@@ -21,6 +21,11 @@ DEFAULT_SLOT = "drledger_slot"
 SNAPSHOT_MODES = ("initial", "no_data")
 
 
+#: The records held for one open source transaction before the relay refuses to hold more: each is a
+#: ledger event in Python and Debezium's record in the JVM's 1 GB heap, with its row images.
+DEFAULT_MAX_TRANSACTION_CHANGES = 100_000
+
+
 @dataclass(frozen=True)
 class RelaySettings:
     slot: str = DEFAULT_SLOT
@@ -37,6 +42,8 @@ class RelaySettings:
     # 5 s apart, before the relay exits 75: about two minutes. Debezium's -1 (forever) would hide an
     # outage from supervisors. Errors that are not transient stop the relay at once (see engine.py).
     db_retries: int = 20
+    # The changes of one source transaction the relay holds to publish it whole (see relay/transactions.py).
+    max_transaction_changes: int = DEFAULT_MAX_TRANSACTION_CHANGES
 
     def __post_init__(self) -> None:
         _check_snapshot(self.snapshot)
@@ -44,7 +51,14 @@ class RelaySettings:
 
     @classmethod
     def from_options(
-        cls, *, slot: str, state_dir: Path, snapshot: str, heartbeat: str, ledger_timeout: str
+        cls,
+        *,
+        slot: str,
+        state_dir: Path,
+        snapshot: str,
+        heartbeat: str,
+        ledger_timeout: str,
+        max_transaction_changes: int = DEFAULT_MAX_TRANSACTION_CHANGES,
     ) -> RelaySettings:
         """Settings as the command line takes them, durations as typed ('1s', '2m'); each checked in
         that order, so the first wrong one is the one named."""
@@ -56,6 +70,7 @@ class RelaySettings:
             snapshot=snapshot,
             heartbeat_ms=int(parse_duration(heartbeat) * 1000),
             ledger_timeout_s=parse_duration(ledger_timeout),
+            max_transaction_changes=_check_max_transaction_changes(max_transaction_changes),
         )
 
     @property
@@ -90,6 +105,12 @@ def _check_slot(slot: str) -> None:
         )
 
 
+def _check_max_transaction_changes(limit: int) -> int:
+    if limit < 1:
+        raise DrledgerError("--max-transaction-changes must be a positive number of changes.")
+    return limit
+
+
 def _check_snapshot(snapshot: str) -> None:
     if snapshot not in SNAPSHOT_MODES:
         raise DrledgerError("--snapshot must be 'initial' or 'no_data'.")
@@ -105,6 +126,9 @@ def engine_properties(settings: RelaySettings) -> dict[str, str]:
         "max.batch.size": str(settings.max_batch_size),
         "max.queue.size": str(settings.max_queue_size),
         "tombstones.on.delete": "false",
+        # BEGIN and END records around every source transaction, and each change's transaction id:
+        # the relay publishes a transaction only once it holds all of it (relay/transactions.py).
+        "provide.transaction.metadata": "true",
         "decimal.handling.mode": "string",
         # Offsets are flushed after every batch: the saved position follows what the ledger holds.
         "offset.storage": "org.apache.kafka.connect.storage.FileOffsetBackingStore",

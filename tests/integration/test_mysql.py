@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import re
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -1077,3 +1079,80 @@ def test_every_duty_runs_its_commands_with_exactly_the_printed_grants_and_a_revo
     finally:
         for role in roles.values():
             shop.server.execute(f"DROP USER IF EXISTS '{role}'@'%'")
+
+
+def transfers_on_mysql(shop: Shop, stop: threading.Event, tps: float) -> None:
+    """Transactions of five changes across two captured tables (three orders placed, one account debited,
+    another credited), `tps` a second, until stopped."""
+    import pymysql
+
+    rng = random.Random(22)
+    conn = pymysql.connect(
+        host="127.0.0.1", port=shop.server.port, user="root", database="Sales", autocommit=False
+    )
+    try:
+        with conn.cursor() as cursor:
+            while not stop.is_set():
+                started = time.monotonic()
+                debit, credit = rng.sample(range(1, 11), 2)
+                cursor.execute("INSERT INTO placed (note) VALUES ('transfer'), ('transfer'), ('transfer')")
+                cursor.execute("UPDATE account SET balance = balance - 1 WHERE id = %s", (debit,))
+                cursor.execute("UPDATE account SET balance = balance + 1 WHERE id = %s", (credit,))
+                conn.commit()
+                time.sleep(max(0.0, 1 / tps - (time.monotonic() - started)))
+    finally:
+        conn.close()
+
+
+def partial_transactions_on_mysql(url: str) -> dict[int, int]:
+    """Source transactions of which the ledger holds other than all five changes: txid → changes held."""
+    held: dict[int, set[str]] = {}
+    for event in ledger_events(url):
+        held.setdefault(event.txid, set()).add(event.event_id)
+    return {txid: len(ids) for txid, ids in held.items() if len(ids) != 5}
+
+
+def test_the_ledger_never_holds_part_of_a_source_transaction_whenever_the_relay_is_killed_on_mysql(
+    shop: Shop,
+) -> None:
+    shop.server.execute("CREATE TABLE `Sales`.placed (id BIGINT AUTO_INCREMENT PRIMARY KEY, note TEXT)")
+    shop.server.execute("CREATE TABLE `Sales`.account (id INT PRIMARY KEY, balance BIGINT NOT NULL)")
+    shop.server.execute("INSERT INTO `Sales`.account SELECT seq, 1000 FROM `Sales`.seq_1_to_10")
+    init = shop.cli("init", "--table", "Sales.placed", "--table", "Sales.account")
+    assert init.returncode == 0, init.stderr
+    url = f"sqlite:///{shop.workdir}/whole.db"
+    relay = start_relay(shop, url)
+    wait_for(
+        lambda: shop.rows("SELECT COUNT(*) FROM drledger.heartbeat") == [(1,)], 120, "the relay to stream"
+    )
+    stop = threading.Event()
+    writer = threading.Thread(target=transfers_on_mysql, args=(shop, stop, 50))
+    writer.start()
+    rng = random.Random()
+    try:
+        for kill in range(1, 6):
+            in_ledger = len(ledger_events(url))
+            wait_for(lambda: len(ledger_events(url)) > in_ledger, 120, "the relay to publish")  # noqa: B023
+            time.sleep(rng.uniform(0.5, 3.0))  # a random moment of streaming under load
+            relay.send_signal(signal.SIGKILL)
+            assert relay.wait(60) == -signal.SIGKILL, (shop.workdir / "relay.log").read_text()[-3000:]
+            # Read while the relay is down, as a failover would find the ledger.
+            partial = partial_transactions_on_mysql(url)
+            assert not partial, f"after kill {kill}, the ledger holds part of: {sorted(partial.items())[:5]}"
+            relay = start_relay(shop, url)
+    finally:
+        stop.set()
+        writer.join()
+    committed = shop.rows("SELECT COUNT(*) FROM drledger.outbox")[0][0]
+    try:
+        wait_for(
+            lambda: len({e.event_id for e in ledger_events(url)}) >= committed,
+            120,
+            "every change in the ledger",
+        )
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(60) == 0, (shop.workdir / "relay.log").read_text()[-2000:]
+    events = ledger_events(url)
+    assert {e.event_id for e in events} == {r[0] for r in shop.rows("SELECT id FROM drledger.outbox")}
+    assert not partial_transactions_on_mysql(url)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import signal
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import psycopg
@@ -14,7 +16,7 @@ from drledger.census import take_census
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from drledger.source.postgres import outbox as postgres
-from tests.helpers import RelayFactory, slot_active, wait_for
+from tests.helpers import RelayFactory, RelayProcess, slot_active, wait_for
 
 pytestmark = pytest.mark.debezium
 
@@ -175,3 +177,118 @@ def test_idle_outbox_still_advances_the_slot(
     wait_for(lambda: confirmed() >= wal_after_writes, 30, "the slot to confirm past the idle-time WAL")
     assert confirmed() > before or before >= wal_after_writes
     relay.kill(signal.SIGTERM)
+
+
+# -- whole source transactions -----------------------------------------------------------------------
+
+
+def transfer_load(dsn: str, stop: threading.Event, tps: float) -> None:
+    """Transactions of five changes across two captured tables (three orders placed, one account debited,
+    another credited), `tps` a second, until stopped; a transaction refused while the database is away
+    is simply not counted (its outbox rows are not there either)."""
+    pause = 1 / tps
+    rng = random.Random(22)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while not stop.is_set():
+            started = time.monotonic()
+            debit, credit = rng.sample(range(1, 11), 2)
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO orders (customer, amount) SELECT 'transfer', g FROM generate_series(1, 3) g"
+                )
+                conn.execute("UPDATE accounts SET balance = balance - 1 WHERE id = %s", (debit,))
+                conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = %s", (credit,))
+            time.sleep(max(0.0, pause - (time.monotonic() - started)))
+
+
+def outbox_changes_by_txid(dsn: str) -> Counter[int]:
+    with psycopg.connect(dsn) as conn:
+        return Counter(
+            {
+                int(t): int(n)
+                for t, n in conn.execute(
+                    "SELECT txid, count(*) FROM drledger.outbox GROUP BY txid"
+                ).fetchall()
+            }
+        )
+
+
+def partial_transactions(url: str, committed: Counter[int]) -> dict[int, tuple[int, int]]:
+    """Every source transaction of which the ledger holds some events but not all: txid → (held, made)."""
+    held: dict[int, set[str]] = {}
+    for event in ledger_events(url):
+        held.setdefault(event.txid, set()).add(event.event_id)
+    return {txid: (len(ids), committed[txid]) for txid, ids in held.items() if len(ids) != committed[txid]}
+
+
+def streaming(relay: RelayProcess, dsn: str) -> RelayProcess:
+    """The relay, once it reads its slot; a relay that exits meanwhile fails the test with its output."""
+
+    def active() -> bool:
+        assert relay.process.poll() is None, relay.output()[-3000:]
+        return slot_active(dsn, "drledger_slot")
+
+    wait_for(active, 90, "the relay to open its slot")
+    return relay
+
+
+def test_the_ledger_never_holds_part_of_a_source_transaction_whenever_the_relay_is_killed(
+    database: str, workdir: Path, relay_factory: RelayFactory
+) -> None:
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)")
+        conn.execute("INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 10) g")
+    postgres.install(database, ["public.orders", "public.accounts"])
+    url = f"sqlite:///{workdir}/ledger.db"
+    relay = streaming(relay_factory(database, url, "--create"), database)
+    stop = threading.Event()
+    writer = threading.Thread(target=transfer_load, args=(database, stop, 100))
+    writer.start()
+    rng = random.Random()
+    kills = 0
+    try:
+        for _ in range(5):
+            time.sleep(rng.uniform(1.0, 4.0))  # a random moment of streaming under load
+            assert relay.kill(signal.SIGKILL) == -signal.SIGKILL, relay.output()[-3000:]
+            kills += 1
+            # Read while the relay is down, as a failover would find the ledger.
+            committed = outbox_changes_by_txid(database)
+            partial = partial_transactions(url, committed)
+            assert not partial, f"after kill {kills}, the ledger holds part of: {sorted(partial.items())[:5]}"
+            relay = streaming(relay_factory(database, url), database)
+    finally:
+        stop.set()
+        writer.join()
+    committed = outbox_changes_by_txid(database)
+    total = sum(committed.values())
+    wait_for(lambda: len(distinct_ids(url)) >= total, 120, "every committed change in the ledger")
+    assert not partial_transactions(url, committed)
+    assert {e.txid for e in ledger_events(url)} == set(committed)
+    assert all(n == 5 for n in committed.values()), committed.most_common(3)
+    assert relay.kill(signal.SIGTERM) == 0
+
+
+def test_a_transaction_larger_than_the_relay_may_hold_stops_it_before_any_of_it_is_published(
+    database: str, workdir: Path, relay_factory: RelayFactory
+) -> None:
+    postgres.install(database, ["public.orders"])
+    url = f"sqlite:///{workdir}/ledger.db"
+    relay = streaming(relay_factory(database, url, "--create", "--max-transaction-changes", "1000"), database)
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (customer) SELECT 'small' FROM generate_series(1, 10)")
+        wait_for(lambda: len(distinct_ids(url)) >= 10, 60, "the small transaction in the ledger")
+        conn.execute("INSERT INTO orders (customer) SELECT 'large' FROM generate_series(1, 3000)")
+    assert relay.process.wait(120) == 2, relay.output()[-3000:]
+    said = [line for line in relay.output().splitlines() if line.startswith("drledger: ")]
+    assert len(said) == 1 and "holds more than 1,000 changes" in said[0], relay.output()[-3000:]
+    assert "Traceback" not in relay.output()
+    assert len(distinct_ids(url)) == 10  # nothing of the large one
+    # Nothing of it was acknowledged: with room for it, the relay publishes it whole (once the slot is free).
+    wait_for(lambda: not slot_active(database, "drledger_slot"), 60, "the slot to be released")
+    relay = streaming(relay_factory(database, url, "--max-transaction-changes", "5000"), database)
+    try:
+        wait_for(lambda: len(distinct_ids(url)) >= 3010, 90, "the large transaction in the ledger")
+    except AssertionError:
+        raise AssertionError(relay.output()[-4000:]) from None
+    assert not partial_transactions(url, outbox_changes_by_txid(database))
+    assert relay.kill(signal.SIGTERM) == 0

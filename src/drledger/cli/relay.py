@@ -12,7 +12,7 @@ import typer
 from drledger.cli.common import client_config, err
 from drledger.cli.options import DbOption, EndpointOption, LedgerConfigFileOption, LedgerConfigOption
 from drledger.errors import DrledgerError, ExitCode
-from drledger.streaming import DEFAULT_SLOT
+from drledger.streaming import DEFAULT_MAX_TRANSACTION_CHANGES, DEFAULT_SLOT
 
 if TYPE_CHECKING:
     from drledger.relay.engine import RelayStats
@@ -63,6 +63,13 @@ def relay(
             help="How long to retry a batch the ledger does not take before exiting 75 (for a supervisor to restart)."
         ),
     ] = "2m",
+    max_transaction_changes: Annotated[
+        int,
+        typer.Option(
+            help="The changes of one source transaction the relay holds in memory (each with its row images) to publish it "
+            "whole; a larger transaction stops the relay (exit 2) before any of it is published.",
+        ),
+    ] = DEFAULT_MAX_TRANSACTION_CHANGES,
     verbose: Annotated[
         bool,
         typer.Option("--verbose", "-v", help="Debezium's INFO lines and every stack trace, for debugging."),
@@ -79,8 +86,9 @@ def relay(
     """Stream every committed outbox row to the ledger, at least once, until SIGINT/SIGTERM.
 
     Runs Debezium's embedded connector on drledger.outbox (PostgreSQL: logical decoding with pgoutput;
-    MySQL: the binlog). A batch is marked processed only after the ledger acknowledged it, so a crash
-    loses nothing; a restart with the same --state-dir and --slot resumes where the ledger left off
+    MySQL: the binlog). A source transaction's events are published together, once all of them are in
+    hand, and marked processed only after the ledger acknowledged them, so a crash loses nothing and
+    never leaves part of a transaction in the ledger; a restart with the same --state-dir and --slot resumes where the ledger left off
     (duplicates possible, removed by event id). If the engine stops for any other reason than a signal,
     the relay exits within seconds with one sentence and an exit code that says whether to restart it
     (75) or call an operator (2).
@@ -91,7 +99,12 @@ def relay(
     from drledger.timeutil import parse_instant
 
     settings = RelaySettings.from_options(
-        slot=slot, state_dir=state_dir, snapshot=snapshot, heartbeat=heartbeat, ledger_timeout=ledger_timeout
+        slot=slot,
+        state_dir=state_dir,
+        snapshot=snapshot,
+        heartbeat=heartbeat,
+        ledger_timeout=ledger_timeout,
+        max_transaction_changes=max_transaction_changes,
     )
     if verbose:
         logging.getLogger("drledger").setLevel(logging.DEBUG)

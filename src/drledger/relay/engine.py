@@ -1,8 +1,11 @@
 """Running the Debezium embedded engine and handing each batch to the ledger.
 
-At-least-once: a batch is published and durably acknowledged by the ledger *before* its records are
-marked processed, and only marked records have their offsets committed (and so the replication slot's
-confirmed LSN advanced). A crash in between replays the batch on restart.
+At-least-once, whole transactions: the outbox events of a source transaction are published together,
+once its END record shows the relay holds all of them (relay/transactions.py), and durably
+acknowledged by the ledger *before* its records are marked processed; only marked records have their
+offsets committed (and so the replication slot's confirmed LSN advanced), and a record is marked only
+once every record before it is. A crash in between replays the transaction, whole, on restart; the
+ledger never holds part of one.
 
 Fail loudly. The engine runs on a worker thread; the main thread started the JVM and waits for one of
 three things: a stop signal, the engine's completion (Debezium's CompletionCallback), or a fatal
@@ -16,6 +19,7 @@ waiting for whatever Java threads the engine left behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -36,7 +40,8 @@ from drledger.java import start_jvm
 from drledger.ledger.base import Ledger
 from drledger.relay.faults import CHECK, RESTART, causes_of, stack_trace
 from drledger.relay.metrics import RelayMetrics
-from drledger.relay.translate import outbox_change_to_event
+from drledger.relay.transactions import WholeTransactions
+from drledger.relay.translate import StreamRecord, read_stream_record
 from drledger.retry import backoff
 from drledger.source import open_source
 from drledger.streaming import RelaySettings
@@ -157,6 +162,8 @@ class Relay:
         self.ledger = ledger
         self.settings = settings
         self.stats = RelayStats()
+        #: Records of the source transaction still open, held until it is whole (transactions.py).
+        self.transactions: WholeTransactions[Any] = WholeTransactions(settings.max_transaction_changes)
         # The last commit relayed survives restarts: it is where a backfill would have to start.
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
             last = json.loads(settings.stats_file.read_text()).get("last_commit_ms")
@@ -183,38 +190,21 @@ class Relay:
         with contextlib.suppress(OSError):
             write_private(self.settings.stats_file, json.dumps(self.stats.as_json()))
 
-    def handle_batch(self, records: list[Any]) -> None:
-        """Publish a batch's outbox events; return only once the ledger acknowledged every one."""
+    def handle_batch(self, records: list[Any]) -> list[Any]:
+        """Publish the outbox events of every source transaction this batch completes; return the records
+        that may now be marked processed (the ledger acknowledged all their events), in stream order. The
+        records of a transaction still open are held, unpublished and unmarked, for the next batch."""
         began = time.monotonic()
-        events: list[LedgerEvent] = []
-        streamed: list[LedgerEvent] = []
         for record in records:
-            # One call into Java per record: the value says itself whether it is an outbox insert.
+            # One call into Java per record: its value says what it is.
             value = record.value()
-            if value is None:
-                continue
-            text = str(value)
             try:
-                event = outbox_change_to_event(text)
+                item = read_stream_record(None if value is None else str(value))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise unreadable_change(exc) from None
-            if event is None:
-                continue
-            if '"op":"r"' not in text:  # not a snapshot read
-                events.append(event)
-                streamed.append(event)
-            elif self.already_relayed is None or event_id_bytes(event.event_id) not in self.already_relayed:
-                events.append(event)
-            else:
-                self.snapshot_rows_left_out += 1
-        if streamed and self.already_relayed is not None:
-            # The snapshot is over: streamed events are never left out, and the ids need not be kept.
-            self.already_relayed = None
-            if self.snapshot_rows_left_out:
-                log.info(
-                    "the snapshot left out %d outbox rows the ledger already held",
-                    self.snapshot_rows_left_out,
-                )
+            self.transactions.add(record, self._leave_out_relayed_snapshot_row(item))
+        ready = self.transactions.take()
+        events, streamed = ready.events, ready.streamed
         if events:
             publishing = time.monotonic()
             self.publish(events)
@@ -232,10 +222,30 @@ class Relay:
         if self.metrics is not None:
             self.metrics.batches.inc()
             self.metrics.batch_seconds.observe(time.monotonic() - began)
+            self.metrics.held_changes.set(self.transactions.held)
         if time.monotonic() - self._stats_written_at >= 0.2:
             self.write_stats()
         if self.on_batch is not None:
             self.on_batch(self.stats)
+        return ready.records
+
+    def _leave_out_relayed_snapshot_row(self, item: StreamRecord) -> StreamRecord:
+        """A snapshot read whose event the ledger holds (a snapshot cut short published it) stays
+        unpublished; the first streamed outbox change ends the snapshot, and the ids need not be kept."""
+        if self.already_relayed is None or item.kind != "change" or not item.outbox:
+            return item
+        if not item.snapshot:
+            self.already_relayed = None
+            if self.snapshot_rows_left_out:
+                log.info(
+                    "the snapshot left out %d outbox rows the ledger already held",
+                    self.snapshot_rows_left_out,
+                )
+            return item
+        if item.event is not None and event_id_bytes(item.event.event_id) in self.already_relayed:
+            self.snapshot_rows_left_out += 1
+            return dataclasses.replace(item, event=None)
+        return item
 
     def publish(self, events: list[LedgerEvent]) -> None:
         """Publish, retrying the whole batch with backoff while the ledger is unavailable, for at most
@@ -302,7 +312,7 @@ class Relay:
             @jpype.JOverride
             def handleBatch(self, records: Any, committer: Any) -> None:
                 try:
-                    relay.handle_batch(list(records))
+                    processed = relay.handle_batch(list(records))
                 except _Stopping:
                     raise stop_engine("drledger: stop requested while the ledger was unavailable") from None
                 except DrledgerError as exc:
@@ -314,8 +324,9 @@ class Relay:
                         RetryLater(f"The relay failed on a batch ({type(exc).__name__}: {exc}): {RESTART}.")
                     )
                     raise stop_engine(f"drledger: {exc}") from None
-                # Only now, with the whole batch in the ledger, may its offsets be committed.
-                for record in records:
+                # Only now, with their events in the ledger, may these records' offsets be committed; those
+                # of a transaction still open are marked by the batch that completes it.
+                for record in processed:
                     committer.markProcessed(record)
                 committer.markBatchFinished()
 

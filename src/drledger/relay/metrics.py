@@ -64,6 +64,11 @@ class RelayMetrics(MetricsEndpoint):
             "When the ledger last acknowledged a batch (wall clock).",
             registry=r,
         )
+        self.held_changes = Gauge(
+            "drledger_relay_held_changes",
+            "Changes of a source transaction not yet ended, held so that it is published whole.",
+            registry=r,
+        )
         self.engine_up = Gauge(
             "drledger_relay_engine_up", "1 while the Debezium engine streams from the slot.", registry=r
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +12,74 @@ import orjson
 from drledger.events import LedgerEvent, own_transaction_txid
 
 OUTBOX_SOURCE = ("drledger", "outbox")
+#: The outbox as Debezium names it in a transaction's END record ("data_collection"), on either engine.
+OUTBOX_COLLECTION = ".".join(OUTBOX_SOURCE)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    """What one record on Debezium's stream means to the relay.
+
+    `kind`: "change" (a row change of a captured table), "begin" or "end" (a source transaction's
+    boundary, from provide.transaction.metadata), or "other" (a heartbeat message, a tombstone).
+    `transaction`: Debezium's id of the source transaction a change or boundary belongs to; None for a
+    snapshot read, which has none. `outbox`: the change is one of drledger.outbox's, whatever its op
+    (an END counts prune deletes too). `event`: the ledger event it carries, if any. `outbox_changes`:
+    on an END, how many outbox changes the transaction made.
+    """
+
+    kind: str
+    transaction: str | None = None
+    outbox: bool = False
+    event: LedgerEvent | None = None
+    snapshot: bool = False
+    outbox_changes: int = 0
+
+
+OTHER = StreamRecord("other")
+# PostgreSQL's transaction ids in Debezium's metadata are "xid:LSN", the LSN that of the record itself,
+# so one transaction's records carry different ids; MySQL's (a GTID "uuid:n", "domain-server-n" on
+# MariaDB, or "file=…,pos=…") never have this all-digits form.
+_POSTGRES_TRANSACTION = re.compile(r"(\d+):\d+")
+
+
+def transaction_identity(debezium_id: object) -> str:
+    """The source transaction a Debezium transaction id names, the same on every record of it. Pure."""
+    text = str(debezium_id)
+    postgres = _POSTGRES_TRANSACTION.fullmatch(text)
+    return postgres.group(1) if postgres else text
+
+
+def read_stream_record(value: str | bytes | None) -> StreamRecord:
+    """One Debezium JSON value (schemas disabled) → what it is. Pure; raises on an unreadable outbox
+    change (KeyError, TypeError, ValueError), as outbox_change_to_event does."""
+    if value is None:
+        return OTHER
+    record: dict[str, Any] = orjson.loads(value)
+    if not isinstance(record, dict):
+        return OTHER
+    status = record.get("status")
+    if "op" not in record and status in ("BEGIN", "END"):
+        boundary = transaction_identity(record["id"])
+        if status == "BEGIN":
+            return StreamRecord("begin", boundary)
+        counts = record.get("data_collections") or []
+        changes = sum(int(c["event_count"]) for c in counts if c.get("data_collection") == OUTBOX_COLLECTION)
+        return StreamRecord("end", boundary, outbox_changes=changes)
+    if "op" not in record or not isinstance(record.get("source"), dict):
+        return OTHER
+    source = record["source"]
+    snapshot = record.get("op") == "r"
+    block = record.get("transaction")
+    # A snapshot read belongs to no source transaction: no END will ever come for it.
+    transaction = (
+        transaction_identity(block["id"])
+        if isinstance(block, dict) and block.get("id") is not None and not snapshot
+        else None
+    )
+    outbox = (source.get("schema") or source.get("db"), source.get("table")) == OUTBOX_SOURCE
+    event = change_to_event(record) if outbox else None
+    return StreamRecord("change", transaction, outbox, event, snapshot)
 
 
 def outbox_change_to_event(value: str | bytes) -> LedgerEvent | None:
@@ -25,6 +94,11 @@ def outbox_change_to_event(value: str | bytes) -> LedgerEvent | None:
     comes from the binlog, the position of its transaction (file number and offset as one number).
     """
     change: dict[str, Any] = orjson.loads(value)
+    return change_to_event(change)
+
+
+def change_to_event(change: dict[str, Any]) -> LedgerEvent | None:
+    """A parsed Debezium change value → its ledger event (see outbox_change_to_event)."""
     op = change.get("op")
     if op not in ("c", "r"):
         return None

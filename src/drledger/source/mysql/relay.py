@@ -51,8 +51,8 @@ def debezium_properties(dsn: str, settings: RelaySettings, *, password: str | No
             "database.include.list": SCHEMA,
             "table.include.list": f"{SCHEMA}.outbox,{SCHEMA}.heartbeat",
             "include.schema.changes": "false",
-            # The transaction each change belongs to: MySQL's triggers cannot know it, the binlog does.
-            "provide.transaction.metadata": "true",
+            # provide.transaction.metadata (every engine's): MySQL's triggers cannot know their
+            # transaction, the binlog does.
             # Only the outbox is read: no global read lock is needed (nor the RELOAD privilege it takes).
             "snapshot.locking.mode": "none",
             "schema.history.internal": "io.debezium.storage.file.history.FileSchemaHistory",
