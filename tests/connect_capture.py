@@ -7,8 +7,8 @@ converter's `fromConnectHeader` — with JsonConverter (schemas on and off) and 
 
 Run as a script (the JVM stays out of the test process):
     python tests/connect_capture.py CONFIG.json OFFSETS_FILE OUT.jsonl COUNT
-CONFIG.json is the connector configuration; it stops after COUNT records for the ledger topic (or 120 s)
-and writes one JSON line per record: topic, timestamp, headers and, per converter, key and value
+CONFIG.json is the connector configuration; it stops after COUNT records for the ledger topic (COUNT 0:
+after as many as the file named by $CAPTURE_UNTIL says, once it exists; 300 s at most) and writes one JSON line per record: topic, timestamp, headers and, per converter, key and value
 (bytes in base64).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 import threading
 import time
@@ -79,8 +80,6 @@ def main(config_path: str, offsets: str, out_path: str, count: int) -> int:
                     captured.append(convert(record))
                 committer.markProcessed(change)
             committer.markBatchFinished()
-            if len(captured) >= count:
-                done.set()
 
         @jpype.JOverride
         def supportsTombstoneEvents(self) -> bool:
@@ -136,14 +135,25 @@ def main(config_path: str, offsets: str, out_path: str, count: int) -> int:
     )
     worker = threading.Thread(target=engine.run, daemon=True)
     worker.start()
-    done.wait(120)
+    deadline = time.monotonic() + 300
+    while not done.wait(0.2) and time.monotonic() < deadline:
+        wanted = count or _until()
+        if wanted and len(captured) >= wanted:
+            break
     if failure:
         print(f"the engine failed: {failure[0]}", file=sys.stderr)
         return 2
     time.sleep(0.5)  # let the last batch's offsets be committed before closing
     engine.close()
     Path(out_path).write_text("".join(json.dumps(doc) + "\n" for doc in captured))
-    return 0 if len(captured) >= count else 1
+    return 0 if len(captured) >= (count or _until() or 1) else 1
+
+
+def _until() -> int | None:
+    until = os.environ.get("CAPTURE_UNTIL")
+    if until and Path(until).exists() and Path(until).read_text().strip():
+        return int(Path(until).read_text())
+    return None
 
 
 if __name__ == "__main__":

