@@ -17,6 +17,8 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -27,6 +29,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from drledger.drill.connect import ConnectCluster
 from drledger.drill.postgres.cluster import LocalCluster, free_port
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
@@ -365,3 +368,104 @@ def test_a_connect_record_that_proves_nothing_is_malformed(captured: Captured, b
     inspect = run_cli("ledger", "inspect", f"kafka://{broker}/{topic}", "--json")
     census = json.loads(inspect.stdout)
     assert (census["distinct"], census["malformed"]) == (1, 2), census
+
+
+# -- a real Kafka Connect worker ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def connect_cluster(broker: str) -> Iterator[ConnectCluster]:
+    with ConnectCluster(broker) as cluster:
+        yield cluster
+
+
+def connect_get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def watch_once(dsn: str, ledger: str, slot: str, connect_url: str, name: str) -> tuple[int, dict[str, Any]]:
+    result = run_cli(
+        "watch",
+        "--db",
+        dsn,
+        "--ledger",
+        ledger,
+        "--slot",
+        slot,
+        "--connect-url",
+        connect_url,
+        "--connector",
+        name,
+        "--once",
+        "--json",
+        "--listen",
+        "127.0.0.1:0",
+    )
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_apply_makes_kafka_connect_the_relay_and_watch_follows_the_connector(
+    connect_cluster: ConnectCluster, broker: str, primary: LocalCluster
+) -> None:
+    with fresh_database(primary, SCHEMA) as dsn:
+        assert run_cli("init", "--db", dsn, "--table", "account", "--table", "history").returncode == 0
+        snapshot_workload(dsn)
+        topic = f"applied-{uuid.uuid4().hex[:6]}"
+        create_topic(broker, topic)
+        ledger = f"kafka://{broker}/{topic}"
+        name = f"drledger-{uuid.uuid4().hex[:6]}"
+        args = ("connect-config", "--db", dsn, "--ledger", ledger, "--slot", "applied_slot", "--name", name)
+        created = run_cli(*args, "--apply", "--connect-url", connect_cluster.url)
+        assert created.returncode == 0 and f"created the connector {name}" in created.stdout, created.stderr
+        updated = run_cli(*args, "--apply", "--connect-url", connect_cluster.url)
+        assert updated.returncode == 0 and f"updated the connector {name}" in updated.stdout, updated.stderr
+        printed = json.loads(run_cli(*args, "--json").stdout)["config"]
+        assert connect_get(f"{connect_cluster.url}/connectors/{name}/config") == printed
+        try:
+            wait_for(
+                lambda: watch_once(dsn, ledger, "applied_slot", connect_cluster.url, name)[1]["relay"]["up"],
+                180,
+                "the connector to run",
+            )
+            streamed_workload(dsn)
+            total = outbox_count(dsn)
+            # Kafka Connect itself wrote the ledger topic: every event, read by drledger's readers.
+            wait_for(lambda: len(events_or_none(ledger)) == total, 180, "Connect to write every event")
+            reconcile = run_cli("reconcile", "--db", dsn, "--ledger", ledger, "--since", "1h", "--json")
+            assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr
+            assert json.loads(reconcile.stdout)["counts"]["missing_in_dr"] == 0
+            code, snap = watch_once(dsn, ledger, "applied_slot", connect_cluster.url, name)
+            assert code == 0 and snap["relay"]["up"] is True and snap["missing_in_ledger"] == 0, snap
+        finally:
+            request = urllib.request.Request(f"{connect_cluster.url}/connectors/{name}", method="DELETE")
+            urllib.request.urlopen(request, timeout=30).close()
+
+        # The connector gone, the relay is down: the gauge that fires DrledgerRelayDown, and watch --once's 1.
+        def down() -> dict[str, Any] | None:
+            code, snap = watch_once(dsn, ledger, "applied_slot", connect_cluster.url, name)
+            return snap if code == 1 and snap["relay"]["up"] is False else None
+
+        snap = wait_for(down, 120, "the relay to be down")
+        assert snap["relay"]["error"] == f"Kafka Connect has no connector {name}", snap["relay"]
+        assert "the relay is down" in snap["problems"]
+        wait_for(lambda: not slot_active(dsn, "applied_slot"), 60, "the connector to release its slot")
+
+
+def test_connects_own_validation_refuses_what_cannot_run(
+    connect_cluster: ConnectCluster, broker: str
+) -> None:
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/shop"
+    result = run_cli(
+        "connect-config",
+        "--db",
+        nowhere,
+        "--ledger",
+        f"kafka://{broker}/l",
+        "--apply",
+        "--connect-url",
+        connect_cluster.url,
+    )
+    one_sentence(result, "Kafka Connect found the connector configuration invalid", "database.hostname")
+    with pytest.raises(urllib.error.HTTPError):  # nothing was created
+        connect_get(f"{connect_cluster.url}/connectors/drledger-outbox")

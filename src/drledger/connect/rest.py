@@ -19,7 +19,10 @@ from typing import Any
 from drledger.errors import DrledgerError
 from drledger.masking import MASK, mask_url
 
+#: How long a status read may take; validating and applying take longer: the connector connects to the
+#: database to validate, on a worker that may be busy.
 _TIMEOUT_S = 10.0
+_APPLY_TIMEOUT_S = 90.0
 RUNNING = "RUNNING"
 
 
@@ -46,7 +49,13 @@ class ConnectError(DrledgerError):
 
 
 def request(
-    url: str, method: str, path: str, body: Any = None, *, secret: str | None = None
+    url: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    secret: str | None = None,
+    timeout: float = _TIMEOUT_S,
 ) -> tuple[int, Any]:
     """(HTTP status, parsed JSON answer) of one call; ConnectError on an error status or no answer."""
     data = None if body is None else json.dumps(body).encode()
@@ -58,7 +67,7 @@ def request(
     )
     where = mask_url(url)
     try:
-        with urllib.request.urlopen(call, timeout=_TIMEOUT_S) as answer:
+        with urllib.request.urlopen(call, timeout=timeout) as answer:
             raw = answer.read()
             return answer.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as exc:
@@ -101,7 +110,12 @@ def validate(url: str, config: dict[str, str]) -> None:
     plugin = urllib.parse.quote(config["connector.class"], safe="")
     secret = config.get("database.password")
     _status, answer = request(
-        url, "PUT", f"/connector-plugins/{plugin}/config/validate", config, secret=secret
+        url,
+        "PUT",
+        f"/connector-plugins/{plugin}/config/validate",
+        config,
+        secret=secret,
+        timeout=_APPLY_TIMEOUT_S,
     )
     errors = validation_errors(answer)
     if errors:
@@ -115,7 +129,9 @@ def validate(url: str, config: dict[str, str]) -> None:
 def put_config(url: str, name: str, config: dict[str, str]) -> bool:
     """Create the connector, or update it to this configuration; True if it was created."""
     path = f"/connectors/{urllib.parse.quote(name, safe='')}/config"
-    status, _answer = request(url, "PUT", path, config, secret=config.get("database.password"))
+    status, _answer = request(
+        url, "PUT", path, config, secret=config.get("database.password"), timeout=_APPLY_TIMEOUT_S
+    )
     return status == 201
 
 
