@@ -30,7 +30,7 @@ def headers(
     source: dict[str, object] | None = None,
     txid: str | None = "727",
     created_at: str = "2026-12-05T19:02:39.339479Z",
-    **replaced: bytes | None,
+    replaced: dict[str, bytes] | None = None,
 ) -> list[tuple[str, bytes | None]]:
     """A Connect record's headers as SimpleHeaderConverter writes them for this change."""
     event = LedgerEvent.from_outbox(
@@ -58,7 +58,7 @@ def headers(
         "drledger-before": None if before is None else before.encode(),
         "drledger-fingerprint": base64.b64encode(event.fingerprint),
     }
-    found.update({name.replace("_", "-"): value for name, value in replaced.items()})
+    found.update({name.replace("_", "-"): value for name, value in (replaced or {}).items()})
     return list(found.items())
 
 
@@ -104,7 +104,7 @@ def test_a_mysql_change_takes_its_transaction_and_position_from_the_binlog() -> 
     ],
 )
 def test_a_connect_record_that_proves_nothing_is_malformed(changed: dict[str, bytes], reason: str) -> None:
-    record = from_headers(headers(**changed), "partition 0 offset 9")
+    record = from_headers(headers(replaced=changed), "partition 0 offset 9")
     assert isinstance(record, MalformedRecord) and reason in record.reason, record
     assert record.position == "partition 0 offset 9"
 
@@ -174,7 +174,14 @@ def test_a_password_reference_is_printed_as_it_is() -> None:
 )
 def test_bad_input_is_one_sentence(fields: dict[str, str], fragment: str) -> None:
     with pytest.raises(DrledgerError, match=fragment.replace("/", ".")):
-        connector_config(ConnectorRequest(**{"db": "postgresql://app@h/shop", "ledger": KAFKA, **fields}))
+        connector_config(
+            ConnectorRequest(
+                db="postgresql://app@h/shop",
+                ledger=fields.get("ledger", KAFKA),
+                name=fields.get("name", "drledger-outbox"),
+                password_ref=fields.get("password_ref"),
+            )
+        )
 
 
 def test_only_the_engines_drledger_configures_are_named() -> None:
