@@ -80,6 +80,8 @@ def main(config_path: str, offsets: str, out_path: str, count: int) -> int:
                     captured.append(convert(record))
                 committer.markProcessed(change)
             committer.markBatchFinished()
+            # How far it got, for a test to know the snapshot is behind it and streaming has begun.
+            Path(out_path + ".count").write_text(str(len(captured)))
 
         @jpype.JOverride
         def supportsTombstoneEvents(self) -> bool:

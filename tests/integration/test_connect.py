@@ -23,6 +23,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -31,6 +32,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from drledger.drill.connect import ConnectCluster
+from drledger.drill.mysql.server import MariaDBSet
 from drledger.drill.postgres.cluster import LocalCluster, free_port
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
@@ -369,6 +371,107 @@ def test_a_connect_record_that_proves_nothing_is_malformed(captured: Captured, b
     inspect = run_cli("ledger", "inspect", f"kafka://{broker}/{topic}", "--json")
     census = json.loads(inspect.stdout)
     assert (census["distinct"], census["malformed"]) == (1, 2), census
+
+
+def test_a_mysql_outbox_through_the_event_router_reads_as_the_relay_wrote_it(
+    broker: str, workdir: Path
+) -> None:
+    """MySQL (MariaDB in tests): the transaction comes from Debezium's transaction metadata and the log
+    position from the binlog, through the same headers."""
+    with MariaDBSet() as servers:
+        server = servers.server("primary")
+        server.execute("CREATE DATABASE shop")
+        server.execute(
+            "CREATE TABLE shop.account (id INT PRIMARY KEY, balance DECIMAL(38,18) NOT NULL, note TEXT)"
+        )
+        dsn = server.dsn("shop")
+        assert run_cli("init", "--db", dsn, "--table", "shop.account").returncode == 0
+        server.execute(
+            "INSERT INTO shop.account VALUES (1, 100.000000000000000001, 'ünïcode'), (2, 9.50, NULL)"
+        )
+        printed = run_cli(
+            "connect-config",
+            "--db",
+            dsn,
+            "--ledger",
+            f"kafka://{broker}/connect-ledger",
+            "--slot",
+            "connect_slot",
+            "--json",
+        )
+        config = json.loads(printed.stdout)["config"]
+        assert config["schema.history.internal"] == "io.debezium.storage.kafka.history.KafkaSchemaHistory"
+        # The embedded engine keeps its schema history in a file, as the relay does.
+        config["schema.history.internal"] = "io.debezium.storage.file.history.FileSchemaHistory"
+        config["schema.history.internal.file.filename"] = str(workdir / "capture.history")
+        (workdir / "config.json").write_text(json.dumps(config))
+        relay_url = f"kafka://{broker}/relay-{uuid.uuid4().hex[:8]}"
+        out = workdir / "records.jsonl"
+        with (
+            (workdir / "relay.log").open("w") as relay_log,
+            (workdir / "capture.log").open("w") as capture_log,
+        ):
+            relay = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "drledger",
+                    "relay",
+                    "--db",
+                    dsn,
+                    "--ledger",
+                    relay_url,
+                    "--create",
+                    "--state-dir",
+                    str(workdir / "state"),
+                ],
+                stdout=relay_log,
+                stderr=subprocess.STDOUT,
+            )
+            capture = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(CAPTURE),
+                    str(workdir / "config.json"),
+                    str(workdir / "offsets"),
+                    str(out),
+                    "0",
+                ],
+                stdout=capture_log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "CAPTURE_UNTIL": str(workdir / "until")},
+            )
+            try:
+                # Both snapshots taken (two rows each): what is committed now, both stream.
+                wait_for(lambda: len(events_or_none(relay_url)) >= 2, 180, "the relay's snapshot")
+                count = Path(str(out) + ".count")
+                wait_for(
+                    lambda: count.exists() and int(count.read_text() or 0) >= 2,
+                    180,
+                    "the connector's snapshot",
+                )
+                server.execute("UPDATE shop.account SET balance = balance - 10 WHERE id = 1")
+                server.execute("DELETE FROM shop.account WHERE id = 2")
+                server.execute("INSERT INTO shop.account VALUES (3, 3.30, 'x'), (4, 4.40, 'y')")
+                (workdir / "until").write_text("6")
+                assert capture.wait(300) == 0, (workdir / "capture.log").read_text()[-3000:]
+                wait_for(lambda: len(events_or_none(relay_url)) >= 6, 180, "the relay to publish every event")
+            finally:
+                relay.send_signal(signal.SIGTERM)
+                relay.wait(60)
+                if capture.poll() is None:
+                    capture.kill()
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        topic = f"connect-mysql-{uuid.uuid4().hex[:6]}"
+        create_topic(broker, topic)
+        publish_as_connect(broker, topic, records, "json-schemas", again=2)
+        connect_events, relay_events = events_of(f"kafka://{broker}/{topic}"), events_of(relay_url)
+        assert len(connect_events) == 6 and connect_events.keys() == relay_events.keys()
+        streamed = [e for e in connect_events.values() if e.op != "insert" or e.key in ("3", "4")]
+        assert len(streamed) == 4
+        for event in streamed:  # the same transaction (from the binlog) and position, field by field
+            assert event == relay_events[event.event_id]
+        assert len({e.txid for e in streamed if e.key in ("3", "4")}) == 1  # one statement, one transaction
 
 
 # -- a real Kafka Connect worker ---------------------------------------------------------------------
