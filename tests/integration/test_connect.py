@@ -31,13 +31,14 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from drledger.drill.alerting import LocalAlerting, binaries
 from drledger.drill.connect import ConnectCluster
 from drledger.drill.mysql.server import MariaDBSet
 from drledger.drill.postgres.cluster import LocalCluster, free_port
 from drledger.events import LedgerEvent
 from drledger.ledger import open_ledger
 from drledger.source.postgres.outbox import SUPPRESS_SETTING
-from tests.helpers import REPO, fresh_database, one_sentence, run_cli, slot_active, wait_for
+from tests.helpers import REPO, fresh_database, one_sentence, run_cli, slot_active, start_watch, wait_for
 
 pytestmark = pytest.mark.debezium
 
@@ -644,3 +645,87 @@ def test_a_killed_workers_task_moves_to_the_live_worker_and_no_event_is_lost(
         delete = urllib.request.Request(f"{survivor.url}/connectors/drledger-outbox", method="DELETE")
         urllib.request.urlopen(delete, timeout=30).close()
         wait_for(lambda: not slot_active(dsn, "handover_slot"), 60, "the connector to release its slot")
+
+
+def test_a_paused_connector_and_a_failed_task_are_a_relay_down_through_prometheus_and_alertmanager(
+    connect_cluster: ConnectCluster, broker: str, primary: LocalCluster, workdir: Path
+) -> None:
+    """The connector paused (its slot still held: only Connect's state says it is down), resumed, then
+    its task failed for real — a change the EventRouter cannot route, with errors never tolerated — and
+    DrledgerRelayDown reaches the Alertmanager's webhook."""
+    if binaries() is None:
+        pytest.fail("Prometheus and Alertmanager are not installed; make install installs them")
+    with fresh_database(primary, SCHEMA) as dsn:
+        assert run_cli("init", "--db", dsn, "--table", "account").returncode == 0
+        topic = f"alerts-{uuid.uuid4().hex[:6]}"
+        create_topic(broker, topic)
+        ledger = f"kafka://{broker}/{topic}"
+        name = f"drledger-{uuid.uuid4().hex[:6]}"
+        base = f"{connect_cluster.url}/connectors/{name}"
+        applied = run_cli(
+            "connect-config",
+            "--db",
+            dsn,
+            "--ledger",
+            ledger,
+            "--slot",
+            "alert_slot",
+            "--name",
+            name,
+            "--apply",
+            "--connect-url",
+            connect_cluster.url,
+        )
+        assert applied.returncode == 0, applied.stderr
+
+        def relay(expect_up: bool) -> dict[str, Any] | None:
+            _code, snap = watch_once(dsn, ledger, "alert_slot", connect_cluster.url, name)
+            return snap["relay"] if snap["relay"]["up"] is expect_up else None
+
+        try:
+            wait_for(lambda: relay(True), 180, "the connector to run")
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("INSERT INTO account (id, balance) VALUES (1, 1)")
+            wait_for(lambda: len(events_or_none(ledger)) == 1, 120, "the first event")
+            urllib.request.urlopen(urllib.request.Request(f"{base}/pause", method="PUT"), timeout=30).close()
+            paused = wait_for(lambda: relay(False), 120, "the paused connector to be a relay down")
+            assert paused["error"] == "the connector is PAUSED", paused
+            assert slot_active(dsn, "alert_slot")  # the slot alone would have said the relay is up
+            urllib.request.urlopen(urllib.request.Request(f"{base}/resume", method="PUT"), timeout=30).close()
+            wait_for(lambda: relay(True), 120, "the resumed connector to be up")
+            watcher = start_watch(
+                dsn,
+                ledger,
+                workdir / "watch.log",
+                "--slot",
+                "alert_slot",
+                "--connect-url",
+                connect_cluster.url,
+                "--connector",
+                name,
+                "--interval",
+                "1s",
+            )
+            try:
+                with LocalAlerting([f"127.0.0.1:{watcher.port}"]) as alerting:
+                    wait_for(
+                        lambda: alerting.query("drledger_relay_up == 1"), 90, "Prometheus to see the relay up"
+                    )
+                    # An outbox change without a fingerprint column: the EventRouter cannot place it.
+                    with psycopg.connect(dsn, autocommit=True) as conn:
+                        conn.execute("ALTER TABLE drledger.outbox DROP COLUMN fingerprint CASCADE")
+                        conn.execute(
+                            "INSERT INTO drledger.outbox (id, aggregatetype, aggregateid, type, payload) "
+                            "VALUES (gen_random_uuid(), 'public.account', '2', 'insert', '{\"id\": 2}')"
+                        )
+                    failed = wait_for(lambda: relay(False), 180, "the failed task to be a relay down")
+                    assert failed["error"] == "task 0 is FAILED", failed
+                    assert connect_get(f"{base}/status")["tasks"][0]["state"] == "FAILED"
+                    down = alerting.webhook.first("DrledgerRelayDown", timeout_s=150)
+                    assert down is not None, "DrledgerRelayDown never reached the webhook"
+                    assert down.labels["severity"] == "critical"
+            finally:
+                assert watcher.stop() == 0
+        finally:
+            urllib.request.urlopen(urllib.request.Request(base, method="DELETE"), timeout=30).close()
+            wait_for(lambda: not slot_active(dsn, "alert_slot"), 60, "the connector to release its slot")
