@@ -226,3 +226,13 @@ def test_binlog_numbers_are_the_relays() -> None:
     assert binlog_transaction_txid("a gtid") is None
     assert binlog_position("binlog.000002", 100, 5000) == (((2 << 32) | 100) << 10) | 1023
     assert binlog_position(None, 1, 1) == 0
+
+
+def test_the_connector_never_takes_the_embedded_relays_slot_or_server_id_by_default() -> None:
+    from drledger.source.mysql.relay import server_id
+    from drledger.streaming import DEFAULT_SLOT
+
+    postgres = connector_config(ConnectorRequest(db="postgresql://app@h/shop", ledger=KAFKA))
+    assert postgres["slot.name"] == "drledger_connect" != DEFAULT_SLOT
+    mysql = connector_config(ConnectorRequest(db="mysql://app@h/shop", ledger=KAFKA))
+    assert mysql["database.server.id"] == str(server_id("drledger_connect")) != str(server_id(DEFAULT_SLOT))

@@ -9,8 +9,8 @@ import typer
 
 from drledger.cli.common import out, print_json, print_text
 from drledger.cli.options import DbOption, JsonOption
+from drledger.connect import DEFAULT_CONNECT_SLOT, DEFAULT_NAME
 from drledger.errors import DrledgerError, ExitCode
-from drledger.streaming import DEFAULT_SLOT
 
 
 def connect_config(
@@ -19,13 +19,13 @@ def connect_config(
         str,
         typer.Option("--ledger", envvar="DRLEDGER_LEDGER", help="The ledger topic, kafka://host:port/topic."),
     ],
-    name: Annotated[
-        str, typer.Option(help="The connector's name in the Connect cluster.")
-    ] = "drledger-outbox",
+    name: Annotated[str, typer.Option(help="The connector's name in the Connect cluster.")] = DEFAULT_NAME,
     slot: Annotated[
         str,
-        typer.Option(help="Replication slot (PostgreSQL) or relay name (MySQL); never the embedded relay's."),
-    ] = DEFAULT_SLOT,
+        typer.Option(
+            help="The connector's replication slot (MySQL: its server id's name); not the embedded relay's."
+        ),
+    ] = DEFAULT_CONNECT_SLOT,
     snapshot: Annotated[
         str,
         typer.Option(

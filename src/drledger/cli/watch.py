@@ -15,6 +15,7 @@ from drledger.cli.options import (
     LedgerConfigOption,
     SkewOption,
 )
+from drledger.connect import DEFAULT_NAME
 from drledger.errors import DrledgerError, ExitCode
 from drledger.margins import DEFAULT_LOOKBACK, DEFAULT_SKEW
 from drledger.streaming import DEFAULT_SLOT
@@ -56,7 +57,7 @@ def watch(
     ] = None,
     connector: Annotated[
         str, typer.Option(help="With --connect-url: the connector's name (connect-config --name).")
-    ] = "drledger-outbox",
+    ] = DEFAULT_NAME,
     interval: Annotated[str, typer.Option(help="Time between two measurements.")] = "5s",
     grace: Annotated[
         str,

@@ -20,13 +20,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from drledger.connect import DEFAULT_CONNECT_SLOT, DEFAULT_NAME
 from drledger.errors import DrledgerError
 from drledger.ledger.connect_records import ENVELOPE_HEADERS, EVENT_ID, OUTBOX_HEADERS, kafka_topic
 from drledger.masking import MASK
 from drledger.source import open_source
-from drledger.streaming import DEFAULT_SLOT, RelaySettings
+from drledger.streaming import RelaySettings
 
-DEFAULT_NAME = "drledger-outbox"
 #: A connector's name as it appears in Connect's REST paths: no slash, nothing to escape.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 EVENT_ROUTER = "io.debezium.transforms.outbox.EventRouter"
@@ -60,7 +60,7 @@ class ConnectorRequest:
     db: str
     ledger: str
     name: str = DEFAULT_NAME
-    slot: str = DEFAULT_SLOT
+    slot: str = DEFAULT_CONNECT_SLOT
     snapshot: str = "initial"
     heartbeat_ms: int = 1000
     #: A Connect config-provider reference (`${file:/path:key}`) printed and sent for the password.
@@ -119,7 +119,8 @@ def connector_config(request: ConnectorRequest) -> dict[str, str]:
             "transforms.drledger_change.operation": "copy",
             "transforms.drledger_outbox.type": EVENT_ROUTER,
             "transforms.drledger_outbox.predicate": "drledger_outbox",
-            "transforms.drledger_outbox.table.field.event.id": "id",
+            # The EventRouter writes the event id into a header of this column's name: `id`, read as such.
+            "transforms.drledger_outbox.table.field.event.id": EVENT_ID,
             "transforms.drledger_outbox.table.field.event.key": "aggregateid",
             "transforms.drledger_outbox.table.field.event.payload": "payload",
             "transforms.drledger_outbox.route.by.field": "aggregatetype",
@@ -139,7 +140,6 @@ def connector_config(request: ConnectorRequest) -> dict[str, str]:
             "exactly.once.support": "requested",
         }
     )
-    assert EVENT_ID == "id"  # the EventRouter's own header name, which the reader looks for
     return config
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Container
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from drledger.connect import DEFAULT_NAME
 from drledger.connect.rest import check_connect_url, connector_relay_state
 from drledger.errors import DatabaseUnavailable, DrledgerError, LedgerUnavailable
 from drledger.events import LATEST_MS
@@ -60,7 +61,7 @@ class WatchSettings:
     client_config: dict[str, str] = field(default_factory=dict)
     #: The relay is a Kafka Connect connector: Connect's REST URL and the connector's name.
     connect_url: str | None = None
-    connector: str = "drledger-outbox"
+    connector: str = DEFAULT_NAME
     interval_s: float = 5.0
     #: How long the relay has to bring an event into the ledger before it counts as missing.
     grace_s: float = 30.0
@@ -95,7 +96,7 @@ class WatchSettings:
         skew: str,
         lookback: str,
         connect_url: str | None = None,
-        connector: str = "drledger-outbox",
+        connector: str = DEFAULT_NAME,
     ) -> WatchSettings:
         """Settings as the command line takes them, durations as typed ('5s', '10m'); the relay's URL
         is checked before the durations are read, so the first wrong option is the one named."""
