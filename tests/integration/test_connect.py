@@ -729,3 +729,106 @@ def test_a_paused_connector_and_a_failed_task_are_a_relay_down_through_prometheu
         finally:
             urllib.request.urlopen(urllib.request.Request(base, method="DELETE"), timeout=30).close()
             wait_for(lambda: not slot_active(dsn, "alert_slot"), 60, "the connector to release its slot")
+
+
+def test_moving_from_the_embedded_relay_to_connect_and_back_leaves_no_gap(
+    connect_cluster: ConnectCluster, broker: str, primary: LocalCluster, workdir: Path
+) -> None:
+    """As docs/relay-on-kafka-connect.md says: the connector on a new slot while the embedded relay still
+    runs (both write one topic), the relay stopped once they overlap; then back: the embedded relay on a
+    new slot with --backfill-since, the connector deleted. Commits keep coming throughout; reconcile
+    finds none missing, and the overlaps are duplicates, dropped by event id."""
+    with fresh_database(primary, SCHEMA) as dsn:
+        assert run_cli("init", "--db", dsn, "--table", "account").returncode == 0
+        topic = f"moving-{uuid.uuid4().hex[:6]}"
+        create_topic(broker, topic)
+        ledger = f"kafka://{broker}/{topic}"
+        name = f"drledger-{uuid.uuid4().hex[:6]}"
+        base = f"{connect_cluster.url}/connectors/{name}"
+        next_id = iter(range(1, 1_000_000))
+
+        def commit(rows: int) -> None:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                for _ in range(rows):
+                    conn.execute("INSERT INTO account (id, balance) VALUES (%s, 1)", (next(next_id),))
+
+        def relay(slot: str, *extra: str) -> subprocess.Popen[bytes]:
+            log = (workdir / f"relay-{slot}.log").open("w")
+            return subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "drledger",
+                    "relay",
+                    "--db",
+                    dsn,
+                    "--ledger",
+                    ledger,
+                    "--slot",
+                    slot,
+                    "--state-dir",
+                    str(workdir / slot),
+                    *extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        embedded = relay("drledger_slot")
+        try:
+            wait_for(lambda: slot_active(dsn, "drledger_slot"), 180, "the embedded relay")
+            commit(50)
+            # To Connect: the connector on its own slot, with the relay still running.
+            applied = run_cli(
+                "connect-config",
+                "--db",
+                dsn,
+                "--ledger",
+                ledger,
+                "--name",
+                name,
+                "--snapshot",
+                "no_data",
+                "--apply",
+                "--connect-url",
+                connect_cluster.url,
+            )
+            assert applied.returncode == 0, applied.stderr
+            wait_for(lambda: slot_active(dsn, "drledger_connect"), 180, "the connector's slot")
+            commit(50)  # both relays stream these: the overlap
+            wait_for(lambda: len(events_or_none(ledger)) == 100, 180, "both relays to catch up")
+        finally:
+            embedded.send_signal(signal.SIGTERM)
+            assert embedded.wait(60) == 0
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot('drledger_slot')")
+            since = conn.execute(
+                "SELECT to_char(now() - interval '1 minute', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+            ).fetchone()
+        commit(50)  # Connect alone
+        wait_for(lambda: len(events_or_none(ledger)) == 150, 180, "Connect alone")
+        # And back: the embedded relay on a new slot, backfilling from the retained outbox, the
+        # connector still running; then the connector deleted.
+        assert since is not None
+        back = relay("drledger_back", "--backfill-since", since[0])
+        try:
+            wait_for(lambda: slot_active(dsn, "drledger_back"), 180, "the embedded relay, back")
+            commit(50)
+            wait_for(lambda: len(events_or_none(ledger)) == 200, 180, "both again")
+            urllib.request.urlopen(urllib.request.Request(base, method="DELETE"), timeout=30).close()
+            wait_for(
+                lambda: not slot_active(dsn, "drledger_connect"), 60, "the connector to release its slot"
+            )
+            commit(50)  # the embedded relay alone again
+            wait_for(lambda: len(events_or_none(ledger)) == 250, 180, "the embedded relay alone")
+        finally:
+            back.send_signal(signal.SIGTERM)
+            assert back.wait(60) == 0
+        census = json.loads(run_cli("ledger", "inspect", ledger, "--json").stdout)
+        assert (census["distinct"], census["malformed"], census["conflicting"]) == (250, 0, 0), census
+        assert census["duplicates"] >= 50  # the overlaps, each written by both relays
+        reconcile = run_cli("reconcile", "--db", dsn, "--ledger", ledger, "--since", "1h", "--json")
+        assert reconcile.returncode == 0 and json.loads(reconcile.stdout)["counts"]["missing_in_dr"] == 0
+        assert set(events_of(ledger)) == outbox_ids(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot('drledger_connect')")
