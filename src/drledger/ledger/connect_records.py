@@ -135,13 +135,13 @@ def _event(found: dict[str, str | None], position: str) -> LedgerEvent:
         raise _Unproven(f"missing header {', '.join(missing)}")
     event_id, op, row = str(found[EVENT_ID]), str(found[OP]), str(found[ROW])
     before = found.get(BEFORE)
-    print_ = fingerprint_bytes(str(found[FINGERPRINT]))
-    if print_ is None:
+    proof = fingerprint_bytes(str(found[FINGERPRINT]))
+    if proof is None:
         raise _Unproven("bad header (drledger-fingerprint is not a fingerprint in base64)")
-    if event_id_bytes(event_id) != print_[:16]:
+    if event_id_bytes(event_id) != proof[:16]:
         raise _Unproven("bad header (id is not the fingerprint's event id)")
     digest = change_digest(op, row, before)
-    if bytes.fromhex(digest) != print_[16:]:
+    if bytes.fromhex(digest) != proof[16:]:
         raise _Unproven("the row does not match its fingerprint")
     source = json_block(found, SOURCE)
     snapshot = found[CHANGE] == "r"
