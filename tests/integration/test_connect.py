@@ -550,13 +550,14 @@ def test_apply_makes_kafka_connect_the_relay_and_watch_follows_the_connector(
 
         # The connector gone, the relay is down: the gauge that fires DrledgerRelayDown, and watch --once's 1.
         # (While Connect deletes it, its state passes through UNASSIGNED: down too, for another reason.)
-        def gone() -> dict[str, Any] | None:
+        def gone() -> tuple[int, dict[str, Any]] | None:
             code, snap = watch_once(dsn, ledger, "applied_slot", connect_cluster.url, name)
-            assert code == 1 and snap["relay"]["up"] is False, snap["relay"]
-            return snap if snap["relay"]["error"] == f"Kafka Connect has no connector {name}" else None
+            return (
+                (code, snap) if snap["relay"]["error"] == f"Kafka Connect has no connector {name}" else None
+            )
 
-        snap = wait_for(gone, 120, "the relay to be down for want of its connector")
-        assert "the relay is down" in snap["problems"]
+        code, snap = wait_for(gone, 120, "the relay to be down for want of its connector")
+        assert code == 1 and snap["relay"]["up"] is False and "the relay is down" in snap["problems"], snap
         wait_for(lambda: not slot_active(dsn, "applied_slot"), 60, "the connector to release its slot")
 
 
