@@ -171,6 +171,14 @@ COMMAND_EXITS: dict[str, tuple[CommandExit, ...]] = {
         CommandExit(ExitCode.OPERATOR, "bad input (one sentence)"),
         *_ANY,
     ),
+    "connect-config": (
+        CommandExit(ExitCode.SUCCESS, "printed (with --apply: validated, then created or updated)"),
+        CommandExit(
+            ExitCode.OPERATOR,
+            "bad input, Kafka Connect unreachable, or the configuration refused by Connect's validation",
+        ),
+        *_ANY,
+    ),
     "ledger inspect": (CommandExit(ExitCode.SUCCESS), CommandExit(ExitCode.OPERATOR, _CONNECTION), *_ANY),
 }
 

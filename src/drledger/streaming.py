@@ -116,6 +116,27 @@ def _check_snapshot(snapshot: str) -> None:
         raise DrledgerError("--snapshot must be 'initial' or 'no_data'.")
 
 
+_BINLOG_TRANSACTION = re.compile(r"file=[^,]*?(\d+),pos=(\d+)")
+_BINLOG_FILE_NUMBER = re.compile(r"(\d+)$")
+
+
+def binlog_transaction_txid(transaction_id: str) -> int | None:
+    """A MySQL transaction's id from Debezium's transaction metadata id ("file=…binlog.000003,pos=…"):
+    where it begins in the binlog, as (file number << 32) | offset; None if the id says no position."""
+    found = _BINLOG_TRANSACTION.search(transaction_id)
+    return (int(found.group(1)) << 32) | int(found.group(2)) if found else None
+
+
+def binlog_position(file: object, pos: int, row: int) -> int:
+    """A MySQL change's place in the binlog, as one number that grows with it (0 if unknown): file
+    number, offset of its rows event, and its row within that event (an event holds several)."""
+    found = _BINLOG_FILE_NUMBER.search(str(file or ""))
+    if not found:
+        return 0
+    event = (int(found.group(1)) << 32) | int(pos or 0)
+    return (event << 10) | min(int(row or 0), 1023)
+
+
 def engine_properties(settings: RelaySettings) -> dict[str, str]:
     """The Debezium engine's properties every connector shares: batching, offsets and retries."""
     return {

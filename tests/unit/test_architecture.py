@@ -44,6 +44,7 @@ LAYERS = [
         "drledger.saved",
         "drledger.relay",
         "drledger.watch",
+        "drledger.connect",
     },
     # what people run and read
     {"drledger.report", "drledger.report_html", "drledger.cli", "drledger.drill", "drledger.__main__"},

@@ -1,7 +1,7 @@
 """The drledger command line: parse, call the library, render. No logic of its own lives here.
 
 One module per command (`init`, `relay`, `prune`, `reconcile`, `replay`, `fence`, `watch`, `drill`,
-`ledger inspect`), the options they share in `options.py`, the consoles and the one-sentence failure
+`connect-config`, `ledger inspect`), the options they share in `options.py`, the consoles and the one-sentence failure
 in `common.py`. Every exit code is a `drledger.errors.ExitCode`; each command's --help lists its codes,
 generated from there: a bad input or an unreachable service is one sentence on stderr and exit 2, a
 failure drledger did not foresee one sentence and exit 70, never a traceback.
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from drledger import __version__
-from drledger.cli import drill, fence, init, ledger, prune, reconcile, relay, replay, watch
+from drledger.cli import connect, drill, fence, init, ledger, prune, reconcile, relay, replay, watch
 from drledger.cli.common import fail, machine, out, print_json
 from drledger.errors import DrledgerError, ExitCode, exit_help
 
@@ -75,6 +75,7 @@ _command(app, replay.replay, "replay")
 _command(app, fence.fence, "fence")
 _command(app, watch.watch, "watch")
 _command(app, drill.drill, "drill")
+_command(app, connect.connect_config, "connect-config")
 _command(ledger.ledger_app, ledger.ledger_inspect, "inspect", "ledger inspect")
 app.add_typer(ledger.ledger_app, name="ledger")
 

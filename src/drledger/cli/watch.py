@@ -15,6 +15,7 @@ from drledger.cli.options import (
     LedgerConfigOption,
     SkewOption,
 )
+from drledger.connect import DEFAULT_NAME
 from drledger.errors import DrledgerError, ExitCode
 from drledger.margins import DEFAULT_LOOKBACK, DEFAULT_SKEW
 from drledger.streaming import DEFAULT_SLOT
@@ -47,6 +48,16 @@ def watch(
             help="The relay's /metrics URL (relay --metrics-listen): its engine state and last publish.",
         ),
     ] = None,
+    connect_url: Annotated[
+        str | None,
+        typer.Option(
+            "--connect-url",
+            help="The relay is a Kafka Connect connector: Connect's REST URL; its state is the relay's.",
+        ),
+    ] = None,
+    connector: Annotated[
+        str, typer.Option(help="With --connect-url: the connector's name (connect-config --name).")
+    ] = DEFAULT_NAME,
     interval: Annotated[str, typer.Option(help="Time between two measurements.")] = "5s",
     grace: Annotated[
         str,
@@ -110,6 +121,8 @@ def watch(
         grace=grace,
         skew=skew,
         lookback=lookback,
+        connect_url=connect_url,
+        connector=connector,
     )
     if once:
         watcher = Watcher(settings)

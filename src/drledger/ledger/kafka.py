@@ -28,9 +28,10 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qs
 
 from drledger.errors import DrledgerError, LedgerMissing, LedgerUnavailable
-from drledger.events import FINGERPRINT_BYTES, LedgerEvent, LedgerRecord, MalformedRecord, from_wire
+from drledger.events import FINGERPRINT_BYTES, LedgerEvent, LedgerRecord, MalformedRecord
 from drledger.ledger import kafka_digest
 from drledger.ledger.base import Ledger, LedgerScan, ProgressCallback, window_bounds
+from drledger.ledger.connect_records import decode_message
 from drledger.masking import mask_url
 
 try:
@@ -389,7 +390,7 @@ class KafkaLedger(Ledger):
             ):
                 for message in batch:
                     position = f"partition {message.partition()} offset {message.offset()}"
-                    record = from_wire(message.value() or b"", position)
+                    record = decode_message(message.value(), message.headers(), position)
                     if isinstance(record, MalformedRecord) or low <= record.commit_ts_ms <= high:
                         yield record
         finally:
@@ -488,9 +489,10 @@ class KafkaLedger(Ledger):
                             times.append(ts)
                             positions.append(_position(message))
                         continue
-                    # No digest header (written by another producer): decode the body.
+                    # No digest header (written by another producer, Kafka Connect's included): decode it.
                     where = f"partition {message.partition()} offset {message.offset()}"
-                    scan.take(from_wire(message.value() or b"", where), _position(message), low, high)
+                    record = decode_message(message.value(), message.headers(), where)
+                    scan.take(record, _position(message), low, high)
                 if on_progress is not None:
                     on_progress(len(prints))
         finally:
@@ -521,7 +523,7 @@ class KafkaLedger(Ledger):
                     position = _position(message)
                     if position in members:
                         where = f"partition {message.partition()} offset {message.offset()}"
-                        found[position] = from_wire(message.value() or b"", where)
+                        found[position] = decode_message(message.value(), message.headers(), where)
         finally:
             consumer.close()
         return found

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from drledger.events import LedgerEvent, own_transaction_txid
+from drledger.streaming import binlog_position, binlog_transaction_txid
 
 OUTBOX_SOURCE = ("drledger", "outbox")
 #: The outbox as Debezium names it in a transaction's END record ("data_collection"), on either engine.
@@ -136,27 +137,17 @@ def change_to_event(change: dict[str, Any]) -> LedgerEvent | None:
     )
 
 
-_BINLOG_POSITION = re.compile(r"file=[^,]*?(\d+),pos=(\d+)")
-
-
 def binlog_txid(change: dict[str, Any]) -> int:
     """A MySQL transaction's id: where it begins in the binlog, as (file number << 32) | offset, from
     Debezium's transaction metadata (or, without it, the change's own position)."""
     transaction = change.get("transaction") or {}
-    found = _BINLOG_POSITION.search(str(transaction.get("id") or ""))
-    if found:
-        return (int(found.group(1)) << 32) | int(found.group(2))
-    return _binlog_position(change.get("source") or {})
+    txid = binlog_transaction_txid(str(transaction.get("id") or ""))
+    return txid if txid is not None else _binlog_position(change.get("source") or {})
 
 
 def _binlog_position(source: dict[str, Any]) -> int:
-    """A MySQL change's place in the binlog, as one number that grows with it (0 if unknown): file
-    number, offset of its rows event, and its row within that event (an event holds several)."""
-    found = re.search(r"(\d+)$", str(source.get("file") or ""))
-    if not found:
-        return 0
-    event = (int(found.group(1)) << 32) | int(source.get("pos") or 0)
-    return (event << 10) | min(int(source.get("row") or 0), 1023)
+    """A MySQL change's place in the binlog (streaming.binlog_position), from its source block."""
+    return binlog_position(source.get("file"), int(source.get("pos") or 0), int(source.get("row") or 0))
 
 
 def _iso_to_ms(text: str | int) -> int:

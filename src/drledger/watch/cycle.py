@@ -15,6 +15,8 @@ from collections.abc import Callable, Container
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from drledger.connect import DEFAULT_NAME
+from drledger.connect.rest import check_connect_url, connector_relay_state
 from drledger.errors import DatabaseUnavailable, DrledgerError, LedgerUnavailable, MissingPrivilege
 from drledger.events import LATEST_MS
 from drledger.ledger import open_ledger
@@ -57,6 +59,9 @@ class WatchSettings:
     slot: str = DEFAULT_SLOT
     relay_metrics_url: str | None = None
     client_config: dict[str, str] = field(default_factory=dict)
+    #: The relay is a Kafka Connect connector: Connect's REST URL and the connector's name.
+    connect_url: str | None = None
+    connector: str = DEFAULT_NAME
     interval_s: float = 5.0
     #: How long the relay has to bring an event into the ledger before it counts as missing.
     grace_s: float = 30.0
@@ -71,6 +76,8 @@ class WatchSettings:
 
     def __post_init__(self) -> None:
         _check_relay_metrics_url(self.relay_metrics_url)
+        if self.connect_url is not None:
+            check_connect_url(self.connect_url)
         if self.interval_s < MIN_INTERVAL_S:
             raise DrledgerError("--interval must be at least 100ms.")
 
@@ -88,6 +95,8 @@ class WatchSettings:
         grace: str,
         skew: str,
         lookback: str,
+        connect_url: str | None = None,
+        connector: str = DEFAULT_NAME,
     ) -> WatchSettings:
         """Settings as the command line takes them, durations as typed ('5s', '10m'); the relay's URL
         is checked before the durations are read, so the first wrong option is the one named."""
@@ -99,6 +108,8 @@ class WatchSettings:
             slot=slot,
             relay_metrics_url=relay_metrics_url,
             client_config=client_config,
+            connect_url=check_connect_url(connect_url) if connect_url is not None else None,
+            connector=connector,
             interval_s=parse_duration(interval),
             grace_s=parse_duration(grace),
             skew_s=parse_duration(skew),
@@ -436,7 +447,8 @@ class Watcher:
             self._drop_ledger()
 
     def _relay(self, snap: Snapshot) -> None:
-        """Alive when its slot has a reader (and, given its metrics, when its engine says it streams)."""
+        """Alive when its slot has a reader (and, given its metrics, when its engine says it streams; given
+        Kafka Connect, when the connector and its tasks are RUNNING)."""
         view = snap.relay
         votes: list[bool] = []
         if snap.primary.up:
@@ -455,6 +467,14 @@ class Watcher:
                 view.last_publish_ms = _ms(values.get(RELAY_LAST_PUBLISH))
                 view.last_commit_ms = _ms(values.get(RELAY_LAST_COMMIT))
                 votes.append(view.engine_up)
+        if self.settings.connect_url:
+            # The relay is a Connect connector: up only while it and every task run (a task moved to
+            # another worker is UNASSIGNED meanwhile: down until it runs again).
+            state = connector_relay_state(self.settings.connect_url, self.settings.connector)
+            view.engine_up = state.up
+            if not state.up:
+                view.error = state.reason
+            votes.append(state.up)
         view.up = all(votes) if votes else None
 
 
