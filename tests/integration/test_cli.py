@@ -165,3 +165,20 @@ def test_json_exit_code_is_the_process_exit_code_for_every_ending(database: str,
         assert "s3cret" not in result.stdout
         codes.add(result.returncode)
     assert codes == {0, 1, 2}, codes
+
+
+def test_a_relay_slot_or_broker_port_it_cannot_use_is_exit_2_before_debezium_starts(
+    database: str, workdir: Path
+) -> None:
+    """Bad input, not a passing outage: exit 2 (never 75, which a supervisor would restart forever),
+    one sentence, and no state directory made (nothing was started)."""
+    run_cli("init", "--db", database, "--table", "orders")
+    ledger = f"sqlite:///{workdir}/l.db"
+    for args, fragment in (
+        (("--ledger", ledger, "--slot", "Bad-Slot"), "Bad-Slot"),
+        (("--ledger", "kafka://127.0.0.1:99999/ledger"), "99999"),
+    ):
+        state = workdir / f"state-{len(fragment)}"
+        result = run_cli("relay", "--db", database, *args, "--state-dir", str(state))
+        one_sentence(result, fragment, code=2)
+        assert not state.exists() and "Traceback" not in result.stderr
