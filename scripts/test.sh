@@ -22,13 +22,14 @@ fi
 "$VENV/bin/python" scripts/check_readme_links.py || exit 1
 # The suite runs on TEST_WORKERS processes (pytest-xdist), each with its own clusters, broker and moto
 # (session fixtures are per process): most tests wait on servers and JVMs, so two share 2 cores well. A
-# module's tests that share a module-scoped fixture stay together in one process (tests/conftest.py).
+# module's tests run in one process, in their order (--dist loadfile): a module-scoped fixture (a
+# failover aftermath, a MariaDB) is made once, and a test that follows another on it sees what it left.
 # TEST_WORKERS=0 runs it in this one process.
 workers=${TEST_WORKERS:-2}
 if [ "$workers" = 0 ]; then
   "$VENV/bin/pytest" "$@"
 else
-  "$VENV/bin/pytest" -n "$workers" --dist loadgroup "$@"
+  "$VENV/bin/pytest" -n "$workers" --dist loadfile "$@"
 fi
 status=$?
 if [ "$status" = 5 ]; then
