@@ -23,7 +23,14 @@ from drledger.drill.changes import State
 from drledger.drill.lag import LagInjector
 from drledger.drill.mysql.server import LocalMariaDB, MariaDBSet
 from drledger.drill.postgres.cluster import free_port
-from drledger.drill.postgres.rig import FailoverRig, Writer, _state, _wait
+from drledger.drill.postgres.rig import (
+    FailoverRig,
+    TransactionalWriter,
+    Writer,
+    _state,
+    _wait,
+    makes_changes,
+)
 from drledger.events import LedgerEvent
 from drledger.source import open_source
 
@@ -42,7 +49,7 @@ ORDER_STATUS_DDL = "ALTER TABLE drill.orders ADD COLUMN status VARCHAR(16) NOT N
 ACCOUNTS_DDL = "CREATE TABLE drill.accounts (id INT PRIMARY KEY, balance DECIMAL(12,2) NOT NULL)"
 
 
-class MySQLWriter:
+class MySQLWriter(TransactionalWriter):
     def __init__(self, conn: Any, cursor: Any) -> None:
         self.conn = conn
         self.cursor = cursor
@@ -59,12 +66,6 @@ class MySQLWriter:
 
     def execute(self, statement: str, params: tuple[Any, ...]) -> None:
         self.cursor.execute(statement, params)
-
-    def commit(self) -> None:
-        self.conn.commit()
-
-    def rollback(self) -> None:
-        self.conn.rollback()
 
 
 class MySQLFailoverRig(FailoverRig):
@@ -100,7 +101,7 @@ class MySQLFailoverRig(FailoverRig):
     def start(self, *, relay: bool = True, capture: bool = True, ops: Sequence[str] | None = None) -> None:
         primary: LocalMariaDB = self.clusters.server("primary")
         self.primary = primary  # type: ignore[assignment]
-        self.changes = bool(ops) and any(op != "insert" for op in ops or ())
+        self.changes = makes_changes(ops)
         primary.execute(f"CREATE DATABASE {DATABASE}")
         primary.execute(DEMO_TABLE_DDL)
         primary.execute(WARMUP_TABLE_DDL)

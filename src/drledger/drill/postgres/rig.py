@@ -77,7 +77,24 @@ class Writer(Protocol):
     def rollback(self) -> None: ...
 
 
-class PostgresWriter:
+class TransactionalWriter:
+    """What every engine's writer shares: the transaction ends on its connection."""
+
+    conn: Any
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+
+def makes_changes(ops: Sequence[str] | None) -> bool:
+    """Whether a workload captured with `ops` updates and deletes besides inserting."""
+    return any(op != "insert" for op in ops or ())
+
+
+class PostgresWriter(TransactionalWriter):
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
@@ -94,12 +111,6 @@ class PostgresWriter:
 
     def execute(self, statement: str, params: tuple[Any, ...]) -> None:
         self.conn.execute(statement, params)
-
-    def commit(self) -> None:
-        self.conn.commit()
-
-    def rollback(self) -> None:
-        self.conn.rollback()
 
 
 class ChangeMaker:
@@ -226,7 +237,7 @@ class FailoverRig:
         the outbox is left for the caller to install (as a role of its own, say). With `ops` holding
         an update or a delete, the workload makes those too (see `ChangeMaker`), captured with `ops`."""
         self.primary = self.clusters.primary("primary")
-        self.changes = bool(ops) and any(op != "insert" for op in ops or ())
+        self.changes = makes_changes(ops)
         with psycopg.connect(self.primary.dsn, autocommit=True) as conn:
             conn.execute(DEMO_TABLE_DDL)
             conn.execute(WARMUP_TABLE_DDL)
